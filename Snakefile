@@ -1,0 +1,24 @@
+# mvfcnn: the whole Azimi et al. (2018) study as one DAG.
+#   snakemake --cores all --resources gpu=1            # workstation
+#   snakemake --profile profiles/slurm                  # cluster
+# Rules are thin: they call `mvfcnn <verb>` (src/mvfcnn/cli.py); the science lives in src/mvfcnn/.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets,

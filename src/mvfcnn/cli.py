@@ -1,0 +1,59 @@
+"""`mvfcnn <verb> ...`: one console script, verbs dispatched lazily to their modules.
+
+Each verb maps to a ``module:function`` that takes ``argv`` (the remaining arguments) and
+parses them itself, so importing the CLI costs nothing until a verb is chosen (torch is
+only imported by verbs that need it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mvfcnn.errors import InputError
+
+VERBS: dict[str, tuple[str, str]] = {
+    "synthesize": ("mvfcnn.synthetic", "Generate the embedded synthetic dataset"),
+    "register": ("mvfcnn.registration", "Register LOM onto SEM, write transform + score"),
+    "mask": ("mvfcnn.masking", "Binary second-phase mask from registered LOM"),
+    "objects": ("mvfcnn.objects", "Connected-component objects table + id image"),
+    "tile-index": ("mvfcnn.tiling", "Stride-balanced sliding-window tile table"),
+    "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s)"),
+    "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),
+    "vote": ("mvfcnn.voting", "Max-vote predicted pixels inside each object"),
+    "evaluate": ("mvfcnn.evaluate", "Pixel and object metrics over a test set"),
+    "crop-objects": ("mvfcnn.baselines.crops", "Crop + warp objects for object-based baselines"),
+    "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
+    "tables": ("mvfcnn.tables", "Regenerate the paper's tables"),
+    "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
+    "classify": ("mvfcnn.classify", "Classify new micrographs with a trained model bundle"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mvfcnn <verb> [options]", "", "verbs:"]
+    lines += [f"  {verb:<15} {help_}" for verb, (_, help_) in VERBS.items()]
+    lines += ["", "`mvfcnn <verb> --help` shows the options of one verb."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"mvfcnn: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    try:
+        result = module.cli(rest)
+    except InputError as err:
+        print(f"mvfcnn {verb}: error: {err}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

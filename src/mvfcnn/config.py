@@ -1,0 +1,116 @@
+"""Configuration helpers shared by the workflow and the library: classes and the sample sheet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mvfcnn.errors import InputError
+
+SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class"]
+SPLITS = ("train", "test", "predict")
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """The configured classes: index 0 is the matrix, the rest are second-phase constituents."""
+
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+    colors: tuple[str, ...]
+    ignore_index: int = 255
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ClassSet:
+        entries = sorted(config["classes"], key=lambda c: c["index"])
+        indices = tuple(int(c["index"]) for c in entries)
+        if indices != tuple(range(len(indices))):
+            raise InputError(f"class indices must be 0..K without gaps, got {list(indices)}")
+        names = tuple(c["name"] for c in entries)
+        if len(set(names)) != len(names):
+            raise InputError(f"class names must be unique, got {list(names)}")
+        return cls(indices, names, tuple(c["color"] for c in entries),
+                   int(config.get("ignore_index", 255)))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.indices)
+
+    @property
+    def foreground(self) -> tuple[int, ...]:
+        """Indices of the second-phase classes (everything but the matrix, index 0)."""
+        return self.indices[1:]
+
+    def index_of(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise InputError(f"unknown class {name!r}; configured classes: {list(self.names)}") from None
+
+    def rgb(self) -> list[tuple[int, int, int]]:
+        """Colours as 0..255 RGB triples, in index order."""
+        return [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in self.colors]  # type: ignore[misc]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": [{"index": i, "name": n, "color": c}
+                            for i, n, c in zip(self.indices, self.names, self.colors, strict=True)],
+                "ignore_index": self.ignore_index}
+
+
+def classes_from_json(text: str) -> ClassSet:
+    """Rebuild a ClassSet from the JSON a rule passes on the command line."""
+    return ClassSet.from_config(json.loads(text))
+
+
+def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.DataFrame:
+    """Read and check a sample sheet; relative file paths are relative to the working directory.
+
+    Checks what a schema cannot: unique ids, known splits, known image-level classes, and that a
+    labelled split (train/test) has ground truth.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("sample sheet not found", path=path)
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"cannot parse sample sheet ({err})", path=path) from err
+    return check_sample_sheet(frame, source=path, classes=classes)
+
+
+def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
+                       classes: ClassSet | None = None, base: Path | None = None) -> pd.DataFrame:
+    missing = [c for c in ("sample", "split", "sem") if c not in frame.columns]
+    if missing:
+        raise InputError(f"sample sheet lacks required column(s) {missing}", path=source)
+    frame = frame.copy()
+    for column in SAMPLE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    frame = frame.fillna("")
+    dupes = sorted(frame.loc[frame["sample"].duplicated(), "sample"].unique())
+    if dupes:
+        raise InputError(f"duplicate sample id(s) {dupes}", path=source)
+    for row in frame.itertuples(index=False):
+        if row.split not in SPLITS:
+            raise InputError(f"unknown split {row.split!r} (expected one of {list(SPLITS)})",
+                             sample=row.sample, path=source)
+        if row.split in ("train", "test") and not row.labels:
+            raise InputError(f"split {row.split!r} needs a 'labels' image", sample=row.sample,
+                             path=source)
+        if not row.lom and not row.mask:
+            raise InputError("needs a 'lom' image or a 'mask' to find objects", sample=row.sample,
+                             path=source)
+        if classes is not None and row._6:  # the "class" column
+            if row._6 not in classes.names:
+                raise InputError(f"unknown class {row._6!r}; configured: {list(classes.names)}",
+                                 sample=row.sample, path=source)
+    if base is not None:
+        for column in ("sem", "lom", "mask", "labels"):
+            frame[column] = [str(base / v) if v and not Path(v).is_absolute() else v
+                             for v in frame[column]]
+    return frame.set_index("sample", drop=False)
