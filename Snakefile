@@ -16,6 +16,10 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/fcn.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:

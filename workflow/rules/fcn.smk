@@ -1,0 +1,192 @@
+# MVFCNN: stride-balanced tile index -> FCN-32s -> 16s -> 8s -> sliding-window prediction ->
+# max-voting -> evaluation. `variant` (Table 2) and `modality` (Table 3) are wildcards whose
+# values come from config; nothing here is specific to one ablation.
+
+STAGES = config["fcn"]["stages"]
+FINAL_STAGE = STAGES[-1]
+
+
+wildcard_constraints:
+    variant="[A-Za-z0-9_]+",
+    modality="sem|lom",
+    stage="32s|16s|8s",
+
+
+def variant_cfg(variant):
+    return config["variants"][variant]
+
+
+def rule_resources(rule_name, key, default):
+    """Per-rule resources from config `resources.<rule>.<key>` (attempt-scaled by callers)."""
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def _train_samples():
+    return samples_in("train")
+
+
+rule tile_index:
+    """Sliding-window tiles over the training images, per-class strides when balanced."""
+    input:
+        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
+        labels=lambda w: [SAMPLES.loc[s, "labels"] for s in _train_samples()],
+    output:
+        table="results/tiles/{variant}/{modality}.csv",
+        summary="results/tiles/{variant}/{modality}.json",
+    params:
+        samples=lambda w: " ".join(_train_samples()),
+        classes=lambda w: " ".join(f"'{SAMPLES.loc[s, 'class']}'" for s in _train_samples()),
+        tiles=cfg_json("tiles"),
+        balanced=lambda w: str(variant_cfg(w.variant)["balanced"]).lower(),
+        augment=lambda w: str(variant_cfg(w.variant)["augment"]).lower(),
+        class_set=CLASSES_JSON,
+    log:
+        "results/logs/tile_index/{variant}_{modality}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn tile-index --samples {params.samples} --images {input.images}"
+        " --labels {input.labels} --classes {params.classes} --classes-json '{params.class_set}'"
+        " --params-json '{params.tiles}' --balanced {params.balanced} --augment {params.augment}"
+        " --out {output.table} --out-summary {output.summary} 2> {log}"
+
+
+def _parent_model(wildcards):
+    index = STAGES.index(wildcards.stage)
+    if index == 0:
+        return []
+    return f"results/mvfcnn/{wildcards.variant}/{wildcards.modality}/fcn{STAGES[index - 1]}.pt"
+
+
+rule train_fcn:
+    """Train one FCN stage; 16s/8s start from the previous stage. Resumes from checkpoints."""
+    input:
+        tiles="results/tiles/{variant}/{modality}.csv",
+        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
+        parent=_parent_model,
+    output:
+        model="results/mvfcnn/{variant}/{modality}/fcn{stage}.pt",
+        csv="results/mvfcnn/{variant}/{modality}/train_{stage}.csv",
+        png=report(
+            "results/mvfcnn/{variant}/{modality}/train_{stage}.png",
+            category="Training",
+            subcategory="{variant} / {modality}",
+            caption="../report/training_curve.rst",
+        ),
+    params:
+        parent=lambda w, input: f"--parent {input.parent}" if input.parent else "",
+        fcn=cfg_json("fcn"),
+        variant=lambda w: json.dumps(variant_cfg(w.variant), separators=(",", ":")),
+        classes=CLASSES_JSON,
+        seed=config["seed"],
+        checkpoints="results/mvfcnn/{variant}/{modality}/checkpoints/{stage}",
+    log:
+        "results/logs/train_fcn/{variant}_{modality}_{stage}.log",
+    benchmark:
+        "results/benchmarks/train_fcn/{variant}_{modality}_{stage}.tsv"
+    conda:
+        ENV
+    threads: rule_resources("train_fcn", "threads", 2)
+    resources:
+        gpu=1,
+        mem_mb=lambda w, attempt: rule_resources("train_fcn", "mem_mb", 6000) * attempt,
+        runtime=lambda w, attempt: rule_resources("train_fcn", "runtime", 60) * attempt,
+    shell:
+        "mvfcnn train-fcn --stage {wildcards.stage} {params.parent} --tiles {input.tiles}"
+        " --classes-json '{params.classes}' --params-json '{params.fcn}'"
+        " --variant-json '{params.variant}' --seed {params.seed} --out {output.model}"
+        " --out-csv {output.csv} --out-png {output.png} --checkpoint-dir {params.checkpoints}"
+        " 2> {log}"
+
+
+rule predict:
+    """Sliding-window FCN-8s inference over one whole image, stitched into a class map."""
+    input:
+        model=f"results/mvfcnn/{{variant}}/{{modality}}/fcn{FINAL_STAGE}.pt",
+        image=lambda w: modality_image(w.modality, w.sample),
+    output:
+        "results/mvfcnn/{variant}/{modality}/pred/{sample}.tif",
+    params:
+        inference=cfg_json("inference"),
+    log:
+        "results/logs/predict/{variant}_{modality}_{sample}.log",
+    benchmark:
+        "results/benchmarks/predict/{variant}_{modality}_{sample}.tsv"
+    conda:
+        ENV
+    threads: rule_resources("predict", "threads", 2)
+    resources:
+        gpu=1,
+        mem_mb=lambda w, attempt: rule_resources("predict", "mem_mb", 4000) * attempt,
+        runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
+    shell:
+        "mvfcnn predict --model {input.model} --image {input.image} --sample {wildcards.sample}"
+        " --params-json '{params.inference}' --out {output} 2> {log}"
+
+
+rule vote:
+    """Max-voting: each object takes the majority non-matrix class of its predicted pixels."""
+    input:
+        pred="results/mvfcnn/{variant}/{modality}/pred/{sample}.tif",
+        ids="results/objects/{sample}.tif",
+        objects="results/objects/{sample}.csv",
+    output:
+        "results/mvfcnn/{variant}/{modality}/votes/{sample}.csv",
+    params:
+        classes=CLASSES_JSON,
+    log:
+        "results/logs/vote/{variant}_{modality}_{sample}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn vote --pred {input.pred} --objects-ids {input.ids} --objects {input.objects}"
+        " --classes-json '{params.classes}' --sample {wildcards.sample} --out {output} 2> {log}"
+
+
+def _test_samples():
+    return samples_in("test")
+
+
+rule evaluate:
+    """Pixel metrics over all test images (one confusion matrix) and object metrics."""
+    input:
+        preds=lambda w: expand("results/mvfcnn/{v}/{m}/pred/{s}.tif", v=w.variant, m=w.modality, s=_test_samples()),
+        votes=lambda w: expand("results/mvfcnn/{v}/{m}/votes/{s}.csv", v=w.variant, m=w.modality, s=_test_samples()),
+        objects=expand("results/objects/{s}.csv", s=_test_samples()),
+        labels=[SAMPLES.loc[s, "labels"] for s in _test_samples()],
+    output:
+        metrics="results/mvfcnn/{variant}/{modality}/metrics.json",
+        objects="results/mvfcnn/{variant}/{modality}/objects.csv",
+        confusion="results/mvfcnn/{variant}/{modality}/confusion.csv",
+    params:
+        classes=CLASSES_JSON,
+        samples=" ".join(_test_samples()),
+    log:
+        "results/logs/evaluate/{variant}_{modality}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "mvfcnn evaluate --method mvfcnn --variant {wildcards.variant} --modality {wildcards.modality}"
+        " --classes-json '{params.classes}' --samples {params.samples}"
+        " --preds {input.preds} --votes {input.votes} --objects {input.objects} --labels {input.labels}"
+        " --out-metrics {output.metrics} --out-objects {output.objects}"
+        " --out-confusion {output.confusion} 2> {log}"
+
+
+TARGETS["mvfcnn"] = expand(
+    "results/mvfcnn/{variant}/{modality}/metrics.json",
+    variant=config["run"]["variants"],
+    modality=config["run"]["modalities"],
+)
