@@ -69,3 +69,16 @@ TARGETS = {}
 
 def all_targets(wildcards):
     return [path for paths in TARGETS.values() for path in paths]
+
+
+def mvfcnn_runs():
+    """(variant, modality) pairs to run: `run.combinations` if given, else variants x modalities."""
+    combos = config["run"].get("combinations")
+    if combos:
+        return [(c["variant"], c["modality"]) for c in combos]
+    return [(v, m) for v in config["run"]["variants"] for m in config["run"]["modalities"]]
+
+
+def baseline_runs():
+    """(method, modality) pairs of the object-based baselines to run."""
+    return [(b, m) for b in config["run"]["baselines"] for m in config["run"]["baseline_modalities"]]

@@ -185,8 +185,4 @@ rule evaluate:
         " --out-confusion {output.confusion} 2> {log}"
 
 
-TARGETS["mvfcnn"] = expand(
-    "results/mvfcnn/{variant}/{modality}/metrics.json",
-    variant=config["run"]["variants"],
-    modality=config["run"]["modalities"],
-)
+TARGETS["mvfcnn"] = [f"results/mvfcnn/{v}/{m}/metrics.json" for v, m in mvfcnn_runs()]
