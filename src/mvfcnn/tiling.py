@@ -1,0 +1,325 @@
+"""Sliding-window tile index with per-class stride balancing (Azimi et al. 2018, §4.3.4).
+
+Tiles are never written to disk: the index is a table of window coordinates (one row per tile
+and rotation) that :class:`mvfcnn.data.TileDataset` reads on the fly from memory-mapped images.
+
+Window positions along an axis of length ``L`` are ``0, s, 2s, ...`` while the window fits
+(``p + size <= L``). The last window is **not** flushed to the edge, so a strip of at most
+``s - 1`` pixels at the bottom/right may be left out; this keeps the count formula of the paper::
+
+    n(L, s) = (L - size) // s + 1          (L >= size)
+    n(L, s) = 1                             (L <  size: one window of the whole axis, h or w < size)
+
+and an image yields ``n(H, s) * n(W, s)`` tiles: 7000×8000 px, 1000 px tiles, stride 100 →
+61 × 71 = 4331 (§4.3.4). Windows on an image smaller than ``size`` are padded by the dataset.
+
+Balancing: the class with the most tiles at the common stride keeps it; every other class gets
+the integer stride ``s <= common`` (equal in x and y, as in the paper) whose count is closest to
+that target (ties → the larger stride, fewer duplicates). A class that cannot come within the
+tolerance is reported (``BalanceResult.within_tolerance``) and, with ``strict=True``, rejected.
+
+Augmentation adds rows with ``rot`` = 1, 2, 3 (90°, 180°, 270° counter-clockwise, ``np.rot90``
+convention) beside ``rot`` = 0; the rotation is applied when the tile is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ["sample", "height", "width", "class", "image", "labels"]
+TILE_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "class", "image", "labels"]
+ROTATIONS = (0, 1, 2, 3)
+
+
+@dataclass
+class ClassBalance:
+    """Stride and tile count chosen for one class (counts exclude rotations)."""
+
+    name: str
+    images: int
+    stride: int
+    count: int
+    count_at_common_stride: int
+    target: int
+    within_tolerance: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TileIndex:
+    """The tile table plus how it was made (strides per class, counts, balance check)."""
+
+    tiles: pd.DataFrame
+    size: int
+    common_stride: int
+    balanced: bool
+    augment: bool
+    tolerance: float
+    classes: dict[str, ClassBalance] = field(default_factory=dict)
+
+    @property
+    def strides(self) -> dict[str, int]:
+        return {name: c.stride for name, c in self.classes.items()}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per class in ``tiles`` (rotations included)."""
+        return {name: int((self.tiles["class"] == name).sum()) for name in self.classes}
+
+    @property
+    def within_tolerance(self) -> bool:
+        return all(c.within_tolerance for c in self.classes.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "common_stride": self.common_stride,
+            "balanced": self.balanced,
+            "augment": self.augment,
+            "tolerance": self.tolerance,
+            "n_tiles": int(len(self.tiles)),
+            "within_tolerance": self.within_tolerance,
+            "classes": {name: {**c.to_dict(), "rows": self.counts[name]}
+                        for name, c in self.classes.items()},
+        }
+
+
+def axis_positions(length: int, size: int, stride: int) -> np.ndarray:
+    """Window start positions along one axis (no flush to the edge; see module docstring)."""
+    if stride < 1 or size < 1:
+        raise InputError(f"tile size and stride must be >= 1, got size={size}, stride={stride}")
+    if length < size:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(0, length - size + 1, stride, dtype=np.int64)
+
+
+def count_windows(height: int, width: int, size: int, stride: int) -> int:
+    """Number of windows on one image: ``n(H, s) * n(W, s)``."""
+    def n(length: int) -> int:
+        return (length - size) // stride + 1 if length >= size else 1
+
+    return n(int(height)) * n(int(width))
+
+
+def _class_count(shapes: Sequence[tuple[int, int]], size: int, stride: int) -> int:
+    return sum(count_windows(h, w, size, stride) for h, w in shapes)
+
+
+def choose_stride(shapes: Sequence[tuple[int, int]], *, size: int, common_stride: int,
+                  target: int) -> int:
+    """Integer stride <= common stride whose tile count is closest to ``target``.
+
+    Ties go to the larger stride (fewer near-duplicate tiles).
+    """
+    best_stride, best_gap = common_stride, None
+    for stride in range(common_stride, 0, -1):
+        count = _class_count(shapes, size, stride)
+        gap = abs(count - target)
+        if best_gap is None or gap < best_gap:
+            best_stride, best_gap = stride, gap
+        if count >= target:
+            break  # counts only grow as the stride shrinks: no closer one below
+
+    return best_stride
+
+
+def tile_index(images: pd.DataFrame, *, size: int, stride: int, balanced: bool, augment: bool,
+               tolerance: float = 0.05, strict: bool = False) -> TileIndex:
+    """Sliding-window tiles of every image, stride-balanced per class if ``balanced``.
+
+    ``images`` has columns sample, height, width, class (image-level class name; resolve mixed
+    images first with :func:`image_class_from_labels`), image, labels.
+    """
+    missing = [c for c in IMAGE_COLUMNS if c not in images.columns]
+    if missing:
+        raise InputError(f"image table lacks column(s) {missing}")
+    if len(images) == 0:
+        raise InputError("no training images to tile")
+    size, stride = int(size), int(stride)
+    if size < 1 or stride < 1:
+        raise InputError(f"tile size and stride must be >= 1, got size={size}, stride={stride}")
+    empty = images.loc[images["class"].fillna("").astype(str) == "", "sample"].tolist()
+    if empty:
+        raise InputError(f"image-level class missing for sample(s) {empty}")
+    images = images.reset_index(drop=True)
+
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(images["class"].astype(str)):
+        groups.setdefault(name, []).append(i)
+    shapes = {name: [(int(images.at[i, "height"]), int(images.at[i, "width"])) for i in rows]
+              for name, rows in groups.items()}
+    common_counts = {name: _class_count(s, size, stride) for name, s in shapes.items()}
+    target = max(common_counts.values())
+
+    balance: dict[str, ClassBalance] = {}
+    for name, class_shapes in shapes.items():
+        if balanced:
+            chosen = choose_stride(class_shapes, size=size, common_stride=stride, target=target)
+        else:
+            chosen = stride
+        count = _class_count(class_shapes, size, chosen)
+        ok = (not balanced) or abs(count - target) <= tolerance * target
+        balance[name] = ClassBalance(name, len(class_shapes), chosen, count, common_counts[name],
+                                     target if balanced else count, ok)
+        if not ok:
+            msg = (f"class {name!r} ({len(class_shapes)} image(s)) reaches {count} tiles at "
+                   f"stride {chosen}, not within {tolerance:.0%} of the target {target}")
+            if strict:
+                raise InputError(msg)
+            log.warning("tile balancing: %s", msg)
+
+    rotations = ROTATIONS if augment else (0,)
+    frames = []
+    for sample, height, width, name, image, label in zip(
+            *(images[c].tolist() for c in IMAGE_COLUMNS), strict=True):
+        name = str(name)
+        s = balance[name].stride
+        height, width = int(height), int(width)
+        ys, xs = axis_positions(height, size, s), axis_positions(width, size, s)
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        yy, xx = yy.ravel(), xx.ravel()
+        n = yy.size
+        frames.append(pd.DataFrame({
+            "sample": sample,
+            "y": np.tile(yy, len(rotations)),
+            "x": np.tile(xx, len(rotations)),
+            "h": min(size, height),
+            "w": min(size, width),
+            "rot": np.repeat(np.asarray(rotations, dtype=np.int64), n),
+            "class": name,
+            "image": str(image),
+            "labels": str(label),
+        }))
+    tiles = pd.concat(frames, ignore_index=True)[TILE_COLUMNS]
+    return TileIndex(tiles, size, stride, bool(balanced), bool(augment), float(tolerance), balance)
+
+
+def image_class_from_labels(labels: np.ndarray, classes: ClassSet) -> str:
+    """Majority non-matrix class of a label image (for images without an image-level class).
+
+    Returns the matrix class name when the image has no labelled second-phase pixel.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"label image must be integer, got {labels.dtype}")
+    counts = np.bincount(labels.ravel().astype(np.int64, copy=False),
+                         minlength=max(classes.num_classes, classes.ignore_index + 1))
+    fg = np.asarray(classes.foreground, dtype=np.int64)
+    if fg.size == 0 or counts[fg].sum() == 0:
+        return classes.names[0]
+    return classes.names[int(fg[np.argmax(counts[fg])])]
+
+
+def image_shape(path: str | Path, *, sample: str | None = None) -> tuple[int, int]:
+    """(height, width) of an image without decoding its pixels (TIFF header only)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", sample=sample, path=path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except Exception as err:  # noqa: BLE001 - any parser failure means an unreadable file
+            raise InputError(f"cannot read TIFF header ({err})", sample=sample, path=path) from err
+    else:
+        from mvfcnn.io import read_image
+
+        shape = read_image(path, sample=sample, mmap=False).shape
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        shape = shape[:2]
+    if len(shape) != 2:
+        raise InputError(f"expected a 2-D grayscale or RGB image, got shape {tuple(shape)}",
+                         sample=sample, path=path)
+    return int(shape[0]), int(shape[1])
+
+
+def build_image_table(samples: Sequence[str], images: Sequence[str], labels: Sequence[str],
+                      class_names: Sequence[str], classes: ClassSet) -> pd.DataFrame:
+    """Image table for :func:`tile_index`: shapes from headers, missing classes from labels."""
+    lengths = {len(samples), len(images), len(labels), len(class_names)}
+    if len(lengths) != 1:
+        raise InputError("--samples, --images, --labels and --classes need the same number of "
+                         f"values, got {len(samples)}, {len(images)}, {len(labels)}, "
+                         f"{len(class_names)}")
+    rows = []
+    for sample, image, label, name in zip(samples, images, labels, class_names, strict=True):
+        shape = image_shape(image, sample=sample)
+        label_shape = image_shape(label, sample=sample)
+        if shape != label_shape:
+            raise InputError(f"image is {shape[0]}x{shape[1]} but its labels are "
+                             f"{label_shape[0]}x{label_shape[1]}", sample=sample, path=label)
+        if name:
+            classes.index_of(name)
+        else:
+            from mvfcnn.io import read_image
+
+            name = image_class_from_labels(read_image(label, sample=sample, mmap=True), classes)
+            log.info("sample %s: image-level class from labels: %s", sample, name)
+        rows.append({"sample": sample, "height": shape[0], "width": shape[1], "class": name,
+                     "image": str(image), "labels": str(label)})
+    return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def cli(argv: list[str]) -> int:
+    """`mvfcnn tile-index`: write the tile table (CSV) and a per-class stride/count summary."""
+    parser = argparse.ArgumentParser(prog="mvfcnn tile-index", description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", nargs="+", required=True)
+    parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--labels", nargs="+", required=True)
+    parser.add_argument("--classes", nargs="+", required=True,
+                        help='image-level class per sample; "" = majority class of its labels')
+    parser.add_argument("--classes-json", required=True)
+    parser.add_argument("--params-json", required=True, help="the `tiles` config section")
+    parser.add_argument("--balanced", type=_bool, required=True)
+    parser.add_argument("--augment", type=_bool, required=True)
+    parser.add_argument("--strict", action="store_true",
+                        help="fail if a class cannot be balanced within the tolerance")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--out-summary", default=None, help="JSON: strides and counts per class")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    from mvfcnn.io import write_json, write_table
+
+    classes = classes_from_json(args.classes_json)
+    params = json.loads(args.params_json)
+    table = build_image_table(args.samples, args.images, args.labels, args.classes, classes)
+    index = tile_index(table, size=int(params["size"]), stride=int(params["stride"]),
+                       balanced=args.balanced, augment=args.augment,
+                       tolerance=float(params.get("balance_tolerance", 0.05)), strict=args.strict)
+    write_table(args.out, index.tiles)
+    summary = index.summary()
+    if args.out_summary:
+        write_json(args.out_summary, summary)
+    log.info("tile-index: %d tiles; %s", len(index.tiles),
+             json.dumps({n: {"stride": c.stride, "rows": index.counts[n]}
+                         for n, c in index.classes.items()}))
+    return 0
