@@ -1,0 +1,269 @@
+"""Sliding-window FCN inference with seamless stitching (paper §4.2, Figure 3).
+
+The image is covered by ``tile_size`` windows that overlap by ``overlap`` pixels; the last row
+and column of windows are moved flush against the image edge, so no padding is needed unless the
+image is smaller than one window (then the window is filled by reflection and cropped back).
+Each output pixel is taken from exactly one window: the one in which it lies farthest from the
+window border, i.e. every window keeps its centre and gives up about overlap/2 pixels on each side
+that touches another window (image-border sides keep their margin). No K x H x W score buffer is
+allocated unless probabilities are requested; memory is bounded by one batch plus the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from mvfcnn.errors import InputError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MIN_TILE = 32
+
+
+class Tile(NamedTuple):
+    """One window: its top-left corner (y, x) and the half-open region it keeps, in image px."""
+
+    y: int
+    x: int
+    keep_y0: int
+    keep_x0: int
+    keep_y1: int
+    keep_x1: int
+
+
+def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Windows along one axis as (start, keep_start, keep_stop).
+
+    Starts step by ``tile_size - overlap``; the last start is ``length - tile_size`` (flush).
+    Neighbouring windows split their common pixels at the midpoint, which is where a pixel's
+    distance to the two window borders is equal.
+    """
+    if tile_size < 1 or overlap < 0 or overlap >= tile_size:
+        raise InputError(f"need 0 <= overlap < tile_size, got tile_size={tile_size}, "
+                         f"overlap={overlap}")
+    if length < 1:
+        raise InputError(f"image axis of length {length}")
+    if length <= tile_size:
+        return [(0, 0, length)]
+    stride = tile_size - overlap
+    starts = list(range(0, length - tile_size, stride)) + [length - tile_size]
+    cuts = [0] + [(a + tile_size + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
+    cuts.append(length)
+    return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+    """All windows in row-major order; their keep regions partition the image exactly."""
+    rows = axis_windows(height, tile_size, overlap)
+    cols = axis_windows(width, tile_size, overlap)
+    return [Tile(y, x, ky0, kx0, ky1, kx1) for (y, ky0, ky1) in rows for (x, kx0, kx1) in cols]
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def _default_preprocess() -> Callable:
+    from mvfcnn.models.preprocess import normalize_batch
+
+    return normalize_batch
+
+
+def _to_uint8(block: np.ndarray) -> np.ndarray:
+    """The network sees 8-bit input; deeper images are rescaled to 0..255 per batch read."""
+    if block.dtype == np.uint8:
+        return block
+    from mvfcnn.io import to_unit_float
+
+    return np.clip(np.rint(to_unit_float(block) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _read_tile(image: np.ndarray, tile: Tile, tile_size: int) -> np.ndarray:
+    """(h, w[, C]) window, reflection-padded at the bottom/right when the image is smaller."""
+    block = np.asarray(image[tile.y:tile.y + tile_size, tile.x:tile.x + tile_size])
+    pad_y, pad_x = tile_size - block.shape[0], tile_size - block.shape[1]
+    if pad_y or pad_x:
+        widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (block.ndim - 2)
+        block = np.pad(block, widths, mode="reflect")
+    return _to_uint8(block)
+
+
+def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    for start in range(0, len(tiles), batch_size):
+        yield tiles[start:start + batch_size]
+
+
+def predict_image(
+    model,
+    image: np.ndarray,
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    precision: str = "fp32",
+    device: str = "cpu",
+    tta_rotations: bool = False,
+    return_probs: bool = False,
+    progress: bool = True,
+    preprocess: Callable | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """Class map (H, W) uint8 of ``image`` (H, W) or (H, W, 3); with ``return_probs`` also
+    (K, H, W) float16 softmax probabilities.
+
+    ``model`` maps (B, 3, T, T) float -> (B, K, T, T) scores; it is switched to eval mode and
+    channels_last and moved to ``device``. ``preprocess`` turns a uint8 (B, C, T, T) tensor into
+    the model's input (default: ``mvfcnn.models.preprocess.normalize_batch``). Windows are read
+    lazily, so ``image`` may be a np.memmap. ``precision`` "bf16"/"fp16" run under
+    torch.autocast. ``tta_rotations`` averages the softmax over the 4 right-angle rotations.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if tile_size < MIN_TILE:
+        raise InputError(f"tile_size must be >= {MIN_TILE}, got {tile_size}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise InputError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+    if preprocess is None:
+        preprocess = _default_preprocess()
+    device = resolve_device(device)
+    height, width = image.shape[:2]
+    tiles = tile_grid(height, width, tile_size, overlap)
+
+    model.eval()
+    model.to(device=device, memory_format=torch.channels_last)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    device_type = torch.device(device).type
+
+    out = np.empty((height, width), dtype=np.uint8)
+    probs: np.ndarray | None = None
+    bar = tqdm(total=len(tiles), unit="tile", desc="predict", leave=False,
+               disable=not progress or not sys.stderr.isatty())
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        if autocast_dtype is None:
+            return model(batch)
+        with torch.autocast(device_type=device_type, dtype=autocast_dtype):
+            return model(batch)
+
+    with torch.inference_mode():
+        for group in _batches(tiles, batch_size):
+            blocks = np.stack([_read_tile(image, t, tile_size) for t in group])
+            batch = torch.from_numpy(blocks)
+            batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+            batch = preprocess(batch.to(device))
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            if tta_rotations:
+                scores = sum(torch.rot90(torch.softmax(forward(torch.rot90(batch, r, (2, 3)))
+                                                       .float(), dim=1), -r, (2, 3))
+                             for r in range(4)) / 4.0
+            elif return_probs:
+                scores = torch.softmax(forward(batch).float(), dim=1)
+            else:
+                scores = forward(batch).float()
+            _check_scores(scores, len(group), tile_size)
+            labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            soft = scores.to(torch.float16).cpu().numpy() if return_probs else None
+            if soft is not None and probs is None:
+                probs = np.empty((soft.shape[1], height, width), dtype=np.float16)
+            for b, t in enumerate(group):
+                dst = (slice(t.keep_y0, t.keep_y1), slice(t.keep_x0, t.keep_x1))
+                src = (slice(t.keep_y0 - t.y, t.keep_y1 - t.y),
+                       slice(t.keep_x0 - t.x, t.keep_x1 - t.x))
+                out[dst] = labels[b][src]
+                if soft is not None and probs is not None:
+                    probs[:, dst[0], dst[1]] = soft[b, :, src[0], src[1]]
+            bar.update(len(group))
+    bar.close()
+    if return_probs:
+        return out, probs
+    return out
+
+
+def _check_scores(scores, batch: int, tile_size: int) -> None:
+    shape = tuple(scores.shape)
+    if len(shape) != 4 or shape[0] != batch or shape[2:] != (tile_size, tile_size):
+        raise ValueError(f"model returned scores of shape {shape}; expected "
+                         f"({batch}, K, {tile_size}, {tile_size})")
+    if shape[1] > 255:
+        raise ValueError(f"model returned {shape[1]} classes; a uint8 class map holds <= 255")
+
+
+def _load_model(path: str):
+    from mvfcnn.models.io import load_model
+
+    return load_model(path)
+
+
+def _parse_params(text: str) -> dict:
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--params-json is not valid JSON ({err})") from err
+    missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in params]
+    if missing:
+        raise InputError(f"--params-json lacks key(s) {missing}")
+    return {
+        "tile_size": int(params["tile_size"]),
+        "overlap": int(params["overlap"]),
+        "batch_size": int(params["batch_size"]),
+        "precision": str(params["precision"]),
+        "tta_rotations": bool(params.get("tta_rotations", False)),
+    }
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvfcnn predict",
+        description="Sliding-window FCN inference on one micrograph; writes the stitched uint8 "
+                    "class map (and optionally float16 (K, H, W) probabilities).")
+    parser.add_argument("--model", required=True, help="model file (mvfcnn.models.save_model)")
+    parser.add_argument("--image", required=True, help="SEM or registered LOM image")
+    parser.add_argument("--sample", required=True, help="sample id (for messages)")
+    parser.add_argument("--params-json", required=True,
+                        help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
+                             "precision (fp32|bf16|fp16), tta_rotations")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
+    parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+
+    from mvfcnn.io import read_image, write_image
+
+    params = _parse_params(args.params_json)
+    image = read_image(args.image, sample=args.sample)
+    model, _meta = _load_model(args.model)
+    start = time.perf_counter()
+    try:
+        result = predict_image(model, image, device=args.device, return_probs=bool(args.out_probs),
+                               progress=not args.no_progress, **params)
+    except InputError as err:
+        raise InputError(str(err), sample=args.sample, path=args.image) from err
+    seconds = time.perf_counter() - start
+    class_map, probs = result if isinstance(result, tuple) else (result, None)
+    write_image(args.out, class_map)
+    if args.out_probs and probs is not None:
+        write_image(args.out_probs, probs)
+    megapixels = class_map.size / 1e6
+    print(f"mvfcnn predict: {args.sample}: {megapixels:.2f} MP in {seconds:.1f} s "
+          f"({megapixels / max(seconds, 1e-9):.3f} MP/s)", file=sys.stderr)
+    return 0

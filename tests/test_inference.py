@@ -1,0 +1,292 @@
+"""Sliding-window inference: exact tiling, exact stitching, precision paths, memmap input, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mvfcnn import inference
+from mvfcnn.errors import InputError
+from mvfcnn.inference import axis_windows, predict_image, tile_grid
+
+SIZES = [1, 5, 31, 32, 33, 47, 48, 63, 64, 65, 96, 97, 100, 129, 257]
+
+
+def _float_input(batch: torch.Tensor) -> torch.Tensor:
+    """Test preprocessing: raw 0..255 values as float, grey repeated to 3 channels."""
+    batch = batch.float()
+    return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+
+
+class TileCounter(nn.Module):
+    """Scores one-hot in class (n % K) for the n-th tile seen: shows which tile each pixel
+    of the stitched map came from."""
+
+    def __init__(self, num_classes: int = 250) -> None:
+        super().__init__()
+        self.k = num_classes
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ids = (torch.arange(b) + self.seen) % self.k
+        self.seen += b
+        out = torch.zeros(b, self.k, h, w)
+        out[torch.arange(b), ids] = 1.0
+        return out
+
+
+def _integer_conv(radius: int = 2, in_ch: int = 3, classes: int = 4, seed: int = 0) -> nn.Module:
+    """Conv with small integer weights: on 0..255 input every score is an exact fp32 integer,
+    so tiled and whole-image outputs can be compared bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(in_ch, classes, 2 * radius + 1, padding=radius, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-2, 3, conv.weight.shape, generator=gen).float())
+    return conv
+
+
+def _reference(model: nn.Module, image: np.ndarray, tile: int) -> np.ndarray:
+    """Whole-image forward; bottom/right reflection padding up to one tile, then cropped."""
+    h, w = image.shape[:2]
+    pad = [(0, max(tile - h, 0)), (0, max(tile - w, 0))] + [(0, 0)] * (image.ndim - 2)
+    padded = np.pad(image, pad, mode="reflect")
+    x = torch.from_numpy(padded)
+    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+    with torch.no_grad():
+        scores = model(_float_input(x))
+    return scores.argmax(1)[0, :h, :w].to(torch.uint8).numpy()
+
+
+# ---------------------------------------------------------------- tile_grid
+
+
+def _border_distance(start: int, x: int, tile: int, length: int) -> float:
+    """Distance of pixel x to the border of the window at ``start``; image edges don't count."""
+    left = x - start if start > 0 else math.inf
+    right = start + tile - 1 - x if start + tile < length else math.inf
+    return min(left, right)
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 0), (32, 1), (32, 8), (32, 31), (48, 16),
+                                          (64, 17)])
+def test_axis_windows_partition_and_farthest_from_border(tile: int, overlap: int) -> None:
+    for length in SIZES:
+        windows = axis_windows(length, tile, overlap)
+        cover = np.zeros(length, dtype=int)
+        for start, k0, k1 in windows:
+            assert k0 < k1
+            cover[k0:k1] += 1
+            if length >= tile:  # no padding: every window lies inside the image
+                assert 0 <= start and start + tile <= length
+                assert start <= k0 and k1 <= start + tile
+            else:
+                assert (start, k0, k1) == (0, 0, length)
+        assert (cover == 1).all(), (length, windows)
+        starts = [s for s, _, _ in windows]
+        assert starts == sorted(set(starts))
+        if length > tile:
+            assert starts[-1] == length - tile  # flush with the far edge
+            steps = np.diff(starts)
+            assert (steps[:-1] == tile - overlap).all()
+            assert starts[-1] - starts[-2] <= tile - overlap
+
+        for x in range(length):  # the keeping window is (one of) the farthest from its border
+            keeper = next(s for s, k0, k1 in windows if k0 <= x < k1)
+            best = max(_border_distance(s, x, tile, length) for s in starts if s <= x < s + tile)
+            assert _border_distance(keeper, x, tile, length) == best
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 0), (32, 8), (48, 20)])
+def test_tile_grid_covers_every_pixel_once(tile: int, overlap: int) -> None:
+    for height in (5, 32, 33, 100):
+        for width in (1, 32, 64, 97):
+            cover = np.zeros((height, width), dtype=int)
+            grid = tile_grid(height, width, tile, overlap)
+            for t in grid:
+                assert t.y <= t.keep_y0 < t.keep_y1 <= t.y + tile
+                assert t.x <= t.keep_x0 < t.keep_x1 <= t.x + tile
+                cover[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] += 1
+            assert (cover == 1).all()
+            assert len(grid) == len(axis_windows(height, tile, overlap)) * len(
+                axis_windows(width, tile, overlap))
+
+
+def test_tile_grid_known_layout() -> None:
+    # 100 px, tile 40, overlap 10 -> stride 30: starts 0, 30, then flush 60.
+    # cuts at (0+40+30)//2 = 35 and (30+40+60)//2 = 65.
+    assert axis_windows(100, 40, 10) == [(0, 0, 35), (30, 35, 65), (60, 65, 100)]
+    assert axis_windows(40, 40, 10) == [(0, 0, 40)]
+    assert axis_windows(41, 40, 10) == [(0, 0, 20), (1, 20, 41)]
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 32), (32, -1), (0, 0)])
+def test_axis_windows_rejects_bad_parameters(tile: int, overlap: int) -> None:
+    with pytest.raises(InputError):
+        axis_windows(100, tile, overlap)
+
+
+# ---------------------------------------------------------------- predict_image
+
+
+@pytest.mark.parametrize("shape,tile,overlap,batch", [
+    ((100, 130), 32, 8, 1), ((100, 130), 32, 8, 3), ((64, 64), 32, 0, 2),
+    ((20, 70), 32, 6, 4), ((33, 97), 48, 16, 5),
+])
+def test_each_pixel_comes_from_its_keeping_tile(shape, tile, overlap, batch) -> None:
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    out = predict_image(TileCounter(), image, tile_size=tile, overlap=overlap, batch_size=batch,
+                        progress=False, preprocess=_float_input)
+    expected = np.full(shape, 255, dtype=np.uint8)
+    for n, t in enumerate(tile_grid(*shape, tile, overlap)):
+        expected[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] = n
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape,tile,overlap,batch", [
+    ((70, 101), 32, 6, 2), ((32, 32), 32, 6, 1), ((20, 45), 32, 8, 3), ((97, 33), 48, 16, 2),
+    ((130, 90), 32, 5, 4), ((130, 90, 3), 40, 10, 3), ((10, 12, 3), 32, 8, 1),
+])
+def test_stitching_equals_whole_image_forward(shape, tile, overlap, batch) -> None:
+    # A 5x5 conv sees 2 px around each pixel: with overlap >= 5 every kept pixel is >= 2 px from
+    # any interior tile border, so the stitched map must equal one forward over the whole image.
+    image = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    model = _integer_conv(radius=2)
+    out = predict_image(model, image, tile_size=tile, overlap=overlap, batch_size=batch,
+                        progress=False, preprocess=_float_input)
+    assert out.dtype == np.uint8 and out.shape == shape[:2]
+    np.testing.assert_array_equal(out, _reference(model, image, tile))
+
+
+def test_too_small_overlap_shows_seams() -> None:
+    # Sanity check of the test above: without overlap the tile borders do differ.
+    image = np.random.default_rng(3).integers(0, 256, (96, 96), dtype=np.uint8)
+    model = _integer_conv(radius=2)
+    out = predict_image(model, image, tile_size=32, overlap=0, batch_size=4, progress=False,
+                        preprocess=_float_input)
+    assert (out != _reference(model, image, 32)).any()
+
+
+def test_bf16_and_fp16_paths_run() -> None:
+    image = np.random.default_rng(4).integers(0, 256, (80, 70), dtype=np.uint8)
+    model = _integer_conv(radius=1)
+    ref = predict_image(model, image, tile_size=32, overlap=8, batch_size=2, progress=False,
+                        preprocess=_float_input)
+    for precision in ("bf16", "fp16"):
+        out = predict_image(model, image, tile_size=32, overlap=8, batch_size=2,
+                            precision=precision, progress=False, preprocess=_float_input)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert (out == ref).mean() > 0.9
+    with pytest.raises(InputError):
+        predict_image(model, image, tile_size=32, overlap=8, batch_size=2, precision="int8",
+                      progress=False, preprocess=_float_input)
+
+
+def test_memmap_input_and_probs(tmp_path) -> None:
+    shape = (90, 75)
+    data = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    mm = np.memmap(tmp_path / "img.raw", dtype=np.uint8, mode="w+", shape=shape)
+    mm[:] = data
+    mm.flush()
+    mm = np.memmap(tmp_path / "img.raw", dtype=np.uint8, mode="r", shape=shape)
+    model = _integer_conv(radius=1, classes=3)
+    out, probs = predict_image(model, mm, tile_size=32, overlap=6, batch_size=3,
+                               return_probs=True, progress=False, preprocess=_float_input)
+    np.testing.assert_array_equal(out, predict_image(model, data, tile_size=32, overlap=6,
+                                                     batch_size=3, progress=False,
+                                                     preprocess=_float_input))
+    assert probs is not None and probs.dtype == np.float16 and probs.shape == (3, *shape)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    assert (probs.astype(np.float32).argmax(0) == out).mean() > 0.99
+    only_map = predict_image(model, data, tile_size=32, overlap=6, batch_size=3,
+                             return_probs=False, progress=False, preprocess=_float_input)
+    assert isinstance(only_map, np.ndarray) and only_map.shape == shape
+
+
+def test_tta_rotations_with_rotation_equivariant_model() -> None:
+    # A 1x1 conv commutes with rotations, so TTA must give the same map and probabilities.
+    image = np.random.default_rng(6).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    model = nn.Conv2d(3, 4, 1)
+    with torch.no_grad():
+        model.weight.mul_(0.05)
+    plain, p_plain = predict_image(model, image, tile_size=32, overlap=8, batch_size=2,
+                                   return_probs=True, progress=False, preprocess=_float_input)
+    tta, p_tta = predict_image(model, image, tile_size=32, overlap=8, batch_size=2,
+                               tta_rotations=True, return_probs=True, progress=False,
+                               preprocess=_float_input)
+    assert (plain == tta).mean() > 0.999
+    np.testing.assert_allclose(p_plain.astype(np.float32), p_tta.astype(np.float32), atol=2e-3)
+
+
+def test_uint16_image_is_rescaled_to_8_bit() -> None:
+    seen: list[torch.Tensor] = []
+
+    def grab(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.clone())
+        return _float_input(batch)
+
+    image = np.full((40, 40), 65535, dtype=np.uint16)
+    image[:, :20] = 0
+    predict_image(_integer_conv(1), image, tile_size=32, overlap=8, batch_size=4,
+                  progress=False, preprocess=grab)
+    assert all(b.dtype == torch.uint8 for b in seen)
+    assert {int(v) for b in seen for v in b.unique()} == {0, 255}
+
+
+def test_wrong_model_output_is_reported() -> None:
+    class Shrinks(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 2, x.shape[2] // 2, x.shape[3] // 2)
+
+    with pytest.raises(ValueError, match="expected"):
+        predict_image(Shrinks(), np.zeros((40, 40), np.uint8), tile_size=32, overlap=8,
+                      batch_size=1, progress=False, preprocess=_float_input)
+
+
+def test_default_preprocess_from_models_package() -> None:
+    preprocess = pytest.importorskip("mvfcnn.models.preprocess")
+    image = np.random.default_rng(7).integers(0, 256, (40, 50), dtype=np.uint8)
+    out = predict_image(_integer_conv(1), image, tile_size=32, overlap=8, batch_size=2,
+                        progress=False, preprocess=preprocess.normalize_batch)
+    assert out.shape == image.shape
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_predict_writes_class_map(tmp_path, monkeypatch) -> None:
+    import tifffile
+
+    from mvfcnn.cli import main
+
+    image = np.random.default_rng(8).integers(0, 256, (70, 60), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "sem.tif", image)
+    model = _integer_conv(radius=1, classes=5)
+    monkeypatch.setattr(inference, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    params = {"tile_size": 32, "overlap": 8, "batch_size": 2, "precision": "fp32",
+              "tta_rotations": False}
+    argv = ["predict", "--model", str(tmp_path / "m.pt"), "--image", str(tmp_path / "sem.tif"),
+            "--sample", "s1", "--params-json", json.dumps(params), "--device", "cpu",
+            "--out", str(tmp_path / "pred" / "s1.tif"), "--out-probs",
+            str(tmp_path / "pred" / "s1_probs.tif")]
+    assert main(argv) == 0
+    written = tifffile.imread(tmp_path / "pred" / "s1.tif")
+    assert written.dtype == np.uint8
+    expected = predict_image(model, image, tile_size=32, overlap=8, batch_size=2,
+                             progress=False, preprocess=_float_input)
+    np.testing.assert_array_equal(written, expected)
+    probs = tifffile.imread(tmp_path / "pred" / "s1_probs.tif")
+    assert probs.shape == (5, 70, 60) and probs.dtype == np.float16
+
+    bad = argv.copy()
+    bad[bad.index("--params-json") + 1] = json.dumps({**params, "overlap": 40})
+    assert main(bad) == 1
+    missing = argv.copy()
+    missing[missing.index("--params-json") + 1] = json.dumps({"tile_size": 32})
+    assert main(missing) == 1
