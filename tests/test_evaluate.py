@@ -176,3 +176,20 @@ def test_evaluate_errors_are_one_line(dataset: Path, capsys) -> None:
     tifffile.imwrite(dataset / "labels" / "s1.tif", np.zeros((3, 3), np.uint8))
     assert main(argv) == 1
     assert not (out / "metrics.json").exists()
+
+
+def test_evaluate_with_file_lists_equals_folders(dataset: Path) -> None:
+    # the Snakemake rule passes explicit per-sample file lists instead of folders
+    assert main(_evaluate_argv(dataset, dataset / "a")) == 0
+    argv = _evaluate_argv(dataset, dataset / "b")
+    for flag, folder, suffix in (("--pred-dir", "pred", "tif"), ("--votes-dir", "votes", "csv"),
+                                 ("--objects-dir", "objects", "csv")):
+        at = argv.index(flag)
+        argv[at:at + 2] = [{"pred": "--preds"}.get(folder, f"--{folder}"),
+                           *(str(dataset / folder / f"{s}.{suffix}") for s in ("s1", "s2"))]
+    assert main(argv) == 0
+    first, second = (dataset / d / "metrics.json" for d in ("a", "b"))
+    assert first.read_text() == second.read_text()
+    at = argv.index("--votes")
+    del argv[at + 2]  # one vote table for two samples
+    assert main(argv) == 1

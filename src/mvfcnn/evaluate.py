@@ -172,8 +172,9 @@ def cli(argv: list[str]) -> int:
         prog="mvfcnn evaluate",
         description="Pixel metrics (one confusion matrix over all test images) and object "
                     "metrics (max-voted objects) of one MVFCNN model over the test samples. "
-                    "For sample S it reads PRED_DIR/S.tif, VOTES_DIR/S.csv and OBJECTS_DIR/S.csv; "
-                    "--labels lists the label images in the order of --samples.")
+                    "Every per-sample list (--labels, --preds, --votes, --objects) follows the "
+                    "order of --samples; instead of a list, --pred-dir/--votes-dir/--objects-dir "
+                    "name a folder holding {sample}.tif / {sample}.csv.")
     parser.add_argument("--method", default="mvfcnn", help="method name (default mvfcnn)")
     parser.add_argument("--variant", default=None, help="training variant, e.g. ft_balanced_aug")
     parser.add_argument("--modality", required=True, help="sem | lom")
@@ -181,10 +182,14 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--samples", nargs="+", required=True, help="test sample ids")
     parser.add_argument("--labels", nargs="+", required=True,
                         help="label images (uint8, 255 = ignore), one per sample, same order")
-    parser.add_argument("--pred-dir", required=True, help="folder of {sample}.tif class maps")
-    parser.add_argument("--votes-dir", required=True, help="folder of {sample}.csv vote tables")
-    parser.add_argument("--objects-dir", required=True,
-                        help="folder of {sample}.csv objects tables (true_class)")
+    for flag, dest, what, suffix in (("preds", "pred", "stitched class maps", "tif"),
+                                     ("votes", "votes", "vote tables", "csv"),
+                                     ("objects", "objects", "ground-truth objects tables", "csv")):
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument(f"--{flag}", dest=f"{dest}_files", nargs="+", metavar="F",
+                           help=f"{what}, one per sample, same order as --samples")
+        group.add_argument(f"--{dest}-dir", dest=f"{dest}_dir", metavar="D",
+                           help=f"or: folder holding {{sample}}.{suffix} {what}")
     parser.add_argument("--out-metrics", required=True, help="metrics.json")
     parser.add_argument("--out-objects", required=True, help="objects.csv")
     parser.add_argument("--out-confusion", required=True, help="object confusion.csv (Table 4)")
@@ -200,13 +205,18 @@ def cli(argv: list[str]) -> int:
         raise InputError(f"{len(args.samples)} samples but {len(args.labels)} label images")
     if len(set(args.samples)) != len(args.samples):
         raise InputError(f"duplicate sample ids in --samples: {args.samples}")
-    pred_dir, votes_dir, objects_dir = (Path(args.pred_dir), Path(args.votes_dir),
-                                        Path(args.objects_dir))
-    confusion = pixel_confusion(
-        ((s, pred_dir / f"{s}.tif", lab) for s, lab in zip(args.samples, args.labels, strict=True)),
-        classes)
-    frames = [merge_votes(_read_csv(objects_dir / f"{s}.csv", s),
-                          _read_csv(votes_dir / f"{s}.csv", s), s) for s in args.samples]
+    n = len(args.samples)
+    paths: dict[str, list[Path]] = {}
+    for dest, suffix in (("pred", "tif"), ("votes", "csv"), ("objects", "csv")):
+        files, folder = getattr(args, f"{dest}_files"), getattr(args, f"{dest}_dir")
+        if files is not None and len(files) != n:
+            raise InputError(f"{n} samples but {len(files)} {dest} file(s)")
+        paths[dest] = ([Path(f) for f in files] if files is not None
+                       else [Path(folder) / f"{s}.{suffix}" for s in args.samples])
+    confusion = pixel_confusion(zip(args.samples, paths["pred"], args.labels, strict=True),
+                                classes)
+    frames = [merge_votes(_read_csv(obj, s), _read_csv(vts, s), s)
+              for s, obj, vts in zip(args.samples, paths["objects"], paths["votes"], strict=True)]
     frame = pd.concat(frames, ignore_index=True)
     metrics = write_evaluation(
         frame, classes, method=args.method, modality=args.modality, variant=args.variant,
