@@ -83,12 +83,12 @@ def _default_preprocess() -> Callable:
 
 
 def _to_uint8(block: np.ndarray) -> np.ndarray:
-    """The network sees 8-bit input; deeper images are rescaled to 0..255 per batch read."""
+    """The network sees 8-bit input, converted exactly as the training tiles are."""
     if block.dtype == np.uint8:
         return block
-    from mvfcnn.io import to_unit_float
+    from mvfcnn.data import to_uint8
 
-    return np.clip(np.rint(to_unit_float(block) * 255.0), 0, 255).astype(np.uint8)
+    return to_uint8(block)
 
 
 def _read_tile(image: np.ndarray, tile: Tile, tile_size: int) -> np.ndarray:
