@@ -1,0 +1,237 @@
+# Tables 1-6 and Figures 4, 6, 7, 8 of the paper, with the paper's numbers beside ours, for
+# `snakemake --report results/report.html`. The paper's numbers live only in
+# workflow/resources/paper_tables.yaml. Which MVFCNN run stands for "the best" is decided inside
+# mvfcnn.tables / mvfcnn.figures (ft_balanced_aug if configured, else the best SEM accuracy), so
+# the rules below depend on every configured run.
+
+PAPER_TABLES = "workflow/resources/paper_tables.yaml"
+TABLE_NAMES = [f"table{i}" for i in range(1, 7)]
+CONFIG_JSON = json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def _mvfcnn_files(name, modalities=("sem", "lom")):
+    """results/mvfcnn/{variant}/{modality}/<name> of every configured MVFCNN run."""
+    return [f"results/mvfcnn/{v}/{m}/{name}" for v, m in mvfcnn_runs() if m in modalities]
+
+
+def _baseline_metrics():
+    return [f"results/baselines/{b}/{m}/metrics.json" for b, m in baseline_runs()]
+
+
+def _preds(modalities):
+    return [f"results/mvfcnn/{v}/{m}/pred/{s}.tif" for v, m in mvfcnn_runs() if m in modalities
+            for s in samples_in("test")]
+
+
+def _labels(split):
+    return [SAMPLES.loc[s, "labels"] for s in samples_in(split) if has(s, "labels")]
+
+
+def _sem(split):
+    return [SAMPLES.loc[s, "sem"] for s in samples_in(split)]
+
+
+def _lom(split):
+    return [f"results/registration/{s}_lom.tif" for s in samples_in(split) if has(s, "lom")]
+
+
+rule tables:
+    """Tables 1-6 (CSV, markdown, HTML for the report) and summary.md: ours beside the paper's."""
+    input:
+        paper=PAPER_TABLES,
+        mvfcnn=_mvfcnn_files("metrics.json"),
+        confusion=_mvfcnn_files("confusion.csv"),
+        objects=_mvfcnn_files("objects.csv"),
+        tiles=[f"results/tiles/{v}/{m}.csv" for v, m in mvfcnn_runs()],
+        baselines=_baseline_metrics(),
+    output:
+        csv=expand("results/tables/{name}.csv", name=TABLE_NAMES),
+        md=expand("results/tables/{name}.md", name=TABLE_NAMES),
+        html=[
+            report(
+                f"results/tables/{name}.html",
+                category="Tables",
+                caption=f"../report/{name}.rst",
+                labels={"table": name.replace("table", "Table ")},
+            )
+            for name in TABLE_NAMES
+        ],
+        summary="results/tables/summary.md",
+        summary_html=report(
+            "results/tables/summary.html",
+            category="Tables",
+            caption="../report/summary.rst",
+            labels={"table": "Summary"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/tables.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "mvfcnn tables --results-dir results --config-json {params.config:q}"
+        " --paper {input.paper} --outdir results/tables 2> {log}"
+
+
+rule figure_examples:
+    """Fig. 4: one training example per class: SEM | registered LOM | binary mask."""
+    input:
+        sem=_sem("train"),
+        lom=_lom("train"),
+        labels=_labels("train"),
+        masks=[f"results/masks/{s}.tif" for s in samples_in("train")],
+    output:
+        report(
+            "results/figures/fig4_examples.png",
+            category="Figures",
+            caption="../report/fig4_examples.rst",
+            labels={"figure": "Fig. 4"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/fig4.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn figures --results-dir results --config-json {params.config:q}"
+        " --outdir results/figures --which fig4 2> {log}"
+
+
+rule figure_segmentation:
+    """Fig. 6: best and worst SEM test patches (image | ground truth | prediction)."""
+    input:
+        metrics=_mvfcnn_files("metrics.json", ("sem",)),
+        preds=_preds(("sem",)),
+        sem=_sem("test"),
+        labels=_labels("test"),
+    output:
+        report(
+            "results/figures/fig6_segmentation.png",
+            category="Figures",
+            caption="../report/fig6_segmentation.rst",
+            labels={"figure": "Fig. 6"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/fig6.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "mvfcnn figures --results-dir results --config-json {params.config:q}"
+        " --outdir results/figures --which fig6 2> {log}"
+
+
+rule figure_maxvoting:
+    """Fig. 7: per test image, the max-voted object map beside the ground-truth objects."""
+    input:
+        metrics=_mvfcnn_files("metrics.json", ("sem",)),
+        objects=_mvfcnn_files("objects.csv", ("sem",)),
+        ids=[f"results/objects/{s}.tif" for s in samples_in("test")],
+        sem=_sem("test"),
+    output:
+        report(
+            "results/figures/fig7_maxvoting.png",
+            category="Figures",
+            caption="../report/fig7_maxvoting.rst",
+            labels={"figure": "Fig. 7"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/fig7.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "mvfcnn figures --results-dir results --config-json {params.config:q}"
+        " --outdir results/figures --which fig7 2> {log}"
+
+
+rule figure_lom_vs_sem:
+    """Fig. 8a: ground truth | LOM | LOM segmentation | SEM | SEM segmentation."""
+    input:
+        metrics=_mvfcnn_files("metrics.json"),
+        preds=_preds(("sem", "lom")),
+        sem=_sem("test"),
+        lom=_lom("test"),
+        labels=_labels("test"),
+    output:
+        report(
+            "results/figures/fig8a_lom_vs_sem.png",
+            category="Figures",
+            caption="../report/fig8a_lom_vs_sem.rst",
+            labels={"figure": "Fig. 8a"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/fig8a.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "mvfcnn figures --results-dir results --config-json {params.config:q}"
+        " --outdir results/figures --which fig8a 2> {log}"
+
+
+rule figure_noise:
+    """Fig. 8b: seeded dirt/scratch/noise on SEM test patches, segmented by the final model."""
+    input:
+        metrics=_mvfcnn_files("metrics.json", ("sem",)),
+        models=_mvfcnn_files(f"fcn{FINAL_STAGE}.pt", ("sem",)),
+        sem=_sem("test"),
+        labels=_labels("test"),
+    output:
+        report(
+            "results/figures/fig8b_noise.png",
+            category="Figures",
+            caption="../report/fig8b_noise.rst",
+            labels={"figure": "Fig. 8b"},
+        ),
+    params:
+        config=CONFIG_JSON,
+    log:
+        "results/logs/report/fig8b.log",
+    conda:
+        ENV
+    threads: rule_resources("predict", "threads", 2)
+    resources:
+        mem_mb=lambda w, attempt: rule_resources("predict", "mem_mb", 4000) * attempt,
+        runtime=30,
+    shell:
+        "mvfcnn figures --results-dir results --config-json {params.config:q}"
+        " --outdir results/figures --which fig8b 2> {log}"
+
+
+TARGETS["report"] = (
+    expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=["csv", "md", "html"])
+    + ["results/tables/summary.md", "results/tables/summary.html"]
+    + [
+        "results/figures/fig4_examples.png",
+        "results/figures/fig6_segmentation.png",
+        "results/figures/fig7_maxvoting.png",
+        "results/figures/fig8a_lom_vs_sem.png",
+        "results/figures/fig8b_noise.png",
+    ]
+)
