@@ -1,0 +1,175 @@
+"""The one VGG16 trunk shared by FCN-32s/16s/8s (and reusable by the VGG baselines).
+
+Differences from torchvision's ``vgg16().features`` (Long et al.'s Caffe FCN, DESIGN §5):
+
+* ``conv1_1`` has padding 100 and every max-pool uses ``ceil_mode=True``; together with the
+  Caffe crop offsets in :mod:`mvfcnn.models.fcn` this makes the output exactly the input size for
+  every input size (torchvision's floor pooling breaks many sizes).
+* fc6/fc7 are convolutions (``Conv2d(C5, fc, 7)``, ``Conv2d(fc, fc, 1)``), each + ReLU + Dropout2d.
+* ``width`` scales every channel count (1.0 = the real VGG16), for fast CPU experiments.
+
+Parameter names map 1:1 onto torchvision's ``vgg16`` state dict (see
+:func:`trunk_state_from_torchvision`)::
+
+    torchvision vgg16                               VGGTrunk
+    features.N.{weight,bias}, N in CONV_INDICES  -> features.N.{weight,bias}   (same N)
+    classifier.0.weight (4096, 25088)            -> fc6.weight  .view(4096, 512, 7, 7)
+    classifier.0.bias                            -> fc6.bias
+    classifier.3.weight (4096, 4096)             -> fc7.weight  .view(4096, 4096, 1, 1)
+    classifier.3.bias                            -> fc7.bias
+    classifier.6 (the 1000-class ImageNet layer) -> not used
+
+Pool outputs: pool3 = ``features[16]``, pool4 = ``features[23]``, pool5 = ``features[30]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+#: VGG16 configuration ("M" = max-pool); the layer indices equal torchvision's ``features.N``.
+VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+#: ``features`` indices of the 13 convolutions and of the 5 pools.
+CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+POOL_INDICES: tuple[int, ...] = (4, 9, 16, 23, 30)
+POOL3, POOL4, POOL5 = POOL_INDICES[2], POOL_INDICES[3], POOL_INDICES[4]
+#: conv1_1 padding of the Caffe FCN: enough context for the 7x7 fc6 on any input size.
+FCN_CONV1_PADDING = 100
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count of a VGG layer under the ``width`` multiplier (at least 1)."""
+    return max(1, int(round(channels * width)))
+
+
+class TrunkFeatures(NamedTuple):
+    """Outputs of :class:`VGGTrunk`: strides 8, 16, 32 and the fc7 activation (stride 32)."""
+
+    pool3: Tensor
+    pool4: Tensor
+    pool5: Tensor
+    fc7: Tensor
+
+
+class VGGTrunk(nn.Module):
+    """VGG16 conv1_1..pool5 + convolutional fc6/fc7 (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        width: float = 1.0,
+        fc_channels: int = 4096,
+        dropout: float = 0.5,
+        conv1_padding: int = FCN_CONV1_PADDING,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        if fc_channels < 1:
+            raise ValueError(f"fc_channels must be >= 1, got {fc_channels}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.width = float(width)
+        self.fc_channels = int(fc_channels)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG16_CFG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+                continue
+            out = scaled_channels(int(item), width)
+            padding = conv1_padding if not layers else 1
+            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=padding),
+                       nn.ReLU(inplace=True)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.out_channels = channels  # C5: channels of pool5
+        self.fc6 = nn.Conv2d(channels, fc_channels, kernel_size=7)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout2d(dropout)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, kernel_size=1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout2d(dropout)
+        self.reset_parameters()
+
+    @property
+    def pool_channels(self) -> tuple[int, int, int]:
+        """Channels of pool3, pool4 and pool5 (the skip-layer inputs)."""
+        # features[P - 2] is the last convolution before the pool at index P (conv, ReLU, pool)
+        return (self.features[POOL3 - 2].out_channels,
+                self.features[POOL4 - 2].out_channels, self.out_channels)
+
+    def reset_parameters(self) -> None:
+        """Random init for training from scratch.
+
+        He/Kaiming normal with ``fan_in`` (not torchvision's ``fan_out``): it keeps the
+        activation variance constant through the 15 ReLU convolutions of this BN-free stack,
+        including the 7x7 fc6 whose fan-out is 8x its fan-in, so the zero-initialised score
+        layers start from O(1) features. Biases start at zero.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward_pools(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """pool3, pool4, pool5 (strides 8, 16, 32 relative to the padded input)."""
+        taps: list[Tensor] = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in (POOL3, POOL4):
+                taps.append(x)
+        return taps[0], taps[1], x
+
+    def forward_fc(self, pool5: Tensor) -> Tensor:
+        """fc6 -> fc7 on pool5 (valid 7x7 convolution: 6 cells smaller than pool5)."""
+        x = self.drop6(self.relu6(self.fc6(pool5)))
+        return self.drop7(self.relu7(self.fc7(x)))
+
+    def forward(self, x: Tensor) -> TrunkFeatures:
+        pool3, pool4, pool5 = self.forward_pools(x)
+        return TrunkFeatures(pool3, pool4, pool5, self.forward_fc(pool5))
+
+
+def trunk_state_from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename/reshape a torchvision ``vgg16`` state dict into :class:`VGGTrunk` names.
+
+    Only the features and classifier.0/3 (fc6/fc7) are kept; the ImageNet classifier.6 is dropped.
+    A missing key raises ``KeyError`` naming it.
+    """
+    out: dict[str, Tensor] = {}
+    for index in CONV_INDICES:
+        for kind in ("weight", "bias"):
+            out[f"features.{index}.{kind}"] = state_dict[f"features.{index}.{kind}"]
+    for fc, key in (("fc6", "classifier.0"), ("fc7", "classifier.3")):
+        weight = state_dict[f"{key}.weight"]
+        if fc == "fc6":
+            c5 = state_dict[f"features.{CONV_INDICES[-1]}.weight"].shape[0]
+            side = int(round((weight.shape[1] / c5) ** 0.5))
+            weight = weight.reshape(weight.shape[0], c5, side, side)
+        else:
+            weight = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
+        out[f"{fc}.weight"] = weight
+        out[f"{fc}.bias"] = state_dict[f"{key}.bias"]
+    return out
+
+
+def is_torchvision_vgg_state(state_dict: dict[str, object]) -> bool:
+    """True for a torchvision VGG state dict (``features.0.weight`` + ``classifier.0.weight``)."""
+    return "features.0.weight" in state_dict and "classifier.0.weight" in state_dict
+
+
+def _expanded_cfg() -> list[str]:
+    out: list[str] = []
+    for item in VGG16_CFG:
+        out += ["M"] if item == "M" else ["C", "R"]
+    return out
+
+
+# the hand-written index tables must agree with the configuration
+assert tuple(i for i, k in enumerate(_expanded_cfg()) if k == "C") == CONV_INDICES
+assert tuple(i for i, k in enumerate(_expanded_cfg()) if k == "M") == POOL_INDICES
