@@ -1,0 +1,347 @@
+"""FCN-32s / FCN-16s / FCN-8s (Long et al. 2015, Caffe "staged" form) on one VGG16 trunk.
+
+One class, :class:`FCN`, with a ``stage`` parameter; :class:`FCN32s`, :class:`FCN16s` and
+:class:`FCN8s` only fix it. Layer names follow the Caffe prototxts, so a child stage shares
+every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its parent and
+:func:`init_from_parent` copies by name::
+
+    32s: score_fr -> upscore (k64 s32) -> crop 19
+    16s: score_fr -> upscore2 (k4 s2) + crop5(score_pool4(pool4))
+                  -> upscore16 (k32 s16) -> crop 27
+    8s:  score_fr -> upscore2 (k4 s2) + crop5(score_pool4(pool4))
+                  -> upscore_pool4 (k4 s2) + crop9(score_pool3(pool3))
+                  -> upscore8 (k16 s8) -> crop 31
+
+Score layers start at zero (a fresh model outputs all zeros; a fresh child reproduces its
+parent); upsamplers are bias-free ConvTranspose2d set to a bilinear kernel and frozen
+(``requires_grad=False``: optimisers must only get ``p.requires_grad`` parameters).
+With conv1_1 padding 100 and ceil-mode pooling the output is (B, num_classes, H, W) for any H, W.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mvfcnn.errors import InputError
+from mvfcnn.models.vgg_trunk import (
+    TrunkFeatures,
+    VGGTrunk,
+    is_torchvision_vgg_state,
+    trunk_state_from_torchvision,
+)
+
+STAGES = ("32s", "16s", "8s")
+#: (kernel, stride) of each upsampler and the crop offset of each cropped blob (Caffe values).
+UPSAMPLERS: dict[str, tuple[int, int]] = {
+    "upscore": (64, 32), "upscore2": (4, 2), "upscore16": (32, 16),
+    "upscore_pool4": (4, 2), "upscore8": (16, 8),
+}
+CROPS = {"upscore": 19, "score_pool4": 5, "upscore16": 27, "score_pool3": 9, "upscore8": 31}
+#: the real VGG16 layout, the only one ImageNet weights fit
+IMAGENET_LAYOUT = {"width": 1.0, "fc_channels": 4096}
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
+    """(C, C, k, k) ConvTranspose2d weight: a 2-D bilinear kernel on the diagonal (c -> c).
+
+    Same formula as Caffe's ``bilinear`` filler / pytorch-fcn ``get_upsampling_weight``.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+    kernel = torch.outer(ramp, ramp).to(torch.float32)
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight[range(channels), range(channels)] = kernel
+    return weight
+
+
+def _upsampler(channels: int, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=stride, bias=False)
+    layer.weight.requires_grad_(False)
+    return layer
+
+
+def _crop(x: Tensor, offset: int, height: int, width: int) -> Tensor:
+    """Caffe Crop layer: ``x[..., offset:offset + height, offset:offset + width]``."""
+    if x.shape[-2] < offset + height or x.shape[-1] < offset + width:
+        raise RuntimeError(f"cannot crop {height}x{width} at offset {offset} from a "
+                           f"{x.shape[-2]}x{x.shape[-1]} blob")
+    return x[..., offset:offset + height, offset:offset + width]
+
+
+class FCN(nn.Module):
+    """Fully convolutional VGG16 for dense classification; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        num_classes: int,
+        width: float = 1.0,
+        fc_channels: int = 4096,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
+        if num_classes < 1:
+            raise InputError(f"num_classes must be >= 1, got {num_classes}")
+        self.stage = stage
+        self.num_classes = int(num_classes)
+        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout)
+        c3, c4, _ = self.trunk.pool_channels
+        nc = self.num_classes
+        self.score_fr = nn.Conv2d(fc_channels, nc, 1)
+        if stage == "32s":
+            self.upscore = _upsampler(nc, *UPSAMPLERS["upscore"])
+        else:
+            self.upscore2 = _upsampler(nc, *UPSAMPLERS["upscore2"])
+            self.score_pool4 = nn.Conv2d(c4, nc, 1)
+            if stage == "16s":
+                self.upscore16 = _upsampler(nc, *UPSAMPLERS["upscore16"])
+            else:
+                self.upscore_pool4 = _upsampler(nc, *UPSAMPLERS["upscore_pool4"])
+                self.score_pool3 = nn.Conv2d(c3, nc, 1)
+                self.upscore8 = _upsampler(nc, *UPSAMPLERS["upscore8"])
+        self._kwargs = {"num_classes": self.num_classes, "width": float(width),
+                        "fc_channels": int(fc_channels), "dropout": float(dropout)}
+        self.reset_head()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Builder keyword arguments that rebuild this architecture (for ``save_model``)."""
+        return dict(self._kwargs)
+
+    @property
+    def arch(self) -> str:
+        """Registry name of this model ("fcn32s", "fcn16s" or "fcn8s")."""
+        return f"fcn{self.stage}"
+
+    @torch.no_grad()
+    def reset_head(self) -> None:
+        """Zero score layers and bilinear upsamplers (the trunk keeps its own init)."""
+        for name, module in self.named_children():
+            if name.startswith("score_"):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif name in UPSAMPLERS:
+                module.weight.copy_(bilinear_kernel(self.num_classes, module.kernel_size[0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x), x.shape[-2], x.shape[-1])
+
+    def head(self, features: TrunkFeatures, height: int, width: int) -> Tensor:
+        """(B, num_classes, height, width) scores from the trunk outputs of an H x W input."""
+        pool3, pool4, _, fc7 = features
+        score = self.score_fr(fc7)
+        if self.stage == "32s":
+            return _crop(self.upscore(score), CROPS["upscore"], height, width)
+        score = self.upscore2(score)
+        score = score + _crop(self.score_pool4(pool4), CROPS["score_pool4"], *score.shape[-2:])
+        if self.stage == "16s":
+            return _crop(self.upscore16(score), CROPS["upscore16"], height, width)
+        score = self.upscore_pool4(score)
+        score = score + _crop(self.score_pool3(pool3), CROPS["score_pool3"], *score.shape[-2:])
+        return _crop(self.upscore8(score), CROPS["upscore8"], height, width)
+
+
+class FCN32s(FCN):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(stage="32s", **kwargs)
+
+
+class FCN16s(FCN):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(stage="16s", **kwargs)
+
+
+class FCN8s(FCN):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(stage="8s", **kwargs)
+
+
+_CLASSES: dict[str, type[FCN]] = {"32s": FCN32s, "16s": FCN16s, "8s": FCN8s}
+
+
+# --------------------------------------------------------------------------- pretrained trunks
+
+Pretrained = str | os.PathLike[str] | None
+
+
+def load_trunk_weights(trunk: VGGTrunk, pretrained: Pretrained, *, progress: bool = True) -> None:
+    """Initialise ``trunk`` from "none" (keep random init), "imagenet" or a file.
+
+    A file may be an mvfcnn model file, a plain FCN state dict (``trunk.*`` keys), a bare trunk
+    state dict, a ``{"state_dict": ...}`` checkpoint or a torchvision VGG16 state dict. Every trunk
+    tensor must be present with the right shape; the error names the file and the first bad key.
+    """
+    if pretrained is None or (isinstance(pretrained, str) and pretrained == "none"):
+        return
+    if isinstance(pretrained, str) and pretrained == "imagenet":
+        layout = {"width": trunk.width, "fc_channels": trunk.fc_channels}
+        if layout != IMAGENET_LAYOUT:
+            raise InputError(
+                f"pretrained: imagenet needs the real VGG16 layout (width 1.0, fc_channels "
+                f"4096) because the ImageNet tensors have exactly those shapes; got width "
+                f"{trunk.width}, fc_channels {trunk.fc_channels}. Use pretrained: none, or "
+                "fcn.width: 1.0 and fcn.fc_channels: 4096")
+        from mvfcnn.models.weights import imagenet_state_dict
+
+        state = trunk_state_from_torchvision(imagenet_state_dict("vgg16", progress=progress))
+        _load_checked(trunk, state, source="ImageNet vgg16")
+        return
+    path = Path(pretrained)
+    _load_checked(trunk, _trunk_state_from_file(path), source=path)
+
+
+def _trunk_state_from_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise InputError("pretrained weights file not found (use pretrained: none, imagenet or "
+                         "a path to a state dict / model file)", path=path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise InputError(f"cannot read weights ({type(err).__name__}: {err})", path=path) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # mvfcnn model file or a generic checkpoint
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise InputError("not a state dict (expected a dict of tensors, an mvfcnn model file "
+                         "or a {'state_dict': ...} checkpoint)", path=path)
+    if is_torchvision_vgg_state(obj):
+        try:
+            return trunk_state_from_torchvision(obj)
+        except KeyError as err:
+            raise InputError(f"torchvision VGG state dict lacks key {err} (only VGG16 fits "
+                             "the FCN trunk)", path=path) from err
+    trunk_keys = {k[len("trunk."):]: v for k, v in obj.items() if k.startswith("trunk.")}
+    if trunk_keys:
+        return trunk_keys
+    if "features.0.weight" in obj and "fc6.weight" in obj:
+        return dict(obj)
+    raise InputError("no VGG trunk weights in this file (expected 'trunk.*' keys, a bare trunk "
+                     "state dict or a torchvision VGG16 state dict)", path=path)
+
+
+def _load_checked(trunk: VGGTrunk, state: dict[str, Tensor], *, source: object) -> None:
+    path = source if isinstance(source, Path) else None
+    where = "" if path is not None else f"{source}: "
+    for key, param in trunk.state_dict().items():
+        if key not in state:
+            raise InputError(f"{where}missing trunk key {key!r}", path=path)
+        if tuple(state[key].shape) != tuple(param.shape):
+            raise InputError(
+                f"{where}shape mismatch at trunk key {key!r}: file {tuple(state[key].shape)} vs "
+                f"model {tuple(param.shape)} (model width {trunk.width}, fc_channels "
+                f"{trunk.fc_channels})", path=path)
+    trunk.load_state_dict({k: state[k] for k in trunk.state_dict()}, strict=True)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_fcn(
+    stage: str,
+    *,
+    num_classes: int,
+    width: float = 1.0,
+    fc_channels: int = 4096,
+    dropout: float = 0.5,
+    pretrained: Pretrained = "none",
+    progress: bool = True,
+) -> FCN:
+    """FCN of ``stage`` ("32s", "16s", "8s"); ``pretrained`` initialises the trunk only.
+
+    ``pretrained``: "none" (He-normal trunk, see ``VGGTrunk.reset_parameters``), "imagenet"
+    (torchvision ``VGG16_Weights.IMAGENET1K_V1``; width 1.0 and fc_channels 4096 only) or a
+    path (see :func:`load_trunk_weights`). Score layers always start at zero.
+    """
+    if stage not in _CLASSES:
+        raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
+    kwargs = {"num_classes": num_classes, "width": width, "fc_channels": fc_channels,
+              "dropout": dropout}
+    if pretrained is None or (isinstance(pretrained, str) and pretrained == "none"):
+        return _CLASSES[stage](**kwargs)
+    # every trunk tensor will be overwritten: skip its random init (~1 s for the real layout)
+    model = uninitialized(_CLASSES[stage], **kwargs)
+    model.reset_head()
+    load_trunk_weights(model.trunk, pretrained, progress=progress)
+    return model
+
+
+def uninitialized(cls: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    """``cls(**kwargs)`` with allocated but uninitialised CPU tensors (fill them all yourself).
+
+    Built on the meta device (no init cost) and materialised with ``to_empty``, which keeps
+    ``requires_grad`` (the frozen upsamplers stay frozen).
+    """
+    with torch.device("meta"):
+        model = cls(**kwargs)
+    return model.to_empty(device="cpu")
+
+
+def fcn32s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+           dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+    """FCN-32s (single-stream, stride 32)."""
+    return build_fcn("32s", num_classes=num_classes, width=width, fc_channels=fc_channels,
+                     dropout=dropout, pretrained=pretrained, progress=progress)
+
+
+def fcn16s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+           dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+    """FCN-16s (pool4 skip); normally initialised from a trained 32s via :func:`fcn16s_from`."""
+    return build_fcn("16s", num_classes=num_classes, width=width, fc_channels=fc_channels,
+                     dropout=dropout, pretrained=pretrained, progress=progress)
+
+
+def fcn8s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+    """FCN-8s (pool4 + pool3 skips); normally initialised from a trained 16s via fcn8s_from."""
+    return build_fcn("8s", num_classes=num_classes, width=width, fc_channels=fc_channels,
+                     dropout=dropout, pretrained=pretrained, progress=progress)
+
+
+BUILDERS: dict[str, Callable[..., FCN]] = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s}
+
+
+# --------------------------------------------------------------------------- staged training
+
+
+@torch.no_grad()
+def init_from_parent(child: nn.Module, parent: nn.Module) -> list[str]:
+    """Copy every parameter/buffer of ``parent`` whose name and shape match into ``child``.
+
+    Returns the copied names. The child's new score layers stay zero, so a fresh child starts
+    from its parent's prediction (the staged training of Long et al.).
+    """
+    parent_state = parent.state_dict()
+    copied = []
+    for name, tensor in child.state_dict().items():
+        source = parent_state.get(name)
+        if source is not None and source.shape == tensor.shape:
+            tensor.copy_(source)
+            copied.append(name)
+    return copied
+
+
+def _child_of(parent: FCN, stage: str) -> FCN:
+    child = build_fcn(stage, **parent.kwargs)
+    first = next(parent.parameters())
+    child.to(device=first.device)
+    init_from_parent(child, parent)
+    return child
+
+
+def fcn16s_from(parent: FCN) -> FCN:
+    """A new FCN-16s with the same layout as ``parent`` (a 32s), initialised from it."""
+    return _child_of(parent, "16s")
+
+
+def fcn8s_from(parent: FCN) -> FCN:
+    """A new FCN-8s with the same layout as ``parent`` (a 16s), initialised from it."""
+    return _child_of(parent, "8s")
