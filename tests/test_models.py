@@ -1,0 +1,507 @@
+"""Tests for mvfcnn.models: trunk layout, FCN crops/sizes, stage init, weights, files, inputs.
+
+Kept fast for a shared 2-core CPU: shape sweeps run on the ``meta`` device (no compute), real
+forwards use a width-1/16 trunk except one small forward of the real VGG16 layout.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mvfcnn.errors import InputError
+from mvfcnn.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    STAGES,
+    VGGTrunk,
+    bilinear_kernel,
+    build_fcn,
+    fcn8s,
+    fcn8s_from,
+    fcn16s_from,
+    fcn32s,
+    imagenet_cache_path,
+    imagenet_state_dict,
+    init_from_parent,
+    load_model,
+    normalize_batch,
+    register_arch,
+    save_model,
+    to_input_tensor,
+    trunk_state_from_torchvision,
+)
+from mvfcnn.models.fcn import CROPS, UPSAMPLERS, _crop, _upsampler
+from mvfcnn.models.vgg_trunk import CONV_INDICES
+
+SMALL = {"width": 1 / 16, "fc_channels": 16}  # channels 4, 8, 16, 32, 32
+
+
+def small(stage: str, num_classes: int = 3, **kwargs) -> nn.Module:
+    return build_fcn(stage, num_classes=num_classes, **SMALL, **kwargs).eval()
+
+
+def randomize_scores(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Make the zero-initialised score layers non-zero (a 'trained-ish' model)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_children():
+            if name.startswith("score_"):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen))
+    return model
+
+
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tensors are tiny and the 2 cores are shared (no spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any download attempt fails at once, as offline (never touch the network in tests)."""
+    calls = []
+
+    def fail(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    return calls
+
+
+# --------------------------------------------------------------------------- trunk layout
+
+
+@pytest.mark.parametrize(
+    ("width", "expected"),
+    [(1.0, [64, 128, 256, 512, 512]), (0.25, [16, 32, 64, 128, 128]),
+     (1 / 16, [4, 8, 16, 32, 32]), (0.001, [1, 1, 1, 1, 1])],
+)
+def test_trunk_channel_widths(width, expected):
+    with torch.device("meta"):
+        trunk = VGGTrunk(width=width, fc_channels=8)
+    convs = [trunk.features[i] for i in CONV_INDICES]
+    block_out = [convs[i].out_channels for i in (1, 3, 6, 9, 12)]
+    assert block_out == expected
+    assert trunk.features[0].padding == (100, 100)
+    assert all(trunk.features[i].padding == (1, 1) for i in CONV_INDICES[1:])
+    pools = [m for m in trunk.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 5 and all(p.ceil_mode for p in pools)
+    assert trunk.pool_channels == (expected[2], expected[3], expected[4])
+    assert trunk.fc6.kernel_size == (7, 7) and trunk.fc7.kernel_size == (1, 1)
+    assert isinstance(trunk.drop6, nn.Dropout2d) and trunk.drop6.p == 0.5
+
+
+def test_real_layout_matches_torchvision_vgg16_names_shapes_and_count():
+    with torch.device("meta"):
+        tv = torchvision.models.vgg16()
+        model = fcn32s(num_classes=5)
+    mapped = trunk_state_from_torchvision(tv.state_dict())
+    trunk_state = model.trunk.state_dict()
+    assert set(mapped) == set(trunk_state)
+    for key, tensor in trunk_state.items():
+        assert mapped[key].shape == tensor.shape, key
+    tv_comparable = sum(p.numel() for n, p in tv.named_parameters()
+                        if not n.startswith("classifier.6"))
+    assert sum(p.numel() for p in model.trunk.parameters()) == tv_comparable == 134_260_544
+
+
+# --------------------------------------------------------------------------- sizes and crops
+
+
+def test_output_size_equals_input_for_every_size_meta():
+    """H takes every size 32..2048 and W = 2080 - H every other; trunk once, then each head."""
+    with torch.device("meta"):
+        models = {s: build_fcn(s, num_classes=5, width=1 / 16, fc_channels=8).eval()
+                  for s in STAGES}
+    trunk = models["8s"].trunk
+    wrong = []
+    with torch.no_grad():
+        for size in range(32, 2049):
+            features = trunk(torch.empty(1, 3, size, 2080 - size, device="meta"))
+            for stage, model in models.items():
+                out = model.head(features, size, 2080 - size)
+                if tuple(out.shape) != (1, 5, size, 2080 - size):
+                    wrong.append((stage, size, tuple(out.shape)))
+    assert not wrong
+    with torch.no_grad():  # and forward() is trunk + head
+        assert models["16s"](torch.empty(2, 3, 31, 2048, device="meta")).shape == (2, 5, 31, 2048)
+
+
+@pytest.mark.parametrize("size", [32, 33, 63, 100, 224, 257])
+def test_cpu_forward_sizes_and_fresh_model_outputs_zeros(size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size + 7)
+    with torch.no_grad():
+        for stage in STAGES:
+            out = small(stage, num_classes=4)(x)
+            assert out.shape == (2, 4, size, size + 7)
+            assert out.dtype == torch.float32
+            assert torch.count_nonzero(out) == 0  # zero score layers -> all-zero scores
+
+
+# --------------------------------------------------------------------------- upsamplers
+
+
+def test_bilinear_kernel_k4_exact_and_diagonal():
+    weight = bilinear_kernel(3, 4)
+    ramp = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    assert weight.shape == (3, 3, 4, 4)
+    for i in range(3):
+        for j in range(3):
+            expected = torch.outer(ramp, ramp) if i == j else torch.zeros(4, 4)
+            assert torch.equal(weight[i, j], expected)
+
+
+def test_upsamplers_frozen_bias_free_bilinear_and_score_layers_zero():
+    for stage in STAGES:
+        model = small(stage, num_classes=3)
+        ups = {n: m for n, m in model.named_children() if n.startswith("upscore")}
+        assert ups
+        for name, layer in ups.items():
+            assert isinstance(layer, nn.ConvTranspose2d) and layer.bias is None
+            assert (layer.kernel_size[0], layer.stride[0]) == UPSAMPLERS[name]
+            assert not layer.weight.requires_grad
+            assert torch.equal(layer.weight, bilinear_kernel(3, layer.kernel_size[0]))
+            assert not any(n.startswith(name) for n in trainable(model))
+        scores = [m for n, m in model.named_children() if n.startswith("score_")]
+        assert len(scores) == {"32s": 1, "16s": 2, "8s": 3}[stage]
+        assert all(torch.count_nonzero(m.weight) == 0 and torch.count_nonzero(m.bias) == 0
+                   for m in scores)
+
+
+def test_frozen_upsamplers_get_no_gradient():
+    model = randomize_scores(small("8s")).train()
+    model(torch.randn(1, 3, 40, 40)).sum().backward()
+    assert model.upscore8.weight.grad is None and model.upscore2.weight.grad is None
+    assert model.score_pool3.weight.grad is not None
+    assert model.trunk.features[0].weight.grad is not None
+
+
+def test_stage_upsampling_chains_align_on_affine_score_maps():
+    """The Caffe crop offsets put all three stages' upsampled maps on the same pixel grid."""
+
+    def up(name):
+        layer = _upsampler(1, *UPSAMPLERS[name])
+        with torch.no_grad():
+            layer.weight.copy_(bilinear_kernel(1, layer.kernel_size[0]))
+        return layer
+
+    n = 12
+    yy, xx = torch.meshgrid(torch.arange(float(n)), torch.arange(float(n)), indexing="ij")
+    coarse = (0.7 * yy - 0.3 * xx + 2.0)[None, None]
+    size = 32 * n - 40
+    with torch.no_grad():
+        p32 = _crop(up("upscore")(coarse), CROPS["upscore"], size, size)
+        p16 = _crop(up("upscore16")(up("upscore2")(coarse)), CROPS["upscore16"], size, size)
+        p8 = _crop(up("upscore8")(up("upscore_pool4")(up("upscore2")(coarse))),
+                   CROPS["upscore8"], size, size)
+    inner = (slice(None), slice(None), slice(48, -48), slice(48, -48))
+    torch.testing.assert_close(p16[inner], p32[inner], rtol=0, atol=1e-5)
+    torch.testing.assert_close(p8[inner], p32[inner], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- stage init
+
+
+def test_init_from_parent_copies_matching_and_keeps_new_layers_zero():
+    parent = randomize_scores(small("32s"), seed=1)
+    child = small("16s")
+    copied = init_from_parent(child, parent)
+    assert set(copied) == {k for k in parent.state_dict() if k.startswith("trunk.")} | {
+        "score_fr.weight", "score_fr.bias"}
+    for key in copied:
+        assert torch.equal(child.state_dict()[key], parent.state_dict()[key])
+    assert torch.count_nonzero(child.score_pool4.weight) == 0
+
+    randomize_scores(child, seed=2)  # trained-ish 16s: its score_pool4 must pass on to the 8s
+    grandchild = fcn8s_from(child)
+    assert grandchild.stage == "8s" and grandchild.kwargs == child.kwargs
+    assert torch.equal(grandchild.score_pool4.weight, child.score_pool4.weight)
+    assert torch.count_nonzero(grandchild.score_pool3.weight) == 0
+
+
+def test_fresh_child_reproduces_parent():
+    """A new stage starts from its parent's prediction (zero skip scores).
+
+    Exact wherever the coarse score map is locally affine (tested with a constant map: identical
+    away from the top/left border, where the transposed convolutions taper), and the same up to
+    the smoothing of bilinear-upsampling twice vs. once for a rough random map (measured: 2-5 %
+    relative L2 difference, 98-99 % identical argmax).
+    """
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 100, 129)
+    # constant coarse score map: score_fr weight 0, bias != 0
+    parent = small("32s")
+    with torch.no_grad():
+        parent.score_fr.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    child = fcn16s_from(parent).eval()
+    grandchild = fcn8s_from(child).eval()
+    with torch.no_grad():
+        outs = [m(x) for m in (parent, child, grandchild)]
+    inner = (slice(None), slice(None), slice(32, -16), slice(32, -16))
+    for out in outs[1:]:
+        torch.testing.assert_close(out[inner], outs[0][inner], rtol=0, atol=1e-5)
+        assert torch.equal(out.argmax(1), outs[0].argmax(1))
+
+    # random ("trained-ish") coarse score map
+    parent = randomize_scores(small("32s"), seed=3)
+    child = fcn16s_from(parent).eval()
+    randomize_scores(child, seed=4)  # trained 16s: non-zero score_pool4
+    grandchild = fcn8s_from(child).eval()
+    with torch.no_grad():
+        p, c, g = parent(x), fcn16s_from(parent).eval()(x), grandchild(x)
+        c_trained = child(x)
+    for new, old in ((c, p), (g, c_trained)):
+        assert ((new - old).norm() / old.norm()) < 0.1
+        assert (new.argmax(1) == old.argmax(1)).float().mean() > 0.95  # measured 0.98-0.99
+
+
+# --------------------------------------------------------------------------- pretrained trunks
+
+
+def _torchvision_style(trunk_state: dict[str, torch.Tensor], num_classes: int = 10) -> dict:
+    """A torchvision-VGG16-format state dict (features.N, classifier.0/3/6) from trunk tensors."""
+    out = {k: v.clone() for k, v in trunk_state.items() if k.startswith("features.")}
+    fc6, fc7 = trunk_state["fc6.weight"], trunk_state["fc7.weight"]
+    out["classifier.0.weight"] = fc6.reshape(fc6.shape[0], -1).clone()
+    out["classifier.0.bias"] = trunk_state["fc6.bias"].clone()
+    out["classifier.3.weight"] = fc7.reshape(fc7.shape[0], -1).clone()
+    out["classifier.3.bias"] = trunk_state["fc7.bias"].clone()
+    out["classifier.6.weight"] = torch.randn(num_classes, fc7.shape[0])
+    out["classifier.6.bias"] = torch.zeros(num_classes)
+    return out
+
+
+def test_pretrained_path_loads_trunk_from_state_dicts_and_model_files(tmp_path):
+    torch.manual_seed(0)
+    source = randomize_scores(small("32s"))
+    files = {"fcn_state.pt": source.state_dict(),
+             "trunk_state.pt": source.trunk.state_dict(),
+             "torchvision.pt": _torchvision_style(source.trunk.state_dict()),
+             "checkpoint.pt": {"state_dict": source.state_dict(), "iteration": 3}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_model(tmp_path / "model.pt", source, arch="fcn32s", kwargs=source.kwargs)
+    for name in [*files, "model.pt"]:
+        model = fcn8s(num_classes=3, **SMALL, pretrained=tmp_path / name)
+        for key, value in source.trunk.state_dict().items():
+            assert torch.equal(model.trunk.state_dict()[key], value), (name, key)
+        assert torch.count_nonzero(model.score_fr.weight) == 0  # only the trunk is loaded
+        assert torch.count_nonzero(model.score_pool3.bias) == 0
+        assert torch.equal(model.upscore8.weight, bilinear_kernel(3, 16))
+        assert not model.upscore8.weight.requires_grad and model.score_fr.weight.requires_grad
+
+
+def test_pretrained_path_errors_name_file_and_first_bad_key(tmp_path):
+    path = tmp_path / "narrow.pt"
+    torch.save(small("32s").state_dict(), path)
+    with pytest.raises(InputError) as err:
+        fcn32s(num_classes=3, width=1 / 8, fc_channels=16, pretrained=str(path))
+    message = str(err.value)
+    assert "narrow.pt" in message and "'features.0.weight'" in message
+    assert "(4, 3, 3, 3)" in message and "(8, 3, 3, 3)" in message
+
+    partial = {k: v for k, v in small("32s").state_dict().items() if "fc7" not in k}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match=r"partial\.pt.*missing trunk key 'fc7.weight'"):
+        fcn32s(num_classes=3, **SMALL, pretrained=tmp_path / "partial.pt")
+
+    with pytest.raises(InputError, match="missing.pt.*not found"):
+        fcn32s(num_classes=3, **SMALL, pretrained=tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="junk.pt.*cannot read"):
+        fcn32s(num_classes=3, **SMALL, pretrained=tmp_path / "junk.pt")
+    torch.save({"head.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="other.pt.*no VGG trunk"):
+        fcn32s(num_classes=3, **SMALL, pretrained=tmp_path / "other.pt")
+
+
+# --------------------------------------------------------------------------- ImageNet weights
+
+
+def test_imagenet_needs_real_layout(no_download):
+    with pytest.raises(InputError, match=r"width 1\.0, fc_channels 4096"):
+        fcn32s(num_classes=3, width=0.25, fc_channels=512, pretrained="imagenet")
+    assert not no_download
+
+
+@pytest.mark.parametrize(("arch", "filename"),
+                         [("vgg16", "vgg16-397923af.pth"), ("vgg19", "vgg19-dcbb9e9d.pth")])
+def test_imagenet_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch, no_download,
+                                                           arch, filename):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    assert imagenet_cache_path(arch) == checkpoints / filename
+    with pytest.raises(InputError) as err:
+        imagenet_state_dict(arch, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"ImageNet weights for {arch} not found and cannot be downloaded")
+    assert f"place {filename} (from https://download.pytorch.org/models/{filename})" in message
+    assert f"in {checkpoints}, or set pretrained: none / a path" in message
+    assert len(no_download) == 1
+
+
+def test_imagenet_from_cache_into_real_layout(tmp_path, monkeypatch, no_download):
+    """Cached file (a random torchvision vgg16 under the official name) -> fc6/fc7 reshaped,
+    then one forward of the real VGG16 layout."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in torchvision.models.vgg16().state_dict().items()}
+    state = {k: torch.empty(s).uniform_(-0.01, 0.01) for k, s in shapes.items()}
+    cached = imagenet_cache_path("vgg16")
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    # the real VGG16 layout (width 1.0, fc 4096, ~134 M parameters)
+    model = fcn8s(num_classes=2, pretrained="imagenet", progress=False).eval()
+    assert not no_download
+    trunk = model.trunk
+    assert torch.equal(trunk.fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7))
+    assert torch.equal(trunk.fc6.bias, state["classifier.0.bias"])
+    assert torch.equal(trunk.fc7.weight, state["classifier.3.weight"].view(4096, 4096, 1, 1))
+    for index in CONV_INDICES:
+        assert torch.equal(trunk.features[index].weight, state[f"features.{index}.weight"])
+    randomize_scores(model)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32))
+    assert out.shape == (1, 2, 32, 32) and torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_scores(small("8s", num_classes=4, dropout=0.3))
+    path = tmp_path / "sub" / "fcn8s.pt"
+    extra = {"iteration": 150, "loss": [0.5, 0.25], "classes": ["a", "b"], "lr": 1e-4}
+    save_model(path, model, arch="fcn8s", kwargs={**model.kwargs, "pretrained": "imagenet"},
+               extra=extra)
+    assert [p.name for p in path.parent.iterdir()] == ["fcn8s.pt"]  # no temp files left
+    loaded, meta = load_model(path)
+    assert not loaded.training and type(loaded) is type(model)
+    assert meta["arch"] == "fcn8s" and meta["extra"] == extra
+    assert meta["kwargs"] == {"num_classes": 4, "width": 1 / 16, "fc_channels": 16,
+                              "dropout": 0.3}  # build-time "pretrained" is not stored
+    assert loaded.trunk.drop6.p == 0.3
+    x = torch.randn(1, 3, 45, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert not loaded.upscore8.weight.requires_grad
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="gone.pt.*not found"):
+        load_model(tmp_path / "gone.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="junk.pt.*cannot read"):
+        load_model(tmp_path / "junk.pt")
+    torch.save(small("32s").state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(InputError, match="bare.pt.*not an mvfcnn model file"):
+        load_model(tmp_path / "bare.pt")
+    model = small("32s")
+    save_model(tmp_path / "m.pt", model, arch="fcn32s", kwargs=model.kwargs)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**payload, "arch": "nope"}, tmp_path / "arch.pt")
+    with pytest.raises(InputError, match="arch.pt.*unknown architecture 'nope'"):
+        load_model(tmp_path / "arch.pt")
+    torch.save({**payload, "kwargs": {**payload["kwargs"], "num_classes": 5}},
+               tmp_path / "shape.pt")
+    with pytest.raises(InputError, match=r"shape.pt.*'score_fr.weight' has shape \(3, 16, 1, 1\)"):
+        load_model(tmp_path / "shape.pt")
+    with pytest.raises(TypeError, match="numpy|float64|ndarray"):
+        save_model(tmp_path / "x.pt", model, arch="fcn32s", kwargs=model.kwargs,
+                   extra={"loss": np.zeros(3)})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_register_arch_extends_load_model(tmp_path):
+    def tiny(*, num_classes: int) -> nn.Module:
+        return nn.Conv2d(3, num_classes, 1)
+
+    register_arch("tiny_test_net", tiny, replace=True)
+    model = tiny(num_classes=2)
+    save_model(tmp_path / "t.pt", model, arch="tiny_test_net", kwargs={"num_classes": 2})
+    loaded, meta = load_model(tmp_path / "t.pt")
+    assert torch.equal(loaded.weight, model.weight) and meta["arch"] == "tiny_test_net"
+    with pytest.raises(ValueError, match="already registered"):
+        register_arch("fcn8s", tiny)
+
+
+# --------------------------------------------------------------------------- input normalisation
+
+
+def test_to_input_tensor_values():
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    gray = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    out = to_input_tensor(gray)
+    assert out.shape == (3, 2, 2) and out.dtype == torch.float32
+    expected = (gray.astype(np.float64)[None] / 255 - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(to_input_tensor(gray.astype(np.uint16) * 257).numpy(), expected,
+                               atol=1e-6)
+    np.testing.assert_allclose(to_input_tensor(gray / 255.0).numpy(), expected, atol=1e-6)
+
+    rgba = np.zeros((1, 1, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 51, 7)
+    out = to_input_tensor(rgba)[:, 0, 0].numpy()
+    np.testing.assert_allclose(out, (np.array([1.0, 0.0, 0.2]) - mean) / std, atol=1e-6)
+
+
+def test_normalize_batch_matches_and_keeps_layout():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2, 9, 11), dtype=np.uint8)
+    expected = torch.stack([to_input_tensor(im) for im in images])
+    batch = torch.from_numpy(images)[:, None]
+    torch.testing.assert_close(normalize_batch(batch), expected, rtol=0, atol=1e-6)
+    rgb = torch.from_numpy(rng.integers(0, 256, (2, 3, 9, 11), dtype=np.uint8))
+    channels_last = rgb.contiguous(memory_format=torch.channels_last)
+    out = normalize_batch(channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, normalize_batch(rgb), rtol=0, atol=0)
+    torch.testing.assert_close(normalize_batch(rgb.float() / 255), normalize_batch(rgb))
+    assert normalize_batch(rgb, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="expected"):
+        normalize_batch(rgb[:, :2])
+
+
+# --------------------------------------------------------------------------- performance modes
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_channels_last_and_bf16_autocast(stage):
+    torch.manual_seed(0)
+    model = randomize_scores(small(stage, num_classes=3))
+    x = normalize_batch(torch.randint(0, 256, (2, 1, 67, 75), dtype=torch.uint8))
+    with torch.no_grad():
+        reference = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model_cl(x_cl), reference, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model_cl(x_cl)
+    assert fast.shape == reference.shape and torch.isfinite(fast).all()
+    assert ((fast.float() - reference).norm() / reference.norm()) < 0.05
+    model_cl.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(model_cl(x_cl).float(),
+                                           torch.randint(0, 3, (2, 67, 75)))
+    loss.backward()
+    assert all(p.grad is not None for p in trainable(model_cl).values())
+    assert all(m.weight.grad is None for n, m in model_cl.named_children()
+               if n.startswith("upscore"))
