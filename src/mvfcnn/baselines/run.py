@@ -1,0 +1,380 @@
+"""Train one object-based baseline on the training crops, classify the test crops, evaluate.
+
+Methods (paper Table 1 / Table 3):
+
+* ``handcrafted_svm`` -- hand-crafted morphology/texture features + RBF SVM (Pauly et al.
+  stand-in; features computed at crop time, see :mod:`mvfcnn.baselines.features`);
+* ``cifarnet`` -- :func:`mvfcnn.models.cifarnet.cifarnet` trained from scratch with SGD
+  (§4.3.1: lr 1e-3, momentum 0.9, weight decay 0.004, Gaussian init ``init: paper`` with Caffe
+  input 0..255 minus the training mean; the CPU default is ``init: torch`` with standardised input
+  and lr 3e-3, because the paper init does not leave chance level within a CPU demo's budget);
+* ``vgg19_svm`` -- VGG19 fc7 (DeCAF) features + RBF SVM (§4.3.2);
+* ``vgg16`` -- VGG16 with a new last layer, fine-tuned with SGD (lr 1e-4), ImageNet-normalised
+  grey repeated to 3 channels.
+
+Networks classify into the foreground classes only (index 1..K of the class set): every
+evaluated object has ``true_class >= 1``. Results go through
+:func:`mvfcnn.evaluate.write_evaluation`, so objects.csv / metrics.json / confusion.csv have the
+same format as MVFCNN's; ``confidence`` is the max softmax probability (networks) or the winning
+one-vs-rest SVM decision value (SVMs). With ``--out-model`` the trained model is saved
+(networks: :func:`mvfcnn.models.io.save_model`; SVMs: a joblib pickle of the sklearn pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mvfcnn.baselines import METHODS
+from mvfcnn.baselines.crops import CropSet
+from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.errors import InputError
+
+#: config ``baselines`` defaults (CPU-sized; config/paper.yaml holds the paper's values)
+DEFAULTS: dict[str, Any] = {
+    "precision": "fp32",
+    "device": "auto",
+    "svm": {"C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma_factor": [0.01, 0.1, 1.0, 10.0],
+            "folds": 5},
+    "cifarnet": {"epochs": 60, "batch_size": 16, "lr": 3.0e-3, "momentum": 0.9,
+                 "weight_decay": 0.004, "augment": True, "init": "torch", "pool_stride": 3,
+                 "fc_width": 64, "dropout": 0.5},
+    "vgg16": {"pretrained": "none", "epochs": 2, "batch_size": 16, "lr": 1.0e-4,
+              "momentum": 0.9, "weight_decay": 0.004, "augment": True},
+    "vgg19_svm": {"pretrained": "none", "batch_size": 32},
+}
+
+
+def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """DEFAULTS updated by ``params`` one level deep (per-method sections merge key by key)."""
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in (params or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def class_labels(true_class: np.ndarray, classes: ClassSet) -> np.ndarray:
+    """true_class (1..K) -> 0-based foreground label (0..K-1) for classifiers."""
+    lookup = {c: i for i, c in enumerate(classes.foreground)}
+    bad = sorted({int(c) for c in true_class if int(c) not in lookup})
+    if bad:
+        raise InputError(f"true_class values {bad} are not foreground classes "
+                         f"{list(classes.foreground)}")
+    return np.asarray([lookup[int(c)] for c in true_class], dtype=np.int64)
+
+
+def predictions_frame(test: CropSet, pred_label: np.ndarray, confidence: np.ndarray,
+                      classes: ClassSet) -> pd.DataFrame:
+    fg = np.asarray(classes.foreground, dtype=np.int64)
+    return pd.DataFrame({
+        "sample": test.sample, "object_id": test.object_id, "true_class": test.true_class,
+        "true_class_name": [classes.names[int(c)] for c in test.true_class],
+        "pred_class": fg[np.asarray(pred_label, dtype=np.int64)],
+        "confidence": np.asarray(confidence, dtype=np.float64),
+    })
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _augment(batch: Any, rng: np.random.Generator) -> Any:
+    """Random horizontal/vertical flip and 90-degree rotation per crop (labels unchanged)."""
+    import torch
+
+    out = []
+    for crop, (flip_h, flip_v, k) in zip(batch, rng.integers(0, [2, 2, 4], size=(len(batch), 3)),
+                                         strict=True):
+        if flip_h:
+            crop = torch.flip(crop, dims=(-1,))
+        if flip_v:
+            crop = torch.flip(crop, dims=(-2,))
+        out.append(torch.rot90(crop, int(k), dims=(-2, -1)))
+    return torch.stack(out)
+
+
+def _autocast(device: str, precision: str) -> Any:
+    import torch
+
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"baselines.precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
+
+
+def train_network(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    preprocess: Callable[[Any], Any],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    augment: bool,
+    seed: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """Plain SGD on (N, S, S) uint8 crops; returns per-epoch mean loss and training accuracy."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    x_all = torch.from_numpy(np.ascontiguousarray(images))[:, None]  # (N, 1, S, S) uint8
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    history = []
+    n = len(x_all)
+    steps = max(1, -(-n // batch_size))
+    bar = tqdm(total=epochs * steps, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        total_loss, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = torch.from_numpy(order[start:start + batch_size])
+            x, y = x_all[idx], y_all[idx]
+            if augment:
+                x = _augment(x, rng)
+            x, y = x.to(device), y.to(device)
+            with _autocast(device, precision):
+                logits = model(preprocess(x))
+                loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1)
+        history.append({"epoch": epoch + 1, "loss": total_loss / n, "train_accuracy": correct / n})
+        bar.set_postfix(loss=f"{total_loss / n:.4f}", acc=f"{correct / n:.3f}")
+    bar.close()
+    return history
+
+
+def predict_network(model: Any, images: np.ndarray, *, preprocess: Callable[[Any], Any],
+                    batch_size: int, device: str = "cpu",
+                    precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, max softmax probability) of (N, S, S) uint8 crops."""
+    import torch
+
+    model.to(device).eval()
+    labels, confidence = [], []
+    x_all = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    with torch.inference_mode():
+        for start in range(0, len(x_all), batch_size):
+            with _autocast(device, precision):
+                logits = model(preprocess(x_all[start:start + batch_size].to(device)))
+            prob = torch.softmax(logits.float(), dim=1)
+            top, arg = prob.max(dim=1)
+            labels.append(arg.cpu().numpy())
+            confidence.append(top.cpu().numpy())
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    return np.concatenate(labels).astype(np.int64), np.concatenate(confidence).astype(np.float64)
+
+
+def _raw_grey(x: Any) -> Any:
+    """CIFARNet normalises its input itself (buffers saved with the model)."""
+    return x
+
+
+def _imagenet_preprocess(x: Any) -> Any:
+    from mvfcnn.models.preprocess import normalize_batch
+
+    return normalize_batch(x)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _check_sets(train: CropSet, test: CropSet, modality: str) -> None:
+    for name, crops in (("train", train), ("test", test)):
+        if crops.modality != modality:
+            raise InputError(f"{name} crops are of modality {crops.modality!r}, not {modality!r}")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise InputError(f"train crops {train.images.shape[1:]} and test crops "
+                         f"{test.images.shape[1:]} differ in size")
+    if len(train) == 0:
+        raise InputError("no labelled training objects (true_class >= 1) to train on")
+
+
+def run_baseline(
+    method: str,
+    train: CropSet,
+    test: CropSet,
+    classes: ClassSet,
+    *,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[pd.DataFrame, dict[str, Any], Any]:
+    """Train ``method`` on ``train``, classify ``test``.
+
+    Returns (objects frame for write_evaluation, info, model): ``info`` holds timings and the
+    training summary, ``model`` is (model, save_model kwargs/arch) or the fitted SVM.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown baseline {method!r}; expected one of {list(METHODS)}")
+    p = merged_params(params)
+    y_train = class_labels(train.true_class, classes)
+    n_classes = len(classes.foreground)
+    info: dict[str, Any] = {"method": method, "n_train": len(train), "n_test": len(test),
+                            "crop_size": int(train.images.shape[-1])}
+    t0 = time.perf_counter()
+    if method in ("handcrafted_svm", "vgg19_svm"):
+        from mvfcnn.baselines.svm import fit_svm
+
+        if method == "handcrafted_svm":
+            x_train, x_test = train.handcrafted, test.handcrafted
+        else:
+            from mvfcnn.baselines.features import decaf_features
+            from mvfcnn.models.vgg_classifier import vgg19_features
+
+            cfg = p["vgg19_svm"]
+            extractor = vgg19_features(pretrained=cfg["pretrained"])
+            kw = {"batch_size": int(cfg["batch_size"]), "device": device,
+                  "precision": p["precision"], "extractor": extractor}
+            x_train = decaf_features(train.images, **kw)
+            x_test = decaf_features(test.images, **kw) if len(test) else np.zeros((0, 4096))
+            info["feature_seconds"] = time.perf_counter() - t0
+        fitted = fit_svm(x_train, y_train, seed=seed, params=p["svm"])
+        info.update(best_params=fitted.best_params, cv_accuracy=fitted.cv_accuracy,
+                    folds=fitted.folds, n_features=int(x_train.shape[1]))
+        info["train_seconds"] = time.perf_counter() - t0
+        pred, confidence = (fitted.predict(x_test) if len(test)
+                            else (np.zeros(0, np.int64), np.zeros(0)))
+        model: Any = fitted
+    else:
+        import torch
+
+        torch.manual_seed(seed)
+        cfg = p[method]
+        size = int(train.images.shape[-1])
+        if method == "cifarnet":
+            from mvfcnn.models.cifarnet import cifarnet
+
+            kwargs = {"num_classes": n_classes, "input_size": size, "in_channels": 1,
+                      "pool_stride": int(cfg["pool_stride"]), "fc_width": int(cfg["fc_width"]),
+                      "dropout": float(cfg["dropout"]), "init": str(cfg["init"])}
+            net = cifarnet(**kwargs)
+            # paper init <-> Caffe input (0..255 minus mean); torch init <-> standardised input
+            mean, std = float(train.images.mean()), float(train.images.std()) or 1.0
+            net.set_input_normalization(mean, 1.0 if kwargs["init"] == "paper" else 1.0 / std)
+            preprocess = _raw_grey
+            arch, extra = "cifarnet", {"input": "grey 0..255, normalised inside the model"}
+        else:
+            from mvfcnn.models.vgg_classifier import vgg16_finetune
+
+            kwargs = {"num_classes": n_classes, "pretrained": cfg["pretrained"]}
+            net = vgg16_finetune(**kwargs)
+            preprocess = _imagenet_preprocess
+            arch, extra = "vgg16_finetune", {"input": "imagenet normalize_batch"}
+        info["parameters"] = int(sum(q.numel() for q in net.parameters()))
+        history = train_network(
+            net, train.images, y_train, preprocess=preprocess, epochs=int(cfg["epochs"]),
+            batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+            momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]),
+            augment=bool(cfg["augment"]), seed=seed, device=device, precision=p["precision"],
+            desc=f"{method} {train.modality}")
+        info["history"] = history
+        info["train_seconds"] = time.perf_counter() - t0
+        pred, confidence = predict_network(net, test.images, preprocess=preprocess,
+                                           batch_size=int(cfg["batch_size"]), device=device,
+                                           precision=p["precision"])
+        extra.update(classes=list(classes.foreground), crop_size=size, method=method)
+        model = (net, arch, kwargs, extra)
+    info["total_seconds"] = time.perf_counter() - t0
+    return predictions_frame(test, pred, confidence, classes), info, model
+
+
+def _save(model: Any, path: str | Path) -> None:
+    if isinstance(model, tuple):
+        from mvfcnn.models.io import save_model
+
+        net, arch, kwargs, extra = model
+        save_model(path, net, arch=arch, kwargs=kwargs, extra=extra)
+        return
+    import joblib
+
+    from mvfcnn.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        joblib.dump(model, tmp)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvfcnn train-baseline",
+        description="Train one object-based baseline on the training crops, classify the test "
+                    "crops and write objects.csv / metrics.json / confusion.csv.")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--modality", required=True, help="sem | lom")
+    parser.add_argument("--train", required=True, help="training crops (.npz, crop-objects)")
+    parser.add_argument("--test", required=True, help="test crops (.npz, crop-objects)")
+    parser.add_argument("--classes-json", required=True, help="class set as JSON")
+    parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-metrics", required=True)
+    parser.add_argument("--out-objects", required=True)
+    parser.add_argument("--out-confusion", required=True)
+    parser.add_argument("--out-model", default=None, help="optional trained model file")
+    parser.add_argument("--out-info", default=None,
+                        help="optional JSON with timings, training curve, chosen SVM parameters")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: config)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    try:
+        classes = classes_from_json(args.classes_json)
+        params = json.loads(args.params_json)
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"bad --classes-json / --params-json ({err})") from err
+    train, test = CropSet.load(args.train), CropSet.load(args.test)
+    _check_sets(train, test, args.modality)
+    from mvfcnn.inference import resolve_device
+
+    p = merged_params(params)
+    device = resolve_device(args.device or p.get("device", "auto"))
+    if args.threads and args.method != "handcrafted_svm":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    frame, info, model = run_baseline(args.method, train, test, classes, params=params,
+                                      seed=args.seed, device=device)
+    from mvfcnn.evaluate import write_evaluation
+
+    metrics = write_evaluation(frame, classes, method=args.method, modality=args.modality,
+                               variant=None, out_metrics=args.out_metrics,
+                               out_objects=args.out_objects, out_confusion=args.out_confusion)
+    if args.out_model:
+        _save(model, args.out_model)
+    if args.out_info:
+        from mvfcnn.io import write_json
+
+        write_json(args.out_info, {**info, "device": device, "seed": args.seed})
+    acc = metrics["object_accuracy"]
+    print(f"mvfcnn train-baseline: {args.method}/{args.modality}: {len(train)} train, "
+          f"{metrics['n_objects']} test objects, accuracy "
+          f"{'n/a' if acc is None else f'{acc:.4f}'} ({info['total_seconds']:.1f} s on {device})",
+          file=sys.stderr)
+    return 0
