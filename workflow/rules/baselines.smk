@@ -1,0 +1,113 @@
+# Object-based baselines (paper §4.1, Tables 1 and 3): the data stage's objects are cropped from
+# the masked SEM / masked grey LOM and warped (crop_objects, one .npz per modality and split),
+# then each method trains on the training crops and is scored on the test crops in the shared
+# evaluation format (train_baseline). `method` and `modality` are wildcards; which combinations
+# run comes from config run.baselines x run.baseline_modalities.
+
+BASELINE_METHODS = ("handcrafted_svm", "cifarnet", "vgg19_svm", "vgg16")
+BASELINE_NETWORKS = ("cifarnet", "vgg19_svm", "vgg16")  # these get resources: gpu=1
+
+
+wildcard_constraints:
+    method="|".join(BASELINE_METHODS),
+    split="train|test",
+    modality="sem|lom",
+
+
+def _baselines_cfg():
+    return config.get("baselines", {})
+
+
+def _baseline_json(*keys):
+    """Only the `baselines` keys a job uses, so editing one method does not rerun the others."""
+    section = _baselines_cfg()
+    return json.dumps({k: section[k] for k in keys if k in section}, separators=(",", ":"),
+                      sort_keys=True)
+
+
+def _baseline_resource(rule_name, key, default):
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def _crop_source(modality, sample):
+    """§4.1: objects are cut from the masked SEM, or from the registered LOM (masked in the job)."""
+    if modality == "sem":
+        return f"results/masks/{sample}_masked_sem.tif"
+    return modality_image(modality, sample)
+
+
+rule crop_objects:
+    """Crop every labelled object by its bbox, warp it to crop_size^2, add hand-crafted features."""
+    input:
+        images=lambda w: [_crop_source(w.modality, s) for s in samples_in(w.split)],
+        masks=lambda w: [f"results/masks/{s}.tif" for s in samples_in(w.split)],
+        tables=lambda w: [f"results/objects/{s}.csv" for s in samples_in(w.split)],
+        ids=lambda w: [f"results/objects/{s}.tif" for s in samples_in(w.split)],
+    output:
+        "results/baselines/crops/{modality}_{split}.npz",
+    params:
+        samples=lambda w: " ".join(samples_in(w.split)),
+        crops=_baseline_json("crop_size", "handcrafted"),
+    log:
+        "results/logs/crop_objects/{modality}_{split}.log",
+    benchmark:
+        "results/benchmarks/crop_objects/{modality}_{split}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda w, attempt: _baseline_resource("crop_objects", "mem_mb", 2000) * attempt,
+        runtime=lambda w, attempt: _baseline_resource("crop_objects", "runtime", 10) * attempt,
+    shell:
+        "mvfcnn crop-objects --modality {wildcards.modality} --split {wildcards.split}"
+        " --samples {params.samples} --images {input.images} --masks {input.masks}"
+        " --objects-tables {input.tables} --objects-ids {input.ids}"
+        " --params-json '{params.crops}' --out {output} 2> {log}"
+
+
+def _train_baseline_params(wildcards):
+    method = wildcards.method
+    keys = ["precision", "device", method]
+    if method.endswith("_svm"):
+        keys.append("svm")
+    return _baseline_json(*keys)
+
+
+rule train_baseline:
+    """Train one object-based baseline on the training crops; evaluate it on the test crops."""
+    input:
+        train="results/baselines/crops/{modality}_train.npz",
+        test="results/baselines/crops/{modality}_test.npz",
+    output:
+        metrics="results/baselines/{method}/{modality}/metrics.json",
+        objects="results/baselines/{method}/{modality}/objects.csv",
+        confusion="results/baselines/{method}/{modality}/confusion.csv",
+        info="results/baselines/{method}/{modality}/info.json",
+    params:
+        baselines=_train_baseline_params,
+        classes=CLASSES_JSON,
+        seed=config["seed"],
+    log:
+        "results/logs/train_baseline/{method}_{modality}.log",
+    benchmark:
+        "results/benchmarks/train_baseline/{method}_{modality}.tsv"
+    conda:
+        ENV
+    threads: _baseline_resource("train_baseline", "threads", 2)
+    resources:
+        gpu=lambda w: 1 if w.method in BASELINE_NETWORKS else 0,
+        mem_mb=lambda w, attempt: _baseline_resource("train_baseline", "mem_mb", 6000) * attempt,
+        runtime=lambda w, attempt: _baseline_resource("train_baseline", "runtime", 30) * attempt,
+    shell:
+        "mvfcnn train-baseline --method {wildcards.method} --modality {wildcards.modality}"
+        " --train {input.train} --test {input.test} --classes-json '{params.classes}'"
+        " --params-json '{params.baselines}' --seed {params.seed} --threads {threads}"
+        " --out-metrics {output.metrics} --out-objects {output.objects}"
+        " --out-confusion {output.confusion} --out-info {output.info} 2> {log}"
+
+
+TARGETS["baselines"] = expand(
+    "results/baselines/{method}/{modality}/metrics.json",
+    method=config["run"]["baselines"],
+    modality=config["run"]["baseline_modalities"],
+)
