@@ -126,6 +126,7 @@ def test_figure_content(fake):
     titles = [ax.get_title() for ax in fig6.axes]
     assert any("prediction, fg acc. 100.0%" in t for t in titles)   # a success
     assert any("(b)" in t for t in titles)                          # a failure column
+    assert any(ax.get_xlabel().startswith("te") for ax in fig6.axes)  # sample names
     assert "matrix" in _legend_texts(fig6) and "pearlite" in _legend_texts(fig6)
     fig7 = F.make_figure("fig7", ctx)
     assert "not segmented" in _legend_texts(fig7)
@@ -133,7 +134,7 @@ def test_figure_content(fake):
     fig8a = F.make_figure("fig8a", ctx, patch=PATCH)
     assert any("LOM segmentation" in ax.get_title() for ax in fig8a.axes)
     fig8b = F.make_figure("fig8b", ctx, predictor=_fake_predictor, patch=PATCH)
-    assert any("+ dirt" in ax.get_title() for ax in fig8b.axes)
+    assert any("with dirt" in ax.get_title() for ax in fig8b.axes)
     assert fig8b.axes[0].get_ylabel() == "matrix"                   # plain ferrite patch first
 
 

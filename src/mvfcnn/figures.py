@@ -148,13 +148,13 @@ def legend_handles(classes: ClassSet, extra: list[tuple[str, tuple[int, int, int
 
 
 def add_legend(fig, classes: ClassSet, extra: list[tuple[str, tuple[int, int, int]]] = (),
-               *, xlabels: bool = False) -> None:
+               *, xlabel_lines: int = 1) -> None:
     """Class names and colours from the config below the panels; the figure grows to fit."""
     handles = legend_handles(classes, extra)
     longest = max(len(h.get_label()) for h in handles)
     per_row = max(1, int(fig.get_figwidth() / (0.45 + 0.075 * longest)))
     legend_rows = math.ceil(len(handles) / per_row)
-    _layout(fig, bottom_in=0.15 + 0.25 * legend_rows + (0.45 if xlabels else 0.0))
+    _layout(fig, bottom_in=0.15 + 0.25 * legend_rows + 0.16 * xlabel_lines)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), per_row),
                frameon=False, fontsize=9, borderaxespad=0.2)
 
@@ -167,7 +167,7 @@ def _axes_off(axes) -> None:
             spine.set_visible(False)
 
 
-TOP_IN, GAP_IN = 0.6, 0.45     # title band and the gap between panel rows, inches
+TOP_IN, GAP_IN = 0.6, 0.6      # title band and the gap between panel rows (with xlabels), inches
 
 
 def _layout(fig, bottom_in: float = 0.2) -> None:
@@ -279,6 +279,7 @@ class Patch:
     dominant: int           # the foreground class with most ground-truth pixels
     foreground: int         # number of foreground ground-truth pixels
     accuracy: float         # correct / foreground (nan when no foreground)
+    share: float = 1.0      # dominant class pixels / foreground pixels
 
 
 def candidate_patches(sample: str, labels: np.ndarray, pred: np.ndarray, classes: ClassSet,
@@ -295,18 +296,21 @@ def candidate_patches(sample: str, labels: np.ndarray, pred: np.ndarray, classes
                 continue
             correct = int((_crop(pred, y, x, size)[fg] == lab[fg]).sum())
             counts = np.bincount(lab[fg].ravel(), minlength=classes.num_classes)
-            out.append(Patch(sample, y, x, min(size, lab.shape[0], lab.shape[1]),
-                             int(np.argmax(counts)), n_fg, correct / n_fg))
+            dominant = int(np.argmax(counts))
+            out.append(Patch(sample, y, x, min(size, lab.shape[0], lab.shape[1]), dominant,
+                             n_fg, correct / n_fg, float(counts[dominant]) / n_fg))
     return out
 
 
 def pick_extremes(patches: list[Patch], classes: ClassSet
                   ) -> tuple[list[Patch], list[Patch]]:
     """Per foreground class: its best patch (success) and its worst patch (failure); the
-    failure is None when no patch of that class is worse than its best one."""
+    failure is None when no patch of that class is worse than its best one. Patches where the
+    class is at least half of the second phase are preferred, so a row shows its class."""
     successes, failures = [], []
     for cls in classes.foreground:
         mine = [p for p in patches if p.dominant == cls]
+        mine = [p for p in mine if p.share >= 0.5] or mine
         if not mine:
             continue
         ranked = sorted(mine, key=lambda p: (-p.accuracy, -p.foreground, p.sample, p.y, p.x))
@@ -344,8 +348,8 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
         lom = _read(ctx.image(sample, "lom"))
         mask = _read(ctx.results_dir / "masks" / f"{sample}.tif")
         rgb = ctx.classes.rgb()[cls]
-        _show(axes[r, 0], display_gray(_crop(sem, y, x, size)),
-              f"SEM: {sample} (y={y}, x={x})")
+        _show(axes[r, 0], display_gray(_crop(sem, y, x, size)), "SEM")
+        axes[r, 0].set_xlabel(f"{sample} (y={y}, x={x})", fontsize=7)
         _row_label(axes[r, 0], ctx.classes.names[cls], rgb)
         if lom is not None:
             _show(axes[r, 1], display_gray(_crop(lom, y, x, size)), "registered LOM")
@@ -397,8 +401,8 @@ def fig6_segmentation(ctx: Context, *, patch: int = PATCH):
             sem = _read(ctx.image(p.sample, "sem"))
             labels = _read(ctx.labels(p.sample))
             pred = _read(ctx.pred(variant, "sem", p.sample))
-            _show(axes[r, col0], display_gray(_crop(sem, p.y, p.x, p.size)),
-                  f"({tag}) {p.sample}")
+            _show(axes[r, col0], display_gray(_crop(sem, p.y, p.x, p.size)), f"({tag}) SEM")
+            axes[r, col0].set_xlabel(f"{p.sample} (y={p.y}, x={p.x})", fontsize=7)
             _show(axes[r, col0 + 1], colorize(_crop(labels, p.y, p.x, p.size), ctx.classes),
                   "ground truth")
             _show(axes[r, col0 + 2], colorize(_crop(pred, p.y, p.x, p.size), ctx.classes),
@@ -473,14 +477,14 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
         n_miss = int((scored["pred_class"] < 0).sum())
         _show(axes[r, 0], display_gray(sem[::step, ::step]), sample)
         _show(axes[r, 1], truth, "ground truth")
-        axes[r, 1].set_xlabel(f"image: {_image_class(rows['true_class'], ctx.classes)}",
+        axes[r, 1].set_xlabel(f"majority: {_image_class(rows['true_class'], ctx.classes)}",
                               fontsize=8)
         _show(axes[r, 2], voted, "max-voted")
-        axes[r, 2].set_xlabel(f"image: {_image_class(rows['pred_class'], ctx.classes)}\n"
+        axes[r, 2].set_xlabel(f"majority: {_image_class(rows['pred_class'], ctx.classes)}\n"
                               f"{n_ok}/{len(scored)} objects right, {n_miss} not segmented",
                               fontsize=8)
     add_legend(fig, ctx.classes, [("not segmented", NOT_SEGMENTED_RGB),
-                                  ("no ground-truth class", NO_TRUTH_RGB)], xlabels=True)
+                                  ("no ground-truth class", NO_TRUTH_RGB)], xlabel_lines=2)
     return fig
 
 
@@ -533,7 +537,8 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
         labels = _crop(_read(ctx.labels(sample)), y, x, size)
         lom = _read(ctx.image(sample, "lom"))
         sem = _read(ctx.image(sample, "sem"))
-        cells = [(colorize(labels, ctx.classes), f"ground truth: {sample}")]
+        cells = [(colorize(labels, ctx.classes), "ground truth")]
+        axes[r, 0].set_xlabel(f"{sample} (y={y}, x={x})", fontsize=7)
         for modality, image in (("lom", lom), ("sem", sem)):
             pred = _crop(_read(ctx.pred(variant, modality, sample)), y, x, size)
             fg = labels != ctx.classes.ignore_index
@@ -616,9 +621,15 @@ def noise_patches(ctx: Context, size: int) -> list[tuple[str, str, int, int, int
             continue
         s = min(size, *labels.shape[:2])
         fg = np.isin(labels, [*ctx.classes.foreground, ctx.classes.ignore_index])
-        y, x, count = best_window(~fg, s)
-        if plain is None or count > plain[3]:
-            plain = (sample, y, x, count, s)
+        # the plainest window; shrink it (down to 96 px) until it is >= 98 % matrix
+        small = s
+        y, x, count = best_window(~fg, small)
+        while count < 0.98 * small * small and small // 2 >= 96:
+            small //= 2
+            y, x, count = best_window(~fg, small)
+        score = count / (small * small)
+        if plain is None or score > plain[3]:
+            plain = (sample, y, x, score, small)
         for cls in ctx.classes.foreground:
             y, x, count = best_window(labels == cls, s)
             if count > 0 and (cls not in per_class or count > per_class[cls][3]):
@@ -660,11 +671,12 @@ def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH
         keep = truth != ctx.classes.ignore_index
         acc = [100.0 * float((p[keep] == truth[keep]).mean()) if keep.any() else math.nan
                for p in (pred_noisy, pred_clean)]
-        _show(axes[r, 0], noisy, f"{sample} + {kind}")
+        _show(axes[r, 0], noisy, f"with {kind}")
+        axes[r, 0].set_xlabel(f"{sample} (y={y}, x={x})", fontsize=7)
         _row_label(axes[r, 0], label)
-        _show(axes[r, 1], colorize(pred_noisy, ctx.classes), f"prediction ({acc[0]:.1f}%)")
+        _show(axes[r, 1], colorize(pred_noisy, ctx.classes), f"prediction, acc. {acc[0]:.1f}%")
         _show(axes[r, 2], colorize(pred_clean, ctx.classes),
-              f"without artefacts ({acc[1]:.1f}%)")
+              f"without artefacts, acc. {acc[1]:.1f}%")
         _show(axes[r, 3], colorize(truth, ctx.classes), "ground truth")
     add_legend(fig, ctx.classes, [("ignore", NO_TRUTH_RGB)])
     return fig
