@@ -220,13 +220,37 @@ def describe_run(run: Run | None, config: dict[str, Any]) -> str:
         parts.append(f"iterations {_iterations(fcn)}")
         parts.append(_train_info(run.directory, run.variant, run.modality))
     else:
-        base = config.get("baselines", {}) or {}
-        scalars = {k: v for k, v in base.items() if not isinstance(v, dict | list)}
-        scalars.update({k: v for k, v in (base.get(run.method) or {}).items()
-                        if not isinstance(v, dict | list)})
-        parts += [f"{k}={v}" for k, v in sorted(scalars.items())]
+        settings = baseline_settings(config, run.method)
+        parts += [f"{k}={settings[k]}" for k in BASELINE_KEYS if k in settings]
+        info = run.directory / "info.json"
+        if info.exists():
+            try:
+                n_train = json.loads(info.read_text()).get("n_train")
+            except (OSError, json.JSONDecodeError):
+                n_train = None
+            if n_train is not None:
+                parts.append(f"{n_train} train objects")
     parts.append(_test_info(run))
     return "; ".join(p for p in parts if p)
+
+
+BASELINE_KEYS = ("pretrained", "crop_size", "epochs", "init")
+
+
+def baseline_settings(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The effective settings of one baseline: its defaults (mvfcnn.baselines.run) updated by
+    the config's ``baselines`` section, flattened to the top level plus the method's section."""
+    base = dict(config.get("baselines") or {})
+    try:
+        from mvfcnn.baselines.run import merged_params
+
+        base = merged_params(base)
+    except ImportError:  # the baselines package is optional for the tables
+        pass
+    flat = {k: v for k, v in base.items() if not isinstance(v, dict | list)}
+    flat.update({k: v for k, v in (base.get(method) or {}).items()
+                 if not isinstance(v, dict | list)})
+    return flat
 
 
 def _strategy_words(settings: dict[str, Any]) -> str:
@@ -783,8 +807,8 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
                  f"Paper: {setup.get('network', 'full VGG16')}.")
     variant_cfg = variant_settings(config, best) if best else {}
     init = variant_cfg.get("pretrained", "n/a")
-    init_words = {"none": "random initialisation (training from scratch; ImageNet weights are "
-                          "not downloadable offline)",
+    init_words = {"none": "random initialisation (training from scratch, the offline default: "
+                          "ImageNet weights need a download)",
                   "imagenet": "ImageNet VGG16 weights from torchvision"}.get(str(init),
                                                                          f"weights from {init}")
     lines.append(f"- **Pretraining**: ours ({best or 'no run'}): {init_words}. "
@@ -797,6 +821,18 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
     lines.append(f"- **Tile size**: ours: training {config.get('tiles', {}).get('size', '?')} px, "
                  f"inference {config.get('inference', {}).get('tile_size', '?')} px. Paper: "
                  f"{setup.get('tile_size', '?')} px.")
+    methods = [b for b in dict.fromkeys(b for b, _ in baseline_runs(config))]
+    if methods:
+        described = []
+        for method in methods:
+            settings = baseline_settings(config, method)
+            keys = [k for k in ("pretrained", "epochs") if k in settings]
+            described.append(method + (" (" + ", ".join(f"{k}={settings[k]}" for k in keys) + ")"
+                                       if keys else ""))
+        crop = baseline_settings(config, methods[0]).get("crop_size", "?")
+        lines.append(f"- **Object baselines**: ours: crops warped to {crop} px; "
+                     f"{'; '.join(described)}. Paper: {setup.get('baseline_crop_size', '?')} px; "
+                     f"{setup.get('baselines', '')}.")
     seconds, jobs = benchmark_seconds(results_dir)
     if jobs:
         lines.append(f"- **Wall time**: {_hms(seconds)} (h:m:s) summed over {jobs} benchmarked "

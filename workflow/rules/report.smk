@@ -14,8 +14,9 @@ def _mvfcnn_files(name, modalities=("sem", "lom")):
     return [f"results/mvfcnn/{v}/{m}/{name}" for v, m in mvfcnn_runs() if m in modalities]
 
 
-def _baseline_metrics():
-    return [f"results/baselines/{b}/{m}/metrics.json" for b, m in baseline_runs()]
+def _baseline_files(name):
+    """results/baselines/{method}/{modality}/<name> of every configured baseline."""
+    return [f"results/baselines/{b}/{m}/{name}" for b, m in baseline_runs()]
 
 
 def _preds(modalities):
@@ -43,7 +44,8 @@ rule tables:
         confusion=_mvfcnn_files("confusion.csv"),
         objects=_mvfcnn_files("objects.csv"),
         tiles=[f"results/tiles/{v}/{m}.csv" for v, m in mvfcnn_runs()],
-        baselines=_baseline_metrics(),
+        baselines=_baseline_files("metrics.json"),
+        baseline_info=_baseline_files("info.json"),
     output:
         csv=expand("results/tables/{name}.csv", name=TABLE_NAMES),
         md=expand("results/tables/{name}.md", name=TABLE_NAMES),
