@@ -236,6 +236,9 @@ def run_baseline(
     """
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; expected one of {list(METHODS)}")
+    import torch
+
+    torch.manual_seed(seed)  # also fixes the random VGG19 of vgg19_svm with pretrained: none
     p = merged_params(params)
     y_train = class_labels(train.true_class, classes)
     n_classes = len(classes.foreground)
@@ -266,9 +269,6 @@ def run_baseline(
                             else (np.zeros(0, np.int64), np.zeros(0)))
         model: Any = fitted
     else:
-        import torch
-
-        torch.manual_seed(seed)
         cfg = p[method]
         size = int(train.images.shape[-1])
         if method == "cifarnet":
