@@ -846,7 +846,10 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
     if missing:
         lines.append(f"- **Missing runs** (configured, no metrics.json yet): {', '.join(missing)}.")
     lines += ["", "Full tables: " + ", ".join(f"[{n}]({n}.md)" for n in TABLE_NAMES)
-              + ". Paper rows that this configuration did not run have an empty *ours*.", ""]
+              + ". Paper rows that this configuration did not run have an empty *ours*.",
+              "Figures (results/figures): fig4_examples, fig6_segmentation, fig7_maxvoting, "
+              "fig8a_lom_vs_sem, fig8b_noise (PNG); `snakemake --report results/report.html` "
+              "collects tables and figures with captions.", ""]
     return "\n".join(lines)
 
 
