@@ -1,0 +1,255 @@
+"""FCN stage training: loss conventions, a short run, stage initialisation, and exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from mvfcnn.config import ClassSet
+from mvfcnn.models.fcn import build_fcn
+from mvfcnn.models.io import load_model
+from mvfcnn.models.preprocess import normalize_batch
+from mvfcnn.tiling import tile_index
+from mvfcnn.training import (
+    checkpoint_files,
+    lr_sum_to_mean,
+    make_optimizer,
+    pixel_loss,
+    split_validation,
+    train_stage,
+)
+
+CLASSES = ClassSet((0, 1), ("bg", "A"), ("#000000", "#ff0000"))
+TILE = 64
+# tiny model: width 1/16 (4..32 channels), fc 16; fast on 2 shared cores
+CFG = {
+    "width": 1 / 16, "fc_channels": 16, "dropout": 0.5, "stages": ["32s", "16s", "8s"],
+    "iterations": {"32s": 32, "16s": 4, "8s": 4}, "batch_size": 4,
+    "lr": {"32s": 1e-2, "16s": 1e-3, "8s": 1e-3}, "momentum": 0.9, "weight_decay": 5e-4,
+    "loss": "mean", "precision": "fp32", "checkpoint_every": 4, "validate_every": 12,
+    "device": "cpu", "progress": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine this is faster, and every run (in-process
+    and subprocess) uses the same kernels, which bit-identical resume comparisons need."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+VARIANT = {"pretrained": "none", "balanced": False, "augment": True}
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> pd.DataFrame:
+    """One 160x128 grey image: bright class A in the top quarter, dark matrix below."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    labels = np.zeros((160, 128), np.uint8)
+    labels[:40] = 1
+    labels[:2] = 255
+    image = np.where(labels == 1, 200, 40) + rng.normal(0, 10, labels.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    tifffile.imwrite(root / "img.tif", image)
+    tifffile.imwrite(root / "lab.tif", labels)
+    images = pd.DataFrame([{"sample": "s1", "height": 160, "width": 128, "class": "A",
+                            "image": str(root / "img.tif"), "labels": str(root / "lab.tif")}])
+    return tile_index(images, size=TILE, stride=32, balanced=False, augment=True).tiles
+
+
+def _run(tmp: Path, tiles: pd.DataFrame, *, stage="32s", parent=None, cfg=CFG, val=None):
+    out = tmp / f"fcn{stage}.pt"
+    summary = train_stage(stage=stage, tiles=tiles, classes=CLASSES, cfg=copy.deepcopy(cfg),
+                          variant=VARIANT, parent=parent, out_model=out,
+                          out_csv=tmp / f"train_{stage}.csv", out_png=tmp / f"train_{stage}.png",
+                          checkpoint_dir=tmp / "ckpt" / stage, seed=3, device="cpu",
+                          val_tiles=val)
+    return out, summary
+
+
+def test_sum_and_mean_sgd_steps_agree():
+    """lr_mean = lr_sum * N and wd_mean = wd_sum / N give the same weights (momentum too)."""
+    torch.manual_seed(0)
+    base = build_fcn("32s", num_classes=3, width=1 / 16, fc_channels=8, dropout=0.0)
+    with torch.no_grad():
+        for p in (base.score_fr.weight, base.score_fr.bias):
+            p.normal_(0, 0.1)  # non-zero head so the trunk gets gradients as well
+    x = normalize_batch(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8))
+    y = torch.randint(0, 3, (2, 32, 32))
+    y[0, :4] = 255
+    n = int((y != 255).sum())
+    lr_sum, wd_sum = 1e-6, 5e-4
+    lr_mean, wd_mean = lr_sum_to_mean(lr_sum, wd_sum, n)
+    assert lr_mean == pytest.approx(lr_sum * n) and wd_mean == pytest.approx(wd_sum / n)
+    models = {}
+    for kind, lr, wd in (("sum", lr_sum, wd_sum), ("mean", lr_mean, wd_mean)):
+        model = copy.deepcopy(base).to(torch.float64)
+        opt = make_optimizer(model, lr=lr, momentum=0.9, weight_decay=wd, bias_lr_mult=2.0,
+                             bias_decay_mult=0.0)
+        for _ in range(2):  # the second step exercises the momentum buffer
+            objective, mean_loss, count = pixel_loss(model(x.double()), y, ignore_index=255,
+                                                     reduction=kind)
+            assert count == n
+            opt.zero_grad()
+            objective.backward()
+            opt.step()
+        models[kind] = model.state_dict()
+    changed = 0
+    for key, value in models["sum"].items():
+        torch.testing.assert_close(value, models["mean"][key], rtol=1e-7, atol=1e-10)
+        changed += int(not torch.equal(value, base.state_dict()[key].double()))
+    assert changed > 5  # the step really moved the weights
+
+
+def test_pixel_loss_conventions_and_empty_batch():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (1, 4, 4))
+    s, mean, n = pixel_loss(logits, labels, ignore_index=255, reduction="sum")
+    m, _, _ = pixel_loss(logits, labels, ignore_index=255, reduction="mean")
+    s, m = s.detach(), m.detach()
+    assert n == 16 and float(s) == pytest.approx(16 * float(m)) and mean == pytest.approx(float(m))
+    empty, value, n = pixel_loss(logits, torch.full((1, 4, 4), 255), ignore_index=255,
+                                 reduction="mean")
+    assert n == 0 and value == 0.0 and empty.item() == 0.0
+
+
+def test_split_validation_holds_out_positions():
+    frame = pd.DataFrame({"sample": ["a"] * 8, "y": [0, 0, 1, 1] * 2, "x": [0, 1, 0, 1] * 2,
+                          "rot": [0] * 4 + [1] * 4})
+    train, val = split_validation(frame, every=2)
+    held = set(zip(val["y"], val["x"], strict=True))
+    assert held == {(0, 1), (1, 1)} and set(val["rot"]) == {0}
+    assert not held & set(zip(train["y"], train["x"], strict=True))
+    assert len(train) == 4
+    assert split_validation(frame, every=0)[0] is frame
+
+
+def _dataset_loss(model: torch.nn.Module, tiles: pd.DataFrame) -> float:
+    """Mean cross-entropy per labelled pixel over every tile (eval mode: no dropout noise)."""
+    from mvfcnn.data import TileDataset
+
+    data = TileDataset(tiles)
+    images, labels = zip(*(data[i] for i in range(len(data))), strict=True)
+    with torch.no_grad():
+        logits = model.eval()(normalize_batch(torch.stack(images)))
+    return pixel_loss(logits, torch.stack(labels), ignore_index=255, reduction="mean")[1]
+
+
+def test_training_run_outputs_and_stage_init(tmp_path, tiles):
+    train, val = split_validation(tiles, every=4)
+    model_path, summary = _run(tmp_path, train, val=val)
+    frame = pd.read_csv(tmp_path / "train_32s.csv")
+    assert list(frame.columns) == ["iteration", "loss", "lr", "seconds", "pixel_accuracy",
+                                   "mean_iu"]
+    assert frame["iteration"].tolist() == list(range(1, 33))
+    assert frame.dropna(subset=["pixel_accuracy"])["iteration"].tolist() == [12, 24, 32]
+    assert frame["mean_iu"].notna().sum() == 3 and frame["pixel_accuracy"].between(0, 1).any()
+    assert frame["loss"].iloc[0] == pytest.approx(np.log(2), abs=1e-6)  # zero-initialised head
+    assert (tmp_path / "train_32s.png").read_bytes()[:4] == b"\x89PNG"
+    assert checkpoint_files(tmp_path / "ckpt" / "32s") == []  # removed after success
+    model, meta = load_model(model_path)
+    assert meta["arch"] == "fcn32s" and meta["extra"]["classes"] == CLASSES.to_dict()
+    assert meta["extra"]["tile_size"] == TILE and meta["extra"]["normalisation"] == "imagenet"
+    # the trained model fits the training tiles better than the initial one (ln 2 everywhere);
+    # judged on all tiles in eval mode, as the per-batch loss is too noisy at batch 4
+    trained_loss = _dataset_loss(model, train)
+    assert trained_loss < 0.9 * np.log(2)
+
+    # 16s from the trained 32s: every shared layer copied, the new score_pool4 zero, so the
+    # child starts from its parent's prediction. Not bit-equal: upsampling x2 then x16
+    # (bilinear samples between the coarse knots) only approximates the parent's x32 bilinear.
+    cfg0 = {**CFG, "iterations": {**CFG["iterations"], "16s": 0}}
+    child_path, _ = _run(tmp_path, train, stage="16s", parent=model_path, cfg=cfg0)
+    child, meta16 = load_model(child_path)
+    assert meta16["arch"] == "fcn16s" and meta16["extra"]["parent"] == str(model_path)
+    child_state = child.state_dict()
+    shared = [k for k, v in model.state_dict().items()
+              if k in child_state and child_state[k].shape == v.shape]
+    assert any(k.startswith("trunk.") for k in shared) and "score_fr.weight" in shared
+    for key in shared:
+        assert torch.equal(child_state[key], model.state_dict()[key]), key
+    assert not child_state["score_pool4.weight"].any()
+    assert _dataset_loss(child, train) == pytest.approx(trained_loss, rel=0.05)
+    _run(tmp_path, train, stage="16s", parent=model_path)  # and trains on from there
+    assert pd.read_csv(tmp_path / "train_16s.csv")["loss"].notna().all()
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, tiles):
+    cfg = {**CFG, "iterations": {**CFG["iterations"], "32s": 18}, "checkpoint_every": 3,
+           "validate_every": 0}  # ~0.1 s per iteration: ample time to kill after ckpt 3
+    reference, _ = _run(tmp_path / "ref", tiles, cfg=cfg)
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    tile_csv = work / "tiles.csv"
+    tiles.to_csv(tile_csv, index=False)
+    ckpt_dir = work / "ckpt"
+    cmd = [sys.executable, "-m", "mvfcnn.cli", "train-fcn", "--stage", "32s",
+           "--tiles", str(tile_csv), "--classes-json", json.dumps(CLASSES.to_dict()),
+           "--params-json", json.dumps({**cfg, "keep_checkpoints": False}),
+           "--variant-json", json.dumps(VARIANT), "--seed", "3", "--out", str(work / "m.pt"),
+           "--out-csv", str(work / "m.csv"), "--out-png", str(work / "m.png"),
+           "--checkpoint-dir", str(ckpt_dir), "--device", "cpu", "--val-holdout-every", "0",
+           "--threads", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not checkpoint_files(ckpt_dir):
+            if proc.poll() is not None:
+                pytest.fail(f"training exited before its first checkpoint: "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint within 120 s")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work / "m.pt").exists(), "killed too late: increase iterations"
+    at_kill = checkpoint_files(ckpt_dir)[0][0]
+    assert 3 <= at_kill < 18 and at_kill % 3 == 0
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from iteration {at_kill}" in done.stderr
+    resumed, expected = _state(work / "m.pt"), _state(reference)
+    assert resumed.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
+    rows = pd.read_csv(work / "m.csv")
+    assert rows["iteration"].tolist() == list(range(1, 19))
+    ref_rows = pd.read_csv(tmp_path / "ref" / "train_32s.csv")
+    np.testing.assert_array_equal(rows["loss"].to_numpy(), ref_rows["loss"].to_numpy())
+
+
+def test_foreign_checkpoint_is_ignored(tmp_path, tiles, caplog):
+    cfg = {**CFG, "iterations": {**CFG["iterations"], "32s": 4}, "checkpoint_every": 2,
+           "keep_checkpoints": True, "validate_every": 0}
+    _run(tmp_path / "a", tiles, cfg=cfg)
+    assert [i for i, _ in checkpoint_files(tmp_path / "a" / "ckpt" / "32s")] == [2]
+    other = {**cfg, "lr": {**cfg["lr"], "32s": 1e-3}}
+    with caplog.at_level("INFO", logger="mvfcnn.training"):
+        _, summary = _run(tmp_path / "a", tiles, cfg=other)
+    assert summary["resumed_from"] == 0
+    assert "other settings" in caplog.text and "resuming" not in caplog.text
