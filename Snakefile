@@ -17,6 +17,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/fcn.smk"
+include: "workflow/rules/baselines.smk"
 
 
 report: "workflow/report/workflow.rst"
