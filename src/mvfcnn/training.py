@@ -396,10 +396,11 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], *, tit
         ax_loss.plot(frame["iteration"], loss.rolling(window, min_periods=1).mean(),
                      color="C0", label=f"running mean ({window})")
         val = frame.dropna(subset=["pixel_accuracy"])
-        for col, color in (("pixel_accuracy", "C1"), ("mean_iu", "C2")):
+        for col, label, color in (("pixel_accuracy", "pixel accuracy", "C1"),
+                                  ("mean_iu", "mean IU", "C2")):
             if len(val):
                 ax_val.plot(val["iteration"], val[col].astype(float), "o-", color=color,
-                            label=col.replace("_", " "))
+                            label=label)
     ax_loss.set(xlabel="iteration", ylabel="cross-entropy per labelled pixel", title=title)
     ax_val.set(xlabel="iteration", ylabel="validation", ylim=(0, 1), title="held-out tiles")
     for ax in (ax_loss, ax_val):
