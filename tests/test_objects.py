@@ -82,8 +82,19 @@ def test_object_table_exact_values(uhcs):
 def test_image_class_and_no_labels(uhcs):
     mask, labels = hand_made()
     ids = find_objects(mask)
-    table = object_table(ids, (labels > 0).astype(np.uint8), uhcs, image_class="pearlite")
-    assert (table["true_class"] == 4).all() and (table["true_class_name"] == "pearlite").all()
+    # binary labels (0 / 1 / ignore): the phase majority takes the image's class, matrix stays 0
+    binary = np.where(labels == IGN, IGN, labels > 0).astype(np.uint8)
+    table = object_table(ids, binary, uhcs, image_class="pearlite")
+    assert table["true_class"].tolist() == [4, 0, 4, -1, 4]
+    assert table["true_class_name"].tolist() == ["pearlite", "matrix", "pearlite", "unknown",
+                                                 "pearlite"]
+    assert table["true_share"].tolist() == [1.0, round(2 / 3, 6), 1.0, 0.0, 1.0]
+    # multi-class labels are more precise than the image-level class: they decide
+    multi = object_table(ids, labels, uhcs, image_class="pearlite")
+    assert multi["true_class"].tolist() == [2, 0, 1, -1, 4]
+    # no labels: every object gets the image's class
+    table = object_table(ids, None, uhcs, image_class="network")
+    assert (table["true_class"] == 1).all() and (table["true_class_name"] == "network").all()
     assert (table["true_share"] == 1.0).all()
     table = object_table(ids, None, uhcs)
     assert (table["true_class"] == -1).all() and (table["true_class_name"] == "unknown").all()
@@ -127,7 +138,8 @@ def test_cli_writes_table_and_ids(tmp_path, uhcs):
     assert table["true_class"].tolist() == [2, 0, 1, -1, 4]
     ids = tifffile.imread(tmp_path / "out" / "s7.tif")
     assert ids.dtype == np.uint32 and np.array_equal(ids, find_objects(mask))
-    assert cli(argv + ["--image-class", "network"]) == 0
+    no_labels = argv[:argv.index("--labels")] + argv[argv.index("--labels") + 2:]
+    assert cli(no_labels + ["--image-class", "network"]) == 0
     assert (pd.read_csv(tmp_path / "out" / "s7.csv")["true_class_name"] == "network").all()
 
 

@@ -221,3 +221,40 @@ def test_synthetic_dataset_register_mask_objects(synthetic_samples, default_conf
         assert len(table) > 0 and (table["true_class"] >= 1).mean() > 0.8, name
     assert max(errors.values()) <= rcfg["max_rms_error_px"], errors
     assert min(ious.values()) >= 0.9, ious
+
+
+def test_cli_chain_on_a_synthetic_sample(tmp_path, default_config):
+    """register -> mask -> objects through the CLIs, with the arguments the rules pass."""
+    synthetic = pytest.importorskip("mvfcnn.synthetic")
+    import pandas as pd
+
+    from mvfcnn import masking, objects
+    from mvfcnn.config import ClassSet
+
+    classes = ClassSet.from_config(default_config)
+    name = "train_pearlite_0"
+    src = tmp_path / "synthetic" / name
+    synthetic.generate_sample(name, default_config["synthetic"], classes, default_config["seed"],
+                              src)
+    out = tmp_path / "results"
+    assert reg.cli(["--sample", name, "--sem", str(src / "sem.tif"), "--lom", str(src / "lom.tif"),
+                    "--truth", str(src / "transform.json"),
+                    "--params-json", json.dumps(default_config["registration"]),
+                    "--out-json", str(out / "reg.json"), "--out-lom", str(out / "lom.tif")]) == 0
+    report = json.loads((out / "reg.json").read_text())
+    assert report["passed"] and report["rms_error_px"] <= 1.0
+    assert masking.cli(["--sample", name, "--sem", str(src / "sem.tif"), "--lom",
+                        str(out / "lom.tif"), "--labels", str(src / "labels.tif"),
+                        "--params-json", json.dumps(default_config["masking"]),
+                        "--out-mask", str(out / "mask.tif"), "--out-json", str(out / "mask.json"),
+                        "--out-masked-sem", str(out / "masked.tif")]) == 0
+    report = json.loads((out / "mask.json").read_text())
+    assert report["iou"] >= 0.9 and 0.9 < report["lom_coverage"] < 1.0
+    assert objects.cli(["--sample", name, "--mask", str(out / "mask.tif"), "--labels",
+                        str(src / "labels.tif"), "--image-class", "pearlite",
+                        "--classes-json", json.dumps(classes.to_dict()),
+                        "--out-table", str(out / "objects.csv"),
+                        "--out-ids", str(out / "ids.tif")]) == 0
+    table = pd.read_csv(out / "objects.csv")
+    assert len(table) == report["n_components"]
+    assert (table["true_class_name"] == "pearlite").mean() > 0.8

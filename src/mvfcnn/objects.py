@@ -79,8 +79,12 @@ def object_table(ids: np.ndarray, labels: np.ndarray | None, classes: ClassSet,
                  image_class: str | None = None) -> pd.DataFrame:
     """One row per object: half-open bbox, area, centroid and the ground-truth class.
 
-    ``image_class`` gives every object that class (share 1.0): the sample's labels are only a
-    binary mask (or absent) and the image as a whole is known to be of one constituent.
+    ``image_class``: the image as a whole is known to be of one constituent. Without labels every
+    object gets that class (share 1.0). With *binary* labels (only 0, 1 and ignore) an object
+    whose majority is the phase (1) gets that class and one whose majority is matrix stays a
+    spurious object (0), with the majority's share. Multi-class labels (any other class value
+    present) are more precise than the image-level class, e.g. about an intruder island of
+    another constituent, so they decide as usual.
     ``labels`` must have passed :func:`check_labels` (non-negative integers).
     """
     n = int(ids.max()) if ids.size else 0
@@ -88,7 +92,8 @@ def object_table(ids: np.ndarray, labels: np.ndarray | None, classes: ClassSet,
     area = np.zeros(n + 1, dtype=np.int64)
     sum_y = np.zeros(n + 1, dtype=np.float64)
     sum_x = np.zeros(n + 1, dtype=np.float64)
-    use_labels = labels is not None and image_class is None
+    use_labels = labels is not None
+    seen = np.zeros(k + 1, dtype=bool)  # which label bins occur anywhere
     counts = np.zeros((n + 1) * (k + 1), dtype=np.int64) if use_labels else None
     if use_labels:
         # class index -> bin 0..K-1, ignore (and anything else) -> bin K, dropped later
@@ -110,6 +115,7 @@ def object_table(ids: np.ndarray, labels: np.ndarray | None, classes: ClassSet,
         if use_labels:
             lab = lut[np.asarray(labels[r0:r0 + rows]).ravel()]
             counts += np.bincount(flat * (k + 1) + lab, minlength=(n + 1) * (k + 1))
+            seen |= np.bincount(lab, minlength=k + 1) > 0
     frame = pd.DataFrame({"object_id": np.arange(1, n + 1, dtype=np.int64)})
     boxes = ndimage.find_objects(ids, max_label=n) if n else []
     frame["bbox_y0"] = np.array([b[0].start for b in boxes], dtype=np.int64)
@@ -120,16 +126,24 @@ def object_table(ids: np.ndarray, labels: np.ndarray | None, classes: ClassSet,
     with np.errstate(invalid="ignore", divide="ignore"):
         frame["centroid_y"] = sum_y[1:] / area[1:]
         frame["centroid_x"] = sum_x[1:] / area[1:]
-    if image_class is not None:
+    binary = counts is not None and not seen[2:k].any()
+    if image_class is not None and counts is None:
         index = classes.index_of(image_class)
         frame["true_class"] = index
         frame["true_class_name"] = classes.names[index]
         frame["true_share"] = 1.0
     elif counts is not None:
         per = counts.reshape(n + 1, k + 1)[1:, :k]  # drop background row and ignore column
+        if image_class is not None and binary:
+            index = classes.index_of(image_class)
+            per = per[:, :2]  # matrix, phase
+        else:
+            index = None
         total = per.sum(axis=1)
         best = per.argmax(axis=1)  # ties -> lowest index
         known = total > 0
+        if index is not None:  # binary labels: phase -> the image's class
+            best = np.where(best == 1, index, 0)
         frame["true_class"] = np.where(known, best, UNKNOWN[0]).astype(np.int64)
         names = np.array(classes.names, dtype=object)
         frame["true_class_name"] = np.where(known, names[best], UNKNOWN[1])
