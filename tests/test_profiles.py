@@ -149,6 +149,7 @@ def test_slurm_profile_reads_environment():
     # Without a GPU partition, GPU rules use the general one.
     data = render("slurm", {"MVFCNN_SLURM_PARTITION": "all"})
     assert data["set-resources"]["predict"]["slurm_partition"] == "all"
+    assert data["set-resources"]["train_baseline"] == {"slurm_partition": "all"}
 
 
 # --------------------------------------------------------------------------- dry runs
