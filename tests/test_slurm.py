@@ -202,6 +202,8 @@ def test_cluster_configuration_text():
     gres = cluster.gres_conf("node1").splitlines()
     assert "AutoDetect=off" in gres and "NodeName=node1 Name=gpu File=/dev/null" in gres
     assert "CgroupPlugin=cgroup/v1" in cluster.CGROUP_CONF
+    fallback = cluster.slurm_conf("node1", 2, 1000, cgroup=False).splitlines()
+    assert "ProctrackType=proctrack/linuxproc" in fallback and "TaskPlugin=task/none" in fallback
     assert 0 < cluster.memory_mb() and 0 < cluster.cpu_count() <= (os.cpu_count() or 1)
     assert cluster.short_hostname() and "." not in cluster.short_hostname()
 

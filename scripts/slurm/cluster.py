@@ -107,15 +107,23 @@ def memory_mb() -> int:
 # --------------------------------------------------------------------------- configuration
 
 
-def slurm_conf(host: str, cpus: int, mem_mb: int) -> str:
+def cgroup_v1() -> bool:
+    """Are the cgroup v1 controllers that proctrack/cgroup and task/cgroup use mounted?"""
+    return all(Path("/sys/fs/cgroup", c).is_dir() for c in ("freezer", "memory", "cpuset"))
+
+
+def slurm_conf(host: str, cpus: int, mem_mb: int, cgroup: bool = True) -> str:
+    # Without cgroup v1 (e.g. a cgroup v2-only host) fall back to process-tree tracking and no
+    # task confinement: jobs still run, memory limits are then not enforced.
+    proctrack, task = ("cgroup", "cgroup") if cgroup else ("linuxproc", "none")
     return f"""\
 # Written by scripts/slurm/cluster.py: a single-node test cluster on {host}. Do not edit.
 ClusterName=ci
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
-ProctrackType=proctrack/cgroup
-TaskPlugin=task/cgroup
+ProctrackType=proctrack/{proctrack}
+TaskPlugin=task/{task}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
@@ -167,7 +175,8 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 def write_configs() -> bool:
     host = short_hostname()
-    changed = write_if_changed(SLURM_ETC / "slurm.conf", slurm_conf(host, cpu_count(), memory_mb()))
+    conf = slurm_conf(host, cpu_count(), memory_mb(), cgroup=cgroup_v1())
+    changed = write_if_changed(SLURM_ETC / "slurm.conf", conf)
     changed |= write_if_changed(SLURM_ETC / "cgroup.conf", CGROUP_CONF)
     changed |= write_if_changed(SLURM_ETC / "gres.conf", gres_conf(host))
     return changed
