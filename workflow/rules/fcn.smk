@@ -100,7 +100,7 @@ rule train_fcn:
         " --classes-json '{params.classes}' --params-json '{params.fcn}'"
         " --variant-json '{params.variant}' --seed {params.seed} --out {output.model}"
         " --out-csv {output.csv} --out-png {output.png} --checkpoint-dir {params.checkpoints}"
-        " 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule predict:
