@@ -7,23 +7,28 @@ no LOM counterpart, so keypoint matching is unreliable here, and plain intensity
 biased by what differs between the modalities (SEM substructure, per-island LOM tone and colour,
 shading): on the synthetic data it left up to 1.1 px corner error. What both images share is the
 layout of the two phases. So each image becomes a *soft phase map* on every pyramid level: grey,
-block-averaged, Gaussian-smoothed over at least one LOM pixel, then a tanh step at its Otsu
-threshold (width 0.15 x the gap between the two phase means) and a light smoothing. The maps
-are compared with the normalised cross-correlation (NCC); its sign absorbs the inverted contrast
-(the sign is detected once, at the coarse level, and then held). This halved the error (worst
-0.67 px, mean 0.34 px over 44 synthetic samples, 4 seeds):
+block-averaged, lightly smoothed, then a sharp tanh step at its Otsu threshold (width 0.07 x the
+gap between the two phase means) and a one-pixel smoothing that makes the comparison
+differentiable with sub-pixel resolution. The maps are compared with the normalised
+cross-correlation (NCC), whose sign absorbs the inverted contrast (detected once, at the coarse
+level, then held). Measured corner RMS error on the default synthetic samples (768 px, 44 samples
+over 4 seeds): worst 0.51 px, mean 0.22 px (intensity NCC: worst 1.13 px). Tiny images with only
+a handful of islands are harder (256 px, 4-6 islands: mean 0.47 px, worst 1.36 px): the SEM
+substructure (e.g. pearlite lamellae) makes each outline a little uncertain and few outlines
+average little of it out.
 
 1. initial guess: scale from the image-size ratio (how real LOM/SEM pairs are related too),
    centres aligned;
-2. coarse search on the coarsest pyramid level (<= ~256 px): log-polar phase correlation of the
+2. coarse search on the coarsest pyramid level (>= 128 px): log-polar phase correlation of the
    Fourier magnitudes proposes rotation/scale (magnitude spectra ignore translation and contrast
-   sign), candidates (with the 180 deg ambiguity and the identity as a fallback) each get a shift
-   by phase correlation (:func:`skimage.registration.phase_cross_correlation`, which takes the
-   absolute peak, so inverted contrast is fine) and the candidate with the highest |NCC| wins;
+   sign); each candidate (with the 180 deg ambiguity, the inverse scale and the identity as
+   fallbacks) gets its shift from a masked NCC over all shifts (Padfield's FFT form: pixels
+   without LOM data are ignored, and unlike whitened phase correlation it stays reliable on
+   smooth maps with few islands), and the candidate with the highest |NCC| wins;
 3. refinement: the full model (translation | similarity | affine) maximises the NCC with
-   L-BFGS-B and an analytic gradient, level by level (coarse to fine) up to ``max_side``.
-   The parameters are scaled so that one unit moves an image corner by about one pixel, which
-   keeps the optimiser well conditioned.
+   L-BFGS-B and the exact gradient of the bilinear interpolant, level by level (coarse to fine)
+   up to ``max_side``. The parameters are scaled so that one unit moves an image corner by
+   about one pixel, which keeps the optimiser well conditioned.
 
 Estimation only ever touches block-averaged copies (at most ``max_side`` on a side), built in row
 strips from the (possibly memory-mapped) full images; :func:`warp_to_grid` warps the full LOM in
@@ -53,7 +58,7 @@ MODELS = ("translation", "similarity", "affine")
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _COARSE_SIDE = 128  # the coarsest pyramid level is at least this large
 _MAX_POINTS = 60_000  # NCC samples per level; more adds time, not accuracy
-_STEP_WIDTH = 0.15  # tanh width of the phase map, as a fraction of the two phases' mean gap
+_STEP_WIDTH = 0.07  # tanh width of the phase map, as a fraction of the two phases' mean gap
 
 
 # --------------------------------------------------------------------------- small matrix helpers
@@ -125,8 +130,6 @@ class _Level:
     k: int  # LOM px per LOM-level px
     sem: np.ndarray  # smoothed SEM on the level grid
     lom: np.ndarray  # smoothed LOM on its own (block-reduced) grid
-    lom_gx: np.ndarray
-    lom_gy: np.ndarray
     c_sem: np.ndarray  # level px -> SEM px
     c_lom: np.ndarray  # LOM-level px -> LOM px
 
@@ -164,12 +167,11 @@ def _levels(sem: np.ndarray, lom: np.ndarray, scale0: float, max_side: int) -> l
     for f in reversed(factors):
         k = max(1, int(math.floor(f / scale0)))
         lom_px = f / (k * scale0)  # LOM-level px per level px
-        # SEM: smooth over at least one LOM pixel (scale0 SEM px) to wash out the substructure.
-        sem_l = _phase_map(_block_mean(sem, f), max(1.0, scale0 / f), 1.0)
+        # SEM: little pre-smoothing keeps its sharp outlines (measured: 0.7 level px beats 1-3 px
+        # on the synthetic set); the sharp tanh step then removes most of the substructure.
+        sem_l = _phase_map(_block_mean(sem, f), max(0.7, 0.25 * scale0 / f), 1.0)
         lom_l = _phase_map(_block_mean(lom, k), max(0.25, 0.5 * lom_px), max(0.5, lom_px))
-        gy, gx = np.gradient(lom_l)
-        levels.append(_Level(f, k, sem_l, lom_l, gx.astype(np.float32), gy.astype(np.float32),
-                             _scale_about(f), _scale_about(k)))
+        levels.append(_Level(f, k, sem_l, lom_l, _scale_about(f), _scale_about(k)))
     return levels
 
 
@@ -220,12 +222,7 @@ class _Objective:
         xs, ys = self.xs + self.cx, self.ys + self.cy
         qx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
         qy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-        coords = np.stack([qy, qx])
-        lv = self.level
-        val = ndimage.map_coordinates(lv.lom, coords, order=1, mode="nearest")
-        gx = ndimage.map_coordinates(lv.lom_gx, coords, order=1, mode="nearest")
-        gy = ndimage.map_coordinates(lv.lom_gy, coords, order=1, mode="nearest")
-        return val.astype(np.float64), gx.astype(np.float64), gy.astype(np.float64)
+        return _bilinear(self.level.lom, qx, qy)
 
     def __call__(self, p: np.ndarray) -> tuple[float, np.ndarray]:
         val, gx, gy = self._sample(p)
@@ -254,6 +251,29 @@ class _Objective:
         return -self.sign * ncc, -self.sign * grad
 
 
+def _bilinear(image: np.ndarray, qx: np.ndarray, qy: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear samples and their exact x/y derivatives (points clamped into the image).
+
+    The exact derivative of the interpolant (not a finite-difference image gradient) keeps the
+    optimiser's line searches consistent, which matters for the last tenth of a pixel.
+    """
+    h, w = image.shape
+    qx = np.clip(qx, 0.0, w - 1.000001)
+    qy = np.clip(qy, 0.0, h - 1.000001)
+    x0 = qx.astype(np.intp)
+    y0 = qy.astype(np.intp)
+    fx, fy = qx - x0, qy - y0
+    flat = image.ravel()
+    i00 = y0 * w + x0
+    v00, v01 = flat[i00].astype(np.float64), flat[i00 + 1].astype(np.float64)
+    v10, v11 = flat[i00 + w].astype(np.float64), flat[i00 + w + 1].astype(np.float64)
+    top = v00 + fx * (v01 - v00)
+    bottom = v10 + fx * (v11 - v10)
+    dx = (v01 - v00) + fy * ((v11 - v10) - (v01 - v00))
+    return top + fy * (bottom - top), dx, bottom - top
+
+
 def _inside(h: np.ndarray, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...],
             margin: float = 0.0) -> np.ndarray:
     qx = h[0, 0] * xs + h[0, 1] * ys + h[0, 2]
@@ -265,7 +285,7 @@ def _inside(h: np.ndarray, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...
 def _refine(level: _Level, g: np.ndarray, model: str, sign: float) -> tuple[np.ndarray, float]:
     """Maximise sign*NCC over ``model`` at one level; returns the new SEM->LOM matrix and NCC."""
     h0 = np.linalg.inv(level.c_lom) @ g @ level.c_sem
-    step = max(1, int(math.ceil(math.sqrt(level.sem.size / _MAX_POINTS))))
+    step = max(1, int(math.sqrt(level.sem.size / _MAX_POINTS)))
     obj = _Objective(level, h0, model, sign, step=step)
     res = optimize.minimize(obj, np.zeros(obj.n_params), jac=True, method="L-BFGS-B",
                             options={"maxiter": 200, "gtol": 1e-6, "ftol": 1e-9})
@@ -309,21 +329,67 @@ def _log_polar_candidates(ref: np.ndarray, mov: np.ndarray) -> tuple[float, floa
     return angle, scale
 
 
+def _masked_ncc_shift(ref: np.ndarray, ref_valid: np.ndarray, mov: np.ndarray,
+                      mov_valid: np.ndarray, min_overlap: float = 0.5,
+                      ) -> tuple[tuple[float, float], float]:
+    """Shift ``s`` (dy, dx) with ref(u) ~ +-mov(u - s), by masked NCC over all shifts.
+
+    Padfield's masked normalised cross-correlation, computed with FFTs: unlike phase
+    correlation it ignores pixels without data, does not whiten (which amplifies noise in
+    smooth maps with few objects) and returns a real NCC, so candidates compare fairly. Shifts
+    whose overlap is below ``min_overlap`` of the smaller valid area are not considered.
+    """
+    from scipy import fft
+
+    h, w = ref.shape
+    shape = (fft.next_fast_len(2 * h - 1), fft.next_fast_len(2 * w - 1))
+    mr, mm = ref_valid.astype(np.float64), mov_valid.astype(np.float64)
+    f, g = ref * mr, mov * mm
+
+    def spectrum(a: np.ndarray) -> np.ndarray:
+        return fft.rfft2(a, shape)
+
+    def corr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        return fft.irfft2(fa * np.conj(fb), shape)
+
+    r_m, r_f, r_ff = spectrum(mr), spectrum(f), spectrum(f * f)
+    m_m, m_g, m_gg = spectrum(mm), spectrum(g), spectrum(g * g)
+    n = np.rint(corr(r_m, m_m))
+    sf, sg = corr(r_f, m_m), corr(r_m, m_g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        num = corr(r_f, m_g) - sf * sg / n
+        den = (corr(r_ff, m_m) - sf * sf / n) * (corr(r_m, m_gg) - sg * sg / n)
+        ncc = num / np.sqrt(den)
+    enough = n >= min_overlap * min(mr.sum(), mm.sum())
+    ncc = np.where(enough & (den > 1e-9 * n * n) & np.isfinite(ncc), ncc, 0.0)
+    iy, ix = np.unravel_index(int(np.argmax(np.abs(ncc))), ncc.shape)
+    peak = float(ncc[iy, ix])
+
+    def vertex(a: float, b: float, c: float) -> float:
+        d = a - 2 * b + c
+        return 0.5 * (a - c) / d if abs(d) > 1e-12 else 0.0
+
+    mag = np.abs(ncc)
+    dy = vertex(mag[iy - 1, ix], mag[iy, ix], mag[(iy + 1) % shape[0], ix])
+    dx = vertex(mag[iy, ix - 1], mag[iy, ix], mag[iy, (ix + 1) % shape[1]])
+    sy = iy if iy <= shape[0] // 2 else iy - shape[0]
+    sx = ix if ix <= shape[1] // 2 else ix - shape[1]
+    return (sy + float(np.clip(dy, -0.5, 0.5)), sx + float(np.clip(dx, -0.5, 0.5))), peak
+
+
 def _coarse(level: _Level, g0: np.ndarray, model: str) -> tuple[np.ndarray, float]:
     """Best coarse SEM->LOM matrix and the contrast sign, from rotation/scale/shift candidates."""
-    from skimage.registration import phase_cross_correlation
-
     shape = level.sem.shape
     h0 = np.linalg.inv(level.c_lom) @ g0 @ level.c_sem  # level px -> LOM-level px
     mov, valid = _resample(level.lom, h0, shape)
     if valid.mean() < 0.2:
         raise ValueError("the LOM covers too little of the SEM under the size-ratio guess")
     cx, cy = (shape[1] - 1) / 2, (shape[0] - 1) / 2
-    ref = level.sem - level.sem.mean()
     candidates = {(0.0, 1.0)}
     if model != "translation":
         try:
-            angle, scale = _log_polar_candidates(ref, np.where(valid, mov, mov[valid].mean()))
+            angle, scale = _log_polar_candidates(level.sem - level.sem.mean(),
+                                                 np.where(valid, mov, mov[valid].mean()))
         except Exception:  # noqa: BLE001 - the identity candidate remains
             angle, scale = 0.0, 1.0
         if 0.5 < scale < 2.0:
@@ -331,28 +397,21 @@ def _coarse(level: _Level, g0: np.ndarray, model: str) -> tuple[np.ndarray, floa
                 for s in (scale, 1 / scale, 1.0):
                     candidates.add((a, s))
         candidates.add((math.pi, 1.0))
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
-    best: tuple[float, np.ndarray, float] | None = None
+    sem_valid = np.ones(shape, dtype=bool)
+    best: tuple[float, np.ndarray] | None = None
     for angle, scale in sorted(candidates):
         a = _rot_scale_about(angle, scale, cx, cy)  # level px -> resampled-LOM px
         cand, cvalid = _resample(mov, a, shape)
         cvalid &= _resample(valid.astype(np.float32), a, shape)[0] > 0.99
         if cvalid.mean() < 0.2:
             continue
-        filled = np.where(cvalid, cand, cand[cvalid].mean())
-        shift, _, _ = phase_cross_correlation(ref, filled - filled.mean(), upsample_factor=4)
-        delta = a @ _translate(-shift[1], -shift[0])
-        h = h0 @ delta
-        inside = _inside(h, xs.ravel(), ys.ravel(), level.lom.shape).reshape(shape)
-        if inside.mean() < 0.2:
-            continue
-        sampled, _ = _resample(level.lom, h, shape)
-        score = _ncc(level.sem[inside], sampled[inside])
+        (sy, sx), score = _masked_ncc_shift(level.sem, sem_valid, cand, cvalid)
         if best is None or abs(score) > abs(best[0]):
-            best = (score, level.c_lom @ h @ np.linalg.inv(level.c_sem), math.copysign(1, score))
-    if best is None:
+            h = h0 @ a @ _translate(-sx, -sy)
+            best = (score, level.c_lom @ h @ np.linalg.inv(level.c_sem))
+    if best is None or best[0] == 0.0:
         raise ValueError("no rotation/shift candidate overlaps the SEM")
-    return best[1], best[2]
+    return best[1], math.copysign(1.0, best[0])
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
