@@ -170,6 +170,8 @@ def test_cli_bad_inputs_name_sample_and_file(tmp_path):
     write_image(tmp_path / "lom.tif", lom)
     (tmp_path / "transform.json").write_text(json.dumps({"other": 1}))
     _assert_clean_failure(tmp_path, argv, "'s1'", "transform.json", "lom_to_sem")
+    (tmp_path / "transform.json").unlink()
+    _assert_clean_failure(tmp_path, argv, "'s1'", "transform.json", "not found")
     flat = np.full_like(lom, 128)
     write_image(tmp_path / "lom.tif", flat)
     (tmp_path / "transform.json").write_text(json.dumps({"lom_to_sem": truth.tolist()}))

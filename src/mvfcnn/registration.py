@@ -583,7 +583,10 @@ def read_truth(path: str, sample: str) -> np.ndarray:
     """The true LOM -> SEM matrix of a synthetic sample (``transform.json``, key lom_to_sem)."""
     from mvfcnn.io import read_json
 
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except InputError as err:  # read_json does not know the sample
+        raise InputError(str(err).split(": ", 1)[-1], sample=sample, path=path) from err
     try:
         matrix = np.asarray(data["lom_to_sem"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as err:
