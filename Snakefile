@@ -3,12 +3,14 @@
 #   snakemake --profile profiles/slurm                  # cluster
 # Rules are thin: they call `mvfcnn <verb>` (src/mvfcnn/cli.py); the science lives in src/mvfcnn/.
 
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

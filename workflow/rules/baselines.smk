@@ -14,28 +14,6 @@ wildcard_constraints:
     modality="sem|lom",
 
 
-def _baselines_cfg():
-    return config.get("baselines", {})
-
-
-def _baseline_json(*keys):
-    """Only the `baselines` keys a job uses, so editing one method does not rerun the others."""
-    section = _baselines_cfg()
-    return json.dumps({k: section[k] for k in keys if k in section}, separators=(",", ":"),
-                      sort_keys=True)
-
-
-def _baseline_resource(rule_name, key, default):
-    return config.get("resources", {}).get(rule_name, {}).get(key, default)
-
-
-def _crop_source(modality, sample):
-    """§4.1: objects are cut from the masked SEM, or from the registered LOM (masked in the job)."""
-    if modality == "sem":
-        return f"results/masks/{sample}_masked_sem.tif"
-    return modality_image(modality, sample)
-
-
 rule crop_objects:
     """Crop every labelled object by its bbox, warp it to crop_size^2, add hand-crafted features."""
     input:
@@ -56,21 +34,13 @@ rule crop_objects:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda w, attempt: _baseline_resource("crop_objects", "mem_mb", 2000) * attempt,
-        runtime=lambda w, attempt: _baseline_resource("crop_objects", "runtime", 10) * attempt,
+        mem_mb=lambda w, attempt: rule_resources("crop_objects", "mem_mb", 2000) * attempt,
+        runtime=lambda w, attempt: rule_resources("crop_objects", "runtime", 10) * attempt,
     shell:
         "mvfcnn crop-objects --modality {wildcards.modality} --split {wildcards.split}"
         " --samples {params.samples} --images {input.images} --masks {input.masks}"
         " --objects-tables {input.tables} --objects-ids {input.ids}"
         " --params-json '{params.crops}' --out {output} 2> {log}"
-
-
-def _train_baseline_params(wildcards):
-    method = wildcards.method
-    keys = ["precision", "device", method]
-    if method.endswith("_svm"):
-        keys.append("svm")
-    return _baseline_json(*keys)
 
 
 rule train_baseline:
@@ -93,11 +63,11 @@ rule train_baseline:
         "results/benchmarks/train_baseline/{method}_{modality}.tsv"
     conda:
         ENV
-    threads: _baseline_resource("train_baseline", "threads", 2)
+    threads: rule_resources("train_baseline", "threads", 2)
     resources:
         gpu=lambda w: 1 if w.method in BASELINE_NETWORKS else 0,
-        mem_mb=lambda w, attempt: _baseline_resource("train_baseline", "mem_mb", 6000) * attempt,
-        runtime=lambda w, attempt: _baseline_resource("train_baseline", "runtime", 30) * attempt,
+        mem_mb=lambda w, attempt: rule_resources("train_baseline", "mem_mb", 6000) * attempt,
+        runtime=lambda w, attempt: rule_resources("train_baseline", "runtime", 30) * attempt,
     shell:
         "mvfcnn train-baseline --method {wildcards.method} --modality {wildcards.modality}"
         " --train {input.train} --test {input.test} --classes-json '{params.classes}'"

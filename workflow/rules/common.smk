@@ -7,8 +7,9 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
 
-# The CLI lives next to the interpreter running snakemake (a venv or conda env); put it first.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
+# jobs' PATH (a conda env activated by --sdm conda still comes first).
+shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 CLASSES = ClassSet.from_config(config)
 CLASSES_JSON = json.dumps(CLASSES.to_dict())
@@ -82,3 +83,76 @@ def mvfcnn_runs():
 def baseline_runs():
     """(method, modality) pairs of the object-based baselines to run."""
     return [(b, m) for b in config["run"]["baselines"] for m in config["run"]["baseline_modalities"]]
+
+
+def _registration_inputs(wildcards):
+    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"], "lom": SAMPLES.loc[wildcards.sample, "lom"]}
+    if SYNTHETIC_DIR is not None:
+        inputs["truth"] = f"{SYNTHETIC_DIR}/{wildcards.sample}/transform.json"
+    return inputs
+
+
+def _mask_inputs(wildcards):
+    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"]}
+    if has(wildcards.sample, "mask"):
+        inputs["mask"] = SAMPLES.loc[wildcards.sample, "mask"]
+    else:
+        inputs["lom"] = f"results/registration/{wildcards.sample}_lom.tif"
+    if has(wildcards.sample, "labels"):
+        inputs["labels"] = SAMPLES.loc[wildcards.sample, "labels"]
+    return inputs
+
+
+def _labels_arg(wildcards, input):
+    return f"--labels {input.labels}" if "labels" in input.keys() else ""
+
+
+def variant_cfg(variant):
+    return config["variants"][variant]
+
+
+def rule_resources(rule_name, key, default):
+    """Per-rule resources from config `resources.<rule>.<key>` (attempt-scaled by callers)."""
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def _train_samples():
+    return samples_in("train")
+
+
+def _parent_model(wildcards):
+    index = STAGES.index(wildcards.stage)
+    if index == 0:
+        return []
+    return f"results/mvfcnn/{wildcards.variant}/{wildcards.modality}/fcn{STAGES[index - 1]}.pt"
+
+
+def _test_samples():
+    return samples_in("test")
+
+
+def _baselines_cfg():
+    return config.get("baselines", {})
+
+
+def _baseline_json(*keys):
+    """Only the `baselines` keys a job uses, so editing one method does not rerun the others."""
+    section = _baselines_cfg()
+    return json.dumps({k: section[k] for k in keys if k in section}, separators=(",", ":"),
+                      sort_keys=True)
+
+
+
+def _crop_source(modality, sample):
+    """§4.1: objects are cut from the masked SEM, or from the registered LOM (masked in the job)."""
+    if modality == "sem":
+        return f"results/masks/{sample}_masked_sem.tif"
+    return modality_image(modality, sample)
+
+
+def _train_baseline_params(wildcards):
+    method = wildcards.method
+    keys = ["precision", "device", method]
+    if method.endswith("_svm"):
+        keys.append("svm")
+    return _baseline_json(*keys)

@@ -1,28 +1,6 @@
 # Data stage: synthetic dataset -> registration (LOM -> SEM) -> mask -> objects.
 
 
-def _registration_inputs(wildcards):
-    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"], "lom": SAMPLES.loc[wildcards.sample, "lom"]}
-    if SYNTHETIC_DIR is not None:
-        inputs["truth"] = f"{SYNTHETIC_DIR}/{wildcards.sample}/transform.json"
-    return inputs
-
-
-def _mask_inputs(wildcards):
-    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"]}
-    if has(wildcards.sample, "mask"):
-        inputs["mask"] = SAMPLES.loc[wildcards.sample, "mask"]
-    else:
-        inputs["lom"] = f"results/registration/{wildcards.sample}_lom.tif"
-    if has(wildcards.sample, "labels"):
-        inputs["labels"] = SAMPLES.loc[wildcards.sample, "labels"]
-    return inputs
-
-
-def _labels_arg(wildcards, input):
-    return f"--labels {input.labels}" if "labels" in input.keys() else ""
-
-
 if SYNTHETIC_DIR is not None:
 
     rule synthesize:
@@ -36,8 +14,11 @@ if SYNTHETIC_DIR is not None:
             synthetic=cfg_json("synthetic"),
             classes=CLASSES_JSON,
             seed=config["seed"],
+            outdir=lambda wildcards, output: os.path.dirname(output.sem),
         log:
             "results/logs/synthesize/{sample}.log",
+        benchmark:
+            "results/benchmarks/synthesize/{sample}.tsv"
         conda:
             ENV
         threads: 1
@@ -47,7 +28,7 @@ if SYNTHETIC_DIR is not None:
         shell:
             "mvfcnn synthesize --sample {wildcards.sample} --seed {params.seed}"
             " --params-json '{params.synthetic}' --classes-json '{params.classes}'"
-            " --outdir {SYNTHETIC_DIR}/{wildcards.sample} 2> {log}"
+            " --outdir {params.outdir} 2> {log}"
 
 
 rule register:
@@ -88,6 +69,7 @@ rule mask:
         masking=cfg_json("masking"),
         source=lambda wildcards, input: f"--mask {input.mask}" if "mask" in input.keys() else f"--lom {input.lom}",
         labels=_labels_arg,
+        ignore=config["ignore_index"],
     log:
         "results/logs/mask/{sample}.log",
     benchmark:
@@ -100,7 +82,7 @@ rule mask:
         runtime=20,
     shell:
         "mvfcnn mask --sample {wildcards.sample} --sem {input.sem} {params.source} {params.labels}"
-        " --params-json '{params.masking}' --out-mask {output.mask}"
+        " --params-json '{params.masking}' --ignore-index {params.ignore} --out-mask {output.mask}"
         " --out-json {output.report} --out-masked-sem {output.masked_sem} 2> {log}"
 
 
@@ -122,6 +104,8 @@ rule objects:
         ),
     log:
         "results/logs/objects/{sample}.log",
+    benchmark:
+        "results/benchmarks/objects/{sample}.tsv"
     conda:
         ENV
     threads: 1

@@ -12,19 +12,6 @@ wildcard_constraints:
     stage="32s|16s|8s",
 
 
-def variant_cfg(variant):
-    return config["variants"][variant]
-
-
-def rule_resources(rule_name, key, default):
-    """Per-rule resources from config `resources.<rule>.<key>` (attempt-scaled by callers)."""
-    return config.get("resources", {}).get(rule_name, {}).get(key, default)
-
-
-def _train_samples():
-    return samples_in("train")
-
-
 rule tile_index:
     """Sliding-window tiles over the training images, per-class strides when balanced."""
     input:
@@ -42,6 +29,8 @@ rule tile_index:
         class_set=CLASSES_JSON,
     log:
         "results/logs/tile_index/{variant}_{modality}.log",
+    benchmark:
+        "results/benchmarks/tile_index/{variant}_{modality}.tsv",
     conda:
         ENV
     threads: 1
@@ -53,13 +42,6 @@ rule tile_index:
         " --labels {input.labels} --classes {params.classes} --classes-json '{params.class_set}'"
         " --params-json '{params.tiles}' --balanced {params.balanced} --augment {params.augment}"
         " --out {output.table} --out-summary {output.summary} 2> {log}"
-
-
-def _parent_model(wildcards):
-    index = STAGES.index(wildcards.stage)
-    if index == 0:
-        return []
-    return f"results/mvfcnn/{wildcards.variant}/{wildcards.modality}/fcn{STAGES[index - 1]}.pt"
 
 
 rule train_fcn:
@@ -140,6 +122,8 @@ rule vote:
         classes=CLASSES_JSON,
     log:
         "results/logs/vote/{variant}_{modality}_{sample}.log",
+    benchmark:
+        "results/benchmarks/vote/{variant}_{modality}_{sample}.tsv",
     conda:
         ENV
     threads: 1
@@ -149,10 +133,6 @@ rule vote:
     shell:
         "mvfcnn vote --pred {input.pred} --objects-ids {input.ids} --objects {input.objects}"
         " --classes-json '{params.classes}' --sample {wildcards.sample} --out {output} 2> {log}"
-
-
-def _test_samples():
-    return samples_in("test")
 
 
 rule evaluate:
@@ -171,6 +151,8 @@ rule evaluate:
         samples=" ".join(_test_samples()),
     log:
         "results/logs/evaluate/{variant}_{modality}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{variant}_{modality}.tsv",
     conda:
         ENV
     threads: 1
