@@ -655,7 +655,7 @@ def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH
     if not chosen:
         return placeholder(title, "No labelled SEM test image.")
     rng = np.random.default_rng([ctx.seed, 8])
-    fig, axes = _grid(len(chosen), 4, title=f"{title} {model_note}".strip())
+    fig, axes = _grid(len(chosen), 4, title=f"{title} -- {model_note}" if model_note else title)
     for r, (label, sample, y, x, size) in enumerate(chosen):
         kind = ARTEFACTS[r % len(ARTEFACTS)]
         sem = _read(ctx.image(sample, "sem"))

@@ -162,6 +162,16 @@ def _nan_to(value: float, default: float) -> float:
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def _compact(value: Any) -> str:
+    """A config value for prose: {32s: 1e-3, ...} -> "32s 0.001, 16s 0.0001"."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_compact(v)}" for k, v in value.items())
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _iterations(fcn: dict[str, Any]) -> str:
     iters = fcn.get("iterations")
     if isinstance(iters, dict):
@@ -815,8 +825,9 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
                  f"Paper: {setup.get('init', 'ImageNet')}.")
     lines.append(f"- **Iterations**: ours: {_iterations(fcn) or 'n/a'}, batch "
                  f"{fcn.get('batch_size', '?')}, loss {fcn.get('loss', '?')}, lr "
-                 f"{fcn.get('lr', '?')}. Paper: {setup.get('iterations', '?')} iterations, batch "
-                 f"{setup.get('batch_size', '?')}, lr {setup.get('learning_rates', '?')} "
+                 f"{_compact(fcn.get('lr', '?'))}. Paper: {setup.get('iterations', '?')} "
+                 f"iterations, batch {setup.get('batch_size', '?')}, lr "
+                 f"{_compact(setup.get('learning_rates', '?'))}, loss summed over pixels "
                  f"({setup.get('training_time', '')}).")
     lines.append(f"- **Tile size**: ours: training {config.get('tiles', {}).get('size', '?')} px, "
                  f"inference {config.get('inference', {}).get('tile_size', '?')} px. Paper: "
