@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/fcn.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/report.smk"
 
 
 report: "workflow/report/workflow.rst"

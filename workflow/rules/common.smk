@@ -156,3 +156,30 @@ def _train_baseline_params(wildcards):
     if method.endswith("_svm"):
         keys.append("svm")
     return _baseline_json(*keys)
+
+
+def _mvfcnn_files(name, modalities=("sem", "lom")):
+    """results/mvfcnn/{variant}/{modality}/<name> of every configured MVFCNN run."""
+    return [f"results/mvfcnn/{v}/{m}/{name}" for v, m in mvfcnn_runs() if m in modalities]
+
+
+def _baseline_files(name):
+    """results/baselines/{method}/{modality}/<name> of every configured baseline."""
+    return [f"results/baselines/{b}/{m}/{name}" for b, m in baseline_runs()]
+
+
+def _preds(modalities):
+    return [f"results/mvfcnn/{v}/{m}/pred/{s}.tif" for v, m in mvfcnn_runs() if m in modalities
+            for s in samples_in("test")]
+
+
+def _labels(split):
+    return [SAMPLES.loc[s, "labels"] for s in samples_in(split) if has(s, "labels")]
+
+
+def _sem(split):
+    return [SAMPLES.loc[s, "sem"] for s in samples_in(split)]
+
+
+def _lom(split):
+    return [f"results/registration/{s}_lom.tif" for s in samples_in(split) if has(s, "lom")]

@@ -9,33 +9,6 @@ TABLE_NAMES = [f"table{i}" for i in range(1, 7)]
 CONFIG_JSON = json.dumps(config, separators=(",", ":"), sort_keys=True)
 
 
-def _mvfcnn_files(name, modalities=("sem", "lom")):
-    """results/mvfcnn/{variant}/{modality}/<name> of every configured MVFCNN run."""
-    return [f"results/mvfcnn/{v}/{m}/{name}" for v, m in mvfcnn_runs() if m in modalities]
-
-
-def _baseline_files(name):
-    """results/baselines/{method}/{modality}/<name> of every configured baseline."""
-    return [f"results/baselines/{b}/{m}/{name}" for b, m in baseline_runs()]
-
-
-def _preds(modalities):
-    return [f"results/mvfcnn/{v}/{m}/pred/{s}.tif" for v, m in mvfcnn_runs() if m in modalities
-            for s in samples_in("test")]
-
-
-def _labels(split):
-    return [SAMPLES.loc[s, "labels"] for s in samples_in(split) if has(s, "labels")]
-
-
-def _sem(split):
-    return [SAMPLES.loc[s, "sem"] for s in samples_in(split)]
-
-
-def _lom(split):
-    return [f"results/registration/{s}_lom.tif" for s in samples_in(split) if has(s, "lom")]
-
-
 rule tables:
     """Tables 1-6 (CSV, markdown, HTML for the report) and summary.md: ours beside the paper's."""
     input:
