@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import tifffile
 import torch
 
 from mvfcnn.config import ClassSet
+from mvfcnn.errors import InputError
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
 from mvfcnn.models.preprocess import normalize_batch
@@ -253,3 +255,39 @@ def test_foreign_checkpoint_is_ignored(tmp_path, tiles, caplog):
         _, summary = _run(tmp_path / "a", tiles, cfg=other)
     assert summary["resumed_from"] == 0
     assert "other settings" in caplog.text and "resuming" not in caplog.text
+
+
+def test_median_frequency_weights_exact():
+    """8 matrix and 2 class-1 pixels (255 skipped), class 2 absent: freq 0.8/0.2, median 0.5."""
+    from mvfcnn.training import class_balance_weights
+
+    class Tiny:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            labels = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 255]]) if index == 0 else \
+                torch.tensor([[0, 0, 1, 255], [255, 255, 255, 255]])
+            return torch.zeros(1, 2, 4, dtype=torch.uint8), labels
+
+    weights = class_balance_weights(Tiny(), 3, ignore_index=255)
+    assert torch.allclose(weights, torch.tensor([0.5 / 0.8, 0.5 / 0.2, 0.0]))
+
+
+def test_weighted_loss_keeps_per_pixel_normalisation():
+    logits = torch.zeros(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1]]])
+    weights = torch.tensor([1.0, 3.0])
+    objective, mean_loss, n = pixel_loss(logits, labels, ignore_index=255, reduction="mean",
+                                         class_weights=weights)
+    assert n == 2
+    assert objective.item() == pytest.approx((1.0 + 3.0) * math.log(2) / 2)
+    assert mean_loss == pytest.approx(math.log(2))  # the logged loss stays unweighted
+
+
+def test_adam_option_and_unknown_optimizer():
+    model = torch.nn.Conv2d(1, 2, 1)
+    assert isinstance(make_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=0.0, kind="adam"),
+                      torch.optim.Adam)
+    with pytest.raises(InputError, match="fcn.optimizer"):
+        make_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=0.0, kind="rmsprop")

@@ -100,6 +100,8 @@ DEFAULTS: dict[str, Any] = {
     "bias_lr_mult": 2.0,
     "bias_decay_mult": 0.0,
     "loss": "mean",
+    "optimizer": "sgd",
+    "class_weighting": "none",
     "precision": "fp32",
     "checkpoint_every": 0,
     "validate_every": 0,
@@ -123,24 +125,57 @@ def lr_sum_to_mean(lr_sum: float, weight_decay_sum: float, n_pixels: int) -> tup
     return lr_sum * n_pixels, weight_decay_sum / n_pixels
 
 
-def pixel_loss(logits: Tensor, labels: Tensor, *, ignore_index: int,
-               reduction: str) -> tuple[Tensor, float, int]:
+def pixel_loss(logits: Tensor, labels: Tensor, *, ignore_index: int, reduction: str,
+               class_weights: Tensor | None = None) -> tuple[Tensor, float, int]:
     """(objective to minimise, mean loss per labelled pixel, N labelled pixels).
 
     ``reduction`` "sum" or "mean" (see the module docstring); a batch without any labelled
     pixel gives a zero objective (no NaN), so weight decay and momentum still step as usual.
+    ``class_weights`` scales each pixel's loss by its true class's weight; the normalisation
+    stays "per labelled pixel" so the sum/mean learning-rate mapping is unchanged.
     """
     if reduction not in LOSSES:
         raise InputError(f"fcn.loss must be one of {LOSSES}, got {reduction!r}")
-    total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    logits = logits.float()
     n = int((labels != ignore_index).sum().item())
+    plain = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    if class_weights is None:
+        total = plain
+    else:
+        per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none",
+                                    weight=class_weights.to(logits.device))
+        total = per_pixel.sum()
     objective = total if reduction == "sum" else total / max(n, 1)
-    return objective, float(total.detach().item()) / max(n, 1), n
+    return objective, float(plain.detach().item()) / max(n, 1), n
+
+
+def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_index: int,
+                          max_tiles: int = 256) -> Tensor:
+    """Median-frequency balancing (Eigen & Fergus 2015): weight_c = median(freq) / freq_c.
+
+    Frequencies are counted on up to ``max_tiles`` evenly spaced tiles. The matrix covers most
+    pixels of a micrograph, so without weights a short training run learns "matrix" and little
+    about the constituents it has to tell apart; absent classes get weight 0.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    step = max(1, len(dataset) // max_tiles)
+    for index in range(0, len(dataset), step):
+        labels = dataset[index][1].numpy().ravel()
+        labels = labels[labels != ignore_index]
+        counts += np.bincount(labels, minlength=num_classes)[:num_classes]
+    freq = counts / max(counts.sum(), 1)
+    present = freq > 0
+    weights = np.zeros(num_classes, dtype=np.float32)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return torch.from_numpy(weights)
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-                   bias_lr_mult: float = 1.0, bias_decay_mult: float = 1.0) -> torch.optim.SGD:
-    """SGD over trainable parameters (frozen upsamplers excluded), Caffe-style bias groups."""
+                   bias_lr_mult: float = 1.0, bias_decay_mult: float = 1.0,
+                   kind: str = "sgd") -> torch.optim.Optimizer:
+    """SGD (the paper's) or Adam over trainable parameters (frozen upsamplers excluded),
+    Caffe-style bias groups. Adam is a CPU-budget option: from scratch it gets further in the
+    few hundred iterations a laptop affords; ``momentum`` is then Adam's beta1."""
     weights, biases = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -149,7 +184,11 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay
     if biases:
         groups.append({"params": biases, "lr": lr * bias_lr_mult,
                        "weight_decay": weight_decay * bias_decay_mult})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise InputError(f"fcn.optimizer must be 'sgd' or 'adam', got {kind!r}")
 
 
 # --------------------------------------------------------------------------- device & precision
@@ -478,11 +517,20 @@ def train_stage(
         optimizer = make_optimizer(model, lr=lr, momentum=float(cfg["momentum"]),
                                    weight_decay=float(cfg["weight_decay"]),
                                    bias_lr_mult=float(cfg["bias_lr_mult"]),
-                                   bias_decay_mult=float(cfg["bias_decay_mult"]))
+                                   bias_decay_mult=float(cfg["bias_decay_mult"]),
+                                   kind=str(cfg["optimizer"]))
         scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
 
         train_set = TileDataset(tiles, ignore_index=classes.ignore_index)
         order = sample_order(len(train_set), iterations, batch_size, seed)
+        class_weights = None
+        if cfg["class_weighting"] == "median_frequency":
+            class_weights = class_balance_weights(train_set, classes.num_classes,
+                                                  ignore_index=classes.ignore_index)
+            log.info("class weights (median frequency): %s", class_weights.tolist())
+        elif cfg["class_weighting"] != "none":
+            raise InputError("fcn.class_weighting must be 'none' or 'median_frequency', got "
+                             f"{cfg['class_weighting']!r}")
         val_loader = None
         if val_tiles is not None and len(val_tiles) and validate_every > 0:
             val_set = TileDataset(val_tiles, size=train_set.size, ignore_index=classes.ignore_index)
@@ -526,7 +574,8 @@ def train_stage(
             with autocast(dev, precision):
                 logits = model(x)
             objective, mean_loss, _ = pixel_loss(logits, labels, reduction=loss_kind,
-                                                 ignore_index=classes.ignore_index)
+                                                 ignore_index=classes.ignore_index,
+                                                 class_weights=class_weights)
             if not math.isfinite(mean_loss):
                 raise InputError(f"FCN-{stage} training loss is {mean_loss} at iteration "
                                  f"{iteration + 1}: lower fcn.lr.{stage} (loss {loss_kind})")
