@@ -8,13 +8,14 @@ import yaml
 
 
 def test_conda_env_matches_lock(repo_root):
-    spec = importlib.util.spec_from_file_location("sync_envs", repo_root / "scripts" / "sync_envs.py")
+    script = repo_root / "scripts" / "sync_envs.py"
+    spec = importlib.util.spec_from_file_location("sync_envs", script)
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)
     env = yaml.safe_load((repo_root / "envs" / "mvfcnn.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     pins = [p for p in pip_section if not p.startswith("-e")]
-    assert pins == sync.lock_pins(), "run `.venv/bin/python scripts/sync_envs.py` after editing the lock"
+    assert pins == sync.lock_pins(), "run scripts/sync_envs.py after editing the lock"
 
 
 def test_lock_pins_torch(repo_root):

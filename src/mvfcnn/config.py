@@ -49,7 +49,8 @@ class ClassSet:
         try:
             return self.names.index(name)
         except ValueError:
-            raise InputError(f"unknown class {name!r}; configured classes: {list(self.names)}") from None
+            raise InputError(f"unknown class {name!r}; configured classes: "
+                             f"{list(self.names)}") from None
 
     def rgb(self) -> list[tuple[int, int, int]]:
         """Colours as 0..255 RGB triples, in index order."""

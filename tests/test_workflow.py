@@ -1,0 +1,102 @@
+"""End-to-end: the whole DAG on a miniature synthetic dataset (tests/data/mini.yaml).
+
+One Snakemake run in a temporary working directory builds every output the default run builds
+(data stage, MVFCNN on SEM and LOM, the baselines, tables, figures); the assertions check the
+files and their formats, not the (meaningless at this size) accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [
+        str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(ROOT / "config" / "config.yaml"),
+        str(ROOT / "tests" / "data" / "mini.yaml"),
+        *args,
+    ]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("mini")
+    snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
+    return workdir
+
+
+@pytest.mark.slow
+def test_dry_run_declares_gpu_on_network_jobs(tmp_path):
+    result = snakemake(tmp_path, "-n", "--cores", "4", "--resources", "gpu=1", "--printshellcmds")
+    assert "train_fcn" in result.stdout and "predict" in result.stdout
+
+
+@pytest.mark.slow
+def test_data_stage_outputs(mini_run):
+    registrations = sorted((mini_run / "results" / "registration").glob("*.json"))
+    assert registrations
+    for path in registrations:
+        report = json.loads(path.read_text())
+        assert report["rms_error_px"] <= 1.0, path.name
+    for path in sorted((mini_run / "results" / "masks").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("iou") is not None:
+            assert report["iou"] >= 0.85, path.name
+    tables = sorted((mini_run / "results" / "objects").glob("*.csv"))
+    assert tables
+    frame = pd.read_csv(tables[0])
+    assert {"object_id", "bbox_y0", "area", "true_class", "true_share"} <= set(frame.columns)
+
+
+@pytest.mark.slow
+def test_mvfcnn_outputs(mini_run):
+    for modality in ("sem", "lom"):
+        run = mini_run / "results" / "mvfcnn" / "scratch_balanced_aug" / modality
+        for stage in ("32s", "16s", "8s"):
+            assert (run / f"fcn{stage}.pt").stat().st_size > 0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= metrics["object_accuracy"] <= 1.0
+        assert {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"} <= set(metrics["pixel"])
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op(mini_run):
+    result = snakemake(mini_run, "-n", "--cores", "2")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_every_table_and_figure(mini_run, repo_root):
+    import yaml
+
+    tables = mini_run / "results" / "tables"
+    paper = yaml.safe_load((repo_root / "workflow" / "resources" / "paper_tables.yaml").read_text())
+    assert paper  # the paper's numbers come from this one file
+    for number in range(1, 7):
+        frame = pd.read_csv(tables / f"table{number}.csv")
+        assert any("paper" in column for column in frame.columns), number
+        assert (tables / f"table{number}.md").read_text().strip()
+    table1 = pd.read_csv(tables / "table1.csv")
+    assert sorted(table1["paper"].dropna().round(2)) == [48.89, 57.03, 64.84, 66.5, 93.94]
+    assert (tables / "summary.md").exists()
+    for name in ("fig4_examples", "fig6_segmentation", "fig7_maxvoting", "fig8a_lom_vs_sem",
+                 "fig8b_noise"):
+        assert (mini_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000, name
+    baselines = sorted((mini_run / "results" / "baselines").glob("*/*/metrics.json"))
+    assert len(baselines) == 8
