@@ -276,8 +276,8 @@ CHECKPOINTS = f"{RUN}/checkpoints/32s"
 TRAIN_LOG = "results/logs/train_fcn/scratch_balanced_aug_sem_32s.log"
 # The config's 6000 MB x attempt may exceed a small CI machine; keep the attempt scaling.
 TRAIN_MEM = ["--set-resources", "train_fcn:mem_mb=1500*attempt"]
-ITERATIONS = 60
-# The first checkpoint comes early and the rest takes long enough (> 3 s even unloaded, at ~16
+ITERATIONS = 400
+# The first checkpoint comes early and the rest takes long enough (> 10 s even unloaded, at ~30
 # iterations/s) to cancel the job in between; the validation lines in the log ("iteration N:
 # loss ...", every 2) show which iterations a run computed.
 PREEMPT_YAML = f"""\

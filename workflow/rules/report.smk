@@ -4,7 +4,7 @@
 # mvfcnn.tables / mvfcnn.figures (ft_balanced_aug if configured, else the best SEM accuracy), so
 # the rules below depend on every configured run.
 
-PAPER_TABLES = "workflow/resources/paper_tables.yaml"
+PAPER_TABLES = os.path.join(workflow.basedir, "workflow", "resources", "paper_tables.yaml")
 TABLE_NAMES = [f"table{i}" for i in range(1, 7)]
 CONFIG_JSON = json.dumps(config, separators=(",", ":"), sort_keys=True)
 
