@@ -319,17 +319,12 @@ def pick_extremes(patches: list[Patch], classes: ClassSet
     return successes, failures
 
 
-# ----------------------------------------------------------------------------------------------
-# Figure 4: per class SEM | registered LOM | mask
-
-
-def fig4_examples(ctx: Context, *, patch: int = PATCH):
-    """One training example per class: SEM, registered LOM, binary mask (paper Fig. 4)."""
+def _richest_patches(ctx: Context, samples: list[str], patch: int) -> list[tuple[int, tuple]]:
+    """Per foreground class, the (sample, y, x, count, size) window holding most of its pixels."""
     rows = []
-    train = ctx.split("train")
     for cls in ctx.classes.foreground:
         best = None
-        for sample in train:
+        for sample in samples:
             labels = _read(ctx.labels(sample))
             if labels is None:
                 continue
@@ -339,6 +334,16 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
                 best = (sample, y, x, count, size)
         if best is not None:
             rows.append((cls, best))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure 4: per class SEM | registered LOM | mask
+
+
+def fig4_examples(ctx: Context, *, patch: int = PATCH):
+    """One training example per class: SEM, registered LOM, binary mask (paper Fig. 4)."""
+    rows = _richest_patches(ctx, ctx.split("train"), patch)
     title = "Fig. 4: a training example per class: SEM | registered LOM | binary mask"
     if not rows:
         return placeholder(title, "No training image with labelled second-phase objects.")
@@ -517,19 +522,8 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
         return placeholder(title, "LOM was not run in this configuration (no MVFCNN variant "
                                   "with both SEM and LOM results; see run.modalities / "
                                   "run.combinations), so there is nothing to compare.")
-    rows = []
-    for cls in ctx.classes.foreground:
-        best = None
-        for sample in ctx.split("test"):
-            labels = _read(ctx.labels(sample))
-            if labels is None or not ctx.pred(variant, "lom", sample).exists():
-                continue
-            size = min(patch, *labels.shape[:2])
-            y, x, count = best_window(labels == cls, size)
-            if count > 0 and (best is None or count > best[3]):
-                best = (sample, y, x, count, size)
-        if best is not None:
-            rows.append((cls, best))
+    samples = [s for s in ctx.split("test") if ctx.pred(variant, "lom", s).exists()]
+    rows = _richest_patches(ctx, samples, patch)
     if not rows:
         return placeholder(title, f"No test patch with LOM predictions ({variant}).")
     fig, axes = _grid(len(rows), 5, title=f"{title} -- {variant}")
