@@ -51,10 +51,11 @@ def _integer_conv(radius: int = 2, in_ch: int = 3, classes: int = 4, seed: int =
     return conv
 
 
-def _reference(model: nn.Module, image: np.ndarray, tile: int) -> np.ndarray:
+def _reference(model: nn.Module, image: np.ndarray, tile: int | tuple[int, int]) -> np.ndarray:
     """Whole-image forward; bottom/right reflection padding up to one tile, then cropped."""
     h, w = image.shape[:2]
-    pad = [(0, max(tile - h, 0)), (0, max(tile - w, 0))] + [(0, 0)] * (image.ndim - 2)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    pad = [(0, max(th - h, 0)), (0, max(tw - w, 0))] + [(0, 0)] * (image.ndim - 2)
     padded = np.pad(image, pad, mode="reflect")
     x = torch.from_numpy(padded)
     x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
@@ -290,3 +291,108 @@ def test_cli_predict_writes_class_map(tmp_path, monkeypatch) -> None:
     missing = argv.copy()
     missing[missing.index("--params-json") + 1] = json.dumps({"tile_size": 32})
     assert main(missing) == 1
+
+
+# ---------------------------------------------------------------- fitted windows, timings
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 0), (32, 8), (48, 16), (1500, 100)])
+def test_fitted_size_keeps_window_count_and_covers(tile: int, overlap: int) -> None:
+    lengths = SIZES + [7000, 8000, 1501, 2900] if tile > 100 else SIZES
+    for length in lengths:
+        size = inference.fitted_size(length, tile, overlap)
+        n = len(axis_windows(length, tile, overlap))
+        assert size <= tile
+        if length > tile:  # same number of windows, the smallest size that still covers
+            assert len(axis_windows(length, size, overlap)) == n
+            assert n * size - (n - 1) * overlap >= length
+            if size > inference.MIN_TILE:  # one pixel less would not cover
+                assert n * (size - 1) - (n - 1) * overlap < length
+        else:  # a short axis runs at its own length (no reflection) unless below MIN_TILE
+            assert size == min(tile, max(length, inference.MIN_TILE))
+
+
+def test_fitted_grid_partitions_and_saves_area() -> None:
+    for height, width, tile, overlap in [(100, 130, 32, 8), (7000, 8000, 1500, 100),
+                                         (7000, 8000, 1000, 100), (33, 97, 48, 16)]:
+        grid = tile_grid(height, width, tile, overlap, fit=True)
+        th, tw = inference.tile_shape(height, width, tile, overlap, fit=True)
+        cover = np.zeros((height, width), dtype=np.uint8)
+        for t in grid:
+            assert t.y <= t.keep_y0 < t.keep_y1 <= t.y + th
+            assert t.x <= t.keep_x0 < t.keep_x1 <= t.x + tw
+            cover[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] += 1
+        assert (cover == 1).all()
+        plain = tile_grid(height, width, tile, overlap)
+        assert len(grid) == len(plain)
+        assert th * tw <= tile * tile
+    # the motivating case: 7000 px in 1500 px windows -> 5 windows of 1480 px
+    assert inference.tile_shape(7000, 8000, 1500, 100, fit=True) == (1480, 1417)
+
+
+@pytest.mark.parametrize("shape,tile,overlap,batch", [
+    ((70, 101), 32, 6, 2), ((130, 90, 3), 40, 10, 3), ((20, 45), 32, 8, 3), ((97, 33), 48, 16, 2),
+])
+def test_fitted_stitching_equals_whole_image_forward(shape, tile, overlap, batch) -> None:
+    image = np.random.default_rng(9).integers(0, 256, shape, dtype=np.uint8)
+    model = _integer_conv(radius=2)
+    out = predict_image(model, image, tile_size=tile, overlap=overlap, batch_size=batch,
+                        progress=False, preprocess=_float_input, fit_tiles=True)
+    # an axis shorter than the tile runs at its own length: no reflection padding on that axis
+    shape2d = inference.tile_shape(*shape[:2], tile, overlap, fit=True)
+    np.testing.assert_array_equal(out, _reference(model, image, shape2d))
+
+
+def test_fitted_small_image_runs_at_its_own_size_and_reports_timings() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    class Recorder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return torch.cat([x[:, :1], 255.0 - x[:, :1]], dim=1)
+
+    image = np.random.default_rng(10).integers(0, 256, (40, 50), dtype=np.uint8)
+    timings: dict[str, float] = {}
+    out = predict_image(Recorder(), image, tile_size=64, overlap=8, batch_size=1,
+                        progress=False, preprocess=_float_input, fit_tiles=True, timings=timings)
+    assert seen == [(1, 3, 40, 50)]  # not reflected up to 64 x 64
+    np.testing.assert_array_equal(out, (image < 127.5).astype(np.uint8))  # 1 where 255-x > x
+    assert timings["tiles"] == 1 and (timings["tile_h"], timings["tile_w"]) == (40, 50)
+    assert all(timings[k] >= 0 for k in ("read_s", "forward_s", "stitch_s"))
+    seen.clear()
+    predict_image(Recorder(), image, tile_size=64, overlap=8, batch_size=1, progress=False,
+                  preprocess=_float_input)
+    assert seen == [(1, 3, 64, 64)]  # the default keeps the square, reflected window
+
+
+def test_channels_first_and_bf16_agree_with_default() -> None:
+    image = np.random.default_rng(11).integers(0, 256, (90, 80), dtype=np.uint8)
+    model = _integer_conv(radius=1)
+    ref = predict_image(model, image, tile_size=32, overlap=8, batch_size=2, progress=False,
+                        preprocess=_float_input)
+    plain = predict_image(_integer_conv(radius=1), image, tile_size=32, overlap=8, batch_size=2,
+                          progress=False, preprocess=_float_input, channels_last=False)
+    np.testing.assert_array_equal(plain, ref)
+    bf16 = predict_image(model, image, tile_size=32, overlap=8, batch_size=2, progress=False,
+                         preprocess=_float_input, precision="bf16")
+    assert (bf16 == ref).mean() > 0.9
+
+
+def test_cli_accepts_fit_tiles(tmp_path, monkeypatch) -> None:
+    import tifffile
+
+    from mvfcnn.cli import main
+
+    image = np.random.default_rng(12).integers(0, 256, (70, 60), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "sem.tif", image)
+    model = _integer_conv(radius=1, classes=5)
+    monkeypatch.setattr(inference, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    params = {"tile_size": 48, "overlap": 8, "batch_size": 2, "precision": "fp32",
+              "fit_tiles": True}
+    assert main(["predict", "--model", "m.pt", "--image", str(tmp_path / "sem.tif"),
+                 "--sample", "s1", "--params-json", json.dumps(params), "--device", "cpu",
+                 "--out", str(tmp_path / "s1.tif"), "--no-progress"]) == 0
+    expected = predict_image(model, image, tile_size=48, overlap=8, batch_size=2,
+                             progress=False, preprocess=_float_input, fit_tiles=True)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s1.tif"), expected)

@@ -7,11 +7,19 @@ Each output pixel is taken from exactly one window: the one in which it lies far
 window border, i.e. every window keeps its centre and gives up about overlap/2 pixels on each side
 that touches another window (image-border sides keep their margin). No K x H x W score buffer is
 allocated unless probabilities are requested; memory is bounded by one batch plus the output.
+
+With ``fit_tiles`` each axis keeps its number of windows but shrinks the window to the smallest
+size that still covers the axis with the requested overlap (rectangular windows, all the same
+size): a 7000 px axis in 1500 px windows becomes 5 windows of 1480 px instead of 5 of 1500 px
+with a 1400 px overlap at the far edge, and an image smaller than one window is run at its own
+size instead of being reflected up to the window. On a CPU the network's cost is proportional to
+the (padded) window area, so this removes work that the keep-centre stitching would discard.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -58,10 +66,32 @@ def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, i
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
 
 
-def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+def fitted_size(length: int, tile_size: int, overlap: int) -> int:
+    """Smallest window size that covers ``length`` with as many windows as ``tile_size`` needs.
+
+    n windows of size s at stride s - overlap cover n*s - (n-1)*overlap pixels, so
+    s = ceil((length + (n-1)*overlap) / n) <= tile_size. An axis shorter than one window gets a
+    window of its own length (at least ``MIN_TILE`` or ``tile_size``, whichever is smaller).
+    """
+    n = len(axis_windows(length, tile_size, overlap))
+    size = -(-(length + (n - 1) * overlap) // n)
+    return min(tile_size, max(size, min(tile_size, MIN_TILE)))
+
+
+def tile_shape(height: int, width: int, tile_size: int, overlap: int,
+               fit: bool = False) -> tuple[int, int]:
+    """(rows, columns) of every window: ``tile_size`` square, or fitted per axis (``fit``)."""
+    if not fit:
+        return tile_size, tile_size
+    return fitted_size(height, tile_size, overlap), fitted_size(width, tile_size, overlap)
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int, *,
+              fit: bool = False) -> list[Tile]:
     """All windows in row-major order; their keep regions partition the image exactly."""
-    rows = axis_windows(height, tile_size, overlap)
-    cols = axis_windows(width, tile_size, overlap)
+    th, tw = tile_shape(height, width, tile_size, overlap, fit)
+    rows = axis_windows(height, th, overlap)
+    cols = axis_windows(width, tw, overlap)
     return [Tile(y, x, ky0, kx0, ky1, kx1) for (y, ky0, ky1) in rows for (x, kx0, kx1) in cols]
 
 
@@ -91,10 +121,11 @@ def _to_uint8(block: np.ndarray) -> np.ndarray:
     return to_uint8(block)
 
 
-def _read_tile(image: np.ndarray, tile: Tile, tile_size: int) -> np.ndarray:
+def _read_tile(image: np.ndarray, tile: Tile, shape: tuple[int, int]) -> np.ndarray:
     """(h, w[, C]) window, reflection-padded at the bottom/right when the image is smaller."""
-    block = np.asarray(image[tile.y:tile.y + tile_size, tile.x:tile.x + tile_size])
-    pad_y, pad_x = tile_size - block.shape[0], tile_size - block.shape[1]
+    th, tw = shape
+    block = np.asarray(image[tile.y:tile.y + th, tile.x:tile.x + tw])
+    pad_y, pad_x = th - block.shape[0], tw - block.shape[1]
     if pad_y or pad_x:
         widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (block.ndim - 2)
         block = np.pad(block, widths, mode="reflect")
@@ -119,15 +150,23 @@ def predict_image(
     return_probs: bool = False,
     progress: bool = True,
     preprocess: Callable | None = None,
+    fit_tiles: bool = False,
+    channels_last: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Class map (H, W) uint8 of ``image`` (H, W) or (H, W, 3); with ``return_probs`` also
     (K, H, W) float16 softmax probabilities.
 
-    ``model`` maps (B, 3, T, T) float -> (B, K, T, T) scores; it is switched to eval mode and
-    channels_last and moved to ``device``. ``preprocess`` turns a uint8 (B, C, T, T) tensor into
-    the model's input (default: ``mvfcnn.models.preprocess.normalize_batch``). Windows are read
-    lazily, so ``image`` may be a np.memmap. ``precision`` "bf16"/"fp16" run under
-    torch.autocast. ``tta_rotations`` averages the softmax over the 4 right-angle rotations.
+    ``model`` maps (B, 3, h, w) float -> (B, K, h, w) scores; it is switched to eval mode (and
+    channels_last unless ``channels_last=False``) and moved to ``device``. ``preprocess`` turns a
+    uint8 (B, C, h, w) tensor into the model's input (default:
+    ``mvfcnn.models.preprocess.normalize_batch``). Windows are read lazily, so ``image`` may be
+    a np.memmap. ``precision`` "bf16"/"fp16" run under one torch.autocast context for the whole
+    image, so the low-precision weight copies are made once, not once per batch.
+    ``tta_rotations`` averages the softmax over the 4 right-angle rotations. ``fit_tiles``
+    shrinks the windows to fit the image (see the module docstring). ``timings``, if given,
+    receives the seconds spent reading, in the network and stitching, plus the window count
+    and shape (for benchmarks).
     """
     import torch
     from tqdm import tqdm
@@ -146,41 +185,46 @@ def predict_image(
         preprocess = _default_preprocess()
     device = resolve_device(device)
     height, width = image.shape[:2]
-    tiles = tile_grid(height, width, tile_size, overlap)
+    shape = tile_shape(height, width, tile_size, overlap, fit_tiles)
+    tiles = tile_grid(height, width, tile_size, overlap, fit=fit_tiles)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    clock = {"read": 0.0, "forward": 0.0, "stitch": 0.0}
 
     model.eval()
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device=device, memory_format=memory_format)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     device_type = torch.device(device).type
+    # no_grad, not inference_mode: autocast caches its weight casts only outside inference mode
+    amp = (torch.autocast(device_type=device_type, dtype=autocast_dtype)
+           if autocast_dtype is not None else contextlib.nullcontext())
 
     out = np.empty((height, width), dtype=np.uint8)
     probs: np.ndarray | None = None
     bar = tqdm(total=len(tiles), unit="tile", desc="predict", leave=False,
                disable=not progress or not sys.stderr.isatty())
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        if autocast_dtype is None:
-            return model(batch)
-        with torch.autocast(device_type=device_type, dtype=autocast_dtype):
-            return model(batch)
-
-    with torch.inference_mode():
+    with torch.no_grad(), amp:
         for group in _batches(tiles, batch_size):
-            blocks = np.stack([_read_tile(image, t, tile_size) for t in group])
+            tick = time.perf_counter()
+            blocks = np.stack([_read_tile(image, t, shape) for t in group])
             batch = torch.from_numpy(blocks)
             batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
             batch = preprocess(batch.to(device))
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=memory_format)
+            clock["read"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             if tta_rotations:
-                scores = sum(torch.rot90(torch.softmax(forward(torch.rot90(batch, r, (2, 3)))
+                scores = sum(torch.rot90(torch.softmax(model(torch.rot90(batch, r, (2, 3)))
                                                        .float(), dim=1), -r, (2, 3))
                              for r in range(4)) / 4.0
             elif return_probs:
-                scores = torch.softmax(forward(batch).float(), dim=1)
+                scores = torch.softmax(model(batch).float(), dim=1)
             else:
-                scores = forward(batch).float()
-            _check_scores(scores, len(group), tile_size)
+                scores = model(batch)
+            _check_scores(scores, len(group), shape)
             labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            clock["forward"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             soft = scores.to(torch.float16).cpu().numpy() if return_probs else None
             if soft is not None and probs is None:
                 probs = np.empty((soft.shape[1], height, width), dtype=np.float16)
@@ -191,18 +235,22 @@ def predict_image(
                 out[dst] = labels[b][src]
                 if soft is not None and probs is not None:
                     probs[:, dst[0], dst[1]] = soft[b, :, src[0], src[1]]
+            clock["stitch"] += time.perf_counter() - tick
             bar.update(len(group))
     bar.close()
+    if timings is not None:
+        timings.update({f"{k}_s": v for k, v in clock.items()})
+        timings.update({"tiles": len(tiles), "tile_h": shape[0], "tile_w": shape[1]})
     if return_probs:
         return out, probs
     return out
 
 
-def _check_scores(scores, batch: int, tile_size: int) -> None:
+def _check_scores(scores, batch: int, tile: tuple[int, int]) -> None:
     shape = tuple(scores.shape)
-    if len(shape) != 4 or shape[0] != batch or shape[2:] != (tile_size, tile_size):
+    if len(shape) != 4 or shape[0] != batch or shape[2:] != tuple(tile):
         raise ValueError(f"model returned scores of shape {shape}; expected "
-                         f"({batch}, K, {tile_size}, {tile_size})")
+                         f"({batch}, K, {tile[0]}, {tile[1]})")
     if shape[1] > 255:
         raise ValueError(f"model returned {shape[1]} classes; a uint8 class map holds <= 255")
 
@@ -227,6 +275,7 @@ def _parse_params(text: str) -> dict:
         "batch_size": int(params["batch_size"]),
         "precision": str(params["precision"]),
         "tta_rotations": bool(params.get("tta_rotations", False)),
+        "fit_tiles": bool(params.get("fit_tiles", False)),
     }
 
 
@@ -240,7 +289,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--params-json", required=True,
                         help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
-                             "precision (fp32|bf16|fp16), tta_rotations")
+                             "precision (fp32|bf16|fp16), tta_rotations, fit_tiles")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
