@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
     "tables": ("mvfcnn.tables", "Regenerate the paper's tables"),
     "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
+    "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
     "classify": ("mvfcnn.classify", "Classify new micrographs with a trained model bundle"),
 }
 
