@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,28 +213,8 @@ STEPS = {"register": step_register, "mask": step_mask, "objects": step_objects}
 
 # --------------------------------------------------------------------------- driver
 def machine_info() -> dict[str, Any]:
-    import scipy
-    import skimage
-    import tifffile
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        mem_gb = None
-    return {"cpu_model": model, "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)), "memory_gb": mem_gb,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "scipy": scipy.__version__,
-            "scikit-image": skimage.__version__, "tifffile": tifffile.__version__,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    """The shared machine description plus the image libraries this stage uses."""
+    return _common.machine_info(("scipy", "skimage", "tifffile"))
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
@@ -292,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {result}", file=sys.stderr)
         report["total_wall_s"] = round(sum(s["wall_s"] for s in report["steps"].values()), 2)
         report["max_peak_rss_mb"] = max(s["peak_rss_mb"] for s in report["steps"].values())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_result(args.out, report)  # atomic: a killed run leaves no half JSON
     print(json.dumps(report, indent=2))
     return 0
 

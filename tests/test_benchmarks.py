@@ -1,0 +1,112 @@
+"""The benchmark scripts keep working: their core functions on tiny inputs (fast, default run)
+and each script end to end with ``--quick`` (slow: one process per variant)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _common
+
+    return _common
+
+
+def test_network_flops_match_the_layer_arithmetic(bench) -> None:
+    # Without the 100 px padding and on a multiple of 32 the FLOPs per pixel are VGG16's 845k;
+    # the real layer shapes (pad 100, valid 7x7 fc6) make a 1000 px tile cost ~1125 GFLOP/MP.
+    flops = bench.network_flops(bench.REAL_LAYOUT, 1000, 1000)
+    assert 1.10e12 < flops < 1.15e12
+    assert bench.network_flops(bench.REAL_LAYOUT, 1000, 1000, batch=2) == 2 * flops
+    small = bench.network_flops(bench.REAL_LAYOUT, 192, 192) / 192**2
+    assert small > 2.5 * flops / 1000**2  # the padding overhead dominates small tiles
+
+
+def test_random_model_predicts_several_classes(bench) -> None:
+    import torch
+
+    from mvfcnn.inference import predict_image
+
+    torch.set_num_threads(1)
+    model = bench.random_fcn8s(bench.QUICK_LAYOUT)
+    sem, ids, n_objects = bench.synthetic_sem(96, 128, seed=3)
+    assert sem.dtype == np.uint8 and ids.shape == sem.shape and n_objects == ids.max()
+    pred = predict_image(model, sem, tile_size=64, overlap=8, batch_size=2, progress=False)
+    assert len(np.unique(pred)) >= 2  # calibrated score layers: not one class everywhere
+
+
+def test_run_config_reports_consistent_figures(bench) -> None:
+    import inference as bench_inference
+    import torch
+
+    torch.set_num_threads(1)
+    sem, ids, _ = bench.synthetic_sem(80, 100, seed=1)
+    config = {**bench_inference.DEFAULT, "tile_size": 64, "overlap": 8}
+    result = bench_inference.run_config(config, sem, bench.QUICK_LAYOUT, ids)
+    pred = result.pop("_pred")
+    assert pred.shape == sem.shape
+    assert result["tiles"] == 4 and result["tile_shape"] == [44, 54]  # fitted windows
+    assert result["network_flop"] == 4 * bench.network_flops(bench.QUICK_LAYOUT, 44, 54)
+    assert result["breakdown_s"]["network"] <= result["wall_s"]
+    assert sum(result["class_histogram"]) == sem.size
+    assert result["objects_voted"] is not None and result["peak_rss_mb"] > 0
+
+
+def test_matmul_peak_and_machine_info(bench) -> None:
+    peak = bench.matmul_peak("fp32", size=128, repeats=2)
+    assert peak["best_tflops"] > 0 and peak["best_tflops"] >= peak["median_tflops"]
+    info = bench.machine_info(("torch",))
+    assert info["torch_threads"] >= 1 and info["logical_cores"] >= 1 and "cpu_flags" in info
+
+
+def test_train_step_and_loader_core(bench, tmp_path) -> None:
+    import tiles
+    import torch
+    import train_step
+
+    torch.set_num_threads(1)
+    step = train_step.measure(64, "fp32", bench.QUICK_LAYOUT, batch=1, iters=1)
+    assert step["seconds_per_iter"] > 0 and step["tiles_per_s"] == pytest.approx(
+        1 / step["seconds_per_iter"], rel=0.01)
+    images = tiles.make_images(tmp_path, 2, 160)
+    rate = tiles.loader_rate(images, size=64, workers=0, batch=2, n_batches=3)
+    assert rate["tiles_read"] == 6 and rate["rotations"] == [0, 1, 2, 3]
+    assert rate["tiles_per_s_warm"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,extra", [
+    ("inference.py", ["--variants", "fp32_cl_t1000_o100,bf16_cl_t1000_o100",
+                      "--trained-model", "none"]),
+    ("train_step.py", ["--sizes", "64"]),
+    ("tiles.py", ["--workers", "0"]),
+    ("scaling.py", ["--sizes", "100x100,200x200"]),
+])
+def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out),
+                           "--threads", "1", *extra], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["machine"]["logical_cores"] >= 1
+    assert "loadavg_start" in report and report["summary"]
+    if script == "inference.py":
+        assert report["summary"]["full_image"]["wall_s"] > 0
+        assert 0.5 < report["summary"]["agreement"]["bf16 vs fp32"] <= 1.0
+        assert set(report["summary"]["targets"]) == {
+            "wall_le_45s", "network_ge_40pct_bf16_peak", "peak_rss_le_3gb",
+            "bf16_agreement_ge_99_5pct"}
+    if script == "scaling.py":
+        assert [r["megapixels"] for r in report["summary"]] == [0.01, 0.04]
