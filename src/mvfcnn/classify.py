@@ -20,6 +20,7 @@ and provenance). All inputs are checked before anything is written.
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import math
 import sys
@@ -54,6 +55,8 @@ OVERLAY_ALPHA = 0.45
 OME_TILE = 256
 OME_MIN_SIDE = 512
 _STRIP = 512
+#: predict_image arguments that are not inference settings
+_RUNTIME_ARGS = {"model", "image", "device", "progress", "return_probs", "preprocess", "timings"}
 
 
 @dataclass
@@ -294,11 +297,11 @@ def predict_class_map(image: np.ndarray, loaded: LoadedModel, *,
     from mvfcnn.inference import predict_image
 
     params = {**loaded.inference, **(inference or {})}
-    class_map = predict_image(
-        loaded.model, image, tile_size=int(params["tile_size"]), overlap=int(params["overlap"]),
-        batch_size=int(params["batch_size"]), precision=str(params["precision"]),
-        tta_rotations=bool(params.get("tta_rotations", False)), device=device,
-        progress=progress)
+    # every setting of the config's `inference` section that predict_image knows (as the
+    # predict rule passes them), so new options reach both the same way
+    accepted = set(inspect.signature(predict_image).parameters) - _RUNTIME_ARGS
+    settings = {k: v for k, v in params.items() if k in accepted}
+    class_map = predict_image(loaded.model, image, device=device, progress=progress, **settings)
     assert isinstance(class_map, np.ndarray)
     if int(class_map.max(initial=0)) >= loaded.classes.num_classes:
         raise InputError(f"model predicted class {int(class_map.max())} but its class set has "
