@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/fcn.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
 
 

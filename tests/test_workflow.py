@@ -102,3 +102,28 @@ def test_every_table_and_figure(mini_run, repo_root):
         assert (mini_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000, name
     baselines = sorted((mini_run / "results" / "baselines").glob("*/*/metrics.json"))
     assert len(baselines) == 8
+
+
+@pytest.mark.slow
+def test_classify_predict_samples(mini_run):
+    """The `classify` rule's outputs for the `predict` sample, and its object classes equal the
+    `vote` rule's on the same sample and model (the vote rule is asked for that one file)."""
+    import tifffile
+
+    out = mini_run / "results" / "classify" / "predict_0"
+    for name in ("objects.csv", "summary.csv", "low_confidence.csv", "overlay.png",
+                 "overlay_preview.png", "classmap.ome.tif", "size_distribution.png", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    run = json.loads((out / "run.json").read_text())
+    assert run["pixel_size_um"] == 0.1 and run["object_source"] == "mask"
+    with tifffile.TiffFile(out / "classmap.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].shape == (2, 256, 256)
+    bundle = mini_run / "results" / "mvfcnn" / "scratch_balanced_aug" / "sem" / "model_bundle.pt"
+    assert bundle.stat().st_size > 0
+    votes = "results/mvfcnn/scratch_balanced_aug/sem/votes/predict_0.csv"
+    snakemake(mini_run, "--resources", "gpu=1", "--cores", "2", votes)  # targets last
+    ours = pd.read_csv(out / "objects.csv")
+    rule = pd.read_csv(mini_run / votes)
+    assert len(ours) > 0
+    assert ours["object_id"].tolist() == rule["object_id"].tolist()
+    assert ours["class"].tolist() == rule["pred_class"].tolist()

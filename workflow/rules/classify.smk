@@ -1,0 +1,103 @@
+# Use the trained model on new micrographs: a self-contained model bundle per MVFCNN run, and
+# `mvfcnn classify` on every sample with split "predict" (objects from the sample's mask, i.e.
+# the same objects the `vote` rule uses), into results/classify/{sample}/ and the report.
+
+CLASSIFY_FILES = [
+    "objects.csv",
+    "summary.csv",
+    "low_confidence.csv",
+    "overlay.png",
+    "overlay_preview.png",
+    "classmap.ome.tif",
+    "size_distribution.png",
+    "run.json",
+]
+
+
+rule bundle:
+    """Final-stage model + classes, inference/masking settings, pixel size, training config,
+    metrics and git commit in one file, so `mvfcnn classify` needs no workflow config."""
+    input:
+        model=f"results/mvfcnn/{{variant}}/{{modality}}/fcn{FINAL_STAGE}.pt",
+        metrics="results/mvfcnn/{variant}/{modality}/metrics.json",
+    output:
+        "results/mvfcnn/{variant}/{modality}/model_bundle.pt",
+    params:
+        classes=CLASSES_JSON,
+        inference=cfg_json("inference"),
+        masking=cfg_json("masking"),
+        training=_bundle_training_json,
+        pixel=_pixel_size_arg,
+    log:
+        "results/logs/bundle/{variant}_{modality}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn bundle --model {input.model} --metrics {input.metrics}"
+        " --classes-json '{params.classes}' --inference-json '{params.inference}'"
+        " --masking-json '{params.masking}' --training-json '{params.training}' {params.pixel}"
+        " --modality {wildcards.modality} --variant {wildcards.variant} --out {output} 2> {log}"
+
+
+rule classify:
+    """Classify one `predict` sample: segmentation, max-voting, phase fractions, sizes, review list."""
+    input:
+        bundle=_classify_bundle,
+        image=_classify_image,
+        mask="results/masks/{sample}.tif",
+    output:
+        objects="results/classify/{sample}/objects.csv",
+        summary=report(
+            "results/classify/{sample}/summary.csv",
+            category="Classification",
+            subcategory="{sample}",
+            caption="../report/classify_summary.rst",
+            labels={"sample": "{sample}", "output": "phase fractions and sizes"},
+        ),
+        low_confidence="results/classify/{sample}/low_confidence.csv",
+        overlay="results/classify/{sample}/overlay.png",
+        preview=report(
+            "results/classify/{sample}/overlay_preview.png",
+            category="Classification",
+            subcategory="{sample}",
+            caption="../report/classify_overlay.rst",
+            labels={"sample": "{sample}", "output": "overlay"},
+        ),
+        classmap="results/classify/{sample}/classmap.ome.tif",
+        sizes=report(
+            "results/classify/{sample}/size_distribution.png",
+            category="Classification",
+            subcategory="{sample}",
+            caption="../report/classify_sizes.rst",
+            labels={"sample": "{sample}", "output": "size distribution"},
+        ),
+        run="results/classify/{sample}/run.json",
+    params:
+        outdir=lambda w, output: os.path.dirname(os.path.dirname(output.objects)),
+        classes=CLASSES_JSON,
+        low_confidence=config["classify"]["low_confidence"],
+    log:
+        "results/logs/classify/{sample}.log",
+    benchmark:
+        "results/benchmarks/classify/{sample}.tsv"
+    conda:
+        ENV
+    threads: rule_resources("classify", "threads", 2)
+    resources:
+        gpu=1,
+        mem_mb=lambda w, attempt: rule_resources("classify", "mem_mb", 4000) * attempt,
+        runtime=lambda w, attempt: rule_resources("classify", "runtime", 30) * attempt,
+    shell:
+        "mvfcnn classify {input.image} --model {input.bundle} --mask {input.mask}"
+        " --names {wildcards.sample} --out {params.outdir} --classes-json '{params.classes}'"
+        " --low-confidence {params.low_confidence} --no-progress 2> {log}"
+
+
+TARGETS["bundle"] = _mvfcnn_files("model_bundle.pt")
+TARGETS["classify"] = [
+    f"results/classify/{s}/{name}" for s in samples_in("predict") for name in CLASSIFY_FILES
+]
