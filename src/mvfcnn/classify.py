@@ -645,7 +645,8 @@ def _parser() -> argparse.ArgumentParser:
                     "low-confidence list, an overlay, a pyramidal OME-TIFF class map and a "
                     "size-distribution plot under OUT/<name>/.")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="micrograph(s): TIFF/PNG, 8/16-bit grey or RGB")
+                        help="micrograph(s): TIFF/PNG, 8/16-bit grey or RGB (give them "
+                             "before --mask/--lom, which take one file per image)")
     parser.add_argument("--model", required=True,
                         help="model_bundle.pt (mvfcnn bundle) or a bare fcn8s.pt")
     source = parser.add_mutually_exclusive_group()
