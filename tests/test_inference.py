@@ -378,7 +378,7 @@ def test_channels_first_and_bf16_agree_with_default() -> None:
     assert (bf16 == ref).mean() > 0.9
 
 
-def test_cli_accepts_fit_tiles(tmp_path, monkeypatch) -> None:
+def test_cli_accepts_fit_tiles_and_threads(tmp_path, monkeypatch) -> None:
     import tifffile
 
     from mvfcnn.cli import main
@@ -390,9 +390,12 @@ def test_cli_accepts_fit_tiles(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
     params = {"tile_size": 48, "overlap": 8, "batch_size": 2, "precision": "fp32",
               "fit_tiles": True}
+    threads_before = torch.get_num_threads()
     assert main(["predict", "--model", "m.pt", "--image", str(tmp_path / "sem.tif"),
                  "--sample", "s1", "--params-json", json.dumps(params), "--device", "cpu",
-                 "--out", str(tmp_path / "s1.tif"), "--no-progress"]) == 0
+                 "--out", str(tmp_path / "s1.tif"), "--no-progress", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads_before)
     expected = predict_image(model, image, tile_size=48, overlap=8, batch_size=2,
                              progress=False, preprocess=_float_input, fit_tiles=True)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s1.tif"), expected)

@@ -294,7 +294,14 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
+                             "inherited OMP_NUM_THREADS=1 would cut to one core)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from mvfcnn.io import read_image, write_image
 
