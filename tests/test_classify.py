@@ -332,11 +332,14 @@ def test_objects_from_prediction_cleans_like_a_mask():
 
 
 def test_cli_objects_from_prediction_and_lom(files, tmp_path):
+    import torch
+
     from mvfcnn.io import read_image
 
     out = tmp_path / "out"
+    threads = str(torch.get_num_threads())
     assert classify_cli([str(files["sem"]), "--model", str(files["bundle"]), "--out", str(out),
-                         "--names", "pred", "--no-progress"]) == 0
+                         "--names", "pred", "--threads", threads, "--no-progress"]) == 0
     assert json.loads((out / "pred" / "run.json").read_text())["object_source"] == "prediction"
     # a "registered LOM": dark second phase on a bright matrix, same grid as the image
     mask = read_image(files["mask"]) > 0
@@ -382,6 +385,15 @@ def test_unsupported_image(files, tmp_path):
     tifffile.imwrite(flags, np.zeros((32, 32), bool))
     _fails([str(flags), "--model", str(files["bundle"])], tmp_path / "o4", "flags.tif",
            "unsupported pixel type")
+
+
+def test_bad_options(files, tmp_path):
+    model = ["--model", str(files["bundle"])]
+    _fails([str(files["sem"]), *model, "--threads", "0"], tmp_path / "o", "--threads")
+    _fails([str(files["sem"]), *model, "--low-confidence", "1.5"], tmp_path / "o",
+           "--low-confidence")
+    _fails([str(files["sem"]), *model, "--threshold", "0.5"], tmp_path / "o", "--lom only")
+    _fails([str(files["sem"]), *model, "--overlap", "500"], tmp_path / "o", "overlap")
 
 
 def test_mask_size_mismatch(files, tmp_path):

@@ -674,12 +674,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                         help="override the bundle's inference precision")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; an inherited "
+                             "OMP_NUM_THREADS=1 would cut it to one core)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
     from mvfcnn.bundle import load_for_inference

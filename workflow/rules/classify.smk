@@ -94,7 +94,7 @@ rule classify:
     shell:
         "mvfcnn classify {input.image} --model {input.bundle} --mask {input.mask}"
         " --names {wildcards.sample} --out {params.outdir} --classes-json '{params.classes}'"
-        " --low-confidence {params.low_confidence} --no-progress 2> {log}"
+        " --low-confidence {params.low_confidence} --threads {threads} --no-progress 2> {log}"
 
 
 TARGETS["bundle"] = _mvfcnn_files("model_bundle.pt")
