@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "mask": ("mvfcnn.masking", "Binary second-phase mask from registered LOM"),
     "objects": ("mvfcnn.objects", "Connected-component objects table + id image"),
     "tile-index": ("mvfcnn.tiling", "Stride-balanced sliding-window tile table"),
+    "pretrain-trunk": ("mvfcnn.pretraining", "Pretrain the VGG trunk on labelled patches "
+                       "(pretrained: patches)"),
     "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s)"),
     "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),
     "vote": ("mvfcnn.voting", "Max-vote predicted pixels inside each object"),

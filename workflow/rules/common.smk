@@ -127,6 +127,31 @@ def _parent_model(wildcards):
     return f"results/mvfcnn/{wildcards.variant}/{wildcards.modality}/fcn{STAGES[index - 1]}.pt"
 
 
+#: `pretrained:` value that makes FCN-32s start from the trunk of the pretrain_trunk rule
+PRETRAINED_PATCHES = "patches"
+
+
+def pretrained_trunk_file(modality):
+    return f"results/pretrain/{modality}/trunk.pt"
+
+
+def _pretrained_trunk(wildcards):
+    """FCN-32s of a `pretrained: patches` variant depends on its modality's pretrained trunk."""
+    if wildcards.stage != STAGES[0]:
+        return []
+    if variant_cfg(wildcards.variant)["pretrained"] != PRETRAINED_PATCHES:
+        return []
+    return pretrained_trunk_file(wildcards.modality)
+
+
+def _variant_json(wildcards):
+    """The variant's settings, with `patches` resolved to the pretrained trunk file."""
+    settings = dict(variant_cfg(wildcards.variant))
+    if settings["pretrained"] == PRETRAINED_PATCHES:
+        settings["pretrained"] = pretrained_trunk_file(wildcards.modality)
+    return json.dumps(settings, separators=(",", ":"))
+
+
 def _test_samples():
     return samples_in("test")
 

@@ -44,12 +44,50 @@ rule tile_index:
         " --out {output.table} --out-summary {output.summary} 2> {log}"
 
 
+rule pretrain_trunk:
+    """Offline ImageNet stand-in: the VGG trunk learns to classify labelled training patches."""
+    input:
+        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
+        labels=lambda w: [SAMPLES.loc[s, "labels"] for s in _train_samples()],
+    output:
+        model="results/pretrain/{modality}/trunk.pt",
+        csv="results/pretrain/{modality}/pretrain.csv",
+        png=report(
+            "results/pretrain/{modality}/pretrain.png",
+            category="Training",
+            subcategory="trunk pretraining / {modality}",
+            caption="../report/pretraining.rst",
+        ),
+    params:
+        pretrain=cfg_json("pretrain"),
+        fcn=cfg_json("fcn"),
+        classes=CLASSES_JSON,
+        seed=config["seed"],
+    log:
+        "results/logs/pretrain_trunk/{modality}.log",
+    benchmark:
+        "results/benchmarks/pretrain_trunk/{modality}.tsv"
+    conda:
+        ENV
+    threads: rule_resources("pretrain_trunk", "threads", 2)
+    resources:
+        gpu=1,
+        mem_mb=lambda w, attempt: rule_resources("pretrain_trunk", "mem_mb", 4000) * attempt,
+        runtime=lambda w, attempt: rule_resources("pretrain_trunk", "runtime", 30) * attempt,
+    shell:
+        "mvfcnn pretrain-trunk --images {input.images} --labels {input.labels}"
+        " --classes-json '{params.classes}' --params-json '{params.pretrain}'"
+        " --fcn-json '{params.fcn}' --seed {params.seed} --out {output.model}"
+        " --out-csv {output.csv} --out-png {output.png} --threads {threads} 2> {log}"
+
+
 rule train_fcn:
     """Train one FCN stage; 16s/8s start from the previous stage. Resumes from checkpoints."""
     input:
         tiles="results/tiles/{variant}/{modality}.csv",
         images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
         parent=_parent_model,
+        trunk=_pretrained_trunk,
     output:
         model="results/mvfcnn/{variant}/{modality}/fcn{stage}.pt",
         csv="results/mvfcnn/{variant}/{modality}/train_{stage}.csv",
@@ -62,7 +100,7 @@ rule train_fcn:
     params:
         parent=lambda w, input: f"--parent {input.parent}" if input.parent else "",
         fcn=cfg_json("fcn"),
-        variant=lambda w: json.dumps(variant_cfg(w.variant), separators=(",", ":")),
+        variant=_variant_json,
         classes=CLASSES_JSON,
         seed=config["seed"],
         checkpoints="results/mvfcnn/{variant}/{modality}/checkpoints/{stage}",

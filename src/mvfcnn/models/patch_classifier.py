@@ -1,0 +1,92 @@
+"""The VGG16 trunk as a patch classifier: the network of the offline pretraining stand-in.
+
+ImageNet weights are what make the paper's fine-tuned FCNs train in few iterations; offline
+they cannot be downloaded. :mod:`mvfcnn.pretraining` instead teaches the *same* trunk to tell
+the constituents apart on small native-scale patches (global average pooling over pool5 + one
+linear layer), which costs ~40× less per sample than a padded FCN tile and sees one label per
+patch instead of a matrix-dominated label map.
+
+The trunk may carry BatchNorm after every convolution while it is trained (a BN-free 13-layer
+VGG barely moves in a few hundred steps from scratch); :func:`fold_batch_norm` then folds each
+BatchNorm into its convolution, so the result is a plain VGG16 trunk, loadable by every FCN
+through ``pretrained: <path>``, that computes exactly what the BN network computed in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mvfcnn.models.vgg_trunk import VGGTrunk
+
+__all__ = ["PatchClassifier", "fold_batch_norm", "patch_classifier"]
+
+
+class PatchClassifier(nn.Module):
+    """VGG16 conv1_1..pool5 → global average pool → linear (fc6/fc7 unused but kept)."""
+
+    def __init__(self, *, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+                 batch_norm: bool = True) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        # conv1_1 padding 1: patches are classified as a whole, no FCN crop alignment needed
+        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, conv1_padding=1)
+        self.batch_norm = bool(batch_norm)
+        if batch_norm:
+            features = self.trunk.features
+            for index, module in enumerate(list(features)):
+                if isinstance(module, nn.Conv2d):
+                    features[index] = nn.Sequential(module, nn.BatchNorm2d(module.out_channels))
+        self.classifier = nn.Linear(self.trunk.out_channels, num_classes)
+        self._kwargs = {"num_classes": int(num_classes), "width": float(width),
+                        "fc_channels": int(fc_channels), "batch_norm": self.batch_norm}
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.trunk.features(x).mean(dim=(2, 3)))
+
+
+@torch.no_grad()
+def fold_batch_norm(model: PatchClassifier) -> PatchClassifier:
+    """Fold every BatchNorm into its convolution in place (eval-mode statistics).
+
+    ``conv → bn`` becomes one convolution with ``w' = w·γ/σ`` and ``b' = (b − μ)·γ/σ + β``
+    (σ = sqrt(running_var + eps)), so the trunk becomes a plain VGG16 trunk with identical
+    eval-mode outputs.
+    """
+    if not model.batch_norm:
+        return model
+    features = model.trunk.features
+    for index, module in enumerate(list(features)):
+        if isinstance(module, nn.Sequential):
+            conv, bn = module[0], module[1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+            conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            features[index] = conv
+    model.batch_norm = False
+    model._kwargs["batch_norm"] = False
+    return model
+
+
+def patch_classifier(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+                     batch_norm: bool = True) -> PatchClassifier:
+    """Randomly initialised :class:`PatchClassifier` (He-normal trunk, see ``VGGTrunk``)."""
+    return PatchClassifier(num_classes=num_classes, width=width, fc_channels=fc_channels,
+                           batch_norm=batch_norm)
+
+
+def _register() -> None:
+    from mvfcnn.models.io import register_arch, registered_archs
+
+    if "patch_classifier" not in registered_archs():
+        register_arch("patch_classifier", patch_classifier)
+
+
+_register()

@@ -1,0 +1,134 @@
+"""Trunk pretraining on labelled patches (`pretrained: patches`) and BatchNorm folding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvfcnn.config import ClassSet
+from mvfcnn.errors import InputError
+from mvfcnn.io import write_image
+from mvfcnn.models.fcn import build_fcn
+from mvfcnn.models.io import load_model
+from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
+from mvfcnn.pretraining import PatchSampler, pretrain_trunk
+
+CLASSES = ClassSet.from_config({"classes": [
+    {"index": 0, "name": "matrix", "color": "#000000"},
+    {"index": 1, "name": "stripes", "color": "#ff0000"},
+    {"index": 2, "name": "dots", "color": "#00ff00"},
+]})
+FCN_CFG = {"width": 0.125, "fc_channels": 32}
+
+
+def _toy_images(tmp_path, count=2, size=96):
+    """Matrix at grey 60; a left block of vertical stripes (class 1), a right block of dots."""
+    images, labels = [], []
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        image = np.full((size, size), 60, np.uint8) + rng.integers(0, 10, (size, size),
+                                                                   dtype=np.uint8)
+        label = np.zeros((size, size), np.uint8)
+        image[8:88, 4:44] = np.where(np.arange(40) % 4 < 2, 220, 120)[None, :]
+        label[8:88, 4:44] = 1
+        block = np.full((80, 40), 120, np.uint8)
+        block[::5, ::5] = 250
+        image[8:88, 52:92] = block
+        label[8:88, 52:92] = 2
+        label[0, 0] = 255  # ignore pixels are never patch centres
+        images.append(write_path(tmp_path / f"im{k}.tif", image))
+        labels.append(write_path(tmp_path / f"lb{k}.tif", label))
+    return images, labels
+
+
+def write_path(path, array):
+    write_image(path, array)
+    return path
+
+
+def test_fold_batch_norm_keeps_eval_outputs():
+    torch.manual_seed(0)
+    model = patch_classifier(num_classes=3, width=0.125, fc_channels=32)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    fold_batch_norm(model)
+    after = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.kwargs["batch_norm"] is False
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_sampler_centres_have_the_drawn_class(tmp_path):
+    from mvfcnn.io import read_image
+
+    paths, label_paths = _toy_images(tmp_path)
+    images = [read_image(p) for p in paths]
+    labels = [read_image(p) for p in label_paths]
+    sampler = PatchSampler(images, labels, class_indices=[0, 1, 2], patch_size=32,
+                           augment=False, rng=np.random.default_rng(1))
+    assert set(sampler.counts()) == {0, 1, 2}
+    x, y = sampler.draw(300)
+    assert x.shape == (300, 1, 32, 32) and x.dtype == torch.uint8
+    counts = np.bincount(y.numpy(), minlength=3)
+    assert counts.min() > 70  # class-balanced: ~100 each
+    for c in range(3):
+        for i, yy, xx in sampler.corners[c][:50]:
+            assert labels[i][yy + 16, xx + 16] == c
+    # every patch lies inside its image
+    for c in range(3):
+        corners = sampler.corners[c]
+        assert corners[:, 1].min() >= 0 and (corners[:, 1] + 32).max() <= 96
+        assert corners[:, 2].min() >= 0 and (corners[:, 2] + 32).max() <= 96
+
+
+def test_patch_sampler_errors_name_the_file(tmp_path):
+    image = np.zeros((64, 64), np.uint8)
+    with pytest.raises(InputError, match="bad.tif"):
+        PatchSampler([image], [np.zeros((60, 64), np.uint8)], class_indices=[0, 1],
+                     patch_size=32, augment=False, rng=np.random.default_rng(0),
+                     names=["bad.tif"])
+    with pytest.raises(InputError, match="at least two classes"):
+        PatchSampler([image], [np.zeros((64, 64), np.uint8)], class_indices=[0, 1],
+                     patch_size=32, augment=False, rng=np.random.default_rng(0))
+
+
+def test_pretrain_trunk_learns_loads_into_fcn_and_is_deterministic(tmp_path):
+    images, labels = _toy_images(tmp_path)
+    cfg = {"patch_size": 32, "iterations": 40, "batch_size": 16, "lr": 3e-3,
+           "precision": "fp32", "progress": False}
+    outs = []
+    for run in range(2):
+        out = tmp_path / f"trunk{run}.pt"
+        summary = pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg,
+                                 fcn_cfg=FCN_CFG, seed=3, out_model=out,
+                                 out_csv=tmp_path / f"p{run}.csv", out_png=tmp_path / f"p{run}.png")
+        outs.append(out)
+    assert summary["final_accuracy"] > 0.8, summary  # three trivially separable textures
+    first, meta = load_model(outs[0])
+    second, _ = load_model(outs[1])
+    assert meta["arch"] == "patch_classifier" and meta["kwargs"]["batch_norm"] is False
+    assert meta["extra"]["classes"] == CLASSES.to_dict()
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    fcn = build_fcn("32s", num_classes=3, pretrained=str(outs[0]), **FCN_CFG)
+    for key, value in fcn.trunk.state_dict().items():
+        assert torch.equal(value, first.trunk.state_dict()[key]), key
+    assert (tmp_path / "p0.csv").read_text().startswith("iteration,loss,accuracy,seconds")
+    assert (tmp_path / "p0.png").stat().st_size > 0
+
+
+def test_pretrain_trunk_rejects_mismatched_inputs(tmp_path):
+    images, labels = _toy_images(tmp_path, count=1)
+    with pytest.raises(InputError, match="one labels file per image"):
+        pretrain_trunk(images=images, labels=labels * 2, classes=CLASSES, cfg={},
+                       fcn_cfg=FCN_CFG, seed=0, out_model=tmp_path / "t.pt")
+    assert not (tmp_path / "t.pt").exists()
