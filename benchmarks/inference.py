@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16_cl_t1000_o100_fit": {"tile_size": 1000},
     "bf16_cl_t1000_o100_fit_b2": {"tile_size": 1000, "batch_size": 2},
     "bf16_cl_t1500_o100_fit": {},
+    "bf16_cl_t1500_o100_fit_compile": {"compile": True},
     "bf16_cl_t2000_o100_fit": {"tile_size": 2000},
 }
 TRAINED_MODEL = RESULTS.parents[1] / "results/mvfcnn/scratch_balanced_aug/sem/fcn8s.pt"
@@ -69,7 +70,9 @@ QUICK_VARIANTS = ("fp32_cl_t1000_o100", "bf16_cl_t1000_o100", "bf16_cl_t1000_o0_
 AGREEMENT = [("fp32_cl_t1000_o100", "bf16_cl_t1000_o100", "bf16 vs fp32"),
              ("fp32_nchw_t1000_o100", "fp32_cl_t1000_o100", "channels_last vs NCHW (fp32)"),
              ("bf16_cl_t1000_o0_fit", "bf16_cl_t1000_o100_fit", "overlap 0 vs 100 (seams)"),
-             ("bf16_cl_t1000_o100", "bf16_cl_t1500_o100_fit", "tile 1500 fit vs tile 1000")]
+             ("bf16_cl_t1000_o100", "bf16_cl_t1500_o100_fit", "tile 1500 fit vs tile 1000"),
+             ("bf16_cl_t1500_o100_fit", "bf16_cl_t1500_o100_fit_compile",
+              "torch.compile vs eager (bf16)")]
 
 
 def scale_tile(config: dict[str, Any], quick: bool) -> dict[str, Any]:
@@ -78,6 +81,29 @@ def scale_tile(config: dict[str, Any], quick: bool) -> dict[str, Any]:
         return config
     return {**config, "tile_size": max(64, config["tile_size"] // 10),
             "overlap": config["overlap"] // 10}
+
+
+def compile_model_for(model: Any, config: dict[str, Any], shape: tuple[int, ...]
+                      ) -> dict[str, Any]:
+    """torch.compile (inductor, frozen weights) and one warm-up forward per window shape, timed
+    apart: the compile cost is paid once per shape, the benchmark shows whether it pays."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from mvfcnn.inference import tile_shape
+
+    inductor_config.freezing = True
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model = model.eval().to(memory_format=memory_format)
+    compiled = torch.compile(model)
+    th, tw = tile_shape(shape[0], shape[1], config["tile_size"], config["overlap"],
+                        config["fit_tiles"])
+    dtype = torch.bfloat16 if config["precision"] == "bf16" else None
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        compiled(torch.zeros(config["batch_size"], 3, th, tw).contiguous(
+            memory_format=memory_format))
+    return {"model": compiled, "compile_and_first_forward_s": round(time.perf_counter() - start, 1)}
 
 
 def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any],
@@ -91,6 +117,10 @@ def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any]
     rss_start = peak_rss_mb()
     model = random_fcn8s(layout)
     rss_model = peak_rss_mb()
+    compile_s = None
+    if config.get("compile"):
+        compile_s = compile_model_for(model, config, image.shape[:2])
+        model = compile_s.pop("model")
     timings: dict[str, Any] = {}
     load_before = loadavg()
     start = time.perf_counter()
@@ -126,7 +156,7 @@ def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any]
         "class_histogram": np.bincount(pred.ravel(), minlength=5).tolist(),
         "peak_rss_mb": peak_rss_mb(), "rss_mb_before_model": rss_start,
         "rss_mb_after_model": rss_model, "output_mb": round(pred.nbytes / 2**20, 1),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "compile": compile_s,
         "loadavg_before": load_before, "loadavg_after": loadavg(), "_pred": pred}
 
 

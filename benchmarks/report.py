@@ -1,0 +1,134 @@
+"""Print the README's performance tables (markdown) from ``benchmarks/results/*.json``.
+
+Usage: ``python benchmarks/report.py``. Nothing is measured here: every figure is read from the
+JSON files the benchmark scripts wrote, so the README can be refreshed after a rerun by pasting
+this output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from _common import RESULTS
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_str(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def inference_tables(report: dict[str, Any]) -> list[str]:
+    """Headline run, targets and the variant table."""
+    s = report["summary"]
+    peaks = s["matmul_peak_tflops"]
+    lines = []
+    full = s.get("full_image")
+    if full:
+        cfg = full["config"]
+        lines += [
+            f"Whole {report['image']['height']}×{report['image']['width']} synthetic SEM, FCN-8s "
+            f"(real VGG16 layout), {cfg['precision']}, channels_last, tile {cfg['tile_size']} "
+            f"(fitted), overlap {cfg['overlap']}, batch {cfg['batch_size']}; load average "
+            f"{_load_str(full['loadavg_before'])} before, {_load_str(full['loadavg_after'])} "
+            "after (1/5/15 min, 2 cores):", "",
+            "| target | measured | met |", "|---|---|---|"]
+        t = s["targets"]
+        lines += [
+            f"| inference + stitching + voting ≤ 45 s | {full['wall_s']:.0f} s "
+            f"({full['megapixels_per_s']:.3f} MP/s; network {full['breakdown_s']['network']:.0f} s"
+            f", read {full['breakdown_s']['read_preprocess']:.1f} s, stitch "
+            f"{full['breakdown_s']['stitch']:.1f} s, vote {full['breakdown_s']['vote']:.1f} s) "
+            f"| {'yes' if t['wall_le_45s']['met'] else 'no'} |",
+            f"| network ≥ 40 % of the bf16 matmul peak | {full['network_tflops']:.3f} TFLOP/s = "
+            f"{100 * full['ratio_to_bf16_peak']:.0f} % of {peaks['bf16']:.3f} (bf16), "
+            f"{100 * full['ratio_to_fp32_peak']:.0f} % of {peaks['fp32']:.3f} (fp32) | "
+            f"{'yes' if t['network_ge_40pct_bf16_peak']['met'] else 'no'} |",
+            f"| peak RSS ≤ 3 GB | {full['peak_rss_mb'] / 1024:.2f} GB | "
+            f"{'yes' if t['peak_rss_le_3gb']['met'] else 'no'} |",
+            f"| bf16 agrees with fp32 on ≥ 99.5 % of pixels | "
+            f"{100 * s['agreement']['bf16 vs fp32']:.2f} % (random weights); "
+            + (f"{100 * s['agreement']['bf16 vs fp32, trained thin model']:.3f} % (trained thin "
+               "model)" if "bf16 vs fp32, trained thin model" in s["agreement"] else "")
+            + f" | {'yes' if t['bf16_agreement_ge_99_5pct']['met'] else 'no (random weights)'} |",
+            "", f"At 100 % of the measured bf16 peak the network's "
+            f"{report['full_image']['network_tflop']:.0f} TFLOP would still take "
+            f"{full['seconds_at_100pct_bf16_peak']:.0f} s; 45 s needs "
+            f"{full['bf16_peak_needed_for_45s_tflops']:.2f} TFLOP/s sustained.", ""]
+    crop = report["variants"]["crop"]
+    lines += [f"Variants on a {crop[0]}×{crop[1]} crop (fresh process each; 7000×8000 time "
+              "extrapolated from the crop's rate per FLOP and the full grid's FLOPs):", "",
+              "| variant | crop s | network TFLOP/s | % bf16 peak | GFLOP/MP (7000×8000 grid) | "
+              "7000×8000 s (extrap.) | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for name, v in s["variants"].items():
+        lines.append(f"| {name} | {v['crop_s']:.1f} | {v['network_tflops']:.3f} | "
+                     f"{100 * v['ratio_to_bf16_peak']:.0f} | {v['full_image_gflop_per_mp']:.0f} | "
+                     f"{v['full_image_s_extrapolated']:.0f} | {v['peak_rss_mb']:.0f} |")
+    return lines
+
+
+def scaling_table(report: dict[str, Any]) -> list[str]:
+    lines = ["| megapixels | windows | predict s | MP/s | GFLOP/MP | time ratio | pixel ratio | "
+             "peak RSS MB | RSS − image − output MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r, run in zip(report["summary"], report["runs"], strict=True):
+        windows = f"{run['tiles']} × {run['tile_shape'][0]}×{run['tile_shape'][1]}"
+        lines.append(f"| {r['megapixels']:g} | {windows} | {r['predict_s']:.1f} | "
+                     f"{r['megapixels_per_s']:.3f} | {r['gflop_per_megapixel']:.0f} | "
+                     f"{r['time_ratio_vs_smallest']:.1f} | {r['pixel_ratio_vs_smallest']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['rss_mb_minus_image_and_output']:.0f} |")
+    return lines
+
+
+def training_tables(step: dict[str, Any] | None, tiles: dict[str, Any] | None) -> list[str]:
+    lines = []
+    if step:
+        lines += ["| tile | fp32 s/iter | bf16 s/iter | bf16 speed-up |", "|---|---|---|---|"]
+        for size, v in step["summary"].items():
+            lines.append(f"| {size} | {v['fp32_seconds_per_iter']:.2f} | "
+                         f"{v['bf16_seconds_per_iter']:.2f} | {v['bf16_speedup']:.1f}× |")
+        lines.append("")
+    if tiles:
+        lines += ["| tile | loader tiles/s (worst) | training step tiles/s (fastest) | "
+                  "loader / step |", "|---|---|---|---|"]
+        for size, v in tiles["summary"].items():
+            need = v["train_step"]["tiles_per_s"] if v["train_step"] else float("nan")
+            lines.append(f"| {size} | {v['loader_tiles_per_s_worst']:.0f} | {need:.3f} | "
+                         f"{v['loader_over_consumption']}× |")
+    return lines
+
+
+def compile_line(report: dict[str, Any]) -> list[str]:
+    """torch.compile against eager from inference_compile.json (same crop, same process kind)."""
+    runs = report["variants"]["runs"]
+    eager, comp = runs.get("bf16_cl_t1500_o100_fit"), runs.get("bf16_cl_t1500_o100_fit_compile")
+    if not eager or not comp:
+        return []
+    agree = report["summary"]["agreement"].get("torch.compile vs eager (bf16)")
+    return [f"torch.compile (inductor, frozen weights) on the same crop: network "
+            f"{comp['network_tflops']:.3f} vs {eager['network_tflops']:.3f} TFLOP/s eager, but "
+            f"{comp['compile']['compile_and_first_forward_s']:.0f} s to compile per window "
+            f"shape; class maps agree on {100 * agree:.3f} % of pixels.", ""]
+
+
+def main() -> int:
+    out: list[str] = []
+    inference = _load("inference")
+    if inference:
+        out += inference_tables(inference) + [""]
+    compiled = _load("inference_compile")
+    if compiled:
+        out += compile_line(compiled)
+    scaling = _load("scaling")
+    if scaling:
+        out += scaling_table(scaling) + [""]
+    out += training_tables(_load("train_step"), _load("tiles"))
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
