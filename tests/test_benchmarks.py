@@ -85,6 +85,18 @@ def test_train_step_and_loader_core(bench, tmp_path) -> None:
     assert rate["tiles_per_s_warm"] > 0
 
 
+def test_layer_flops_add_up_and_names(bench) -> None:
+    import layers
+
+    per_module = layers.module_flops(bench.REAL_LAYOUT, 320, 288)
+    assert sum(per_module.values()) == bench.network_flops(bench.REAL_LAYOUT, 320, 288)
+    assert per_module["trunk.fc6"] > per_module["trunk.fc7"] > 0
+    assert layers.layer_name("trunk.features.2") == "conv1_2"
+    assert layers.layer_name("trunk.features.3") == "relu"
+    assert layers.layer_name("trunk.relu6") == "relu"
+    assert layers.layer_name("score_fr") == "score_fr"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script,extra", [
     ("inference.py", ["--variants", "fp32_cl_t1000_o100,bf16_cl_t1000_o100",
@@ -92,6 +104,7 @@ def test_train_step_and_loader_core(bench, tmp_path) -> None:
     ("train_step.py", ["--sizes", "64"]),
     ("tiles.py", ["--workers", "0"]),
     ("scaling.py", ["--sizes", "100x100,200x200"]),
+    ("layers.py", ["--repeats", "1"]),
 ])
 def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None:
     out = tmp_path / "result.json"
@@ -100,6 +113,11 @@ def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    if script == "layers.py":  # one window, not a suite: its own keys
+        assert report["quick"] is True and report["forward_s"] > 0
+        assert sum(v["gflop"] for v in report["layers"].values()) == pytest.approx(
+            report["gflop"], abs=0.5)
+        return
     assert report["quick"] is True and report["machine"]["logical_cores"] >= 1
     assert "loadavg_start" in report and report["summary"]
     if script == "inference.py":
