@@ -103,7 +103,7 @@ def test_patch_sampler_errors_name_the_file(tmp_path):
 
 def test_pretrain_trunk_learns_loads_into_fcn_and_is_deterministic(tmp_path):
     images, labels = _toy_images(tmp_path)
-    cfg = {"patch_size": 32, "iterations": 40, "batch_size": 16, "lr": 3e-3,
+    cfg = {"patch_size": 32, "head": "pool5", "iterations": 40, "batch_size": 16, "lr": 3e-3,
            "precision": "fp32", "progress": False}
     outs = []
     for run in range(2):
@@ -131,4 +131,21 @@ def test_pretrain_trunk_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(InputError, match="one labels file per image"):
         pretrain_trunk(images=images, labels=labels * 2, classes=CLASSES, cfg={},
                        fcn_cfg=FCN_CFG, seed=0, out_model=tmp_path / "t.pt")
+    with pytest.raises(InputError, match="patch_size >= 224"):
+        pretrain_trunk(images=images, labels=labels, classes=CLASSES,
+                       cfg={"head": "fc7", "patch_size": 64}, fcn_cfg=FCN_CFG, seed=0,
+                       out_model=tmp_path / "t.pt")
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_fc7_head_pretrains_fc6_and_fc7():
+    torch.manual_seed(0)
+    model = patch_classifier(num_classes=3, width=0.125, fc_channels=32, head="fc7")
+    model(torch.randn(2, 3, 224, 224)).sum().backward()
+    assert model.trunk.fc6.weight.grad.abs().sum() > 0
+    assert model.trunk.fc7.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="224"):
+        model(torch.randn(1, 3, 128, 128))
+    pooled = patch_classifier(num_classes=3, width=0.125, fc_channels=32, head="pool5")
+    pooled(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert pooled.trunk.fc6.weight.grad is None

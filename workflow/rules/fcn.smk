@@ -145,7 +145,7 @@ rule predict:
         runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
     shell:
         "mvfcnn predict --model {input.model} --image {input.image} --sample {wildcards.sample}"
-        " --params-json '{params.inference}' --out {output} 2> {log}"
+        " --params-json '{params.inference}' --threads {threads} --out {output} 2> {log}"
 
 
 rule vote:

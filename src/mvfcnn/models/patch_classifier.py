@@ -21,17 +21,28 @@ from torch import Tensor, nn
 
 from mvfcnn.models.vgg_trunk import VGGTrunk
 
-__all__ = ["PatchClassifier", "fold_batch_norm", "patch_classifier"]
+__all__ = ["HEADS", "PatchClassifier", "fold_batch_norm", "patch_classifier"]
+
+#: what the linear classifier reads: fc7 (fc6/fc7 pretrained too) or pool5 (cheap)
+HEADS = ("fc7", "pool5")
 
 
 class PatchClassifier(nn.Module):
-    """VGG16 conv1_1..pool5 → global average pool → linear (fc6/fc7 unused but kept)."""
+    """VGG16 trunk → global average pool → linear.
+
+    ``head="fc7"`` classifies fc7 (patches of at least 224 px, so that the 7×7 fc6 sees a
+    whole pool5 window, as in ImageNet training): fc6/fc7 are pretrained too. ``head="pool5"``
+    pools pool5 directly (any patch of ≥ 32 px, much cheaper; fc6/fc7 keep their random init).
+    """
 
     def __init__(self, *, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-                 batch_norm: bool = True) -> None:
+                 batch_norm: bool = True, head: str = "pool5") -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head = head
         # conv1_1 padding 1: patches are classified as a whole, no FCN crop alignment needed
         self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, conv1_padding=1)
         self.batch_norm = bool(batch_norm)
@@ -40,16 +51,24 @@ class PatchClassifier(nn.Module):
             for index, module in enumerate(list(features)):
                 if isinstance(module, nn.Conv2d):
                     features[index] = nn.Sequential(module, nn.BatchNorm2d(module.out_channels))
-        self.classifier = nn.Linear(self.trunk.out_channels, num_classes)
+        features_out = self.trunk.fc_channels if head == "fc7" else self.trunk.out_channels
+        self.classifier = nn.Linear(features_out, num_classes)
         self._kwargs = {"num_classes": int(num_classes), "width": float(width),
-                        "fc_channels": int(fc_channels), "batch_norm": self.batch_norm}
+                        "fc_channels": int(fc_channels), "batch_norm": self.batch_norm,
+                        "head": head}
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self._kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.trunk.features(x).mean(dim=(2, 3)))
+        pooled = self.trunk.features(x)
+        if self.head == "fc7":
+            if min(pooled.shape[-2:]) < 7:
+                raise ValueError(f"head fc7 needs patches of >= 224 px (pool5 >= 7x7), got "
+                                 f"{tuple(x.shape[-2:])}")
+            pooled = self.trunk.forward_fc(pooled)
+        return self.classifier(pooled.mean(dim=(2, 3)))
 
 
 @torch.no_grad()
@@ -76,10 +95,10 @@ def fold_batch_norm(model: PatchClassifier) -> PatchClassifier:
 
 
 def patch_classifier(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-                     batch_norm: bool = True) -> PatchClassifier:
+                     batch_norm: bool = True, head: str = "pool5") -> PatchClassifier:
     """Randomly initialised :class:`PatchClassifier` (He-normal trunk, see ``VGGTrunk``)."""
     return PatchClassifier(num_classes=num_classes, width=width, fc_channels=fc_channels,
-                           batch_norm=batch_norm)
+                           batch_norm=batch_norm, head=head)
 
 
 def _register() -> None:
