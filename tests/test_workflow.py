@@ -67,12 +67,35 @@ def test_data_stage_outputs(mini_run):
 @pytest.mark.slow
 def test_mvfcnn_outputs(mini_run):
     for modality in ("sem", "lom"):
-        run = mini_run / "results" / "mvfcnn" / "scratch_balanced_aug" / modality
+        run = mini_run / "results" / "mvfcnn" / "ft_balanced_aug" / modality
         for stage in ("32s", "16s", "8s"):
             assert (run / f"fcn{stage}.pt").stat().st_size > 0
         metrics = json.loads((run / "metrics.json").read_text())
         assert 0.0 <= metrics["object_accuracy"] <= 1.0
         assert {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"} <= set(metrics["pixel"])
+
+
+@pytest.mark.slow
+def test_fcn32s_starts_from_the_pretrained_trunk(mini_run):
+    """`pretrained: patches`: pretrain_trunk ran per modality and FCN-32s was built from it."""
+    import torch
+
+    from mvfcnn.models.io import load_model
+
+    for modality in ("sem", "lom"):
+        trunk_file = mini_run / "results" / "pretrain" / modality / "trunk.pt"
+        pretrained, meta = load_model(trunk_file)
+        assert meta["arch"] == "patch_classifier" and not meta["kwargs"]["batch_norm"]
+        assert (mini_run / "results" / "pretrain" / modality / "pretrain.png").stat().st_size
+        run = mini_run / "results" / "mvfcnn" / "ft_balanced_aug" / modality
+        _, fcn_meta = load_model(run / "fcn32s.pt")
+        assert fcn_meta["extra"]["variant"]["pretrained"] == f"results/pretrain/{modality}/trunk.pt"
+        # conv5_3 moved during 32s training, but only a little: it started from the trunk
+        key = "features.28.weight"
+        start = pretrained.trunk.state_dict()[key]
+        fcn, _ = load_model(run / "fcn32s.pt")
+        end = fcn.trunk.state_dict()[key]
+        assert torch.linalg.norm(end - start) < 0.1 * torch.linalg.norm(start)
 
 
 @pytest.mark.slow
@@ -118,9 +141,9 @@ def test_classify_predict_samples(mini_run):
     assert run["pixel_size_um"] == 0.1 and run["object_source"] == "mask"
     with tifffile.TiffFile(out / "classmap.ome.tif") as tif:
         assert tif.is_ome and tif.series[0].shape == (2, 256, 256)
-    bundle = mini_run / "results" / "mvfcnn" / "scratch_balanced_aug" / "sem" / "model_bundle.pt"
+    bundle = mini_run / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / "model_bundle.pt"
     assert bundle.stat().st_size > 0
-    votes = "results/mvfcnn/scratch_balanced_aug/sem/votes/predict_0.csv"
+    votes = "results/mvfcnn/ft_balanced_aug/sem/votes/predict_0.csv"
     snakemake(mini_run, "--resources", "gpu=1", "--cores", "2", votes)  # targets last
     ours = pd.read_csv(out / "objects.csv")
     rule = pd.read_csv(mini_run / votes)

@@ -265,7 +265,11 @@ def baseline_settings(config: dict[str, Any], method: str) -> dict[str, Any]:
 
 def _strategy_words(settings: dict[str, Any]) -> str:
     pretrained = str(settings.get("pretrained", "none"))
-    return "from scratch" if pretrained == "none" else f"fine tuning ({pretrained} init)"
+    if pretrained == "none":
+        return "from scratch"
+    if pretrained == "patches":
+        return "fine tuning (trunk pretrained on labelled training patches, ImageNet stand-in)"
+    return f"fine tuning ({pretrained} init)"
 
 
 def _data_words(settings: dict[str, Any], modality: str) -> str:

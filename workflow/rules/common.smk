@@ -135,6 +135,12 @@ def pretrained_trunk_file(modality):
     return f"results/pretrain/{modality}/trunk.pt"
 
 
+def trunk_layout_json():
+    """The `fcn` keys that shape the trunk (what pretraining needs), as compact JSON."""
+    layout = {key: config["fcn"][key] for key in ("width", "fc_channels")}
+    return json.dumps(layout, separators=(",", ":"), sort_keys=True)
+
+
 def _pretrained_trunk(wildcards):
     """FCN-32s of a `pretrained: patches` variant depends on its modality's pretrained trunk."""
     if wildcards.stage != STAGES[0]:

@@ -60,7 +60,8 @@ rule pretrain_trunk:
         ),
     params:
         pretrain=cfg_json("pretrain"),
-        fcn=cfg_json("fcn"),
+        # only the trunk layout: FCN iterations or learning rates do not retrigger pretraining
+        fcn=trunk_layout_json(),
         classes=CLASSES_JSON,
         seed=config["seed"],
     log:
