@@ -823,7 +823,10 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
     init = variant_cfg.get("pretrained", "n/a")
     init_words = {"none": "random initialisation (training from scratch, the offline default: "
                           "ImageNet weights need a download)",
-                  "imagenet": "ImageNet VGG16 weights from torchvision"}.get(str(init),
+                  "imagenet": "ImageNet VGG16 weights from torchvision",
+                  "patches": "the trunk pretrained on labelled patches of the training images "
+                             "(pretrain_trunk rule; the offline stand-in for ImageNet, which "
+                             "cannot be downloaded here)"}.get(str(init),
                                                                          f"weights from {init}")
     lines.append(f"- **Pretraining**: ours ({best or 'no run'}): {init_words}. "
                  f"Paper: {setup.get('init', 'ImageNet')}.")
