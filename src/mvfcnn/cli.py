@@ -1,8 +1,8 @@
 """`mvfcnn <verb> ...`: one console script, verbs dispatched lazily to their modules.
 
-Each verb maps to a ``module:function`` that takes ``argv`` (the remaining arguments) and
-parses them itself, so importing the CLI costs nothing until a verb is chosen (torch is
-only imported by verbs that need it).
+Each verb maps to a module (its ``cli``) or a ``module:function`` that takes ``argv`` (the
+remaining arguments) and parses them itself, so importing the CLI costs nothing until a verb
+is chosen (torch is only imported by verbs that need it).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from mvfcnn.errors import InputError
 
 VERBS: dict[str, tuple[str, str]] = {
     "synthesize": ("mvfcnn.synthetic", "Generate the embedded synthetic dataset"),
+    "prepare": ("mvfcnn.prepare", "Released micrograph -> grey TIFF without the band, checked "
+                "labels, pixel size from the scale bar"),
     "register": ("mvfcnn.registration", "Register LOM onto SEM, write transform + score"),
     "mask": ("mvfcnn.masking", "Binary second-phase mask from registered LOM"),
     "objects": ("mvfcnn.objects", "Connected-component objects table + id image"),
@@ -26,6 +28,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("mvfcnn.evaluate", "Pixel and object metrics over a test set"),
     "crop-objects": ("mvfcnn.baselines.crops", "Crop + warp objects for object-based baselines"),
     "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
+    "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
+    "crossval-figure": ("mvfcnn.crossval:figure_cli",
+                        "One test image per fold: micrograph | truth | prediction"),
     "tables": ("mvfcnn.tables", "Regenerate the paper's tables"),
     "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
     "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
@@ -49,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"mvfcnn: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(VERBS[verb][0])
+    module_name, _, function = VERBS[verb][0].partition(":")
+    module = importlib.import_module(module_name)
     try:
-        result = module.cli(rest)
+        result = getattr(module, function or "cli")(rest)
     except InputError as err:
         print(f"mvfcnn {verb}: error: {err}", file=sys.stderr)
         return 1

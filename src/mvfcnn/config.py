@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ import pandas as pd
 
 from mvfcnn.errors import InputError
 
-SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class"]
+SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class", "fold",
+                  "crop_bottom", "scale_bar_um"]
 SPLITS = ("train", "test", "predict")
 
 
@@ -77,7 +79,11 @@ def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.D
     if not path.exists():
         raise InputError("sample sheet not found", path=path)
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+        # only whole lines starting with '#' are comments: '#' inside a file name is kept
+        lines = [line for line in path.read_text().splitlines(keepends=True)
+                 if not line.lstrip().startswith("#")]
+        frame = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str,
+                            keep_default_na=False)
     except Exception as err:  # noqa: BLE001
         raise InputError(f"cannot parse sample sheet ({err})", path=path) from err
     return check_sample_sheet(frame, source=path, classes=classes)
@@ -96,22 +102,70 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
     dupes = sorted(frame.loc[frame["sample"].duplicated(), "sample"].unique())
     if dupes:
         raise InputError(f"duplicate sample id(s) {dupes}", path=source)
-    for row in frame.itertuples(index=False):
-        if row.split not in SPLITS:
-            raise InputError(f"unknown split {row.split!r} (expected one of {list(SPLITS)})",
-                             sample=row.sample, path=source)
-        if row.split in ("train", "test") and not row.labels:
-            raise InputError(f"split {row.split!r} needs a 'labels' image", sample=row.sample,
+    for row in frame.to_dict("records"):
+        sample = row["sample"]
+        if row["split"] not in SPLITS:
+            raise InputError(f"unknown split {row['split']!r} (expected one of {list(SPLITS)})",
+                             sample=sample, path=source)
+        if row["split"] in ("train", "test") and not row["labels"]:
+            raise InputError(f"split {row['split']!r} needs a 'labels' image", sample=sample,
                              path=source)
-        if not row.lom and not row.mask:
-            raise InputError("needs a 'lom' image or a 'mask' to find objects", sample=row.sample,
-                             path=source)
-        if classes is not None and row._6:  # the "class" column
-            if row._6 not in classes.names:
-                raise InputError(f"unknown class {row._6!r}; configured: {list(classes.names)}",
-                                 sample=row.sample, path=source)
+        if not row["lom"] and not row["mask"] and not row["labels"]:
+            raise InputError("needs a 'lom' image, a 'mask' or 'labels' to find objects",
+                             sample=sample, path=source)
+        if classes is not None and row["class"] and row["class"] not in classes.names:
+            raise InputError(f"unknown class {row['class']!r}; configured: "
+                             f"{list(classes.names)}", sample=sample, path=source)
+        if row["fold"] and row["split"] != "test":
+            raise InputError(f"a 'fold' (the cross-validation fold that tests this sample) needs "
+                             f"split 'test', not {row['split']!r}", sample=sample, path=source)
+        for column in ("crop_bottom",):
+            if row[column] and not str(row[column]).isdigit():
+                raise InputError(f"{column} must be a non-negative integer (rows), got "
+                                 f"{row[column]!r}", sample=sample, path=source)
+        if row["scale_bar_um"]:
+            try:
+                ok = float(row["scale_bar_um"]) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InputError(f"scale_bar_um must be a positive length in µm, got "
+                                 f"{row['scale_bar_um']!r}", sample=sample, path=source)
+    folds = sorted({f for f in frame["fold"] if f})
+    if folds and len(folds) < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, the sheet names {folds}",
+                         path=source)
+    if folds:
+        unfolded = [s for s, split, f in zip(frame["sample"], frame["split"], frame["fold"],
+                                             strict=True) if split == "test" and not f]
+        if unfolded:
+            raise InputError(f"the sheet cross-validates (it has a 'fold' column) but test "
+                             f"sample(s) {unfolded[:5]} have no fold", path=source)
     if base is not None:
         for column in ("sem", "lom", "mask", "labels"):
             frame[column] = [str(base / v) if v and not Path(v).is_absolute() else v
                              for v in frame[column]]
     return frame.set_index("sample", drop=False)
+
+
+def cv_folds(samples: pd.DataFrame) -> list[str]:
+    """The sheet's cross-validation folds (empty: one train/test split, no folds)."""
+    return sorted({str(f) for f in samples["fold"] if f}, key=lambda f: (len(f), f))
+
+
+def fold_samples(samples: pd.DataFrame, fold: str | None, role: str) -> list[str]:
+    """Sample ids that train (``role='train'``) or test (``'test'``) the model of ``fold``.
+
+    Without folds these are the ``train``/``test`` splits. With folds, a fold tests its own
+    samples and trains on every other labelled sample (``train`` rows and other folds' tests).
+    """
+    if role not in ("train", "test"):
+        raise ValueError(f"role must be 'train' or 'test', got {role!r}")
+    split = samples["split"]
+    if fold is None:
+        return list(samples.index[split == role])
+    fold_column = samples["fold"].astype(str)
+    if role == "test":
+        return list(samples.index[fold_column == str(fold)])
+    labelled = split.isin(["train", "test"])
+    return list(samples.index[labelled & (fold_column != str(fold))])

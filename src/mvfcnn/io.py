@@ -172,3 +172,17 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
         info = np.iinfo(image.dtype)
         return (image.astype(np.float32) - info.min) / float(info.max - info.min)
     return image.astype(np.float32)
+
+
+def read_labels(path: str | os.PathLike[str], *, sample: str | None = None) -> np.ndarray:
+    """A label map: 2-D, or RGB(A) whose three colour channels are equal (one channel is kept)."""
+    labels = read_image(path, sample=sample, mmap=True)
+    if labels.ndim == 3:
+        rgb = np.asarray(labels[..., :3])
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1])
+                and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise InputError("label image has 3 colour channels that differ; labels must be one "
+                             "channel of class indices (or RGB with equal channels)",
+                             sample=sample, path=path)
+        labels = rgb[..., 0]
+    return labels

@@ -37,6 +37,29 @@ def find_objects(mask: np.ndarray) -> np.ndarray:
     return ids
 
 
+def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0) -> np.ndarray:
+    """Objects from ground truth alone: the connected components of each second-phase class.
+
+    For datasets with neither LOM nor a second-phase mask (e.g. MetalDAM): two touching objects
+    of different classes stay two objects, each pure. Components smaller than ``min_area`` px
+    are dropped. Ids run 1.. over classes in index order, then raster order within a class.
+    """
+    labels = np.asarray(labels)
+    ids = np.zeros(labels.shape, dtype=np.uint32)
+    next_id = 0
+    for index in classes.foreground:
+        component, count = ndimage.label(labels == index, structure=STRUCTURE)
+        if not count:
+            continue
+        keep = np.bincount(component.ravel(), minlength=count + 1) >= max(min_area, 1)
+        keep[0] = False
+        renumber = np.zeros(count + 1, dtype=np.uint32)
+        renumber[keep] = np.arange(next_id + 1, next_id + 1 + int(keep.sum()), dtype=np.uint32)
+        ids = np.where(component > 0, renumber[component], ids)
+        next_id += int(keep.sum())
+    return ids
+
+
 def count_objects(mask: np.ndarray) -> int:
     """Number of 8-connected components (without keeping the id image)."""
     return int(ndimage.label(np.asarray(mask) > 0, structure=STRUCTURE)[1])
@@ -169,12 +192,15 @@ def read_mask(path: str, sample: str) -> np.ndarray:
 
 def cli(argv: list[str]) -> int:
     from mvfcnn.config import classes_from_json
-    from mvfcnn.io import read_image, write_image, write_table
+    from mvfcnn.io import read_labels, write_image, write_table
 
     parser = argparse.ArgumentParser(prog="mvfcnn objects", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
-    parser.add_argument("--mask", required=True)
+    parser.add_argument("--mask", help="binary second-phase mask; without it, objects are the "
+                        "connected components of each second-phase class of --labels")
     parser.add_argument("--labels", help="ground-truth label image on the SEM grid")
+    parser.add_argument("--min-area", type=int, default=0,
+                        help="objects from labels: drop components smaller than this (px)")
     parser.add_argument("--image-class", help="class name every object of this image gets")
     parser.add_argument("--classes-json", required=True)
     parser.add_argument("--out-table", required=True)
@@ -193,12 +219,16 @@ def cli(argv: list[str]) -> int:
             classes.index_of(args.image_class)
         except InputError as err:
             raise InputError(f"--image-class: {err}", sample=sample) from err
-    mask = read_mask(args.mask, sample)
+    if not args.mask and not args.labels:
+        raise InputError("objects need a --mask or --labels", sample=sample)
     labels: Any = None
+    mask = read_mask(args.mask, sample) if args.mask else None
     if args.labels:
-        labels = read_image(args.labels, sample=sample)
-        check_labels(labels, classes, sample=sample, path=args.labels, shape=mask.shape)
-    ids = find_objects(mask)
+        labels = read_labels(args.labels, sample=sample)
+        check_labels(labels, classes, sample=sample, path=args.labels,
+                     shape=None if mask is None else mask.shape)
+    ids = find_objects(mask) if mask is not None else label_objects(
+        labels, classes, min_area=args.min_area)
     del mask
     table = object_table(ids, labels, classes, image_class=args.image_class or None)
     write_image(args.out_ids, ids)

@@ -97,7 +97,9 @@ rule classify:
         " --low-confidence {params.low_confidence} --threads {threads} --no-progress 2> {log}"
 
 
-TARGETS["bundle"] = _mvfcnn_files("model_bundle.pt")
-TARGETS["classify"] = [
+# A cross-validated sheet trains one model per fold: there is no single model to bundle or to
+# classify new micrographs with (train one on all labelled images with a sheet without folds).
+TARGETS["bundle"] = [] if CV else _mvfcnn_files("model_bundle.pt")
+TARGETS["classify"] = [] if CV else [
     f"results/classify/{s}/{name}" for s in samples_in("predict") for name in CLASSIFY_FILES
 ]

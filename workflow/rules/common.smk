@@ -1,11 +1,13 @@
 # Shared helpers: sample sheet, classes, paths, and how rules call the mvfcnn CLI.
 import json
 import os
+import shlex
 import sys
 
 import pandas as pd
 
-from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
+from mvfcnn import layout
+from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples, load_sample_sheet
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).
@@ -21,14 +23,82 @@ if config["samples"] == "synthetic":
     SAMPLES = check_sample_sheet(
         _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
     )
+elif config["samples"] == "metaldam":
+    from mvfcnn.datasets import metaldam_sample_sheet
+
+    SYNTHETIC_DIR = None
+    SAMPLES = check_sample_sheet(
+        metaldam_sample_sheet(config["metaldam"]["path"]),
+        source=os.path.join(config["metaldam"]["path"], "metadata.sqlite"),
+        classes=CLASSES,
+    )
 else:
     SYNTHETIC_DIR = None
     SAMPLES = load_sample_sheet(config["samples"], CLASSES)
+
+#: cross-validation folds of the sample sheet (`fold` column); empty = one train/test split
+FOLDS = cv_folds(SAMPLES)
+CV = bool(FOLDS)
+#: results/mvfcnn/{variant}/{modality}[/fold{fold}]: one trained model and its predictions
+RUN = layout.run_dir(CV)
+#: name of the cross-validation table and figure (results/tables/<name>.csv, ...)
+CROSSVAL_NAME = "metaldam" if config["samples"] == "metaldam" else "crossval"
+
+
+def crossval_run():
+    """(variant, modality) whose folds the cross-validation table reports: the first run."""
+    return mvfcnn_runs()[0]
 
 for _row in SAMPLES.to_dict("records"):
     validate(_row, "../schemas/samples.schema.yaml")
 
 ENV = "../../envs/mvfcnn.yaml"
+
+
+def needs_prepare(sample):
+    """Released files (JPEG, RGB, an information band, a scale bar) go through `prepare` first."""
+    row = SAMPLES.loc[sample]
+    return layout.needs_prepare(row["sem"], row["labels"], row["crop_bottom"], row["scale_bar_um"])
+
+
+def sem_file(sample):
+    """The SEM image the workflow reads: the prepared grey TIFF, or the sheet's file."""
+    if needs_prepare(sample):
+        return layout.prepared(sample)["image"]
+    return SAMPLES.loc[sample, "sem"]
+
+
+def labels_file(sample):
+    """The label map the workflow reads (prepared beside the image when that is prepared)."""
+    if not has(sample, "labels"):
+        return ""
+    if needs_prepare(sample):
+        return layout.prepared(sample)["labels"]
+    return SAMPLES.loc[sample, "labels"]
+
+
+def has_mask_source(sample):
+    """Objects come from a mask (given, or thresholded from the LOM), else from the labels."""
+    return has(sample, "lom") or has(sample, "mask")
+
+
+def fold_of(wildcards):
+    """The `fold` wildcard of a cross-validated run, None otherwise."""
+    return getattr(wildcards, "fold", None) if CV else None
+
+
+def train_samples(wildcards):
+    return fold_samples(SAMPLES, fold_of(wildcards), "train")
+
+
+def test_samples(wildcards):
+    return fold_samples(SAMPLES, fold_of(wildcards), "test")
+
+
+def run_dirs():
+    """Every configured run directory (variant x modality [x fold])."""
+    return [layout.run_dir(CV).format(variant=v, modality=m, fold=f)
+            for v, m in mvfcnn_runs() for f in (FOLDS or [None])]
 
 
 def samples_in(*splits):
@@ -39,7 +109,12 @@ def sample_file(column):
     """Input function: the sample sheet's file for `column` ('sem', 'lom', 'mask', 'labels')."""
 
     def _get(wildcards):
-        value = SAMPLES.loc[wildcards.sample, column]
+        if column == "labels":
+            value = labels_file(wildcards.sample)
+        elif column == "sem":
+            value = sem_file(wildcards.sample)
+        else:
+            value = SAMPLES.loc[wildcards.sample, column]
         return [value] if value else []
 
     return _get
@@ -60,7 +135,7 @@ def cfg_json(*keys):
 def modality_image(modality, sample):
     """The image a network sees: the SEM, or the LOM registered onto the SEM grid."""
     if modality == "sem":
-        return SAMPLES.loc[sample, "sem"]
+        return sem_file(sample)
     return f"results/registration/{sample}_lom.tif"
 
 
@@ -86,20 +161,20 @@ def baseline_runs():
 
 
 def _registration_inputs(wildcards):
-    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"], "lom": SAMPLES.loc[wildcards.sample, "lom"]}
+    inputs = {"sem": sem_file(wildcards.sample), "lom": SAMPLES.loc[wildcards.sample, "lom"]}
     if SYNTHETIC_DIR is not None:
         inputs["truth"] = f"{SYNTHETIC_DIR}/{wildcards.sample}/transform.json"
     return inputs
 
 
 def _mask_inputs(wildcards):
-    inputs = {"sem": SAMPLES.loc[wildcards.sample, "sem"]}
+    inputs = {"sem": sem_file(wildcards.sample)}
     if has(wildcards.sample, "mask"):
         inputs["mask"] = SAMPLES.loc[wildcards.sample, "mask"]
     else:
         inputs["lom"] = f"results/registration/{wildcards.sample}_lom.tif"
     if has(wildcards.sample, "labels"):
-        inputs["labels"] = SAMPLES.loc[wildcards.sample, "labels"]
+        inputs["labels"] = labels_file(wildcards.sample)
     return inputs
 
 
@@ -116,23 +191,19 @@ def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
-def _train_samples():
-    return samples_in("train")
-
-
 def _parent_model(wildcards):
     index = STAGES.index(wildcards.stage)
     if index == 0:
         return []
-    return f"results/mvfcnn/{wildcards.variant}/{wildcards.modality}/fcn{STAGES[index - 1]}.pt"
+    return RUN.format(**wildcards) + f"/fcn{STAGES[index - 1]}.pt"
 
 
 #: `pretrained:` value that makes FCN-32s start from the trunk of the pretrain_trunk rule
 PRETRAINED_PATCHES = "patches"
 
 
-def pretrained_trunk_file(modality):
-    return f"results/pretrain/{modality}/trunk.pt"
+def pretrained_trunk_file(wildcards):
+    return layout.trunk_dir(CV).format(**wildcards) + "/trunk.pt"
 
 
 def trunk_layout_json():
@@ -147,19 +218,15 @@ def _pretrained_trunk(wildcards):
         return []
     if variant_cfg(wildcards.variant)["pretrained"] != PRETRAINED_PATCHES:
         return []
-    return pretrained_trunk_file(wildcards.modality)
+    return pretrained_trunk_file(wildcards)
 
 
 def _variant_json(wildcards):
     """The variant's settings, with `patches` resolved to the pretrained trunk file."""
     settings = dict(variant_cfg(wildcards.variant))
     if settings["pretrained"] == PRETRAINED_PATCHES:
-        settings["pretrained"] = pretrained_trunk_file(wildcards.modality)
+        settings["pretrained"] = pretrained_trunk_file(wildcards)
     return json.dumps(settings, separators=(",", ":"))
-
-
-def _test_samples():
-    return samples_in("test")
 
 
 def _baselines_cfg():
@@ -205,11 +272,11 @@ def _preds(modalities):
 
 
 def _labels(split):
-    return [SAMPLES.loc[s, "labels"] for s in samples_in(split) if has(s, "labels")]
+    return [labels_file(s) for s in samples_in(split) if has(s, "labels")]
 
 
 def _sem(split):
-    return [SAMPLES.loc[s, "sem"] for s in samples_in(split)]
+    return [sem_file(s) for s in samples_in(split)]
 
 
 def _lom(split):

@@ -31,6 +31,42 @@ if SYNTHETIC_DIR is not None:
             " --outdir {params.outdir} 2> {log}"
 
 
+rule prepare:
+    """Released files as the workflow reads them: grey TIFF without the information band, the
+    label map checked on the same grid, the pixel size from the scale bar (mvfcnn.prepare)."""
+    input:
+        image=lambda w: SAMPLES.loc[w.sample, "sem"],
+        labels=lambda w: SAMPLES.loc[w.sample, "labels"] or [],
+    output:
+        image=layout.prepared("{sample}")["image"],
+        labels=layout.prepared("{sample}")["labels"],
+        report=layout.prepared("{sample}")["json"],
+    params:
+        classes=CLASSES_JSON,
+        labels=lambda w, input: f"--labels {shlex.quote(input.labels)}" if input.labels else "",
+        crop=lambda w: SAMPLES.loc[w.sample, "crop_bottom"] or 0,
+        scale_bar=lambda w: (
+            f"--scale-bar-um {float(SAMPLES.loc[w.sample, 'scale_bar_um'])}"
+            if SAMPLES.loc[w.sample, "scale_bar_um"]
+            else ""
+        ),
+    log:
+        "results/logs/prepare/{sample}.log",
+    benchmark:
+        "results/benchmarks/prepare/{sample}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn prepare --sample {wildcards.sample:q} --image {input.image:q}"
+        " {params.labels} --classes-json {params.classes:q}"
+        " --crop-bottom {params.crop} {params.scale_bar} --out-image {output.image:q}"
+        " --out-labels {output.labels:q} --out-json {output.report:q} 2> {log:q}"
+
+
 rule register:
     """Estimate the LOM -> SEM transform, warp the LOM onto the SEM grid, score it."""
     input:
@@ -89,7 +125,7 @@ rule mask:
 rule objects:
     """Connected components of the mask: objects table (with ground-truth class) + id image."""
     input:
-        mask="results/masks/{sample}.tif",
+        mask=lambda w: f"results/masks/{w.sample}.tif" if has_mask_source(w.sample) else [],
         labels=sample_file("labels"),
     output:
         table="results/objects/{sample}.csv",
@@ -97,6 +133,8 @@ rule objects:
     params:
         classes=CLASSES_JSON,
         labels=lambda wildcards, input: f"--labels {input.labels}" if input.labels else "",
+        mask=lambda wildcards, input: f"--mask {input.mask}" if input.mask else "",
+        min_area=config["masking"]["min_object_area"],
         image_class=lambda wildcards: (
             f"--image-class {SAMPLES.loc[wildcards.sample, 'class']}"
             if has(wildcards.sample, "class")
@@ -113,13 +151,15 @@ rule objects:
         mem_mb=4000,
         runtime=10,
     shell:
-        "mvfcnn objects --sample {wildcards.sample} --mask {input.mask} {params.labels}"
+        "mvfcnn objects --sample {wildcards.sample} {params.mask} {params.labels}"
+        " --min-area {params.min_area}"
         " {params.image_class} --classes-json '{params.classes}'"
         " --out-table {output.table} --out-ids {output.ids} 2> {log}"
 
 
 TARGETS["data"] = (
     [f"results/registration/{s}.json" for s in SAMPLES.index if has(s, "lom")]
-    + [f"results/masks/{s}.json" for s in SAMPLES.index]
+    + [f"results/masks/{s}.json" for s in SAMPLES.index if has_mask_source(s)]
+    + [layout.prepared(s)["json"] for s in SAMPLES.index if needs_prepare(s)]
     + [f"results/objects/{s}.csv" for s in SAMPLES.index]
 )

@@ -10,27 +10,31 @@ wildcard_constraints:
     variant="[A-Za-z0-9_]+",
     modality="sem|lom",
     stage="32s|16s|8s",
+    fold="[A-Za-z0-9_]+",
+
+TILES = layout.tiles_stem(CV)
+TRUNK = layout.trunk_dir(CV)
 
 
 rule tile_index:
     """Sliding-window tiles over the training images, per-class strides when balanced."""
     input:
-        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
-        labels=lambda w: [SAMPLES.loc[s, "labels"] for s in _train_samples()],
+        images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
+        labels=lambda w: [labels_file(s) for s in train_samples(w)],
     output:
-        table="results/tiles/{variant}/{modality}.csv",
-        summary="results/tiles/{variant}/{modality}.json",
+        table=TILES + ".csv",
+        summary=TILES + ".json",
     params:
-        samples=lambda w: " ".join(_train_samples()),
-        classes=lambda w: " ".join(f"'{SAMPLES.loc[s, 'class']}'" for s in _train_samples()),
+        samples=lambda w: " ".join(train_samples(w)),
+        classes=lambda w: " ".join(f"'{SAMPLES.loc[s, 'class']}'" for s in train_samples(w)),
         tiles=cfg_json("tiles"),
         balanced=lambda w: str(variant_cfg(w.variant)["balanced"]).lower(),
         augment=lambda w: str(variant_cfg(w.variant)["augment"]).lower(),
         class_set=CLASSES_JSON,
     log:
-        "results/logs/tile_index/{variant}_{modality}.log",
+        layout.log_path("tile_index", CV),
     benchmark:
-        "results/benchmarks/tile_index/{variant}_{modality}.tsv",
+        layout.benchmark_path("tile_index", CV),
     conda:
         ENV
     threads: 1
@@ -47,13 +51,13 @@ rule tile_index:
 rule pretrain_trunk:
     """Offline ImageNet stand-in: the VGG trunk learns to classify labelled training patches."""
     input:
-        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
-        labels=lambda w: [SAMPLES.loc[s, "labels"] for s in _train_samples()],
+        images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
+        labels=lambda w: [labels_file(s) for s in train_samples(w)],
     output:
-        model="results/pretrain/{modality}/trunk.pt",
-        csv="results/pretrain/{modality}/pretrain.csv",
+        model=TRUNK + "/trunk.pt",
+        csv=TRUNK + "/pretrain.csv",
         png=report(
-            "results/pretrain/{modality}/pretrain.png",
+            TRUNK + "/pretrain.png",
             category="Training",
             subcategory="trunk pretraining / {modality}",
             caption="../report/pretraining.rst",
@@ -65,9 +69,9 @@ rule pretrain_trunk:
         classes=CLASSES_JSON,
         seed=config["seed"],
     log:
-        "results/logs/pretrain_trunk/{modality}.log",
+        layout.log_path("pretrain_trunk", CV, run=False),
     benchmark:
-        "results/benchmarks/pretrain_trunk/{modality}.tsv"
+        layout.benchmark_path("pretrain_trunk", CV, run=False),
     conda:
         ENV
     threads: rule_resources("pretrain_trunk", "threads", 2)
@@ -85,15 +89,15 @@ rule pretrain_trunk:
 rule train_fcn:
     """Train one FCN stage; 16s/8s start from the previous stage. Resumes from checkpoints."""
     input:
-        tiles="results/tiles/{variant}/{modality}.csv",
-        images=lambda w: [modality_image(w.modality, s) for s in _train_samples()],
+        tiles=TILES + ".csv",
+        images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
         parent=_parent_model,
         trunk=_pretrained_trunk,
     output:
-        model="results/mvfcnn/{variant}/{modality}/fcn{stage}.pt",
-        csv="results/mvfcnn/{variant}/{modality}/train_{stage}.csv",
+        model=RUN + "/fcn{stage}.pt",
+        csv=RUN + "/train_{stage}.csv",
         png=report(
-            "results/mvfcnn/{variant}/{modality}/train_{stage}.png",
+            RUN + "/train_{stage}.png",
             category="Training",
             subcategory="{variant} / {modality}",
             caption="../report/training_curve.rst",
@@ -104,11 +108,11 @@ rule train_fcn:
         variant=_variant_json,
         classes=CLASSES_JSON,
         seed=config["seed"],
-        checkpoints="results/mvfcnn/{variant}/{modality}/checkpoints/{stage}",
+        checkpoints=lambda w: RUN.format(**w) + f"/checkpoints/{w.stage}",
     log:
-        "results/logs/train_fcn/{variant}_{modality}_{stage}.log",
+        layout.log_path("train_fcn", CV, extra="_{stage}"),
     benchmark:
-        "results/benchmarks/train_fcn/{variant}_{modality}_{stage}.tsv"
+        layout.benchmark_path("train_fcn", CV, extra="_{stage}"),
     conda:
         ENV
     threads: rule_resources("train_fcn", "threads", 2)
@@ -127,16 +131,16 @@ rule train_fcn:
 rule predict:
     """Sliding-window FCN-8s inference over one whole image, stitched into a class map."""
     input:
-        model=f"results/mvfcnn/{{variant}}/{{modality}}/fcn{FINAL_STAGE}.pt",
+        model=RUN + f"/fcn{FINAL_STAGE}.pt",
         image=lambda w: modality_image(w.modality, w.sample),
     output:
-        "results/mvfcnn/{variant}/{modality}/pred/{sample}.tif",
+        RUN + "/pred/{sample}.tif",
     params:
         inference=cfg_json("inference"),
     log:
-        "results/logs/predict/{variant}_{modality}_{sample}.log",
+        layout.log_path("predict", CV, extra="_{sample}"),
     benchmark:
-        "results/benchmarks/predict/{variant}_{modality}_{sample}.tsv"
+        layout.benchmark_path("predict", CV, extra="_{sample}"),
     conda:
         ENV
     threads: rule_resources("predict", "threads", 2)
@@ -152,17 +156,17 @@ rule predict:
 rule vote:
     """Max-voting: each object takes the majority non-matrix class of its predicted pixels."""
     input:
-        pred="results/mvfcnn/{variant}/{modality}/pred/{sample}.tif",
+        pred=RUN + "/pred/{sample}.tif",
         ids="results/objects/{sample}.tif",
         objects="results/objects/{sample}.csv",
     output:
-        "results/mvfcnn/{variant}/{modality}/votes/{sample}.csv",
+        RUN + "/votes/{sample}.csv",
     params:
         classes=CLASSES_JSON,
     log:
-        "results/logs/vote/{variant}_{modality}_{sample}.log",
+        layout.log_path("vote", CV, extra="_{sample}"),
     benchmark:
-        "results/benchmarks/vote/{variant}_{modality}_{sample}.tsv",
+        layout.benchmark_path("vote", CV, extra="_{sample}"),
     conda:
         ENV
     threads: 1
@@ -177,21 +181,22 @@ rule vote:
 rule evaluate:
     """Pixel metrics over all test images (one confusion matrix) and object metrics."""
     input:
-        preds=lambda w: expand("results/mvfcnn/{v}/{m}/pred/{s}.tif", v=w.variant, m=w.modality, s=_test_samples()),
-        votes=lambda w: expand("results/mvfcnn/{v}/{m}/votes/{s}.csv", v=w.variant, m=w.modality, s=_test_samples()),
-        objects=expand("results/objects/{s}.csv", s=_test_samples()),
-        labels=[SAMPLES.loc[s, "labels"] for s in _test_samples()],
+        preds=lambda w: [RUN.format(**w) + f"/pred/{s}.tif" for s in test_samples(w)],
+        votes=lambda w: [RUN.format(**w) + f"/votes/{s}.csv" for s in test_samples(w)],
+        objects=lambda w: [f"results/objects/{s}.csv" for s in test_samples(w)],
+        labels=lambda w: [labels_file(s) for s in test_samples(w)],
     output:
-        metrics="results/mvfcnn/{variant}/{modality}/metrics.json",
-        objects="results/mvfcnn/{variant}/{modality}/objects.csv",
-        confusion="results/mvfcnn/{variant}/{modality}/confusion.csv",
+        metrics=RUN + "/metrics.json",
+        objects=RUN + "/objects.csv",
+        confusion=RUN + "/confusion.csv",
+        pixel_confusion=RUN + "/pixel_confusion.csv",
     params:
         classes=CLASSES_JSON,
-        samples=" ".join(_test_samples()),
+        samples=lambda w: " ".join(test_samples(w)),
     log:
-        "results/logs/evaluate/{variant}_{modality}.log",
+        layout.log_path("evaluate", CV),
     benchmark:
-        "results/benchmarks/evaluate/{variant}_{modality}.tsv",
+        layout.benchmark_path("evaluate", CV),
     conda:
         ENV
     threads: 1
@@ -203,7 +208,8 @@ rule evaluate:
         " --classes-json '{params.classes}' --samples {params.samples}"
         " --preds {input.preds} --votes {input.votes} --objects {input.objects} --labels {input.labels}"
         " --out-metrics {output.metrics} --out-objects {output.objects}"
-        " --out-confusion {output.confusion} 2> {log}"
+        " --out-confusion {output.confusion} --out-pixel-confusion {output.pixel_confusion}"
+        " 2> {log}"
 
 
-TARGETS["mvfcnn"] = [f"results/mvfcnn/{v}/{m}/metrics.json" for v, m in mvfcnn_runs()]
+TARGETS["mvfcnn"] = [f"{run}/metrics.json" for run in run_dirs()]

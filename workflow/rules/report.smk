@@ -199,7 +199,102 @@ rule figure_noise:
         " --outdir results/figures --which fig8b 2> {log}"
 
 
-TARGETS["report"] = (
+CROSSVAL = layout.crossval_table(CROSSVAL_NAME)
+CROSSVAL_FIGURE = f"results/figures/{CROSSVAL_NAME}_examples.png"
+
+
+def _crossval_confusions(wildcards):
+    return [layout.run_dir(CV).format(variant=v, modality=m, fold=f) + "/pixel_confusion.csv"
+            for v, m in [crossval_run()] for f in FOLDS]
+
+
+def _crossval_test_images(wildcards, input):
+    """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image, shell-quoted."""
+    variant, modality = crossval_run()
+    parts = []
+    for fold in FOLDS:
+        run = layout.run_dir(CV).format(variant=variant, modality=modality, fold=fold)
+        for sample in fold_samples(SAMPLES, fold, "test"):
+            items = [fold, sample, modality_image(modality, sample), labels_file(sample),
+                     f"{run}/pred/{sample}.tif"]
+            parts.append("--test-image " + " ".join(shlex.quote(i) for i in items))
+    return " ".join(parts)
+
+
+rule crossval_table:
+    """Cross-validation: per fold and mean ± SE pixel metrics, per-class IoU, pooled confusion,
+    beside the published numbers (workflow/resources/paper_tables.yaml)."""
+    input:
+        paper=PAPER_TABLES,
+        confusions=_crossval_confusions,
+    output:
+        csv=CROSSVAL["csv"],
+        md=CROSSVAL["md"],
+        confusion=CROSSVAL["confusion"],
+        html=report(
+            CROSSVAL["html"],
+            category="Tables",
+            caption="../report/crossval.rst",
+            labels={"table": "Cross-validation"},
+        ),
+    params:
+        folds=FOLDS,
+        classes=CLASSES_JSON,
+        key=CROSSVAL_NAME,
+        exclude=config["crossval"]["secondary_mean_excludes"],
+        title=lambda w: "{} cross-validation, {} / {}, {} folds".format(
+            CROSSVAL_NAME, *crossval_run(), len(FOLDS)
+        ),
+    log:
+        "results/logs/report/crossval_table.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "mvfcnn crossval --folds {params.folds:q} --confusions {input.confusions:q}"
+        " --classes-json {params.classes:q} --literature {input.paper:q}"
+        " --literature-key {params.key:q} --secondary-exclude {params.exclude:q}"
+        " --title {params.title:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        " --out-html {output.html:q} --out-confusion {output.confusion:q} 2> {log:q}"
+
+
+rule crossval_figure:
+    """One test image per fold: micrograph, truth and prediction in the class colours."""
+    input:
+        preds=lambda w: [
+            layout.run_dir(CV).format(variant=crossval_run()[0], modality=crossval_run()[1],
+                                      fold=f) + f"/pred/{s}.tif"
+            for f in FOLDS for s in fold_samples(SAMPLES, f, "test")
+        ],
+        images=lambda w: [modality_image(crossval_run()[1], s) for s in samples_in("test")],
+        labels=lambda w: [labels_file(s) for s in samples_in("test")],
+    output:
+        report(
+            CROSSVAL_FIGURE,
+            category="Figures",
+            caption="../report/crossval_examples.rst",
+            labels={"figure": "Cross-validation examples"},
+        ),
+    params:
+        classes=CLASSES_JSON,
+        test_images=_crossval_test_images,
+    log:
+        "results/logs/report/crossval_figure.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "mvfcnn crossval-figure {params.test_images} --classes-json {params.classes:q}"
+        " --out {output:q} 2> {log:q}"
+
+
+TARGETS["report"] = [CROSSVAL["csv"], CROSSVAL["md"], CROSSVAL["html"], CROSSVAL_FIGURE] if CV else (
     expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=["csv", "md", "html"])
     + ["results/tables/summary.md", "results/tables/summary.html"]
     + [

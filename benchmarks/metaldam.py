@@ -1,0 +1,111 @@
+"""MetalDAM on its 6 folds with the committed config: wall time and segmentation quality.
+
+Usage: ``python benchmarks/metaldam.py [--workdir DIR] [--configfile EXTRA.yaml ...]
+[--folds 0 1 ...] [--out benchmarks/results/metaldam.json]``.
+
+Runs the workflow (``config/config.yaml`` + ``config/metaldam.yaml`` [+ extra overlays]) in
+``--workdir`` (default: a fresh folder under results/benchmarks_metaldam) and records, beside
+the machine (CPU model and flags, load), the total wall time, every job's time from Snakemake's
+own benchmark TSVs, and the cross-validation table: per fold and mean ± SE pixel accuracy, mean
+accuracy, mean IoU (all five classes and without precipitate), f.w. IoU and per-class IoU.
+``--folds`` limits the run to some folds (their metrics only; the table needs all folds), to
+measure settings quickly. Targets (issue "MetalDAM end to end"): mean IoU >= 0.68, all 6 folds
+<= 90 min on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_MEAN_IOU = 0.68
+TARGET_WALL_MIN = 90.0
+
+
+def job_times(workdir: Path) -> dict[str, float]:
+    """Seconds per job from results/benchmarks/<rule>/<job>.tsv (Snakemake's `benchmark:`)."""
+    times = {}
+    for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
+        frame = pd.read_csv(tsv, sep="\t")
+        times[f"{tsv.parent.name}/{tsv.stem}"] = round(float(frame["s"].iloc[0]), 1)
+    return times
+
+
+def fold_metrics(workdir: Path, variant: str, folds: list[str]) -> dict[str, Any]:
+    out = {}
+    for fold in folds:
+        path = workdir / "results" / "mvfcnn" / variant / "sem" / f"fold{fold}" / "metrics.json"
+        if path.exists():
+            pixel = json.loads(path.read_text())["pixel"]
+            out[fold] = {k: pixel[k] for k in ("pixel_accuracy", "mean_accuracy", "mean_iu",
+                                                "fw_iu", "per_class_iu")}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "benchmarks_metaldam")
+    parser.add_argument("--configfile", nargs="*", default=[], help="extra config overlays")
+    parser.add_argument("--folds", nargs="*", default=None, help="only these folds")
+    parser.add_argument("--variant", default="ft_balanced_aug")
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
+                        "metaldam.json")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    configs = [str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "metaldam.yaml"),
+               *[str(Path(c).resolve()) for c in args.configfile]]
+    dataset = (ROOT.parent / "shared" / "data" / "metaldam").resolve()
+    snakemake = Path(sys.executable).with_name("snakemake")
+    folds = args.folds or [str(f) for f in range(6)]
+    targets = ([f"results/mvfcnn/{args.variant}/sem/fold{f}/metrics.json" for f in folds]
+               if args.folds else [])
+    command = [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(args.workdir), "--configfile", *configs, "--config",
+               f"metaldam={{path: {dataset}}}", "--cores", str(args.cores), "--resources",
+               "gpu=1", *(["--"] + targets if targets else [])]
+    load_before = _common.loadavg()
+    start = time.perf_counter()
+    proc = subprocess.run(command, text=True, capture_output=True, check=False,
+                          env={**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}"
+                               f"{os.environ['PATH']}"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        return proc.returncode
+    report: dict[str, Any] = {
+        "benchmark": "metaldam", "machine": _common.machine_info(("torch",)),
+        "load_before": load_before, "load_after": _common.loadavg(),
+        "configs": [str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c
+                    for c in configs],
+        "folds": folds, "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
+        "target_wall_min": TARGET_WALL_MIN, "target_mean_iou": TARGET_MEAN_IOU,
+        "per_fold": fold_metrics(args.workdir, args.variant, folds),
+        "job_s": job_times(args.workdir),
+    }
+    table = args.workdir / "results" / "tables" / "metaldam.csv"
+    if not args.folds and table.exists():
+        frame = pd.read_csv(table)
+        report["table"] = json.loads(frame.to_json(orient="records"))
+        mean = frame[frame["fold"] == "mean"].iloc[0]
+        report["mean_iou"] = float(mean["mean_iu"])
+        report["mean_iou_without_precipitate"] = float(mean.get("mean_iu_secondary", float("nan")))
+        report["meets_iou_target"] = report["mean_iou"] >= TARGET_MEAN_IOU
+        report["meets_time_target"] = wall / 60 <= TARGET_WALL_MIN
+    _common.write_result(args.out, report)
+    print(json.dumps({k: report[k] for k in ("wall_min", "folds") if k in report}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

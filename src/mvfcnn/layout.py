@@ -1,0 +1,70 @@
+"""Where the workflow writes things: path patterns shared by the Snakemake rules and the code.
+
+Patterns use Snakemake's wildcard syntax (``{variant}``, ``{modality}``, ``{fold}``) and are
+filled with ``str.format``. A cross-validated sample sheet (a ``fold`` column) adds one level,
+``fold{fold}``, under each run, so one model per fold lives beside its own predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = "results"
+PREPARED = f"{RESULTS}/prepared"
+#: formats the rest of the workflow reads directly (memory-mapped); others are prepared first
+DIRECT_SUFFIXES = {".tif", ".tiff"}
+
+
+def run_dir(cv: bool) -> str:
+    """One MVFCNN run: models, predictions, votes, metrics."""
+    base = f"{RESULTS}/mvfcnn/{{variant}}/{{modality}}"
+    return f"{base}/fold{{fold}}" if cv else base
+
+
+def tiles_stem(cv: bool) -> str:
+    """The tile index of a run, without suffix (``.csv`` table, ``.json`` summary)."""
+    base = f"{RESULTS}/tiles/{{variant}}/{{modality}}"
+    return f"{base}/fold{{fold}}" if cv else base
+
+
+def trunk_dir(cv: bool) -> str:
+    """The patch-pretrained trunk (``pretrained: patches``) of a modality [and fold]."""
+    base = f"{RESULTS}/pretrain/{{modality}}"
+    return f"{base}/fold{{fold}}" if cv else base
+
+
+def prepared(sample: str) -> dict[str, str]:
+    """The files ``prepare`` writes for one sample."""
+    base = f"{PREPARED}/{sample}"
+    return {"image": f"{base}/image.tif", "labels": f"{base}/labels.tif",
+            "json": f"{base}/prepared.json"}
+
+
+def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str) -> bool:
+    """A sample is prepared when its files are not plain TIFFs or it has a band to crop."""
+    if str(crop_bottom or "0") not in ("", "0") or scale_bar_um:
+        return True
+    return any(path and Path(path).suffix.lower() not in DIRECT_SUFFIXES
+               for path in (sem, labels))
+
+
+def crossval_table(name: str) -> dict[str, str]:
+    """The cross-validation table of a dataset (``metaldam`` or ``crossval``)."""
+    base = f"{RESULTS}/tables/{name}"
+    return {"csv": f"{base}.csv", "md": f"{base}.md", "html": f"{base}.html",
+            "confusion": f"{base}_confusion.csv"}
+
+
+def _job_name(cv: bool, run: bool, extra: str) -> str:
+    name = "{variant}_{modality}" if run else "{modality}"
+    return name + ("_fold{fold}" if cv else "") + extra
+
+
+def log_path(rule: str, cv: bool, *, run: bool = True, extra: str = "") -> str:
+    """The log of one job of a run rule (``run=False``: keyed by modality [and fold] only)."""
+    return f"{RESULTS}/logs/{rule}/{_job_name(cv, run, extra)}.log"
+
+
+def benchmark_path(rule: str, cv: bool, *, run: bool = True, extra: str = "") -> str:
+    """The Snakemake benchmark TSV of one job, named like its log."""
+    return f"{RESULTS}/benchmarks/{rule}/{_job_name(cv, run, extra)}.tsv"

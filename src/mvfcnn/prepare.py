@@ -1,0 +1,144 @@
+"""Raw micrographs as the workflow needs them: grey, without the information band, checked labels.
+
+Real releases are not the clean TIFFs the rest of the workflow reads: SEM images come as JPEG
+stored as RGB with (almost) equal channels, the microscope prints an information band (scale
+bar, kV, magnification) below the sample, and label maps are sometimes saved as RGB. The
+``prepare`` step turns every such sample, through sample-sheet columns any dataset can use, into
+an uncompressed grey TIFF (memory-mapped by the tile loader) and a checked label TIFF on exactly
+the same grid, and measures the pixel size from the scale bar where its length is known:
+
+* ``crop_bottom``: rows of the information band below the sample; cropped from the image. The
+  label map must then have the image's grid (or already be cropped to it): anything else is an
+  error naming both files.
+* ``scale_bar_um``: the length of the scale bar printed in the band, in µm. The bar is the longest
+  horizontal run of foreground pixels (contrasting with the band's background) shorter than half
+  the band; pixel size = length / run. No band, or no bar found: the pixel size is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mvfcnn.config import ClassSet
+from mvfcnn.errors import InputError
+
+#: a scale bar shorter than this many pixels is not trusted (text strokes are shorter)
+MIN_BAR_PX = 24
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` did to one sample (written beside the images as JSON)."""
+
+    sample: str
+    source_image: str
+    source_labels: str | None
+    height: int
+    width: int
+    crop_bottom: int
+    scale_bar_um: float | None
+    scale_bar_px: int | None
+    pixel_size_um: float | None
+    class_pixels: list[int] | None
+
+
+def scale_bar_pixels(band: np.ndarray) -> int | None:
+    """Length in px of the scale bar in an information band (grey), or None if none is found.
+
+    Only rows of the band's plain background (dark or bright) are searched, so micrograph rows
+    above the band do not count; text strokes are shorter than :data:`MIN_BAR_PX`.
+    """
+    if band.size == 0:
+        return None
+    band = np.asarray(band, dtype=np.float32)
+    row_median = np.median(band, axis=1)
+    background_is_dark = float(np.median(row_median)) < 128.0
+    plain = row_median < 40.0 if background_is_dark else row_median > 215.0
+    foreground = (band > 128.0 if background_is_dark else band < 128.0)[plain]
+    if foreground.size == 0:
+        return None
+    steps = np.diff(np.pad(foreground.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    best = 0
+    limit = band.shape[1] // 2
+    for row in steps:
+        runs = np.flatnonzero(row == -1) - np.flatnonzero(row == 1)
+        runs = runs[runs < limit]
+        if runs.size:
+            best = max(best, int(runs.max()))
+    return best if best >= MIN_BAR_PX else None
+
+
+def prepare_sample(
+    sample: str,
+    image_path: str,
+    labels_path: str | None,
+    classes: ClassSet,
+    *,
+    crop_bottom: int = 0,
+    scale_bar_um: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, Prepared]:
+    """Read, crop and check one sample; returns the grey image, labels and the record."""
+    from mvfcnn.io import read_image, read_labels
+    from mvfcnn.objects import check_labels
+
+    image = np.asarray(read_image(image_path, sample=sample, gray=True, mmap=False))
+    if crop_bottom < 0 or crop_bottom >= image.shape[0]:
+        raise InputError(f"crop_bottom {crop_bottom} must be in [0, {image.shape[0]}) for an "
+                         f"image of {image.shape[0]} rows", sample=sample, path=image_path)
+    band = image[image.shape[0] - crop_bottom:] if crop_bottom else image[:0]
+    image = image[: image.shape[0] - crop_bottom]
+    labels = None
+    counts = None
+    if labels_path:
+        labels = np.asarray(read_labels(labels_path, sample=sample))
+        if labels.shape != image.shape:
+            raise InputError(
+                f"label grid {labels.shape[0]}x{labels.shape[1]} differs from the image "
+                f"{image_path!r} ({image.shape[0]}x{image.shape[1]} after cropping "
+                f"{crop_bottom} band rows)", sample=sample, path=labels_path)
+        check_labels(labels, classes, sample=sample, path=labels_path)
+        counts = np.bincount(labels.ravel(), minlength=classes.num_classes)[
+            : classes.num_classes].tolist()
+    bar_px = scale_bar_pixels(band) if scale_bar_um else None
+    pixel_size = round(float(scale_bar_um) / bar_px, 6) if bar_px and scale_bar_um else None
+    record = Prepared(sample, str(image_path), str(labels_path) if labels_path else None,
+                      int(image.shape[0]), int(image.shape[1]), int(crop_bottom),
+                      float(scale_bar_um) if scale_bar_um else None, bar_px, pixel_size, counts)
+    return image, labels, record
+
+
+def cli(argv: list[str]) -> int:
+    from mvfcnn.config import classes_from_json
+    from mvfcnn.io import write_image, write_json
+
+    parser = argparse.ArgumentParser(prog="mvfcnn prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--sample", required=True)
+    parser.add_argument("--image", required=True, help="micrograph as released (any format)")
+    parser.add_argument("--labels", default=None, help="label map as released (optional)")
+    parser.add_argument("--classes-json", required=True)
+    parser.add_argument("--crop-bottom", type=int, default=0, help="information band rows")
+    parser.add_argument("--scale-bar-um", type=float, default=None,
+                        help="length of the scale bar printed in the band (µm)")
+    parser.add_argument("--out-image", required=True)
+    parser.add_argument("--out-labels", default=None,
+                        help="checked labels; without --labels all pixels are ignore")
+    parser.add_argument("--out-json", required=True)
+    args = parser.parse_args(argv)
+    if args.labels and not args.out_labels:
+        raise InputError("--labels needs --out-labels", sample=args.sample)
+    classes = classes_from_json(args.classes_json)
+    image, labels, record = prepare_sample(args.sample, args.image, args.labels, classes,
+                                           crop_bottom=args.crop_bottom,
+                                           scale_bar_um=args.scale_bar_um)
+    # uncompressed: the tile loader memory-maps these
+    write_image(args.out_image, image, compression=None)
+    if args.out_labels:
+        if labels is None:  # unlabelled (split predict): every pixel is ignore
+            labels = np.full(image.shape, classes.ignore_index, dtype=np.uint8)
+        write_image(args.out_labels, labels, compression=None)
+    write_json(args.out_json, asdict(record))
+    return 0
+

@@ -1,0 +1,239 @@
+"""Real micrographs: the MetalDAM release read as published (../shared/data/metaldam).
+
+The adapter and `prepare` on real files (JPEG stored as RGB, the information band, an RGB label
+map, scale bars), errors on bad real-data input, and a miniature cross-validated run on crops of
+real images that reaches the cross-validation table. The release is never copied into the
+repository; the tests skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
+from mvfcnn.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+METALDAM = ROOT.parent / "shared" / "data" / "metaldam"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+pytestmark = pytest.mark.skipif(not (METALDAM / "metadata.sqlite").exists(),
+                                reason="MetalDAM release not found at ../shared/data/metaldam")
+
+
+@pytest.fixture(scope="module")
+def classes() -> ClassSet:
+    config = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())
+    return ClassSet.from_config(config)
+
+
+@pytest.fixture(scope="module")
+def metadata() -> pd.DataFrame:
+    with sqlite3.connect(METALDAM / "metadata.sqlite") as connection:
+        return pd.read_sql_query("SELECT * FROM micrograph", connection).set_index(
+            "micrograph_id")
+
+
+@pytest.fixture(scope="module")
+def sheet(classes):
+    from mvfcnn.datasets import metaldam_sample_sheet
+
+    return check_sample_sheet(metaldam_sample_sheet(METALDAM), classes=classes)
+
+
+def test_sample_sheet_has_the_release_folds(sheet):
+    assert len(sheet) == 42
+    assert cv_folds(sheet) == ["0", "1", "2", "3", "4", "5"]
+    tested = []
+    for fold in cv_folds(sheet):
+        test = fold_samples(sheet, fold, "test")
+        train = fold_samples(sheet, fold, "train")
+        assert len(test) == 7 and len(train) == 35
+        assert not set(test) & set(train)
+        tested += test
+    assert sorted(tested) == sorted(sheet.index)  # every image is tested exactly once
+    # fold 2's test list, whose train list ends in a space in the release
+    assert fold_samples(sheet, "2", "test") == [f"micrograph{i}" for i in (0, 1, 17, 27, 28, 36,
+                                                                          39)]
+    assert sheet.loc["micrograph15", "crop_bottom"] == "66"
+
+
+@pytest.mark.parametrize("image_id", [0, 4, 15, 26])
+def test_prepare_crops_the_band_and_counts_match_the_metadata(image_id, classes, metadata):
+    """JPEG RGB -> grey, band cropped (65 or 66 rows), labels (RGB for 26) on the same grid;
+    the per-class pixel counts equal the release's label0..label4."""
+    from mvfcnn.prepare import prepare_sample
+
+    row = metadata.loc[image_id]
+    image, labels, record = prepare_sample(
+        f"micrograph{image_id}", str(METALDAM / row["image_path"]),
+        str(METALDAM / row["annotation_path"]), classes, crop_bottom=int(row["cropbar"]),
+        scale_bar_um=float(row["micron_bar"]))
+    assert image.ndim == 2 and image.dtype == np.uint8
+    assert image.shape == (row["height"], row["width"]) == labels.shape
+    assert record.class_pixels == [int(row[f"label{i}"]) for i in range(5)]
+    assert sum(record.class_pixels) == row["total"]
+
+
+def test_rgb_label_map_is_read_as_grey():
+    from skimage import io as skio
+
+    from mvfcnn.io import read_labels
+
+    raw = skio.imread(METALDAM / "labels" / "micrograph26.png")
+    assert raw.ndim == 3 and raw.shape[-1] == 3
+    labels = read_labels(METALDAM / "labels" / "micrograph26.png")
+    assert labels.shape == raw.shape[:2]
+    np.testing.assert_array_equal(labels, raw[..., 0])
+
+
+def test_pixel_size_from_the_scale_bar(metadata):
+    """The bar is measured in the band: images of one magnification and width agree; the ruler
+    style of the 1280-px images has no bar line, so their pixel size stays unknown."""
+    from mvfcnn.io import read_image
+    from mvfcnn.prepare import scale_bar_pixels
+
+    sizes = []
+    for image_id in (0, 1, 5, 6, 9):  # 10000x, 1024 px wide
+        row = metadata.loc[image_id]
+        image = np.asarray(read_image(METALDAM / row["image_path"], gray=True, mmap=False))
+        bar = scale_bar_pixels(image[row["height"]:])
+        sizes.append(row["micron_bar"] / bar)
+    assert max(sizes) / min(sizes) < 1.05
+    assert 0.027 < np.median(sizes) < 0.030  # µm per pixel
+    row = metadata.loc[4]
+    image = np.asarray(read_image(METALDAM / row["image_path"], gray=True, mmap=False))
+    assert scale_bar_pixels(image[row["height"]:]) is None
+
+
+# --- bad real-data input: one clear message naming the file, nothing written
+
+
+def _prepare_cli(tmp_path: Path, image: Path, labels: Path, crop: int = 65) -> list[str]:
+    return ["prepare", "--sample", "s", "--image", str(image), "--labels", str(labels),
+            "--classes-json", json.dumps(yaml.safe_load(
+                (ROOT / "config" / "metaldam.yaml").read_text())),
+            "--crop-bottom", str(crop), "--out-image", str(tmp_path / "out" / "image.tif"),
+            "--out-labels", str(tmp_path / "out" / "labels.tif"),
+            "--out-json", str(tmp_path / "out" / "prepared.json")]
+
+
+def _bad_label(tmp_path: Path, kind: str) -> Path:
+    from skimage import io as skio
+
+    labels = skio.imread(METALDAM / "labels" / "micrograph0.png")
+    path = tmp_path / f"bad {kind}.png"
+    if kind == "value":
+        labels = labels.copy()
+        labels[10, 10] = 7
+    elif kind == "rgb":
+        labels = np.stack([labels, labels, labels], axis=-1)
+        labels[5, 5, 1] = (labels[5, 5, 1] + 1) % 5
+    elif kind == "size":
+        labels = labels[:-3]
+    skio.imsave(path, labels.astype(np.uint8), check_contrast=False)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("value", "label value(s) [7] are not configured classes"),
+    ("rgb", "label image has 3 colour channels that differ"),
+    ("size", "label grid 700x1024 differs from the image"),
+])
+def test_bad_real_labels_give_one_clear_message(tmp_path, capsys, kind, message):
+    from mvfcnn.cli import main
+
+    labels = _bad_label(tmp_path, kind)
+    status = main(_prepare_cli(tmp_path, METALDAM / "images" / "micrograph0.jpg", labels))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1
+    assert message in err[0] and str(labels) in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_fold_naming_no_image_is_a_clear_error(tmp_path):
+    from mvfcnn.datasets import metaldam_sample_sheet
+
+    copy = tmp_path / "release"
+    copy.mkdir()
+    shutil.copy(METALDAM / "metadata.sqlite", copy / "metadata.sqlite")
+    with sqlite3.connect(copy / "metadata.sqlite") as connection:
+        connection.execute("UPDATE folds SET test_partition = '4,7,99' WHERE fold_id = 0")
+    with pytest.raises(InputError, match=r"fold 0: test_partition names image id\(s\) \[99\]"):
+        metaldam_sample_sheet(copy)
+
+
+def test_missing_release_names_the_folder(tmp_path):
+    from mvfcnn.datasets import metaldam_sample_sheet
+
+    with pytest.raises(InputError, match="metadata.sqlite"):
+        metaldam_sample_sheet(tmp_path)
+
+
+# --- a miniature cross-validated run on crops of real images
+
+
+def _mini_release(root: Path) -> Path:
+    """4 crops of real micrographs (with their real band below), 2 folds, as a sample sheet."""
+    from skimage import io as skio
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, (image_id, fold) in enumerate([(0, "a"), (1, "a"), (2, "b"), (26, "b")]):
+        image = skio.imread(METALDAM / "images" / f"micrograph{image_id}.jpg")
+        labels = skio.imread(METALDAM / "labels" / f"micrograph{image_id}.png")
+        y0, x0, h, w = 200, 300, 160, 192
+        crop = np.concatenate([image[y0:y0 + h, x0:x0 + w], image[-65:, :w]], axis=0)
+        image_path = root / f"crop #{n} (real).jpg"
+        label_path = root / f"crop #{n} (real).png"
+        skio.imsave(image_path, crop, quality=95, check_contrast=False)
+        skio.imsave(label_path, labels[y0:y0 + h, x0:x0 + w], check_contrast=False)
+        rows.append({"sample": f"m{image_id}", "split": "test", "sem": str(image_path),
+                     "labels": str(label_path), "fold": fold, "crop_bottom": "65",
+                     "scale_bar_um": ""})
+    sheet = root / "samples.tsv"
+    pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
+    return sheet
+
+
+@pytest.mark.slow
+def test_mini_crossval_run_reaches_the_table(tmp_path):
+    sheet = _mini_release(tmp_path / "data")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "samples": str(sheet),
+        "run": {"variants": ["ft_balanced_aug"], "modalities": ["sem"], "baselines": []},
+        "masking": {"min_object_area": 20},
+    }))
+    work = tmp_path / "work"
+    command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+               "--configfile", str(ROOT / "config" / "config.yaml"),
+               str(ROOT / "config" / "metaldam.yaml"), str(ROOT / "tests" / "data" / "mini.yaml"),
+               str(overlay), "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-6000:]
+    table = pd.read_csv(work / "results" / "tables" / "crossval.csv")
+    assert list(table["fold"].astype(str)) == ["a", "b", "mean", "se"]
+    assert {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu", "iu_austenite",
+            "mean_iu_secondary"} <= set(table.columns)
+    assert table["pixel_accuracy"].between(0, 1).all()
+    pooled = pd.read_csv(work / "results" / "tables" / "crossval_confusion.csv")
+    assert int(pooled.iloc[:, 1:].to_numpy().sum()) == 4 * 160 * 192  # every test pixel once
+    markdown = (work / "results" / "tables" / "crossval.md").read_text()
+    assert "mean ± SE" in markdown and "Biswas" not in markdown  # literature: MetalDAM only
+    assert (work / "results" / "figures" / "crossval_examples.png").stat().st_size > 0
+    for fold in ("a", "b"):
+        run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
+        assert json.loads((run / "metrics.json").read_text())["pixel"]["n_pixels"] == 2 * 160 * 192
