@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,14 @@ from mvfcnn.errors import InputError
 
 SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class"]
 SPLITS = ("train", "test", "predict")
+#: a sample id names output files (results/masks/<id>.tif): no separators, spaces or quotes
+SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` if none is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -70,14 +81,25 @@ def classes_from_json(text: str) -> ClassSet:
 def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.DataFrame:
     """Read and check a sample sheet; relative file paths are relative to the working directory.
 
-    Checks what a schema cannot: unique ids, known splits, known image-level classes, and that a
-    labelled split (train/test) has ground truth.
+    Only whole lines starting with ``#`` are comments: real file names contain ``#``
+    (``040617#2_S127(2)0015.tif``), so a ``#`` inside a value is kept. Checks what a schema
+    cannot: valid and unique ids, known columns and splits, known image-level classes, and that
+    a labelled split (train/test) has ground truth.
     """
     path = Path(path)
     if not path.exists():
         raise InputError("sample sheet not found", path=path)
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read sample sheet ({err})", path=path) from err
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    if not text.strip():
+        raise InputError("sample sheet is empty (expected a header line: "
+                         f"{chr(9).join(SAMPLE_COLUMNS)})", path=path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False,
+                            skip_blank_lines=True)
     except Exception as err:  # noqa: BLE001
         raise InputError(f"cannot parse sample sheet ({err})", path=path) from err
     return check_sample_sheet(frame, source=path, classes=classes)
@@ -85,6 +107,13 @@ def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.D
 
 def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
                        classes: ClassSet | None = None, base: Path | None = None) -> pd.DataFrame:
+    """Check a sample sheet's columns and rows (see :func:`load_sample_sheet`); index by id."""
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    unknown = [c for c in frame.columns if c not in SAMPLE_COLUMNS]
+    if unknown:
+        raise InputError(f"sample sheet has unknown column {unknown[0]!r}"
+                         f"{did_you_mean(unknown[0], SAMPLE_COLUMNS)}; columns are "
+                         f"{SAMPLE_COLUMNS}", path=source)
     missing = [c for c in ("sample", "split", "sem") if c not in frame.columns]
     if missing:
         raise InputError(f"sample sheet lacks required column(s) {missing}", path=source)
@@ -92,24 +121,31 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
     for column in SAMPLE_COLUMNS:
         if column not in frame.columns:
             frame[column] = ""
-    frame = frame.fillna("")
+    frame = frame.fillna("").astype(str)
+    for row in frame.to_dict("records"):
+        if not SAMPLE_ID.fullmatch(row["sample"]):
+            raise InputError(f"sample sheet: invalid sample id {row['sample']!r} (letters, "
+                             "digits, '_', '.', '-', starting with a letter or digit; it names "
+                             "output files)", path=source)
     dupes = sorted(frame.loc[frame["sample"].duplicated(), "sample"].unique())
     if dupes:
         raise InputError(f"duplicate sample id(s) {dupes}", path=source)
-    for row in frame.itertuples(index=False):
-        if row.split not in SPLITS:
-            raise InputError(f"unknown split {row.split!r} (expected one of {list(SPLITS)})",
-                             sample=row.sample, path=source)
-        if row.split in ("train", "test") and not row.labels:
-            raise InputError(f"split {row.split!r} needs a 'labels' image", sample=row.sample,
+    for row in frame.to_dict("records"):
+        sample = row["sample"]
+        if row["split"] not in SPLITS:
+            raise InputError(f"unknown split {row['split']!r} (expected one of {list(SPLITS)})",
+                             sample=sample, path=source)
+        if not row["sem"]:
+            raise InputError("needs a 'sem' image", sample=sample, path=source)
+        if row["split"] in ("train", "test") and not row["labels"]:
+            raise InputError(f"split {row['split']!r} needs a 'labels' image", sample=sample,
                              path=source)
-        if not row.lom and not row.mask:
-            raise InputError("needs a 'lom' image or a 'mask' to find objects", sample=row.sample,
+        if not row["lom"] and not row["mask"]:
+            raise InputError("needs a 'lom' image or a 'mask' to find objects", sample=sample,
                              path=source)
-        if classes is not None and row._6:  # the "class" column
-            if row._6 not in classes.names:
-                raise InputError(f"unknown class {row._6!r}; configured: {list(classes.names)}",
-                                 sample=row.sample, path=source)
+        if classes is not None and row["class"] and row["class"] not in classes.names:
+            raise InputError(f"unknown class {row['class']!r}; configured: "
+                             f"{list(classes.names)}", sample=sample, path=source)
     if base is not None:
         for column in ("sem", "lom", "mask", "labels"):
             frame[column] = [str(base / v) if v and not Path(v).is_absolute() else v
