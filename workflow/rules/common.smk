@@ -1,6 +1,7 @@
 # Shared helpers: sample sheet, classes, paths, and how rules call the mvfcnn CLI.
 import json
 import os
+import shlex
 import sys
 
 import pandas as pd
@@ -9,7 +10,7 @@ from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).
-shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
 CLASSES = ClassSet.from_config(config)
 CLASSES_JSON = json.dumps(CLASSES.to_dict())
@@ -104,7 +105,8 @@ def _mask_inputs(wildcards):
 
 
 def _labels_arg(wildcards, input):
-    return f"--labels {input.labels}" if "labels" in input.keys() else ""
+    """Optional `--labels FILE` as a list, so the rule's `{params.labels:q}` quotes each item."""
+    return ["--labels", input.labels] if "labels" in input.keys() else []
 
 
 def variant_cfg(variant):
@@ -249,7 +251,7 @@ def pixel_size_um():
 
 def _pixel_size_arg(wildcards):
     value = pixel_size_um()
-    return "" if value is None else f"--pixel-size {value}"
+    return [] if value is None else ["--pixel-size", str(value)]
 
 
 def _bundle_training_json(wildcards):

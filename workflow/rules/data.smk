@@ -26,9 +26,9 @@ if SYNTHETIC_DIR is not None:
             mem_mb=2000,
             runtime=10,
         shell:
-            "mvfcnn synthesize --sample {wildcards.sample} --seed {params.seed}"
-            " --params-json '{params.synthetic}' --classes-json '{params.classes}'"
-            " --outdir {params.outdir} 2> {log}"
+            "mvfcnn synthesize --sample {wildcards.sample:q} --seed {params.seed:q}"
+            " --params-json {params.synthetic:q} --classes-json {params.classes:q}"
+            " --outdir {params.outdir:q} 2> {log:q}"
 
 
 rule register:
@@ -40,7 +40,7 @@ rule register:
         lom="results/registration/{sample}_lom.tif",
     params:
         registration=cfg_json("registration"),
-        truth=lambda wildcards, input: f"--truth {input.truth}" if "truth" in input.keys() else "",
+        truth=lambda wildcards, input: ["--truth", input.truth] if "truth" in input.keys() else [],
     log:
         "results/logs/register/{sample}.log",
     benchmark:
@@ -52,9 +52,9 @@ rule register:
         mem_mb=4000,
         runtime=20,
     shell:
-        "mvfcnn register --sample {wildcards.sample} --sem {input.sem} --lom {input.lom}"
-        " {params.truth} --params-json '{params.registration}'"
-        " --out-json {output.report} --out-lom {output.lom} 2> {log}"
+        "mvfcnn register --sample {wildcards.sample:q} --sem {input.sem:q} --lom {input.lom:q}"
+        " {params.truth:q} --params-json {params.registration:q}"
+        " --out-json {output.report:q} --out-lom {output.lom:q} 2> {log:q}"
 
 
 rule mask:
@@ -67,7 +67,9 @@ rule mask:
         masked_sem="results/masks/{sample}_masked_sem.tif",
     params:
         masking=cfg_json("masking"),
-        source=lambda wildcards, input: f"--mask {input.mask}" if "mask" in input.keys() else f"--lom {input.lom}",
+        source=lambda wildcards, input: (
+            ["--mask", input.mask] if "mask" in input.keys() else ["--lom", input.lom]
+        ),
         labels=_labels_arg,
         ignore=config["ignore_index"],
     log:
@@ -81,9 +83,10 @@ rule mask:
         mem_mb=4000,
         runtime=20,
     shell:
-        "mvfcnn mask --sample {wildcards.sample} --sem {input.sem} {params.source} {params.labels}"
-        " --params-json '{params.masking}' --ignore-index {params.ignore} --out-mask {output.mask}"
-        " --out-json {output.report} --out-masked-sem {output.masked_sem} 2> {log}"
+        "mvfcnn mask --sample {wildcards.sample:q} --sem {input.sem:q} {params.source:q}"
+        " {params.labels:q} --params-json {params.masking:q} --ignore-index {params.ignore:q}"
+        " --out-mask {output.mask:q} --out-json {output.report:q}"
+        " --out-masked-sem {output.masked_sem:q} 2> {log:q}"
 
 
 rule objects:
@@ -96,11 +99,11 @@ rule objects:
         ids="results/objects/{sample}.tif",
     params:
         classes=CLASSES_JSON,
-        labels=lambda wildcards, input: f"--labels {input.labels}" if input.labels else "",
+        labels=lambda wildcards, input: ["--labels", input.labels] if input.labels else [],
         image_class=lambda wildcards: (
-            f"--image-class {SAMPLES.loc[wildcards.sample, 'class']}"
+            ["--image-class", SAMPLES.loc[wildcards.sample, "class"]]
             if has(wildcards.sample, "class")
-            else ""
+            else []
         ),
     log:
         "results/logs/objects/{sample}.log",
@@ -113,9 +116,9 @@ rule objects:
         mem_mb=4000,
         runtime=10,
     shell:
-        "mvfcnn objects --sample {wildcards.sample} --mask {input.mask} {params.labels}"
-        " {params.image_class} --classes-json '{params.classes}'"
-        " --out-table {output.table} --out-ids {output.ids} 2> {log}"
+        "mvfcnn objects --sample {wildcards.sample:q} --mask {input.mask:q} {params.labels:q}"
+        " {params.image_class:q} --classes-json {params.classes:q}"
+        " --out-table {output.table:q} --out-ids {output.ids:q} 2> {log:q}"
 
 
 TARGETS["data"] = (

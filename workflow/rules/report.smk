@@ -50,7 +50,7 @@ rule tables:
         runtime=10,
     shell:
         "mvfcnn tables --results-dir results --config-json {params.config:q}"
-        " --paper {input.paper} --outdir results/tables 2> {log}"
+        " --paper {input.paper:q} --outdir results/tables 2> {log:q}"
 
 
 rule figure_examples:
@@ -79,7 +79,7 @@ rule figure_examples:
         runtime=10,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig4 2> {log}"
+        " --outdir results/figures --which fig4 2> {log:q}"
 
 
 rule figure_segmentation:
@@ -108,7 +108,7 @@ rule figure_segmentation:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig6 2> {log}"
+        " --outdir results/figures --which fig6 2> {log:q}"
 
 
 rule figure_maxvoting:
@@ -137,7 +137,7 @@ rule figure_maxvoting:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig7 2> {log}"
+        " --outdir results/figures --which fig7 2> {log:q}"
 
 
 rule figure_lom_vs_sem:
@@ -167,7 +167,7 @@ rule figure_lom_vs_sem:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8a 2> {log}"
+        " --outdir results/figures --which fig8a 2> {log:q}"
 
 
 rule figure_noise:
@@ -196,7 +196,7 @@ rule figure_noise:
         runtime=30,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8b 2> {log}"
+        " --outdir results/figures --which fig8b 2> {log:q}"
 
 
 TARGETS["report"] = (
