@@ -73,6 +73,41 @@ class ClassSet:
                 "ignore_index": self.ignore_index}
 
 
+def check_config_keys(config: dict[str, Any], schema: dict[str, Any] | str | Path) -> None:
+    """Reject config keys the schema does not know, naming the key and the closest valid one.
+
+    A typo (``sample:``, ``masking: {treshold: ...}``) would otherwise be ignored and the run
+    would silently use the defaults. JSON-schema validation rejects it too
+    (``additionalProperties: false``), but its message neither names the full key nor suggests
+    the intended one, so this walks the schema first.
+    """
+    if not isinstance(schema, dict):
+        import yaml
+
+        schema = yaml.safe_load(Path(schema).read_text())
+    _check_keys(config, schema, "")
+
+
+def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
+    if isinstance(value, dict):
+        known = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        names = schema.get("propertyNames", {}).get("enum")
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in known:
+                _check_keys(item, known[key], path)
+            elif names is not None and key not in names:
+                raise InputError(f"config: unknown key {path!r}{did_you_mean(str(key), names)}")
+            elif isinstance(extra, dict):
+                _check_keys(item, extra, path)
+            elif extra is False:
+                raise InputError(f"config: unknown key {path!r}{did_you_mean(str(key), known)}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            _check_keys(item, schema["items"], f"{where}[{i}]")
+
+
 def classes_from_json(text: str) -> ClassSet:
     """Rebuild a ClassSet from the JSON a rule passes on the command line."""
     return ClassSet.from_config(json.loads(text))

@@ -6,25 +6,32 @@ import sys
 
 import pandas as pd
 
+from snakemake.exceptions import WorkflowError
+
 from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
+from mvfcnn.errors import InputError
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).
 shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
-CLASSES = ClassSet.from_config(config)
+# Bad classes or a bad sample sheet stop the workflow with the package's one-line message
+# (naming the sheet, the sample and the fault), without a traceback into the package.
+try:
+    CLASSES = ClassSet.from_config(config)
+    if config["samples"] == "synthetic":
+        from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
+
+        SYNTHETIC_DIR = "results/synthetic"
+        SAMPLES = check_sample_sheet(
+            _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
+        )
+    else:
+        SYNTHETIC_DIR = None
+        SAMPLES = load_sample_sheet(config["samples"], CLASSES)
+except InputError as err:
+    raise WorkflowError(str(err)) from None
 CLASSES_JSON = json.dumps(CLASSES.to_dict())
-
-if config["samples"] == "synthetic":
-    from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
-
-    SYNTHETIC_DIR = "results/synthetic"
-    SAMPLES = check_sample_sheet(
-        _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
-    )
-else:
-    SYNTHETIC_DIR = None
-    SAMPLES = load_sample_sheet(config["samples"], CLASSES)
 
 for _row in SAMPLES.to_dict("records"):
     validate(_row, "../schemas/samples.schema.yaml")
