@@ -169,7 +169,7 @@ def read_mask(path: str, sample: str) -> np.ndarray:
 
 def cli(argv: list[str]) -> int:
     from mvfcnn.config import classes_from_json
-    from mvfcnn.io import read_image, write_image, write_table
+    from mvfcnn.io import read_labels, write_image, write_table
 
     parser = argparse.ArgumentParser(prog="mvfcnn objects", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
@@ -196,7 +196,7 @@ def cli(argv: list[str]) -> int:
     mask = read_mask(args.mask, sample)
     labels: Any = None
     if args.labels:
-        labels = read_image(args.labels, sample=sample)
+        labels = read_labels(args.labels, sample=sample)
         check_labels(labels, classes, sample=sample, path=args.labels, shape=mask.shape)
     ids = find_objects(mask)
     del mask
