@@ -21,9 +21,16 @@ SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def did_you_mean(word: str, choices: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` if none is close."""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` if none is close.
+
+    Case is ignored and a cut-short key (``blur`` for ``blur_sigma``) counts as close.
+    """
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    key = word.lower()
+    close = difflib.get_close_matches(key, list(by_lower), n=1)
+    if not close and len(key) >= 3:
+        close = [c for c in by_lower if c.startswith(key)][:1]
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)

@@ -200,8 +200,9 @@ def read_image(
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable file
-        raise InputError(f"cannot read image ({type(err).__name__}: {err})", sample=sample,
-                         path=path) from err
+        detail = " ".join(str(err).split())  # decoders write multi-line messages: keep one line
+        raise InputError(f"cannot read image ({type(err).__name__}: {detail[:300]})",
+                         sample=sample, path=path) from err
     array = np.asarray(array) if not isinstance(array, np.memmap) else array
     if array.ndim == 3 and array.shape[-1] in (1, 2):  # grey (+ alpha)
         array = array[..., 0]
