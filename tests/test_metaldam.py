@@ -148,7 +148,7 @@ def _bad_label(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind, message", [
     ("value", "label value(s) [7] are not configured classes"),
-    ("rgb", "label image has 3 colour channels that differ"),
+    ("rgb", "label image has 3 channels that differ"),
     ("size", "label grid 700x1024 differs from the image"),
 ])
 def test_bad_real_labels_give_one_clear_message(tmp_path, capsys, kind, message):

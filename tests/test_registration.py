@@ -127,7 +127,7 @@ def _run_cli(tmp_path: Path, sem, lom, truth=None, params=None, sample="s1"):
     return reg.cli(argv), argv
 
 
-def test_cli_report_passes_and_wrong_truth_fails(tmp_path, caplog):
+def test_cli_report_passes_and_wrong_truth_fails(tmp_path, capsys):
     import tifffile
 
     sem, lom, _, truth = make_pair(6)
@@ -142,11 +142,14 @@ def test_cli_report_passes_and_wrong_truth_fails(tmp_path, caplog):
 
     # a truth 3 px off: the run still writes its outputs but reports the failure loudly
     wrong = reg._translate(3.0, 0.0) @ truth
-    with caplog.at_level("WARNING"):
-        assert _run_cli(tmp_path, sem, lom, wrong)[0] == 0
+    capsys.readouterr()
+    assert _run_cli(tmp_path, sem, lom, wrong)[0] == 0
     report = json.loads((tmp_path / "out" / "reg.json").read_text())
     assert report["rms_error_px"] > 1.0 and report["passed"] is False
-    assert "exceeds" in caplog.text and "s1" in caplog.text
+    # one warning line in the job log (stderr) and the same text in the report
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "exceeds" in lines[0] and "'s1'" in lines[0]
+    assert len(report["warnings"]) == 1 and report["warnings"][0] in lines[0]
 
 
 def _assert_clean_failure(tmp_path: Path, argv: list[str], *fragments: str) -> None:

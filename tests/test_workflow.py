@@ -150,3 +150,57 @@ def test_classify_predict_samples(mini_run):
     assert len(ours) > 0
     assert ours["object_id"].tolist() == rule["object_id"].tolist()
     assert ours["class"].tolist() == rule["pred_class"].tolist()
+
+
+HOSTILE_NAMES = {
+    # a `;` once ran the rest of the name as a command (issue 15)
+    "sem": "x;touch INJECTED.tif",
+    # real file names: `#` once cut the path (sample-sheet comment), `(` broke bash
+    "lom": "040617#2_S127(2)0015.tif",
+    "labels": "it's \"a\" file.tif",
+    "mask_sem": "$(touch INJECTED2) `touch INJECTED3`.tif",
+    "mask": "mask & echo INJECTED4 > INJECTED4.tif",
+}
+
+
+@pytest.mark.slow
+def test_data_stage_with_hostile_file_names(tmp_path, default_config):
+    """File names with spaces, #, ;, parentheses, quotes, $() and backticks run the data stage
+    (registration, mask, objects) end to end, and no command hidden in a name runs."""
+    import numpy as np
+
+    from mvfcnn.config import ClassSet
+    from mvfcnn.io import write_image
+    from mvfcnn.synthetic import render_sample
+
+    classes = ClassSet.from_config(default_config)
+    cfg = {**default_config["synthetic"], "height": 256, "width": 256, "object_count": [4, 6],
+           "object_radius_px": [18, 30]}
+    data = tmp_path / "my data (copy) #1"
+    data.mkdir()
+    one = render_sample("train_martensite_0", cfg, classes, 0)
+    two = render_sample("test_pearlite_0", cfg, classes, 0)
+    write_image(data / HOSTILE_NAMES["sem"], one.sem)
+    write_image(data / HOSTILE_NAMES["lom"], one.lom)
+    write_image(data / HOSTILE_NAMES["labels"], one.labels)
+    write_image(data / HOSTILE_NAMES["mask_sem"], two.sem)
+    write_image(data / HOSTILE_NAMES["mask"], (two.labels != 0).astype(np.uint8))
+    sheet = tmp_path / "samples.tsv"
+    rel = data.name
+    sheet.write_text(
+        "# comment line: whole lines starting with # are comments, a # inside a path is kept\n"
+        "sample\tsplit\tsem\tlom\tmask\tlabels\tclass\n"
+        f"s1\ttrain\t{rel}/{HOSTILE_NAMES['sem']}\t{rel}/{HOSTILE_NAMES['lom']}\t\t"
+        f"{rel}/{HOSTILE_NAMES['labels']}\tmartensite\n"
+        f"s2\tpredict\t{rel}/{HOSTILE_NAMES['mask_sem']}\t\t{rel}/{HOSTILE_NAMES['mask']}\t\t\n"
+    )
+    targets = ["results/registration/s1.json", "results/masks/s1.json", "results/masks/s2.json",
+               "results/objects/s1.csv", "results/objects/s2.csv"]
+    result = snakemake(tmp_path, "--config", f"samples={sheet.name}", "--cores", "2", *targets,
+                       check=False)  # targets last: --config takes any number of values
+    stray = sorted(p.name for p in tmp_path.rglob("INJECTED*"))
+    assert not stray, f"a command hidden in a file name ran: {stray}"
+    assert result.returncode == 0, result.stderr[-6000:]
+    objects = pd.read_csv(tmp_path / "results" / "objects" / "s1.csv")
+    assert len(objects) > 0 and set(objects["true_class_name"]) <= {"martensite", "matrix"}
+    assert len(pd.read_csv(tmp_path / "results" / "objects" / "s2.csv")) > 0

@@ -79,23 +79,22 @@ class Classification:
 # Inputs
 
 
-def read_micrograph(path: str | Path, *, gray: bool = False) -> np.ndarray:
-    """A micrograph as (H, W) or (H, W, 3); unsupported formats and pixel types are InputErrors."""
+def read_micrograph(path: str | Path, *, gray: bool = False,
+                    value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """A micrograph as (H, W) or (H, W, 3); unsupported formats and pixel values are InputErrors
+    (accepted pixel values: :func:`mvfcnn.io.check_pixels`; ``value_range`` of a float image)."""
     from mvfcnn.io import read_image
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"unsupported image format {path.suffix or '(no suffix)'!r} "
                          f"(expected one of {list(IMAGE_SUFFIXES)})", path=path)
-    image = read_image(path, gray=gray)
+    image = read_image(path, gray=gray, value_range=value_range)
+    if image.dtype == bool:
+        raise InputError("unsupported pixel type bool (a 1-bit image is a mask, not a "
+                         "micrograph; expected 8/16-bit or float)", path=path)
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]
-    if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
-                                   or np.issubdtype(image.dtype, np.floating)):
-        raise InputError(f"unsupported pixel type {image.dtype} (expected 8- or 16-bit)",
-                         path=path)
-    if min(image.shape[:2]) < 1:
-        raise InputError(f"empty image of shape {image.shape}", path=path)
     return image
 
 
@@ -660,6 +659,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--names", nargs="+", help="output sub-folder per image "
                                                    "(default: the image file name)")
+    parser.add_argument("--float-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="value range of float images (default: floats must be in [0, 1]; "
+                             "integer images always use their bit depth)")
     parser.add_argument("--pixel-size", type=float, default=None,
                         help="µm per pixel (default: the bundle's pixel size, else none)")
     parser.add_argument("--low-confidence", type=float, default=0.6,
@@ -693,6 +695,7 @@ def cli(argv: list[str]) -> int:
 
     from mvfcnn.bundle import load_for_inference
     from mvfcnn.config import classes_from_json
+    from mvfcnn.io import check_writable
 
     # --- check everything before the first output is written
     if args.threshold is not None and not args.lom:
@@ -703,6 +706,12 @@ def cli(argv: list[str]) -> int:
     if not 0.0 <= args.low_confidence <= 1.0:
         raise InputError(f"--low-confidence must be in [0, 1], got {args.low_confidence}")
     names = output_names(args.images, args.names)
+    if args.float_range is not None and not args.float_range[0] < args.float_range[1]:
+        raise InputError(f"--float-range needs LO < HI, got {args.float_range}")
+    value_range = tuple(args.float_range) if args.float_range else None
+    for name in names:  # every output location, before the model is loaded
+        for file in OUTPUT_FILES:
+            check_writable(Path(args.out) / name / file)
     masks = _per_image(args.mask, args.images, "--mask")
     loms = _per_image(args.lom, args.images, "--lom")
     classes = None
@@ -725,7 +734,7 @@ def cli(argv: list[str]) -> int:
     threshold = None if threshold == "otsu" else threshold
     gray = loaded.modality == "sem"
     for image_path, mask_path, lom_path in zip(args.images, masks, loms, strict=True):
-        image = read_micrograph(image_path, gray=gray)
+        image = read_micrograph(image_path, gray=gray, value_range=value_range)
         if mask_path:
             read_mask_for(mask_path, image.shape[:2], image_path)
         if lom_path:
@@ -737,7 +746,7 @@ def cli(argv: list[str]) -> int:
                disable=args.no_progress or not sys.stderr.isatty())
     for image_path, name, mask_path, lom_path in zip(args.images, names, masks, loms,
                                                      strict=True):
-        image = read_micrograph(image_path, gray=gray)
+        image = read_micrograph(image_path, gray=gray, value_range=value_range)
         mask = read_mask_for(mask_path, image.shape[:2], image_path) if mask_path else None
         lom, valid = (read_lom_for(lom_path, image.shape[:2], image_path) if lom_path
                       else (None, None))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,21 @@ from mvfcnn.errors import InputError
 SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class", "fold",
                   "crop_bottom", "scale_bar_um"]
 SPLITS = ("train", "test", "predict")
+#: a sample id names output files (results/masks/<id>.tif): no separators, spaces or quotes
+SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` if none is close.
+
+    Case is ignored and a cut-short key (``blur`` for ``blur_sigma``) counts as close.
+    """
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    key = word.lower()
+    close = difflib.get_close_matches(key, list(by_lower), n=1)
+    if not close and len(key) >= 3:
+        close = [c for c in by_lower if c.startswith(key)][:1]
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,41 @@ class ClassSet:
                 "ignore_index": self.ignore_index}
 
 
+def check_config_keys(config: dict[str, Any], schema: dict[str, Any] | str | Path) -> None:
+    """Reject config keys the schema does not know, naming the key and the closest valid one.
+
+    A typo (``sample:``, ``masking: {treshold: ...}``) would otherwise be ignored and the run
+    would silently use the defaults. JSON-schema validation rejects it too
+    (``additionalProperties: false``), but its message neither names the full key nor suggests
+    the intended one, so this walks the schema first.
+    """
+    if not isinstance(schema, dict):
+        import yaml
+
+        schema = yaml.safe_load(Path(schema).read_text())
+    _check_keys(config, schema, "")
+
+
+def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
+    if isinstance(value, dict):
+        known = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        names = schema.get("propertyNames", {}).get("enum")
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in known:
+                _check_keys(item, known[key], path)
+            elif names is not None and key not in names:
+                raise InputError(f"config: unknown key {path!r}{did_you_mean(str(key), names)}")
+            elif isinstance(extra, dict):
+                _check_keys(item, extra, path)
+            elif extra is False:
+                raise InputError(f"config: unknown key {path!r}{did_you_mean(str(key), known)}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            _check_keys(item, schema["items"], f"{where}[{i}]")
+
+
 def classes_from_json(text: str) -> ClassSet:
     """Rebuild a ClassSet from the JSON a rule passes on the command line."""
     return ClassSet.from_config(json.loads(text))
@@ -72,18 +124,25 @@ def classes_from_json(text: str) -> ClassSet:
 def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.DataFrame:
     """Read and check a sample sheet; relative file paths are relative to the working directory.
 
-    Checks what a schema cannot: unique ids, known splits, known image-level classes, and that a
-    labelled split (train/test) has ground truth.
+    Only whole lines starting with ``#`` are comments: real file names contain ``#``
+    (``040617#2_S127(2)0015.tif``), so a ``#`` inside a value is kept. Checks what a schema
+    cannot: valid and unique ids, known columns and splits, known image-level classes, and that
+    a labelled split (train/test) has ground truth.
     """
     path = Path(path)
     if not path.exists():
         raise InputError("sample sheet not found", path=path)
     try:
-        # only whole lines starting with '#' are comments: '#' inside a file name is kept
-        lines = [line for line in path.read_text().splitlines(keepends=True)
-                 if not line.lstrip().startswith("#")]
-        frame = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str,
-                            keep_default_na=False)
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read sample sheet ({err})", path=path) from err
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    if not text.strip():
+        raise InputError("sample sheet is empty (expected a header line: "
+                         f"{chr(9).join(SAMPLE_COLUMNS)})", path=path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False,
+                            skip_blank_lines=True)
     except Exception as err:  # noqa: BLE001
         raise InputError(f"cannot parse sample sheet ({err})", path=path) from err
     return check_sample_sheet(frame, source=path, classes=classes)
@@ -91,6 +150,13 @@ def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.D
 
 def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
                        classes: ClassSet | None = None, base: Path | None = None) -> pd.DataFrame:
+    """Check a sample sheet's columns and rows (see :func:`load_sample_sheet`); index by id."""
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    unknown = [c for c in frame.columns if c not in SAMPLE_COLUMNS]
+    if unknown:
+        raise InputError(f"sample sheet has unknown column {unknown[0]!r}"
+                         f"{did_you_mean(unknown[0], SAMPLE_COLUMNS)}; columns are "
+                         f"{SAMPLE_COLUMNS}", path=source)
     missing = [c for c in ("sample", "split", "sem") if c not in frame.columns]
     if missing:
         raise InputError(f"sample sheet lacks required column(s) {missing}", path=source)
@@ -98,7 +164,12 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
     for column in SAMPLE_COLUMNS:
         if column not in frame.columns:
             frame[column] = ""
-    frame = frame.fillna("")
+    frame = frame.fillna("").astype(str)
+    for row in frame.to_dict("records"):
+        if not SAMPLE_ID.fullmatch(row["sample"]):
+            raise InputError(f"sample sheet: invalid sample id {row['sample']!r} (letters, "
+                             "digits, '_', '.', '-', starting with a letter or digit; it names "
+                             "output files)", path=source)
     dupes = sorted(frame.loc[frame["sample"].duplicated(), "sample"].unique())
     if dupes:
         raise InputError(f"duplicate sample id(s) {dupes}", path=source)
@@ -107,6 +178,8 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
         if row["split"] not in SPLITS:
             raise InputError(f"unknown split {row['split']!r} (expected one of {list(SPLITS)})",
                              sample=sample, path=source)
+        if not row["sem"]:
+            raise InputError("needs a 'sem' image", sample=sample, path=source)
         if row["split"] in ("train", "test") and not row["labels"]:
             raise InputError(f"split {row['split']!r} needs a 'labels' image", sample=sample,
                              path=source)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvfcnn.errors import InputError
-from mvfcnn.io import read_image
+from mvfcnn.io import read_image, read_labels
 
 TILE_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "image", "labels"]
 
@@ -69,10 +69,8 @@ class TileDataset(Dataset):
         key = (kind, path)
         array = self._cache.get(key)
         if array is None:
-            array = read_image(path, sample=sample, mmap=True)
-            if kind == "labels" and array.ndim != 2:
-                raise InputError(f"label image must be 2-D, got shape {array.shape}",
-                                 sample=sample, path=path)
+            read = read_labels if kind == "labels" else read_image
+            array = read(path, sample=sample, mmap=True)
             self._cache[key] = array
         return array
 

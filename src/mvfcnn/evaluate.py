@@ -113,12 +113,12 @@ def write_evaluation(
 def pixel_confusion(pairs: Iterable[tuple[str, PathLike, PathLike]],
                     classes: ClassSet) -> np.ndarray:
     """One (K, K) confusion matrix summed over (sample, prediction, labels) image pairs."""
-    from mvfcnn.io import read_image
+    from mvfcnn.io import read_image, read_labels
 
     total = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
     for sample, pred_path, label_path in pairs:
         pred = read_image(pred_path, sample=sample)
-        labels = read_image(label_path, sample=sample)
+        labels = read_labels(label_path, sample=sample)
         if pred.ndim != 2 or labels.ndim != 2:
             raise InputError("prediction and labels must be 2-D class images", sample=sample,
                              path=label_path)

@@ -99,12 +99,12 @@ def make_context(results_dir: str | Path, config: dict[str, Any],
     return Context(Path(results_dir), config, classes, samples)
 
 
-def _read(path: Path | None) -> np.ndarray | None:
+def _read(path: Path | None, *, labels: bool = False) -> np.ndarray | None:
     if path is None or not Path(path).exists():
         return None
-    from mvfcnn.io import read_image
+    from mvfcnn.io import read_image, read_labels
 
-    return np.asarray(read_image(path))
+    return np.asarray(read_labels(path) if labels else read_image(path))
 
 
 def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
@@ -325,7 +325,7 @@ def _richest_patches(ctx: Context, samples: list[str], patch: int) -> list[tuple
     for cls in ctx.classes.foreground:
         best = None
         for sample in samples:
-            labels = _read(ctx.labels(sample))
+            labels = _read(ctx.labels(sample), labels=True)
             if labels is None:
                 continue
             size = min(patch, *labels.shape[:2])
@@ -363,7 +363,7 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
                             transform=axes[r, 1].transAxes, fontsize=8)
         if mask is not None:
             binary = _crop(mask, y, x, size) > 0
-            labels = _crop(_read(ctx.labels(sample)), y, x, size)
+            labels = _crop(_read(ctx.labels(sample), labels=True), y, x, size)
             tinted = np.where(binary[..., None], np.uint8(255), np.uint8(0)).repeat(3, axis=2)
             tinted[binary & (labels == cls)] = rgb
             _show(axes[r, 2], tinted, "binary mask (class in colour)")
@@ -386,7 +386,7 @@ def fig6_segmentation(ctx: Context, *, patch: int = PATCH):
         return placeholder(title, f"No MVFCNN result to show ({why}).")
     patches = []
     for sample in ctx.split("test"):
-        labels = _read(ctx.labels(sample))
+        labels = _read(ctx.labels(sample), labels=True)
         pred = _read(ctx.pred(variant, "sem", sample))
         if labels is None or pred is None:
             continue
@@ -404,7 +404,7 @@ def fig6_segmentation(ctx: Context, *, patch: int = PATCH):
                                        transform=axes[r, col0 + 1].transAxes)
                 continue
             sem = _read(ctx.image(p.sample, "sem"))
-            labels = _read(ctx.labels(p.sample))
+            labels = _read(ctx.labels(p.sample), labels=True)
             pred = _read(ctx.pred(variant, "sem", p.sample))
             _show(axes[r, col0], display_gray(_crop(sem, p.y, p.x, p.size)), f"({tag}) SEM")
             axes[r, col0].set_xlabel(f"{p.sample} (y={p.y}, x={p.x})", fontsize=7)
@@ -528,7 +528,7 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
         return placeholder(title, f"No test patch with LOM predictions ({variant}).")
     fig, axes = _grid(len(rows), 5, title=f"{title} -- {variant}")
     for r, (cls, (sample, y, x, _count, size)) in enumerate(rows):
-        labels = _crop(_read(ctx.labels(sample)), y, x, size)
+        labels = _crop(_read(ctx.labels(sample), labels=True), y, x, size)
         lom = _read(ctx.image(sample, "lom"))
         sem = _read(ctx.image(sample, "sem"))
         cells = [(colorize(labels, ctx.classes), "ground truth")]
@@ -610,7 +610,7 @@ def noise_patches(ctx: Context, size: int) -> list[tuple[str, str, int, int, int
     plain = None
     per_class: dict[int, tuple[str, int, int, int, int]] = {}
     for sample in ctx.split("test"):
-        labels = _read(ctx.labels(sample))
+        labels = _read(ctx.labels(sample), labels=True)
         if labels is None:
             continue
         s = min(size, *labels.shape[:2])
@@ -659,7 +659,7 @@ def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH
         noisy = add_artefacts(to_unit_float(crop), kind, rng)
         noisy_u8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
         clean_u8 = np.clip(np.rint(to_unit_float(crop) * 255), 0, 255).astype(np.uint8)
-        truth = _crop(_read(ctx.labels(sample)), y, x, size)
+        truth = _crop(_read(ctx.labels(sample), labels=True), y, x, size)
         pred_noisy = predictor(noisy_u8)
         pred_clean = predictor(clean_u8)
         keep = truth != ctx.classes.ignore_index

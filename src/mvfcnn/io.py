@@ -43,6 +43,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail before the work when ``path`` cannot be written (README: bad input stops before
+    anything is written): an existing folder in its place, a file where a parent folder would
+    be created, or a parent folder without write permission."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("cannot write the output: a folder of that name exists", path=path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create the output folder: {str(parent)!r} is a file",
+                         path=path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"no permission to write in {str(parent)!r}", path=path)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
@@ -107,21 +124,63 @@ def write_image(
             skio.imsave(tmp, array, check_contrast=False, extension=path.suffix)
 
 
+#: Accepted pixel values, the one definition every reader goes through (:func:`check_pixels`):
+#: integer images (bool, uint8, uint16, ...) span their bit depth, so any value is valid;
+#: float images must lie in FLOAT_RANGE (a float SEM holding 0..255 would otherwise be read as
+#: almost all white) unless the caller states the range; NaN and inf are never valid.
+FLOAT_RANGE = (0.0, 1.0)
+_STRIP_ROWS = 1024
+
+
+def check_pixels(array: np.ndarray, *, value_range: tuple[float, float] | None = None,
+                 sample: str | None = None, path: object = None) -> None:
+    """Raise :class:`InputError` unless the pixel type and values are accepted (FLOAT_RANGE)."""
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"unsupported pixel type {array.dtype} (expected 8/16-bit integers or "
+                         f"floats in [{FLOAT_RANGE[0]:g}, {FLOAT_RANGE[1]:g}])", sample=sample,
+                         path=path)
+    lo, hi = FLOAT_RANGE if value_range is None else (float(value_range[0]),
+                                                      float(value_range[1]))
+    vmin, vmax, finite = np.inf, -np.inf, True
+    for r0 in range(0, array.shape[0], _STRIP_ROWS):  # bounded memory on a memory map
+        strip = np.asarray(array[r0:r0 + _STRIP_ROWS])
+        if not np.isfinite(strip).all():
+            finite = False
+            break
+        vmin, vmax = min(vmin, float(strip.min())), max(vmax, float(strip.max()))
+    if not finite:
+        raise InputError("pixel values include NaN or inf", sample=sample, path=path)
+    if vmin < lo or vmax > hi:
+        hint = ("store it as 8/16-bit integers or scale it to [0, 1]" if value_range is None
+                else "check the stated range")
+        raise InputError(f"{array.dtype} pixel values span [{vmin:g}, {vmax:g}], outside the "
+                         f"accepted range [{lo:g}, {hi:g}] for float images; {hint}",
+                         sample=sample, path=path)
+
+
 def read_image(
     path: str | os.PathLike[str],
     *,
     sample: str | None = None,
     gray: bool = False,
     mmap: bool = True,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Read a 2-D (or RGB) image; memory-mapped when the TIFF is uncompressed and contiguous.
 
-    ``gray=True`` converts RGB(A) to luminance in the file's dtype range. Any failure is
-    re-raised as :class:`InputError` naming the sample and the file.
+    ``gray=True`` turns RGB(A) into one channel: the channel itself when the three are equal
+    (a grey SEM saved as RGB, e.g. a JPEG export), else the luminance in the file's dtype range.
+    A single channel with or without alpha (H, W, 1|2) becomes (H, W). Pixel values are checked
+    by :func:`check_pixels`; a float image in a stated ``value_range`` is rescaled to [0, 1].
+    Any failure is re-raised as :class:`InputError` naming the sample and the file.
     """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", sample=sample, path=path)
+    if path.is_dir():
+        raise InputError("is a directory, not an image", sample=sample, path=path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
@@ -130,7 +189,7 @@ def read_image(
             if mmap:
                 try:
                     array = tifffile.memmap(path, mode="r")
-                except (ValueError, tifffile.TiffFileError):
+                except (ValueError, OSError, tifffile.TiffFileError):
                     array = None
             if array is None:
                 array = tifffile.imread(path)
@@ -141,16 +200,57 @@ def read_image(
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable file
-        raise InputError(f"cannot read image ({type(err).__name__}: {err})", sample=sample,
-                         path=path) from err
+        detail = " ".join(str(err).split())  # decoders write multi-line messages: keep one line
+        raise InputError(f"cannot read image ({type(err).__name__}: {detail[:300]})",
+                         sample=sample, path=path) from err
     array = np.asarray(array) if not isinstance(array, np.memmap) else array
+    if array.ndim == 3 and array.shape[-1] in (1, 2):  # grey (+ alpha)
+        array = array[..., 0]
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         if gray:
-            array = to_gray(array[..., :3])
+            rgb = array[..., :3]
+            array = rgb[..., 0] if channels_equal(rgb) else to_gray(np.asarray(rgb))
     elif array.ndim != 2:
         raise InputError(f"expected a 2-D grayscale or RGB image, got shape {array.shape}",
                          sample=sample, path=path)
+    if array.size == 0:
+        raise InputError(f"empty image of shape {array.shape}", sample=sample, path=path)
+    check_pixels(array, value_range=value_range, sample=sample, path=path)
+    if value_range is not None and np.issubdtype(array.dtype, np.floating):
+        lo, hi = float(value_range[0]), float(value_range[1])
+        array = ((np.asarray(array, dtype=np.float32) - lo) / np.float32(hi - lo))
     return array
+
+
+def channels_equal(rgb: np.ndarray) -> bool:
+    """True when the three colour channels of (H, W, 3+) are identical (grey stored as RGB)."""
+    for r0 in range(0, rgb.shape[0], _STRIP_ROWS):
+        strip = np.asarray(rgb[r0:r0 + _STRIP_ROWS, :, :3])
+        if not (np.array_equal(strip[..., 0], strip[..., 1])
+                and np.array_equal(strip[..., 0], strip[..., 2])):
+            return False
+    return True
+
+
+def read_labels(path: str | os.PathLike[str], *, sample: str | None = None,
+                mmap: bool = True) -> np.ndarray:
+    """A label image of class indices as (H, W) integers.
+
+    Accepts one channel, or RGB(A) whose three colour channels are exactly equal (labels saved
+    as grey RGB: one channel is taken). Different channels mean a colour picture, not class
+    indices, which used to surface later as a misleading size mismatch.
+    """
+    labels = read_image(path, sample=sample, mmap=mmap)
+    if labels.ndim == 3:
+        if not channels_equal(labels):
+            raise InputError(f"label image has {labels.shape[-1]} channels that differ (a colour "
+                             "image?); labels must be one channel of class indices 0..K (ignore "
+                             "= ignore_index)", sample=sample, path=path)
+        labels = labels[..., 0]
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be an integer image of class indices, got {labels.dtype}",
+                         sample=sample, path=path)
+    return labels
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -163,26 +263,18 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:
-    """Scale an 8/16-bit or float image to float32 in [0, 1]."""
+    """Scale an 8/16-bit or float image to float32 in [0, 1].
+
+    Floats are taken as already in [0, 1]: :func:`read_image` guarantees it (FLOAT_RANGE).
+    """
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype == np.uint16:
         return image.astype(np.float32) / 65535.0
+    if image.dtype == bool:
+        return image.astype(np.float32)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         return (image.astype(np.float32) - info.min) / float(info.max - info.min)
     return image.astype(np.float32)
 
-
-def read_labels(path: str | os.PathLike[str], *, sample: str | None = None) -> np.ndarray:
-    """A label map: 2-D, or RGB(A) whose three colour channels are equal (one channel is kept)."""
-    labels = read_image(path, sample=sample, mmap=True)
-    if labels.ndim == 3:
-        rgb = np.asarray(labels[..., :3])
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1])
-                and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise InputError("label image has 3 colour channels that differ; labels must be one "
-                             "channel of class indices (or RGB with equal channels)",
-                             sample=sample, path=path)
-        labels = rgb[..., 0]
-    return labels

@@ -22,8 +22,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mvfcnn.errors import InputError
+from mvfcnn.errors import InputError, warn
 from mvfcnn.objects import STRUCTURE, count_objects
+
+#: a mask covering more than this share of the image is suspicious (an inverted threshold,
+#: dark_is_foreground wrong, a mask with 0/1 swapped): warned about, not an error
+MAX_FOREGROUND_FRACTION = 0.9
 
 DEFAULTS: dict[str, Any] = {"threshold": None, "dark_is_foreground": True, "opening_radius": 1,
                             "closing_radius": 2, "min_object_area": 80}
@@ -145,13 +149,25 @@ def mask_iou(mask: np.ndarray, labels: np.ndarray, ignore_index: int = 255,
              valid: np.ndarray | None = None) -> float:
     """IoU of the mask with the true second phase (labels not 0/ignore); ignore px excluded.
 
-    ``valid`` restricts the comparison further (e.g. to where the LOM has data).
+    ``valid`` restricts the comparison further (e.g. to where the LOM has data). NaN when
+    undefined (no second phase in labels or mask where compared; :func:`iou_undefined_reason`
+    says why): a 1.0 there would report a perfect mask that nothing was compared with.
     """
     valid = labels != ignore_index if valid is None else (labels != ignore_index) & valid
     truth = (labels != 0) & valid
     pred = np.asarray(mask, dtype=bool) & valid
     union = np.count_nonzero(truth | pred)
-    return float(np.count_nonzero(truth & pred) / union) if union else 1.0
+    return float(np.count_nonzero(truth & pred) / union) if union else float("nan")
+
+
+def iou_undefined_reason(mask: np.ndarray, labels: np.ndarray, ignore_index: int = 255,
+                         valid: np.ndarray | None = None) -> str:
+    """Why :func:`mask_iou` is NaN, for the report."""
+    labelled = labels != ignore_index if valid is None else (labels != ignore_index) & valid
+    if not labelled.any():
+        where = "" if valid is None else " where the LOM has data"
+        return f"no labelled pixel{where} (all labels are ignore_index {ignore_index})"
+    return "neither the labels nor the mask have second-phase pixels where compared"
 
 
 def _params(text: str, sample: str) -> dict[str, Any]:
@@ -167,7 +183,8 @@ def _params(text: str, sample: str) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.io import read_image, write_image, write_json
+    from mvfcnn.io import read_image, read_labels, write_image, write_json
+    from mvfcnn.registration import MIN_LOM_COVERAGE
 
     parser = argparse.ArgumentParser(prog="mvfcnn mask", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
@@ -219,23 +236,41 @@ def cli(argv: list[str]) -> int:
             raise InputError("empty mask: the supplied mask has no pixel > 0", sample=sample,
                              path=src_path)
     del image
+    fraction = float(np.count_nonzero(mask)) / mask.size
+    coverage = None if valid is None else float(valid.mean())
     report: dict[str, Any] = {
         "sample": sample,
         "source": "lom" if args.lom else "mask",
         "threshold": None if threshold is None else round(threshold, 6),
-        "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
+        "foreground_fraction": round(fraction, 6),
         "n_components": count_objects(mask),
-        "lom_coverage": None if valid is None else round(float(valid.mean()), 6),
+        "lom_coverage": None if coverage is None else round(coverage, 6),
+        "warnings": [],
     }
+    if fraction > MAX_FOREGROUND_FRACTION:
+        report["warnings"].append(warn(
+            "mask", f"the mask covers {100 * fraction:.1f} % of the image (second phase "
+            "expected to be the minority: inverted threshold/dark_is_foreground, or a mask "
+            "with 0 and 1 swapped?)", sample=sample, path=src_path))
+    if coverage is not None and coverage < MIN_LOM_COVERAGE:
+        report["warnings"].append(warn(
+            "mask", f"the registered LOM covers only {100 * coverage:.1f} % of the SEM "
+            f"(< {100 * MIN_LOM_COVERAGE:.0f} %): registration probably failed; no objects are "
+            "found outside it", sample=sample, path=src_path))
     if args.labels:
-        labels = read_image(args.labels, sample=sample)
-        if labels.shape[:2] != sem.shape[:2] or labels.ndim != 2:
-            raise InputError(f"labels size {'x'.join(map(str, labels.shape))} differs from the "
+        labels = read_labels(args.labels, sample=sample)
+        if labels.shape[:2] != sem.shape[:2]:
+            raise InputError(f"labels size {labels.shape[0]}x{labels.shape[1]} differs from the "
                              f"SEM size {sem.shape[0]}x{sem.shape[1]} ({args.sem})",
                              sample=sample, path=args.labels)
-        # "iou" where the LOM has data (elsewhere no mask can be right); "iou_all" everywhere
-        report["iou"] = round(mask_iou(mask, labels, args.ignore_index, valid), 6)
-        report["iou_all"] = round(mask_iou(mask, labels, args.ignore_index), 6)
+        # "iou" where the LOM has data (elsewhere no mask can be right); "iou_all" everywhere;
+        # null with a reason when undefined
+        for key, where in (("iou", valid), ("iou_all", None)):
+            value = mask_iou(mask, labels, args.ignore_index, where)
+            report[key] = None if np.isnan(value) else round(value, 6)
+            if report[key] is None:
+                report[f"{key}_undefined"] = iou_undefined_reason(mask, labels,
+                                                                  args.ignore_index, where)
     masked = np.where(mask, sem, np.zeros((), dtype=sem.dtype))
     write_image(args.out_mask, mask.astype(np.uint8))
     write_image(args.out_masked_sem, masked)

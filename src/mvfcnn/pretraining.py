@@ -39,7 +39,7 @@ from torch import nn
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.data import to_uint8
 from mvfcnn.errors import InputError
-from mvfcnn.io import atomic_path, read_image, write_table
+from mvfcnn.io import atomic_path, read_image, read_labels, write_table
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def pretrain_trunk(
     precision = str(cfg["precision"])
     autocast(dev, precision)  # validates before any work
     arrays = [read_image(p) for p in images]
-    label_arrays = [read_image(p) for p in labels]
+    label_arrays = [read_labels(p) for p in labels]
     wanted = list(range(classes.num_classes)) if cfg["include_matrix"] else list(
         classes.foreground)
     iterations, batch_size = int(cfg["iterations"]), int(cfg["batch_size"])

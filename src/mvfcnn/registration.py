@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, optimize
 
-from mvfcnn.errors import InputError
+from mvfcnn.errors import InputError, warn
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _COARSE_SIDE = 128  # the coarsest pyramid level is at least this large
 _MAX_POINTS = 60_000  # NCC samples per level; more adds time, not accuracy
 _STEP_WIDTH = 0.07  # tanh width of the phase map, as a fraction of the two phases' mean gap
+#: a registered LOM covering less of the SEM than this is suspicious (a failed registration,
+#: or a LOM of another area): warned about in the job log and the report, not an error
+MIN_LOM_COVERAGE = 0.8
 
 
 # --------------------------------------------------------------------------- small matrix helpers
@@ -639,15 +642,23 @@ def cli(argv: list[str]) -> int:
         "contrast": "inverted" if reg.contrast_sign < 0 else "same",
         "sem_shape": list(sem.shape[:2]),
         "lom_shape": list(lom.shape[:2]),
+        "coverage": round(float(footprint(reg.matrix, lom.shape, sem.shape).mean()), 6),
+        "warnings": [],
     }
+    if report["coverage"] < MIN_LOM_COVERAGE:
+        report["warnings"].append(warn(
+            "register", f"the registered LOM covers only {100 * report['coverage']:.1f} % of the "
+            f"SEM (< {100 * MIN_LOM_COVERAGE:.0f} %): registration probably failed, or the LOM "
+            "shows another area", sample=sample, path=args.lom))
     if truth is not None:
         rms = corner_rms_error(reg.matrix, truth, sem.shape)
         limit = float(params["max_rms_error_px"])
         report.update(rms_error_px=round(rms, 4), truth_matrix=truth.tolist(),
                       max_rms_error_px=limit, passed=bool(rms <= limit))
         if rms > limit:
-            log.warning("sample %r: registration corner RMS error %.2f px exceeds the limit "
-                        "%.2f px (outputs written; check %s)", sample, rms, limit, args.lom)
+            report["warnings"].append(warn(
+                "register", f"registration corner RMS error {rms:.2f} px exceeds the limit "
+                f"{limit:.2f} px (outputs written; check them)", sample=sample, path=args.lom))
         else:
             log.info("sample %r: corner RMS error %.3f px", sample, rms)
     log.info("sample %r: NCC %.3f -> %.3f", sample, reg.score_before, reg.score_after)

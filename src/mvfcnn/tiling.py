@@ -270,9 +270,9 @@ def build_image_table(samples: Sequence[str], images: Sequence[str], labels: Seq
         if name:
             classes.index_of(name)
         else:
-            from mvfcnn.io import read_image
+            from mvfcnn.io import read_labels
 
-            name = image_class_from_labels(read_image(label, sample=sample, mmap=True), classes)
+            name = image_class_from_labels(read_labels(label, sample=sample), classes)
             log.info("sample %s: image-level class from labels: %s", sample, name)
         rows.append({"sample": sample, "height": shape[0], "width": shape[1], "class": name,
                      "image": str(image), "labels": str(label)})

@@ -24,7 +24,7 @@ rule crop_objects:
     output:
         "results/baselines/crops/{modality}_{split}.npz",
     params:
-        samples=lambda w: " ".join(samples_in(w.split)),
+        samples=lambda w: samples_in(w.split),
         crops=_baseline_json("crop_size", "handcrafted"),
     log:
         "results/logs/crop_objects/{modality}_{split}.log",
@@ -37,10 +37,10 @@ rule crop_objects:
         mem_mb=lambda w, attempt: rule_resources("crop_objects", "mem_mb", 2000) * attempt,
         runtime=lambda w, attempt: rule_resources("crop_objects", "runtime", 10) * attempt,
     shell:
-        "mvfcnn crop-objects --modality {wildcards.modality} --split {wildcards.split}"
-        " --samples {params.samples} --images {input.images} --masks {input.masks}"
-        " --objects-tables {input.tables} --objects-ids {input.ids}"
-        " --params-json '{params.crops}' --out {output} 2> {log}"
+        "mvfcnn crop-objects --modality {wildcards.modality:q} --split {wildcards.split:q}"
+        " --samples {params.samples:q} --images {input.images:q} --masks {input.masks:q}"
+        " --objects-tables {input.tables:q} --objects-ids {input.ids:q}"
+        " --params-json {params.crops:q} --out {output:q} 2> {log:q}"
 
 
 rule train_baseline:
@@ -69,11 +69,11 @@ rule train_baseline:
         mem_mb=lambda w, attempt: rule_resources("train_baseline", "mem_mb", 6000) * attempt,
         runtime=lambda w, attempt: rule_resources("train_baseline", "runtime", 30) * attempt,
     shell:
-        "mvfcnn train-baseline --method {wildcards.method} --modality {wildcards.modality}"
-        " --train {input.train} --test {input.test} --classes-json '{params.classes}'"
-        " --params-json '{params.baselines}' --seed {params.seed} --threads {threads}"
-        " --out-metrics {output.metrics} --out-objects {output.objects}"
-        " --out-confusion {output.confusion} --out-info {output.info} 2> {log}"
+        "mvfcnn train-baseline --method {wildcards.method:q} --modality {wildcards.modality:q}"
+        " --train {input.train:q} --test {input.test:q} --classes-json {params.classes:q}"
+        " --params-json {params.baselines:q} --seed {params.seed:q} --threads {threads}"
+        " --out-metrics {output.metrics:q} --out-objects {output.objects:q}"
+        " --out-confusion {output.confusion:q} --out-info {output.info:q} 2> {log:q}"
 
 
 TARGETS["baselines"] = expand(

@@ -37,10 +37,10 @@ rule bundle:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mvfcnn bundle --model {input.model} --metrics {input.metrics}"
-        " --classes-json '{params.classes}' --inference-json '{params.inference}'"
-        " --masking-json '{params.masking}' --training-json '{params.training}' {params.pixel}"
-        " --modality {wildcards.modality} --variant {wildcards.variant} --out {output} 2> {log}"
+        "mvfcnn bundle --model {input.model:q} --metrics {input.metrics:q}"
+        " --classes-json {params.classes:q} --inference-json {params.inference:q}"
+        " --masking-json {params.masking:q} --training-json {params.training:q} {params.pixel:q}"
+        " --modality {wildcards.modality:q} --variant {wildcards.variant:q} --out {output:q} 2> {log:q}"
 
 
 rule classify:
@@ -92,9 +92,9 @@ rule classify:
         mem_mb=lambda w, attempt: rule_resources("classify", "mem_mb", 4000) * attempt,
         runtime=lambda w, attempt: rule_resources("classify", "runtime", 30) * attempt,
     shell:
-        "mvfcnn classify {input.image} --model {input.bundle} --mask {input.mask}"
-        " --names {wildcards.sample} --out {params.outdir} --classes-json '{params.classes}'"
-        " --low-confidence {params.low_confidence} --threads {threads} --no-progress 2> {log}"
+        "mvfcnn classify {input.image:q} --model {input.bundle:q} --mask {input.mask:q}"
+        " --names {wildcards.sample:q} --out {params.outdir:q} --classes-json {params.classes:q}"
+        " --low-confidence {params.low_confidence:q} --threads {threads} --no-progress 2> {log:q}"
 
 
 # A cross-validated sheet trains one model per fold: there is no single model to bundle or to

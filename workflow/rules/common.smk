@@ -6,35 +6,42 @@ import sys
 
 import pandas as pd
 
+from snakemake.exceptions import WorkflowError
+
 from mvfcnn import layout
 from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples, load_sample_sheet
+from mvfcnn.errors import InputError
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).
-shell.prefix(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
-CLASSES = ClassSet.from_config(config)
+# Bad classes or a bad sample sheet stop the workflow with the package's one-line message
+# (naming the sheet, the sample and the fault), without a traceback into the package.
+try:
+    CLASSES = ClassSet.from_config(config)
+    if config["samples"] == "synthetic":
+        from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
+
+        SYNTHETIC_DIR = "results/synthetic"
+        SAMPLES = check_sample_sheet(
+            _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
+        )
+    elif config["samples"] == "metaldam":
+        from mvfcnn.datasets import metaldam_sample_sheet
+
+        SYNTHETIC_DIR = None
+        SAMPLES = check_sample_sheet(
+            metaldam_sample_sheet(config["metaldam"]["path"]),
+            source=os.path.join(config["metaldam"]["path"], "metadata.sqlite"),
+            classes=CLASSES,
+        )
+    else:
+        SYNTHETIC_DIR = None
+        SAMPLES = load_sample_sheet(config["samples"], CLASSES)
+except InputError as err:
+    raise WorkflowError(str(err)) from None
 CLASSES_JSON = json.dumps(CLASSES.to_dict())
-
-if config["samples"] == "synthetic":
-    from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
-
-    SYNTHETIC_DIR = "results/synthetic"
-    SAMPLES = check_sample_sheet(
-        _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
-    )
-elif config["samples"] == "metaldam":
-    from mvfcnn.datasets import metaldam_sample_sheet
-
-    SYNTHETIC_DIR = None
-    SAMPLES = check_sample_sheet(
-        metaldam_sample_sheet(config["metaldam"]["path"]),
-        source=os.path.join(config["metaldam"]["path"], "metadata.sqlite"),
-        classes=CLASSES,
-    )
-else:
-    SYNTHETIC_DIR = None
-    SAMPLES = load_sample_sheet(config["samples"], CLASSES)
 
 #: cross-validation folds of the sample sheet (`fold` column); empty = one train/test split
 FOLDS = cv_folds(SAMPLES)
@@ -179,7 +186,8 @@ def _mask_inputs(wildcards):
 
 
 def _labels_arg(wildcards, input):
-    return f"--labels {input.labels}" if "labels" in input.keys() else ""
+    """Optional `--labels FILE` as a list, so the rule's `{params.labels:q}` quotes each item."""
+    return ["--labels", input.labels] if "labels" in input.keys() else []
 
 
 def variant_cfg(variant):
@@ -316,7 +324,7 @@ def pixel_size_um():
 
 def _pixel_size_arg(wildcards):
     value = pixel_size_um()
-    return "" if value is None else f"--pixel-size {value}"
+    return [] if value is None else ["--pixel-size", str(value)]
 
 
 def _bundle_training_json(wildcards):

@@ -26,9 +26,9 @@ if SYNTHETIC_DIR is not None:
             mem_mb=2000,
             runtime=10,
         shell:
-            "mvfcnn synthesize --sample {wildcards.sample} --seed {params.seed}"
-            " --params-json '{params.synthetic}' --classes-json '{params.classes}'"
-            " --outdir {params.outdir} 2> {log}"
+            "mvfcnn synthesize --sample {wildcards.sample:q} --seed {params.seed:q}"
+            " --params-json {params.synthetic:q} --classes-json {params.classes:q}"
+            " --outdir {params.outdir:q} 2> {log:q}"
 
 
 rule prepare:
@@ -43,12 +43,12 @@ rule prepare:
         report=layout.prepared("{sample}")["json"],
     params:
         classes=CLASSES_JSON,
-        labels=lambda w, input: f"--labels {shlex.quote(input.labels)}" if input.labels else "",
+        labels=lambda w, input: ["--labels", input.labels] if input.labels else [],
         crop=lambda w: SAMPLES.loc[w.sample, "crop_bottom"] or 0,
         scale_bar=lambda w: (
-            f"--scale-bar-um {float(SAMPLES.loc[w.sample, 'scale_bar_um'])}"
+            ["--scale-bar-um", str(float(SAMPLES.loc[w.sample, "scale_bar_um"]))]
             if SAMPLES.loc[w.sample, "scale_bar_um"]
-            else ""
+            else []
         ),
     log:
         "results/logs/prepare/{sample}.log",
@@ -62,8 +62,8 @@ rule prepare:
         runtime=10,
     shell:
         "mvfcnn prepare --sample {wildcards.sample:q} --image {input.image:q}"
-        " {params.labels} --classes-json {params.classes:q}"
-        " --crop-bottom {params.crop} {params.scale_bar} --out-image {output.image:q}"
+        " {params.labels:q} --classes-json {params.classes:q}"
+        " --crop-bottom {params.crop:q} {params.scale_bar:q} --out-image {output.image:q}"
         " --out-labels {output.labels:q} --out-json {output.report:q} 2> {log:q}"
 
 
@@ -76,7 +76,7 @@ rule register:
         lom="results/registration/{sample}_lom.tif",
     params:
         registration=cfg_json("registration"),
-        truth=lambda wildcards, input: f"--truth {input.truth}" if "truth" in input.keys() else "",
+        truth=lambda wildcards, input: ["--truth", input.truth] if "truth" in input.keys() else [],
     log:
         "results/logs/register/{sample}.log",
     benchmark:
@@ -88,9 +88,9 @@ rule register:
         mem_mb=4000,
         runtime=20,
     shell:
-        "mvfcnn register --sample {wildcards.sample} --sem {input.sem} --lom {input.lom}"
-        " {params.truth} --params-json '{params.registration}'"
-        " --out-json {output.report} --out-lom {output.lom} 2> {log}"
+        "mvfcnn register --sample {wildcards.sample:q} --sem {input.sem:q} --lom {input.lom:q}"
+        " {params.truth:q} --params-json {params.registration:q}"
+        " --out-json {output.report:q} --out-lom {output.lom:q} 2> {log:q}"
 
 
 rule mask:
@@ -103,7 +103,9 @@ rule mask:
         masked_sem="results/masks/{sample}_masked_sem.tif",
     params:
         masking=cfg_json("masking"),
-        source=lambda wildcards, input: f"--mask {input.mask}" if "mask" in input.keys() else f"--lom {input.lom}",
+        source=lambda wildcards, input: (
+            ["--mask", input.mask] if "mask" in input.keys() else ["--lom", input.lom]
+        ),
         labels=_labels_arg,
         ignore=config["ignore_index"],
     log:
@@ -117,9 +119,10 @@ rule mask:
         mem_mb=4000,
         runtime=20,
     shell:
-        "mvfcnn mask --sample {wildcards.sample} --sem {input.sem} {params.source} {params.labels}"
-        " --params-json '{params.masking}' --ignore-index {params.ignore} --out-mask {output.mask}"
-        " --out-json {output.report} --out-masked-sem {output.masked_sem} 2> {log}"
+        "mvfcnn mask --sample {wildcards.sample:q} --sem {input.sem:q} {params.source:q}"
+        " {params.labels:q} --params-json {params.masking:q} --ignore-index {params.ignore:q}"
+        " --out-mask {output.mask:q} --out-json {output.report:q}"
+        " --out-masked-sem {output.masked_sem:q} 2> {log:q}"
 
 
 rule objects:
@@ -132,13 +135,13 @@ rule objects:
         ids="results/objects/{sample}.tif",
     params:
         classes=CLASSES_JSON,
-        labels=lambda wildcards, input: f"--labels {input.labels}" if input.labels else "",
-        mask=lambda wildcards, input: f"--mask {input.mask}" if input.mask else "",
+        labels=lambda wildcards, input: ["--labels", input.labels] if input.labels else [],
+        mask=lambda wildcards, input: ["--mask", input.mask] if input.mask else [],
         min_area=config["masking"]["min_object_area"],
         image_class=lambda wildcards: (
-            f"--image-class {SAMPLES.loc[wildcards.sample, 'class']}"
+            ["--image-class", SAMPLES.loc[wildcards.sample, "class"]]
             if has(wildcards.sample, "class")
-            else ""
+            else []
         ),
     log:
         "results/logs/objects/{sample}.log",
@@ -151,10 +154,9 @@ rule objects:
         mem_mb=4000,
         runtime=10,
     shell:
-        "mvfcnn objects --sample {wildcards.sample} {params.mask} {params.labels}"
-        " --min-area {params.min_area}"
-        " {params.image_class} --classes-json '{params.classes}'"
-        " --out-table {output.table} --out-ids {output.ids} 2> {log}"
+        "mvfcnn objects --sample {wildcards.sample:q} {params.mask:q} {params.labels:q}"
+        " --min-area {params.min_area:q} {params.image_class:q} --classes-json {params.classes:q}"
+        " --out-table {output.table:q} --out-ids {output.ids:q} 2> {log:q}"
 
 
 TARGETS["data"] = (

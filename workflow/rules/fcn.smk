@@ -25,8 +25,9 @@ rule tile_index:
         table=TILES + ".csv",
         summary=TILES + ".json",
     params:
-        samples=lambda w: " ".join(train_samples(w)),
-        classes=lambda w: " ".join(f"'{SAMPLES.loc[s, 'class']}'" for s in train_samples(w)),
+        samples=lambda w: train_samples(w),
+        # quoted here, not with :q, because an empty class ('' = mixed image) must stay an argument
+        classes=lambda w: " ".join(shlex.quote(SAMPLES.loc[s, "class"]) for s in train_samples(w)),
         tiles=cfg_json("tiles"),
         balanced=lambda w: str(variant_cfg(w.variant)["balanced"]).lower(),
         augment=lambda w: str(variant_cfg(w.variant)["augment"]).lower(),
@@ -42,10 +43,10 @@ rule tile_index:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mvfcnn tile-index --samples {params.samples} --images {input.images}"
-        " --labels {input.labels} --classes {params.classes} --classes-json '{params.class_set}'"
-        " --params-json '{params.tiles}' --balanced {params.balanced} --augment {params.augment}"
-        " --out {output.table} --out-summary {output.summary} 2> {log}"
+        "mvfcnn tile-index --samples {params.samples:q} --images {input.images:q}"
+        " --labels {input.labels:q} --classes {params.classes} --classes-json {params.class_set:q}"
+        " --params-json {params.tiles:q} --balanced {params.balanced:q} --augment {params.augment:q}"
+        " --out {output.table:q} --out-summary {output.summary:q} 2> {log:q}"
 
 
 rule pretrain_trunk:
@@ -80,10 +81,10 @@ rule pretrain_trunk:
         mem_mb=lambda w, attempt: rule_resources("pretrain_trunk", "mem_mb", 4000) * attempt,
         runtime=lambda w, attempt: rule_resources("pretrain_trunk", "runtime", 30) * attempt,
     shell:
-        "mvfcnn pretrain-trunk --images {input.images} --labels {input.labels}"
-        " --classes-json '{params.classes}' --params-json '{params.pretrain}'"
-        " --fcn-json '{params.fcn}' --seed {params.seed} --out {output.model}"
-        " --out-csv {output.csv} --out-png {output.png} --threads {threads} 2> {log}"
+        "mvfcnn pretrain-trunk --images {input.images:q} --labels {input.labels:q}"
+        " --classes-json {params.classes:q} --params-json {params.pretrain:q}"
+        " --fcn-json {params.fcn:q} --seed {params.seed:q} --out {output.model:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --threads {threads} 2> {log:q}"
 
 
 rule train_fcn:
@@ -103,7 +104,7 @@ rule train_fcn:
             caption="../report/training_curve.rst",
         ),
     params:
-        parent=lambda w, input: f"--parent {input.parent}" if input.parent else "",
+        parent=lambda w, input: ["--parent", input.parent] if input.parent else [],
         fcn=cfg_json("fcn"),
         variant=_variant_json,
         classes=CLASSES_JSON,
@@ -121,11 +122,11 @@ rule train_fcn:
         mem_mb=lambda w, attempt: rule_resources("train_fcn", "mem_mb", 6000) * attempt,
         runtime=lambda w, attempt: rule_resources("train_fcn", "runtime", 60) * attempt,
     shell:
-        "mvfcnn train-fcn --stage {wildcards.stage} {params.parent} --tiles {input.tiles}"
-        " --classes-json '{params.classes}' --params-json '{params.fcn}'"
-        " --variant-json '{params.variant}' --seed {params.seed} --out {output.model}"
-        " --out-csv {output.csv} --out-png {output.png} --checkpoint-dir {params.checkpoints}"
-        " --threads {threads} 2> {log}"
+        "mvfcnn train-fcn --stage {wildcards.stage:q} {params.parent:q} --tiles {input.tiles:q}"
+        " --classes-json {params.classes:q} --params-json {params.fcn:q}"
+        " --variant-json {params.variant:q} --seed {params.seed:q} --out {output.model:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --checkpoint-dir {params.checkpoints:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule predict:
@@ -149,8 +150,8 @@ rule predict:
         mem_mb=lambda w, attempt: rule_resources("predict", "mem_mb", 4000) * attempt,
         runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
     shell:
-        "mvfcnn predict --model {input.model} --image {input.image} --sample {wildcards.sample}"
-        " --params-json '{params.inference}' --threads {threads} --out {output} 2> {log}"
+        "mvfcnn predict --model {input.model:q} --image {input.image:q} --sample {wildcards.sample:q}"
+        " --params-json {params.inference:q} --threads {threads} --out {output:q} 2> {log:q}"
 
 
 rule vote:
@@ -174,8 +175,8 @@ rule vote:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mvfcnn vote --pred {input.pred} --objects-ids {input.ids} --objects {input.objects}"
-        " --classes-json '{params.classes}' --sample {wildcards.sample} --out {output} 2> {log}"
+        "mvfcnn vote --pred {input.pred:q} --objects-ids {input.ids:q} --objects {input.objects:q}"
+        " --classes-json {params.classes:q} --sample {wildcards.sample:q} --out {output:q} 2> {log:q}"
 
 
 rule evaluate:
@@ -192,7 +193,7 @@ rule evaluate:
         pixel_confusion=RUN + "/pixel_confusion.csv",
     params:
         classes=CLASSES_JSON,
-        samples=lambda w: " ".join(test_samples(w)),
+        samples=lambda w: test_samples(w),
     log:
         layout.log_path("evaluate", CV),
     benchmark:
@@ -204,12 +205,12 @@ rule evaluate:
         mem_mb=4000,
         runtime=10,
     shell:
-        "mvfcnn evaluate --method mvfcnn --variant {wildcards.variant} --modality {wildcards.modality}"
-        " --classes-json '{params.classes}' --samples {params.samples}"
-        " --preds {input.preds} --votes {input.votes} --objects {input.objects} --labels {input.labels}"
-        " --out-metrics {output.metrics} --out-objects {output.objects}"
-        " --out-confusion {output.confusion} --out-pixel-confusion {output.pixel_confusion}"
-        " 2> {log}"
+        "mvfcnn evaluate --method mvfcnn --variant {wildcards.variant:q} --modality {wildcards.modality:q}"
+        " --classes-json {params.classes:q} --samples {params.samples:q}"
+        " --preds {input.preds:q} --votes {input.votes:q} --objects {input.objects:q} --labels {input.labels:q}"
+        " --out-metrics {output.metrics:q} --out-objects {output.objects:q}"
+        " --out-confusion {output.confusion:q}"
+        " --out-pixel-confusion {output.pixel_confusion:q} 2> {log:q}"
 
 
 TARGETS["mvfcnn"] = [f"{run}/metrics.json" for run in run_dirs()]

@@ -50,7 +50,7 @@ rule tables:
         runtime=10,
     shell:
         "mvfcnn tables --results-dir results --config-json {params.config:q}"
-        " --paper {input.paper} --outdir results/tables 2> {log}"
+        " --paper {input.paper:q} --outdir results/tables 2> {log:q}"
 
 
 rule figure_examples:
@@ -79,7 +79,7 @@ rule figure_examples:
         runtime=10,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig4 2> {log}"
+        " --outdir results/figures --which fig4 2> {log:q}"
 
 
 rule figure_segmentation:
@@ -108,7 +108,7 @@ rule figure_segmentation:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig6 2> {log}"
+        " --outdir results/figures --which fig6 2> {log:q}"
 
 
 rule figure_maxvoting:
@@ -137,7 +137,7 @@ rule figure_maxvoting:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig7 2> {log}"
+        " --outdir results/figures --which fig7 2> {log:q}"
 
 
 rule figure_lom_vs_sem:
@@ -167,7 +167,7 @@ rule figure_lom_vs_sem:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8a 2> {log}"
+        " --outdir results/figures --which fig8a 2> {log:q}"
 
 
 rule figure_noise:
@@ -196,7 +196,7 @@ rule figure_noise:
         runtime=30,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8b 2> {log}"
+        " --outdir results/figures --which fig8b 2> {log:q}"
 
 
 CROSSVAL = layout.crossval_table(CROSSVAL_NAME)
@@ -209,16 +209,15 @@ def _crossval_confusions(wildcards):
 
 
 def _crossval_test_images(wildcards, input):
-    """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image, shell-quoted."""
+    """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image (quoted by :q)."""
     variant, modality = crossval_run()
     parts = []
     for fold in FOLDS:
         run = layout.run_dir(CV).format(variant=variant, modality=modality, fold=fold)
         for sample in fold_samples(SAMPLES, fold, "test"):
-            items = [fold, sample, modality_image(modality, sample), labels_file(sample),
-                     f"{run}/pred/{sample}.tif"]
-            parts.append("--test-image " + " ".join(shlex.quote(i) for i in items))
-    return " ".join(parts)
+            parts += ["--test-image", fold, sample, modality_image(modality, sample),
+                      labels_file(sample), f"{run}/pred/{sample}.tif"]
+    return parts
 
 
 rule crossval_table:
@@ -290,7 +289,7 @@ rule crossval_figure:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mvfcnn crossval-figure {params.test_images} --classes-json {params.classes:q}"
+        "mvfcnn crossval-figure {params.test_images:q} --classes-json {params.classes:q}"
         " --out {output:q} 2> {log:q}"
 
 
