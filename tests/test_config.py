@@ -84,7 +84,7 @@ def test_good_sheet(classes):
         ({"0__split": "validation"}, "unknown split 'validation'"),
         ({"1__class": "ferrite"}, "unknown class 'ferrite'"),
         ({"0__labels": ""}, "needs a 'labels' image"),
-        ({"2__lom": ""}, "needs a 'lom' image or a 'mask'"),
+        ({"2__lom": ""}, "needs a 'lom' image, a 'mask' or 'labels'"),
     ],
 )
 def test_bad_sheet(classes, overrides, message):
