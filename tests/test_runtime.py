@@ -80,6 +80,20 @@ def test_explicit_bf16_on_slow_cpu_warns_once_with_the_slowdown(
         warnings.simplefilter("error")
         second = choose_precision("bf16", "cpu")  # no second warning
     assert first == second and first.precision == "bf16" and first.requested == "bf16"
+    assert first.reason == ("bf16 requested; CPU lacks native bf16 (flags: avx2), measured "
+                            "42.0x fp32 time")
+
+
+def test_explicit_bf16_on_unknown_cpu_warns_only_if_measured_slower(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu(monkeypatch, "riscv64", "", ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice = choose_precision("bf16", "cpu")
+    assert choice.precision == "bf16" and "bf16 support unknown" in choice.reason
+    _cpu(monkeypatch, "riscv64", "", ratio=3.0)
+    with pytest.warns(RuntimeWarning, match=r"3\.0x"):
+        choose_precision("bf16", "cpu")
 
 
 def test_explicit_precisions_are_kept_silently(monkeypatch: pytest.MonkeyPatch) -> None:
