@@ -197,11 +197,11 @@ def choose_precision(requested: str = "auto",
                                requested)
     if requested == "bf16" and native is not True:
         ratio = measure_bf16_slowdown()
-        if native is False or ratio >= 1.0:
-            _warn_once("bf16-cpu", f"precision bf16 requested, but this CPU lacks native bf16 "
-                                   f"({seen}): bf16 autocast measured {ratio:.1f}x the time of "
-                                   "fp32 on a small conv; use precision: auto (or fp32)")
         known = "lacks native bf16" if native is False else "bf16 support unknown"
+        if native is False or ratio >= 1.0:
+            _warn_once("bf16-cpu", f"precision bf16 requested, but this CPU {known} ({seen}): "
+                                   f"bf16 autocast measured {ratio:.1f}x the time of fp32 on a "
+                                   "small conv; use precision: auto (or fp32)")
         return PrecisionChoice("bf16", True, f"bf16 requested; CPU {known} ({seen}), measured "
                                              f"{ratio:.1f}x fp32 time", requested)
     return PrecisionChoice(requested, True, f"{requested} requested (CPU "
