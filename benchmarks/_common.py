@@ -39,10 +39,14 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
 
 
 def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, Any]:
-    """CPU, cores, memory, library versions and thread settings, for every results JSON."""
+    """CPU model and flags, the auto precision and why, cores, memory, load, library versions
+    and thread settings, for every results JSON (timings mean little without the machine)."""
     import numpy as np
 
+    from mvfcnn.runtime import REPORTED_FLAGS, choose_precision
+
     model, flags = cpu_model_and_flags()
+    choice = choose_precision("auto", "cpu")
     try:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -51,7 +55,11 @@ def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, Any]:
         "cpu_model": model, "cpu_flags": flags, "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)), "memory_gb": mem_gb,
         "platform": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        "numpy": np.__version__, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        # what decides bf16 speed, present or not, and what `precision: auto` picks here
+        "flags": {f: f in flags for f in REPORTED_FLAGS},
+        "precision_auto": choice.precision, "precision_reason": choice.reason,
+        "loadavg": loadavg()}
     if "torch" in sys.modules or "torch" in extra_modules:
         import torch
 

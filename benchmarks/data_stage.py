@@ -28,6 +28,8 @@ from typing import Any
 import _common
 import numpy as np
 
+from mvfcnn.progress import progress
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
                        {"index": 1, "name": "martensite", "color": "#ff0000"},
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(), "steps": {}}
         report["inputs"] = _run_child(["--step", "generate", *common])
         print(f"generated inputs: {report['inputs']}", file=sys.stderr)
-        for name in STEPS:
+        for name in progress(STEPS, "data stage", unit="step"):
             load = os.getloadavg()[0]
             result = _run_child(["--step", name, *common])
             result["loadavg_1min_before"] = round(load, 2)

@@ -31,6 +31,8 @@ from _common import (
     write_result,
 )
 
+from mvfcnn.progress import progress
+
 MODEL = RESULTS.parents[1] / "results/mvfcnn/scratch_balanced_aug/sem/fcn8s.pt"
 CANDIDATES: dict[str, dict[str, Any]] = {
     "previous_t384_o64_b2_bf16": {"tile_size": 384, "overlap": 64, "batch_size": 2,
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_side": args.side, "machine": machine_info(("torch",)),
         "loadavg_start": loadavg(), "runs": {}}
     maps = {}
-    for name, cfg in CANDIDATES.items():
+    for name, cfg in progress(list(CANDIDATES.items()), "demo config", unit="candidate"):
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()

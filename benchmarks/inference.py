@@ -45,6 +45,8 @@ from _common import (
     write_result,
 )
 
+from mvfcnn.progress import progress
+
 #: the best CPU configuration measured here (also config/config.yaml's `inference` section)
 DEFAULT = {"precision": "bf16", "channels_last": True, "tile_size": 1500, "overlap": 100,
            "batch_size": 1, "fit_tiles": True}
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--workdir", str(work), "--threads", str(threads)] + (["--quick"] if quick
                                                                           else [])
         report["variants"] = {"crop": [crop, crop], "runs": {}}
-        for name in names:
+        for name in progress(names, "inference variants", unit="variant"):
             config = scale_tile({**DEFAULT, **VARIANTS[name]}, quick)
             result = run_child(Path(__file__), ["--child", "--config", json.dumps(config),
                                                 "--crop", str(crop), "--save-map", name,

@@ -34,6 +34,8 @@ from _common import (
 )
 from inference import DEFAULT
 
+from mvfcnn.progress import progress
+
 #: torchvision ``features`` index -> VGG layer name
 VGG_NAMES = {0: "conv1_1", 2: "conv1_2", 5: "conv2_1", 7: "conv2_2", 10: "conv3_1",
              12: "conv3_2", 14: "conv3_3", 17: "conv4_1", 19: "conv4_2", 21: "conv4_3",
@@ -98,7 +100,7 @@ def time_layers(model: Any, x: Any, precision: str, repeats: int) -> tuple[dict[
     best_total = float("inf")
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         model(x)  # warm-up: kernel creation, weight casts
-        for _ in range(repeats):
+        for _ in progress(range(repeats), "layers", unit="forward"):
             spent.clear()
             start = time.perf_counter()
             model(x)

@@ -22,6 +22,24 @@ def _load_str(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
 
+def machine_line(report: dict[str, Any]) -> str:
+    """Which machine a table came from: CPU, bf16-relevant flags, auto precision, load.
+
+    Older JSONs list only the flags present (``cpu_flags``) and lack the precision choice.
+    """
+    machine = report.get("machine") or {}
+    flags = machine.get("flags") or {f: f in (machine.get("cpu_flags") or [])
+                                     for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    marks = ", ".join(f"{name} {'yes' if have else 'no'}" for name, have in flags.items())
+    auto = (f"precision auto → {machine['precision_auto']} ({machine['precision_reason']})"
+            if machine.get("precision_auto") else "precision auto: not recorded")
+    load = machine.get("loadavg") or report.get("loadavg_start")
+    cores = machine.get("usable_cores")
+    return (f"Machine: {machine.get('cpu_model') or 'unknown CPU'}"
+            + (f", {cores} cores" if cores else "") + f"; flags: {marks}; {auto}"
+            + (f"; load {_load_str(load)} (1/5/15 min)" if load else "") + ".")
+
+
 def inference_tables(report: dict[str, Any], layers: dict[str, Any] | None = None) -> list[str]:
     """Headline run, targets and the variant table (``layers``: same-load peak ratio)."""
     s = report["summary"]
@@ -163,17 +181,19 @@ def main() -> int:
     out: list[str] = []
     inference = _load("inference")
     if inference:
-        out += inference_tables(inference, _load("layers")) + [""]
+        out += inference_tables(inference, _load("layers")) + [machine_line(inference), ""]
     compiled = _load("inference_compile")
     if compiled:
         out += compile_line(compiled)
     layers = _load("layers")
     if layers:
-        out += layers_table(layers) + [""]
+        out += layers_table(layers) + [machine_line(layers), ""]
     scaling = _load("scaling")
     if scaling:
-        out += scaling_table(scaling) + [""]
-    out += training_tables(_load("train_step"), _load("tiles"))
+        out += scaling_table(scaling) + [machine_line(scaling), ""]
+    step, tiles = _load("train_step"), _load("tiles")
+    out += training_tables(step, tiles)
+    out += [machine_line(r) for r in (step, tiles) if r]
     print("\n".join(out))
     return 0
 

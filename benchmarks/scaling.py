@@ -39,6 +39,8 @@ from _common import (
 )
 from inference import DEFAULT, run_config, scale_tile
 
+from mvfcnn.progress import progress
+
 FULL_SIZES = "1000x1000,2000x2000,4000x4000,7000x8000"
 QUICK_SIZES = "100x100,200x200,400x400"
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mvfcnn_scaling_") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for height, width in sizes:
+        for height, width in progress(sizes, "scaling", unit="size"):
             reused = None if args.no_reuse else reusable(height, width, args.quick)
             if reused is not None:
                 report["runs"].append(reused)

@@ -34,6 +34,8 @@ from _common import (
     write_result,
 )
 
+from mvfcnn.progress import progress
+
 
 def make_images(workdir: Path, count: int, side: int) -> Any:
     """``count`` SEM + label TIFFs of ``side`` px and the image table tile_index expects."""
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {}}
     with tempfile.TemporaryDirectory(prefix="mvfcnn_tiles_") as tmp:
         images = make_images(Path(tmp), args.images, side)
-        for size in sizes:
+        for size in progress(sizes, "tiles", unit="size"):
             for workers in (int(w) for w in args.workers.split(",")):
                 key = f"{size}_w{workers}"
                 report["runs"][key] = loader_rate(images, size=size, workers=workers,

@@ -35,6 +35,8 @@ from _common import (
     write_result,
 )
 
+from mvfcnn.progress import progress
+
 
 def measure(size: int, precision: str, layout: dict[str, Any], *, batch: int, iters: int,
             seed: int = 0) -> dict[str, Any]:
@@ -105,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(("torch",)), "loadavg_start": loadavg(), "runs": {}}
     common = ["--batch", str(args.batch), "--iters", str(args.iters), "--threads", str(threads)]
     common += ["--quick"] if args.quick else []
-    for size in sizes:
-        for precision in precisions:
-            key = f"{size}_{precision}"
-            report["runs"][key] = run_child(Path(__file__), ["--child", f"{size}:{precision}",
-                                                             *common])
-            print(f"{key}: {report['runs'][key]}", file=sys.stderr)
+    runs = [(size, precision) for size in sizes for precision in precisions]
+    for size, precision in progress(runs, "train_step", unit="run"):
+        key = f"{size}_{precision}"
+        report["runs"][key] = run_child(Path(__file__), ["--child", f"{size}:{precision}",
+                                                         *common])
+        print(f"{key}: {report['runs'][key]}", file=sys.stderr)
     report["summary"] = {
         str(size): {
             **{f"{p}_seconds_per_iter": report["runs"][f"{size}_{p}"]["seconds_per_iter"]

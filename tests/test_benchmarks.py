@@ -68,6 +68,29 @@ def test_matmul_peak_and_machine_info(bench) -> None:
     assert peak["best_tflops"] > 0 and peak["best_tflops"] >= peak["median_tflops"]
     info = bench.machine_info(("torch",))
     assert info["torch_threads"] >= 1 and info["logical_cores"] >= 1 and "cpu_flags" in info
+    assert set(info["flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert info["precision_auto"] in ("fp32", "bf16") and info["precision_reason"]
+    assert len(info["loadavg"]) == 3
+
+
+def test_report_names_the_machine(bench) -> None:
+    import report
+
+    new = {"machine": {"cpu_model": "AMD EPYC 9B45", "usable_cores": 2,
+                       "flags": {"avx2": True, "avx512f": True, "avx512_bf16": True,
+                                 "amx_bf16": False},
+                       "precision_auto": "bf16",
+                       "precision_reason": "CPU has avx512_bf16: bf16 autocast",
+                       "loadavg": [1.0, 0.5, 0.3]}}
+    assert report.machine_line(new) == (
+        "Machine: AMD EPYC 9B45, 2 cores; flags: avx2 yes, avx512f yes, avx512_bf16 yes, "
+        "amx_bf16 no; precision auto → bf16 (CPU has avx512_bf16: bf16 autocast); load "
+        "1.0/0.5/0.3 (1/5/15 min).")
+    old = {"machine": {"cpu_model": "AMD EPYC 7B13", "cpu_flags": ["avx2"]},
+           "loadavg_start": [2.0, 2.0, 2.0]}
+    assert report.machine_line(old) == (
+        "Machine: AMD EPYC 7B13; flags: avx2 yes, avx512f no, avx512_bf16 no, amx_bf16 no; "
+        "precision auto: not recorded; load 2.0/2.0/2.0 (1/5/15 min).")
 
 
 def test_train_step_and_loader_core(bench, tmp_path) -> None:

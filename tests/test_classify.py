@@ -120,6 +120,8 @@ def test_bundle_carries_what_classify_needs(files, classes):
     assert extra["metrics"]["object_accuracy"] == 0.5
     assert extra["model"]["stage"] == "8s" and extra["training"] == {"seed": 0}
     assert "git_commit" in extra and "mvfcnn_version" in extra
+    assert extra["precision_choice"]["precision"] == "fp32"  # INFERENCE asks for fp32
+    assert extra["precision_choice"]["requested"] == "fp32" and extra["precision_choice"]["reason"]
     bare = load_for_inference(files["model"])  # a bare fcn8s.pt works too, with defaults
     assert not bare.is_bundle and bare.inference["tile_size"] == 512 and bare.pixel_size_um is None
 
@@ -148,6 +150,7 @@ def test_cli_writes_every_output(classified):
     run = json.loads((classified / "run.json").read_text())
     assert run["object_source"] == "mask" and run["pixel_size_um"] == PIXEL_UM
     assert run["inference"] == INFERENCE and run["model"]["bundle"] is True
+    assert run["precision_choice"]["precision"] == "fp32" and run["precision_choice"]["reason"]
 
 
 def test_tables_are_consistent(classified, files, classes):
@@ -459,3 +462,21 @@ def test_cli_main_prints_one_line(files, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("mvfcnn classify: error: file ")
     assert "m.tif" in err
+
+
+def test_cli_precision_auto_is_resolved_and_recorded(files, tmp_path, capsys, monkeypatch):
+    from mvfcnn import runtime
+
+    # a CPU without native bf16: auto must pick fp32 and say why, in the log and in run.json
+    monkeypatch.setattr(runtime, "cpu_arch", lambda: "x86_64")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"sse2", "avx2"}))
+    out = tmp_path / "out"
+    assert classify_cli([str(files["sem"]), "--model", str(files["bundle"]), "--mask",
+                         str(files["mask"]), "--out", str(out), "--names", "a",
+                         "--precision", "auto", "--no-progress"]) == 0
+    run = json.loads((out / "a" / "run.json").read_text())
+    reason = "CPU lacks native bf16 (flags: avx2): fp32 + channels_last"
+    assert run["inference"]["precision"] == "auto"
+    assert run["precision_choice"] == {"precision": "fp32", "channels_last": True,
+                                       "reason": reason, "requested": "auto"}
+    assert f"precision fp32 (requested auto; {reason})" in capsys.readouterr().err

@@ -399,3 +399,15 @@ def test_cli_accepts_fit_tiles_and_threads(tmp_path, monkeypatch) -> None:
     expected = predict_image(model, image, tile_size=48, overlap=8, batch_size=2,
                              progress=False, preprocess=_float_input, fit_tiles=True)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s1.tif"), expected)
+
+
+def test_progress_lines_when_stderr_is_a_log(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MVFCNN_PROGRESS_INTERVAL", "0")  # a line per batch
+    image = np.random.default_rng(3).integers(0, 256, (64, 96), dtype=np.uint8)
+    n = len(tile_grid(64, 96, 32, 8))
+    predict_image(_integer_conv(radius=1, classes=3), image, tile_size=32, overlap=8,
+                  batch_size=n, progress=True, preprocess=_float_input, precision="fp32")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"predict: 0/{n} window"
+    assert lines[1].startswith(f"predict: {n}/{n} window (100%), ") and "ETA 0s" in lines[1]
+    assert lines[2].startswith(f"predict: done {n}/{n} window in ")

@@ -117,6 +117,7 @@ def test_pretrain_trunk_learns_loads_into_fcn_and_is_deterministic(tmp_path):
     second, _ = load_model(outs[1])
     assert meta["arch"] == "patch_classifier" and meta["kwargs"]["batch_norm"] is False
     assert meta["extra"]["classes"] == CLASSES.to_dict()
+    assert meta["extra"]["precision_choice"]["precision"] == "fp32"
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     fcn = build_fcn("32s", num_classes=3, pretrained=str(outs[0]), **FCN_CFG)

@@ -166,6 +166,8 @@ def test_training_run_outputs_and_stage_init(tmp_path, tiles):
     model, meta = load_model(model_path)
     assert meta["arch"] == "fcn32s" and meta["extra"]["classes"] == CLASSES.to_dict()
     assert meta["extra"]["tile_size"] == TILE and meta["extra"]["normalisation"] == "imagenet"
+    assert meta["extra"]["precision"] == "fp32"
+    assert meta["extra"]["precision_choice"]["requested"] == "fp32"
     # the trained model fits the training tiles better than the initial one (ln 2 everywhere);
     # judged on all tiles in eval mode, as the per-batch loss is too noisy at batch 4
     trained_loss = _dataset_loss(model, train)

@@ -8,7 +8,9 @@ those facts in its ``extra`` dict (same ``mvfcnn-model/1`` format: :func:`load_m
 
 Bundle ``extra`` keys (besides the training keys of ``fcn{stage}.pt``, kept under ``model``):
 ``bundle`` (format tag), ``classes``, ``normalisation``, ``tile_size`` (training),
-``inference``, ``masking``, ``pixel_size_um``, ``modality``, ``variant``, ``training``
+``inference``, ``precision_choice`` (what ``inference.precision`` resolved to on the machine
+that wrote the bundle, and why; classify resolves it again on its own machine, so ``auto``
+travels), ``masking``, ``pixel_size_um``, ``modality``, ``variant``, ``training``
 (``fcn``, ``variant``, ``tiles``, ``seed``), ``metrics`` (the run's metrics.json),
 ``git_commit``, ``git_dirty``, ``mvfcnn_version``.
 """
@@ -28,7 +30,7 @@ from mvfcnn.errors import InputError
 BUNDLE_FORMAT = "mvfcnn-bundle/1"
 #: inference settings for a bare model file (the schema's defaults of the `inference` section)
 INFERENCE_DEFAULTS: dict[str, Any] = {"tile_size": 512, "overlap": 64, "batch_size": 2,
-                                      "precision": "fp32", "tta_rotations": False}
+                                      "precision": "auto", "tta_rotations": False}
 #: object finding on a thresholded LOM for a bare model file (`masking` section defaults)
 MASKING_DEFAULTS: dict[str, Any] = {"threshold": None, "dark_is_foreground": True,
                                     "opening_radius": 1, "closing_radius": 2,
@@ -92,13 +94,17 @@ def bundle_extra(model_extra: dict[str, Any], *, classes: ClassSet, inference: d
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in inference]
     if missing:
         raise InputError(f"inference settings lack key(s) {missing}")
+    from mvfcnn.runtime import choose_precision, resolve_device
+
     commit, dirty = git_commit()
+    choice = choose_precision(str(inference["precision"]), resolve_device("auto"))
     return {
         "bundle": BUNDLE_FORMAT,
         "classes": classes.to_dict(),
         "normalisation": model_extra.get("normalisation", "imagenet"),
         "tile_size": model_extra.get("tile_size"),
         "inference": {**INFERENCE_DEFAULTS, **inference},
+        "precision_choice": choice.as_dict(),
         "masking": {**MASKING_DEFAULTS, **(masking or {})},
         "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
         "modality": modality,

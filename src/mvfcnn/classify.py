@@ -673,8 +673,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-size", type=int, help="override the bundle's inference tile size")
     parser.add_argument("--overlap", type=int, help="override the bundle's tile overlap")
     parser.add_argument("--batch-size", type=int, help="override the bundle's batch size")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                        help="override the bundle's inference precision")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="override the bundle's inference precision (auto: bf16 where the "
+                             "device computes it natively, else fp32)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; an inherited "
@@ -685,17 +686,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if args.threads:
-        import torch
+    from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads
 
-        torch.set_num_threads(args.threads)
-    from tqdm import tqdm
-
+    set_threads(args.threads)
     from mvfcnn.bundle import load_for_inference
     from mvfcnn.config import classes_from_json
     from mvfcnn.io import check_writable
+    from mvfcnn.progress import progress
 
     # --- check everything before the first output is written
     if args.threshold is not None and not args.lom:
@@ -728,6 +725,8 @@ def cli(argv: list[str]) -> int:
     if inference["tile_size"] < 32 or not 0 <= inference["overlap"] < inference["tile_size"]:
         raise InputError(f"need tile size >= 32 and 0 <= overlap < tile size, got "
                          f"{inference['tile_size']} / {inference['overlap']}")
+    device = str(resolve_device(args.device))
+    choice = choose_precision(str(inference["precision"]), device)
     pixel = args.pixel_size if args.pixel_size is not None else loaded.pixel_size_um
     if threshold is None:
         threshold = loaded.masking.get("threshold")
@@ -742,8 +741,8 @@ def cli(argv: list[str]) -> int:
         del image
 
     # --- classify, one image at a time
-    bar = tqdm(total=len(args.images), unit="image", desc="classify",
-               disable=args.no_progress or not sys.stderr.isatty())
+    announce("classify", choice, device)
+    bar = progress(len(args.images), "classify", unit="image", enabled=not args.no_progress)
     for image_path, name, mask_path, lom_path in zip(args.images, names, masks, loms,
                                                      strict=True):
         image = read_micrograph(image_path, gray=gray, value_range=value_range)
@@ -754,7 +753,7 @@ def cli(argv: list[str]) -> int:
             result = classify_image(image, loaded, mask=mask, lom=lom, lom_valid=valid,
                                     threshold=threshold, name=name, pixel_size_um=pixel,
                                     low_confidence_threshold=args.low_confidence,
-                                    inference=inference, device=args.device,
+                                    inference=inference, device=device,
                                     progress=not args.no_progress)
         except InputError as err:
             if err.path is None:
@@ -763,7 +762,8 @@ def cli(argv: list[str]) -> int:
         del mask, lom, valid
         info = {"image": str(image_path), "mask": mask_path, "lom": lom_path,
                 "lom_threshold": threshold if lom_path else None,
-                "inference": inference, "model": loaded.provenance()}
+                "inference": inference, "precision_choice": choice.as_dict(),
+                "model": loaded.provenance()}
         write_outputs(result, image, loaded.classes, Path(args.out) / name, info=info)
         counts = ", ".join(f"{row.class_name} {row.n_objects}"
                            for row in result.summary.itertuples() if row.n_objects)

@@ -19,7 +19,6 @@ the (padded) window area, so this removes work that the keep-centre stitching wo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 from mvfcnn.errors import InputError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_TILE = 32
 
 
@@ -96,14 +95,10 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: int, *,
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'."""
-    import torch
+    """'auto' -> 'cuda' when available, else 'cpu' (see :func:`mvfcnn.runtime.resolve_device`)."""
+    from mvfcnn.runtime import resolve_device as _resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return device
+    return str(_resolve(device))
 
 
 def _default_preprocess() -> Callable:
@@ -161,15 +156,18 @@ def predict_image(
     channels_last unless ``channels_last=False``) and moved to ``device``. ``preprocess`` turns a
     uint8 (B, C, h, w) tensor into the model's input (default:
     ``mvfcnn.models.preprocess.normalize_batch``). Windows are read lazily, so ``image`` may be
-    a np.memmap. ``precision`` "bf16"/"fp16" run under one torch.autocast context for the whole
-    image, so the low-precision weight copies are made once, not once per batch.
+    a np.memmap. ``precision`` "auto" is resolved by :func:`mvfcnn.runtime.choose_precision`;
+    "bf16"/"fp16" run under one torch.autocast context for the whole image, so the
+    low-precision weight copies are made once, not once per batch.
     ``tta_rotations`` averages the softmax over the 4 right-angle rotations. ``fit_tiles``
     shrinks the windows to fit the image (see the module docstring). ``timings``, if given,
     receives the seconds spent reading, in the network and stitching, plus the window count
     and shape (for benchmarks).
     """
     import torch
-    from tqdm import tqdm
+
+    from mvfcnn.progress import progress as _progress
+    from mvfcnn.runtime import autocast, choose_precision
 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -192,16 +190,13 @@ def predict_image(
 
     model.eval()
     model.to(device=device, memory_format=memory_format)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    device_type = torch.device(device).type
+    choice = choose_precision(precision, device)
     # no_grad, not inference_mode: autocast caches its weight casts only outside inference mode
-    amp = (torch.autocast(device_type=device_type, dtype=autocast_dtype)
-           if autocast_dtype is not None else contextlib.nullcontext())
+    amp = autocast(device, choice.precision, cpu_fp16=True)
 
     out = np.empty((height, width), dtype=np.uint8)
     probs: np.ndarray | None = None
-    bar = tqdm(total=len(tiles), unit="tile", desc="predict", leave=False,
-               disable=not progress or not sys.stderr.isatty())
+    bar = _progress(len(tiles), "predict", unit="window", enabled=progress)
 
     with torch.no_grad(), amp:
         for group in _batches(tiles, batch_size):
@@ -240,7 +235,8 @@ def predict_image(
     bar.close()
     if timings is not None:
         timings.update({f"{k}_s": v for k, v in clock.items()})
-        timings.update({"tiles": len(tiles), "tile_h": shape[0], "tile_w": shape[1]})
+        timings.update({"tiles": len(tiles), "tile_h": shape[0], "tile_w": shape[1],
+                        "precision": choice.precision, "precision_reason": choice.reason})
     if return_probs:
         return out, probs
     return out
@@ -289,7 +285,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--params-json", required=True,
                         help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
-                             "precision (fp32|bf16|fp16), tta_rotations, fit_tiles")
+                             "precision (auto|fp32|bf16|fp16), tta_rotations, fit_tiles")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
@@ -298,19 +294,18 @@ def cli(argv: list[str]) -> int:
                         help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
                              "inherited OMP_NUM_THREADS=1 would cut to one core)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
     from mvfcnn.io import read_image, write_image
+    from mvfcnn.runtime import announce, choose_precision, set_threads
 
+    set_threads(args.threads)
     params = _parse_params(args.params_json)
+    device = resolve_device(args.device)
+    announce(f"predict {args.sample}", choose_precision(params["precision"], device), device)
     image = read_image(args.image, sample=args.sample)
     model, _meta = _load_model(args.model)
     start = time.perf_counter()
     try:
-        result = predict_image(model, image, device=args.device, return_probs=bool(args.out_probs),
+        result = predict_image(model, image, device=device, return_probs=bool(args.out_probs),
                                progress=not args.no_progress, **params)
     except InputError as err:
         raise InputError(str(err), sample=args.sample, path=args.image) from err

@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_norm": True,
     "include_matrix": True,
     "augment": True,
-    "precision": "bf16",
+    "precision": "auto",
     "device": "auto",
     "progress": True,
 }
@@ -137,12 +137,12 @@ def pretrain_trunk(
     out_png: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train the patch classifier, fold its BatchNorm, save it (a ``pretrained:`` file)."""
-    from tqdm import tqdm
-
     from mvfcnn.models.io import save_model
     from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
     from mvfcnn.models.preprocess import normalize_batch
-    from mvfcnn.training import autocast, deterministic, resolve_device
+    from mvfcnn.progress import progress
+    from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
+    from mvfcnn.training import deterministic
 
     cfg = {**DEFAULTS, **cfg}
     if cfg["head"] == "fc7" and int(cfg["patch_size"]) < 224:
@@ -152,8 +152,11 @@ def pretrain_trunk(
         raise InputError(f"need one labels file per image, got {len(images)} images and "
                          f"{len(labels)} labels")
     dev = resolve_device(str(cfg["device"]))
-    precision = str(cfg["precision"])
+    choice = choose_precision(str(cfg["precision"]), dev)
+    precision = choice.precision
     autocast(dev, precision)  # validates before any work
+    announce("pretrain-trunk", choice, dev)
+    memory_format = choice.memory_format()
     arrays = [read_image(p) for p in images]
     label_arrays = [read_labels(p) for p in labels]
     wanted = list(range(classes.num_classes)) if cfg["include_matrix"] else list(
@@ -171,15 +174,14 @@ def pretrain_trunk(
         model = patch_classifier(num_classes=classes.num_classes, width=float(fcn_cfg["width"]),
                                  fc_channels=int(fcn_cfg["fc_channels"]),
                                  batch_norm=bool(cfg["batch_norm"]), head=str(cfg["head"]))
-        model.to(dev, memory_format=torch.channels_last).train()
+        model.to(dev, memory_format=memory_format).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
-        bar = tqdm(total=iterations, unit="it", desc="pretrain", leave=False,
-                   disable=not cfg["progress"] or not sys.stderr.isatty())
+        bar = progress(iterations, "pretrain", enabled=bool(cfg["progress"]))
         for iteration in range(1, iterations + 1):
             tick = time.perf_counter()
             x, y = sampler.draw(batch_size)
-            x = normalize_batch(x.to(dev)).contiguous(memory_format=torch.channels_last)
+            x = normalize_batch(x.to(dev)).contiguous(memory_format=memory_format)
             y = y.to(dev)
             with autocast(dev, precision):
                 scores = model(x)
@@ -190,8 +192,8 @@ def pretrain_trunk(
             accuracy = float((scores.argmax(1) == y).float().mean())
             rows.append({"iteration": iteration, "loss": loss.item(), "accuracy": accuracy,
                          "seconds": time.perf_counter() - tick})
-            bar.update(1)
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{accuracy:.2f}")
+            bar.update(1)
         bar.close()
         model.eval()
         fold_batch_norm(model)
@@ -199,6 +201,7 @@ def pretrain_trunk(
     tail = frame.tail(max(1, min(50, len(frame) // 4)))
     extra = {"classes": classes.to_dict(), "purpose": "trunk pretraining (pretrained: patches)",
              "pretrain": {k: v for k, v in cfg.items() if k != "progress"},
+             "precision_choice": choice.as_dict(),
              "seed": int(seed), "images": [str(p) for p in images],
              "final_loss": float(tail["loss"].mean()) if len(tail) else float("nan"),
              "final_accuracy": float(tail["accuracy"].mean()) if len(tail) else float("nan")}
@@ -250,8 +253,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out-png", default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from mvfcnn.runtime import set_threads
+
+    set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     try:

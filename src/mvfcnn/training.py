@@ -83,12 +83,14 @@ from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.data import TileDataset, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, write_table
+from mvfcnn.progress import progress
+from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
+from mvfcnn.runtime import set_threads as _set_threads
 
 log = logging.getLogger(__name__)
 
 STAGES = ("32s", "16s", "8s")
 LOSSES = ("mean", "sum")
-PRECISIONS = ("fp32", "bf16", "fp16")
 CSV_COLUMNS = ["iteration", "loss", "lr", "seconds", "pixel_accuracy", "mean_iu"]
 DEFAULTS: dict[str, Any] = {
     "width": 1.0,
@@ -102,7 +104,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": "mean",
     "optimizer": "sgd",
     "class_weighting": "none",
-    "precision": "fp32",
+    "precision": "auto",
     "checkpoint_every": 0,
     "validate_every": 0,
     "num_workers": 0,
@@ -191,29 +193,7 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay
     raise InputError(f"fcn.optimizer must be 'sgd' or 'adam', got {kind!r}")
 
 
-# --------------------------------------------------------------------------- device & precision
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return resolved
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context: bf16 on CPU/CUDA, fp16 on CUDA only, fp32 = none."""
-    if precision not in PRECISIONS:
-        raise InputError(f"fcn.precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise InputError("fcn.precision fp16 needs a CUDA device; use bf16 (or fp32) on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+# --------------------------------------------------------------------------- determinism
 
 
 @contextlib.contextmanager
@@ -503,7 +483,13 @@ def train_stage(
     if loss_kind not in LOSSES:
         raise InputError(f"fcn.loss must be one of {LOSSES}, got {loss_kind!r}")
     dev = resolve_device(device)
+    choice = choose_precision(precision, dev)
+    precision = choice.precision
     autocast(dev, precision)  # validates precision/device before any work
+    announce(f"train-fcn {stage}", choice, dev)
+    # the fingerprint sees what the weights were computed in, not "auto"
+    cfg = {**cfg, "precision": precision}
+    memory_format = choice.memory_format()
     checkpoint_every, validate_every = int(cfg["checkpoint_every"]), int(cfg["validate_every"])
     checkpoint_dir = Path(checkpoint_dir)
     t0 = time.perf_counter()
@@ -513,7 +499,7 @@ def train_stage(
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         model = build_stage_model(stage, classes=classes, cfg=cfg, variant=variant, parent=parent)
-        model.to(dev, memory_format=torch.channels_last).train()
+        model.to(dev, memory_format=memory_format).train()
         optimizer = make_optimizer(model, lr=lr, momentum=float(cfg["momentum"]),
                                    weight_decay=float(cfg["weight_decay"]),
                                    bias_lr_mult=float(cfg["bias_lr_mult"]),
@@ -561,15 +547,12 @@ def train_stage(
                          num_workers=int(cfg["num_workers"]), pin=dev.type == "cuda")
         recent: deque[float] = deque(maxlen=20)
         recent.extend(float(r["loss"]) for r in rows[-20:])
-        from tqdm import tqdm
-
-        bar = tqdm(total=iterations, initial=start, desc=f"fcn{stage}", file=sys.stderr,
-                   disable=not cfg["progress"], dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        bar = progress(iterations, f"fcn{stage}", initial=start,
+                       enabled=bool(cfg["progress"]))
         iteration, tick = start, time.perf_counter()
         for images, labels in loader:
             x = normalize_batch(images.to(dev, non_blocking=True))
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             labels = labels.to(dev, non_blocking=True)
             with autocast(dev, precision):
                 logits = model(x)
@@ -595,14 +578,15 @@ def train_stage(
                 log.info("iteration %d: loss %.4f, validation pixel accuracy %.4f, mean IU "
                          "%.4f", iteration, mean_loss, row["pixel_accuracy"], row["mean_iu"])
             rows.append(row)
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             bar.update(1)
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
             if checkpoint_every > 0 and iteration % checkpoint_every == 0 \
                     and iteration < iterations:
                 save_checkpoint(checkpoint_dir, iteration, {
                     "fingerprint": fingerprint, "iteration": iteration,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": _rng_state(), "rows": rows})
+                    "scaler": scaler.state_dict(), "rng": _rng_state(), "rows": rows,
+                    "precision_choice": choice.as_dict()})
                 _write_rows(checkpoint_dir / "progress.csv", rows)
             tick = time.perf_counter()
         bar.close()
@@ -612,6 +596,7 @@ def train_stage(
         "classes": classes.to_dict(), "stage": stage, "iterations": iterations,
         "variant": dict(variant), "normalisation": "imagenet", "tile_size": int(train_set.size),
         "batch_size": batch_size, "loss": loss_kind, "lr": lr, "precision": precision,
+        "precision_choice": choice.as_dict(),
         "seed": int(seed), "parent": str(parent) if parent is not None else None,
         "n_tiles": int(len(train_set)), "final_loss": final_loss,
     }
@@ -674,8 +659,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (e.g. {threads}; default: torch's)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
 

@@ -168,13 +168,15 @@ def decaf_features(
     """(N, 4096) float32 VGG19 fc7 features of (N, S, S) uint8 grey crops (S >= 32).
 
     ``extractor`` (a :func:`mvfcnn.models.vgg_classifier.vgg19_features` module) is built from
-    ``pretrained`` when not given. ``precision="bf16"`` runs under CPU/CUDA autocast.
+    ``pretrained`` when not given. ``precision`` "auto" follows :mod:`mvfcnn.runtime`; "bf16" runs
+    under CPU/CUDA autocast.
     """
     import torch
-    from tqdm import tqdm
 
     from mvfcnn.models.preprocess import normalize_batch
     from mvfcnn.models.vgg_classifier import FC7_DIM, vgg19_features
+    from mvfcnn.progress import progress as _progress
+    from mvfcnn.runtime import autocast, choose_precision
 
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -183,13 +185,15 @@ def decaf_features(
         extractor = vgg19_features(pretrained=pretrained, progress=progress)
     extractor = extractor.to(device).eval()
     out = np.empty((len(images), FC7_DIM), dtype=np.float32)
-    autocast = precision == "bf16"
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    resolved = choose_precision(precision, device).precision
+    resolved = resolved if resolved in ("fp32", "bf16") else "fp32"
     starts = range(0, len(images), batch_size)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="DeCAF fc7", unit="batch", disable=not progress):
+        for start in _progress(starts, "DeCAF fc7", unit="batch", enabled=progress):
             batch = torch.from_numpy(images[start:start + batch_size][:, None]).to(device)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=autocast):
+            with autocast(device, resolved):
                 feats = extractor(normalize_batch(batch))
             out[start:start + len(batch)] = feats.float().cpu().numpy()
     return out

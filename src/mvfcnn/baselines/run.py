@@ -41,7 +41,7 @@ from mvfcnn.errors import InputError
 
 #: config ``baselines`` defaults (CPU-sized; config/paper.yaml holds the paper's values)
 DEFAULTS: dict[str, Any] = {
-    "precision": "fp32",
+    "precision": "auto",
     "device": "auto",
     "svm": {"C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma_factor": [0.01, 0.1, 1.0, 10.0],
             "folds": 5},
@@ -107,13 +107,24 @@ def _augment(batch: Any, rng: np.random.Generator) -> Any:
     return torch.stack(out)
 
 
-def _autocast(device: str, precision: str) -> Any:
-    import torch
+def _resolve_precision(device: str, precision: str) -> str:
+    """fp32 or bf16 for this device ("auto": :func:`mvfcnn.runtime.choose_precision`)."""
+    from mvfcnn.runtime import choose_precision
 
-    if precision not in ("fp32", "bf16"):
-        raise InputError(f"baselines.precision must be fp32 or bf16, got {precision!r}")
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+    resolved = choose_precision(_check_precision(precision), device).precision
+    return resolved if resolved in ("fp32", "bf16") else "fp32"
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"baselines.precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
+def _autocast(device: str, precision: str) -> Any:
+    from mvfcnn.runtime import autocast
+
+    return autocast(device, precision)
 
 
 def train_network(
@@ -135,7 +146,8 @@ def train_network(
 ) -> list[dict[str, float]]:
     """Plain SGD on (N, S, S) uint8 crops; returns per-epoch mean loss and training accuracy."""
     import torch
-    from tqdm import tqdm
+
+    from mvfcnn.progress import progress
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -147,7 +159,8 @@ def train_network(
     history = []
     n = len(x_all)
     steps = max(1, -(-n // batch_size))
-    bar = tqdm(total=epochs * steps, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    precision = _resolve_precision(device, precision)
+    bar = progress(epochs * steps, desc, unit="step")
     for epoch in range(epochs):
         order = rng.permutation(n)
         total_loss, correct = 0.0, 0
@@ -178,6 +191,7 @@ def predict_network(model: Any, images: np.ndarray, *, preprocess: Callable[[Any
     """(labels, max softmax probability) of (N, S, S) uint8 crops."""
     import torch
 
+    precision = _resolve_precision(device, precision)
     model.to(device).eval()
     labels, confidence = [], []
     x_all = torch.from_numpy(np.ascontiguousarray(images))[:, None]
@@ -244,6 +258,13 @@ def run_baseline(
     n_classes = len(classes.foreground)
     info: dict[str, Any] = {"method": method, "n_train": len(train), "n_test": len(test),
                             "crop_size": int(train.images.shape[-1])}
+    if method != "handcrafted_svm":
+        from mvfcnn.runtime import announce, choose_precision
+
+        choice = choose_precision(_check_precision(p["precision"]), device)
+        p["precision"] = _resolve_precision(device, choice.precision)
+        info["precision_choice"] = choice.as_dict()
+        announce(f"train-baseline {method}", choice, device)
     t0 = time.perf_counter()
     if method in ("handcrafted_svm", "vgg19_svm"):
         from mvfcnn.baselines.svm import fit_svm
@@ -351,14 +372,14 @@ def cli(argv: list[str]) -> int:
         raise InputError(f"bad --classes-json / --params-json ({err})") from err
     train, test = CropSet.load(args.train), CropSet.load(args.test)
     _check_sets(train, test, args.modality)
-    from mvfcnn.inference import resolve_device
+    from mvfcnn.runtime import resolve_device
 
     p = merged_params(params)
-    device = resolve_device(args.device or p.get("device", "auto"))
+    device = str(resolve_device(args.device or p.get("device", "auto")))
     if args.threads and args.method != "handcrafted_svm":
-        import torch
+        from mvfcnn.runtime import set_threads
 
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     frame, info, model = run_baseline(args.method, train, test, classes, params=params,
                                       seed=args.seed, device=device)
     from mvfcnn.evaluate import write_evaluation
