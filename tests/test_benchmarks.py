@@ -100,8 +100,9 @@ def test_train_step_and_loader_core(bench, tmp_path) -> None:
 
     torch.set_num_threads(1)
     step = train_step.measure(64, "fp32", bench.QUICK_LAYOUT, batch=1, iters=1)
+    # seconds_per_iter is rounded to 1 ms: allow that rounding in the reciprocal
     assert step["seconds_per_iter"] > 0 and step["tiles_per_s"] == pytest.approx(
-        1 / step["seconds_per_iter"], rel=0.01)
+        1 / step["seconds_per_iter"], rel=0.0006 / step["seconds_per_iter"] + 0.001)
     images = tiles.make_images(tmp_path, 2, 160)
     rate = tiles.loader_rate(images, size=64, workers=0, batch=2, n_batches=3)
     assert rate["tiles_read"] == 6 and rate["rotations"] == [0, 1, 2, 3]
