@@ -123,7 +123,7 @@ def sample_sheet(cfg: dict[str, Any], outdir: str, classes: ClassSet) -> pd.Data
             add(f"{split}_mixed_{i}", split, "")
     for i in range(int(cfg["predict_images"])):
         add(f"predict_{i}", "predict", "")
-    frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS).astype(str)
+    frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS).fillna("").astype(str)
     dupes = sorted(frame.loc[frame["sample"].duplicated(), "sample"].unique())
     if dupes:
         raise InputError(f"synthetic sample names collide {dupes}: rename the class(es)")
