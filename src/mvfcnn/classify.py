@@ -357,16 +357,15 @@ def classify_image(image: np.ndarray, loaded: LoadedModel, *, mask: np.ndarray |
 
 
 def _display_lut(image: np.ndarray) -> np.ndarray:
-    """uint8 -> uint8 contrast stretch to the 0.5-99.5 percentiles of a subsample."""
+    """uint8 -> uint8 lookup table: :func:`mvfcnn.io.contrast_stretch` of the 256 grey levels by
+    the percentiles of a ~1 MP subsample (a whole large image is never copied)."""
     from mvfcnn.data import to_uint8
+    from mvfcnn.io import contrast_stretch
 
     step = max(1, int(math.sqrt(image.shape[0] * image.shape[1] / 1e6)))
     sample = to_uint8(np.asarray(image[::step, ::step]))
-    lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0, 255)
     levels = np.arange(256, dtype=np.float32)
-    if hi <= lo:
-        return levels.astype(np.uint8)
-    return np.clip((levels - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
+    return contrast_stretch(levels, sample, top=255.0).round().astype(np.uint8)
 
 
 def overlay(image: np.ndarray, object_ids: np.ndarray, object_classes: np.ndarray,

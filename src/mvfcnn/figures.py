@@ -119,16 +119,13 @@ def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
 
 def display_gray(image: np.ndarray) -> np.ndarray:
     """Any 8/16-bit/float grey or RGB image -> float [0, 1] for imshow, contrast-stretched
-    to the 0.5-99.5 percentiles so dim LOM and 16-bit SEM are visible."""
-    from mvfcnn.io import to_unit_float
+    by :func:`mvfcnn.io.contrast_stretch`."""
+    from mvfcnn.io import contrast_stretch, to_unit_float
 
     data = to_unit_float(np.asarray(image))
     if data.ndim == 3:
         data = data[..., :3]
-    lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
-    if hi <= lo:
-        return np.clip(data, 0, 1)
-    return np.clip((data - lo) / (hi - lo), 0, 1)
+    return contrast_stretch(data)
 
 
 def colorize(class_map: np.ndarray, classes: ClassSet, *,
