@@ -24,6 +24,7 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.inference import window_starts
 
 FIGURES = {
     "fig4": "fig4_examples.png",
@@ -235,15 +236,6 @@ def _row_label(ax, text: str, rgb: tuple[int, int, int] | None = None) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Patch search
-
-
-def window_starts(length: int, size: int, step: int) -> list[int]:
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, step))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
 
 
 def _crop(array: np.ndarray, y: int, x: int, size: int) -> np.ndarray:

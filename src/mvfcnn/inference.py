@@ -44,6 +44,14 @@ class Tile(NamedTuple):
     keep_x1: int
 
 
+def window_starts(length: int, size: int, step: int) -> list[int]:
+    """Starts of ``size`` windows along an axis of ``length``: every ``step`` from 0, and the
+    last one flush with the end (``length - size``); one window at 0 when the axis fits in it."""
+    if length <= size:
+        return [0]
+    return list(range(0, length - size, step)) + [length - size]
+
+
 def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, int, int]]:
     """Windows along one axis as (start, keep_start, keep_stop).
 
@@ -58,8 +66,7 @@ def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, i
         raise InputError(f"image axis of length {length}")
     if length <= tile_size:
         return [(0, 0, length)]
-    stride = tile_size - overlap
-    starts = list(range(0, length - tile_size, stride)) + [length - tile_size]
+    starts = window_starts(length, tile_size, tile_size - overlap)
     cuts = [0] + [(a + tile_size + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
     cuts.append(length)
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
