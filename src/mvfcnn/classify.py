@@ -35,7 +35,7 @@ import pandas as pd
 from mvfcnn.bundle import LoadedModel
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
-from mvfcnn.metrics import NOT_SEGMENTED, NOT_SEGMENTED_NAME
+from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OBJECT_COLUMNS = ["object_id", "class", "class_name", "vote_share", "area_px", "area_um2",
@@ -235,7 +235,7 @@ def class_summary(objects: pd.DataFrame, class_map: np.ndarray, classes: ClassSe
     scale = np.nan if pixel_size_um is None else float(pixel_size_um)
     rows = []
     groups = [(i, classes.names[i]) for i in classes.foreground]
-    groups.append((NOT_SEGMENTED, NOT_SEGMENTED_NAME))
+    groups.append((NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL))
     in_objects = int(objects["area_px"].sum())
     rows.append({"class": 0, "class_name": classes.names[0], "n_objects": 0,
                  "area_px": total - in_objects, "pixel_fraction": pixels[0] / total})
@@ -486,7 +486,7 @@ def size_distribution_png(objects: pd.DataFrame, classes: ClassSet, *, title: st
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("objects", fontsize=7)
-    missed = int((objects["class"] == NOT_SEGMENTED).sum())
+    missed = int((objects["class"] == NOT_SEGMENTED_INDEX).sum())
     fig.suptitle(f"{title}: size distribution per class"
                  + (f" ({missed} object(s) not segmented)" if missed else ""), fontsize=9)
     fig.tight_layout()
@@ -510,7 +510,7 @@ def preview_png(picture: np.ndarray, summary: pd.DataFrame, classes: ClassSet, *
     small = picture[::step, ::step]
     height, width = small.shape[:2]
     rgb = dict(zip(classes.indices, classes.rgb(), strict=True))
-    rgb[NOT_SEGMENTED] = NOT_SEGMENTED_RGB
+    rgb[NOT_SEGMENTED_INDEX] = NOT_SEGMENTED_RGB
     handles = []
     for row in summary.itertuples(index=False):
         if row[0] == 0:
@@ -572,7 +572,7 @@ def write_outputs(result: Classification, image: np.ndarray, classes: ClassSet,
         "n_objects": len(result.objects),
         "n_low_confidence": len(result.low_confidence),
         "objects_per_class": {name: int(counts.get(name, 0))
-                              for name in [*classes.names[1:], NOT_SEGMENTED_NAME]},
+                              for name in [*classes.names[1:], NOT_SEGMENTED_LABEL]},
         "classes": classes.to_dict()["classes"],
         "ome_tiff": {"channels": ["pixel_class", "object_class"],
                      "object_class_not_segmented": NOT_SEGMENTED_VALUE,
