@@ -185,9 +185,10 @@ def equivalent_diameter(area: np.ndarray | pd.Series) -> np.ndarray:
     return np.sqrt(4.0 * np.asarray(area, dtype=np.float64) / math.pi)
 
 
-def object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet,
-                 pixel_size_um: float | None = None) -> pd.DataFrame:
-    """One row per object: max-voted class (``mvfcnn.voting.vote``) and geometry.
+def voted_object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet,
+                       pixel_size_um: float | None = None) -> pd.DataFrame:
+    """One row per object: max-voted class (``mvfcnn.voting.vote``) and geometry in px and µm
+    (``OBJECT_COLUMNS``); built on :func:`mvfcnn.objects.object_table`, the geometry table.
 
     µm columns are empty (NaN) without a pixel size.
     """
@@ -315,7 +316,7 @@ def analyse(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet, *,
     """Tables of one image from its class map and object ids (no network involved)."""
     if class_map.shape != object_ids.shape:
         raise InputError(f"class map {class_map.shape} and object ids {object_ids.shape} differ")
-    objects = object_table(class_map, object_ids, classes, pixel_size_um)
+    objects = voted_object_table(class_map, object_ids, classes, pixel_size_um)
     return Classification(
         name=name, class_map=class_map, object_ids=object_ids, objects=objects,
         summary=class_summary(objects, class_map, classes, pixel_size_um),
