@@ -713,10 +713,7 @@ def cli(argv: list[str]) -> int:
     loms = _per_image(args.lom, args.images, "--lom")
     classes = None
     if args.classes_json:
-        try:
-            classes = classes_from_json(args.classes_json)
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"bad --classes-json ({err})") from err
+        classes = classes_from_json(args.classes_json)
     loaded = load_for_inference(args.model, classes)
     overrides = {k: v for k, v in {"tile_size": args.tile_size, "overlap": args.overlap,
                                    "batch_size": args.batch_size,

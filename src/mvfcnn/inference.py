@@ -19,7 +19,6 @@ the (padded) window area, so this removes work that the keep-centre stitching wo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -265,10 +264,9 @@ def _load_model(path: str):
 
 
 def _parse_params(text: str) -> dict:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json is not valid JSON ({err})") from err
+    from mvfcnn.config import json_arg
+
+    params = json_arg(text, "--params-json")
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in params]
     if missing:
         raise InputError(f"--params-json lacks key(s) {missing}")

@@ -9,7 +9,6 @@ classes go to the LOWEST class index (``argmax`` order), which keeps the result 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pandas as pd
@@ -128,10 +127,7 @@ def cli(argv: list[str]) -> int:
 
     from mvfcnn.io import read_image, write_table
 
-    try:
-        classes = classes_from_json(args.classes_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"bad --classes-json ({err})") from err
+    classes = classes_from_json(args.classes_json)
     pred = read_image(args.pred, sample=args.sample)
     ids = read_image(args.objects_ids, sample=args.sample)
     if pred.ndim != 2 or ids.ndim != 2:
