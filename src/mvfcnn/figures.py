@@ -731,9 +731,9 @@ def cli(argv: list[str]) -> int:
         prog="mvfcnn figures",
         description="The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours from "
                     "the config). Missing inputs give a placeholder PNG with a note.")
-    parser.add_argument("--results-dir", default="results", help="workflow results folder")
-    parser.add_argument("--config-json", required=True,
-                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+    from mvfcnn.tables import add_report_args, load_config_arg
+
+    add_report_args(parser)
     parser.add_argument("--outdir", default="results/figures", help="output folder")
     parser.add_argument("--which", nargs="+", choices=list(FIGURES), default=None,
                         help="figures to make (default: all)")
@@ -741,9 +741,6 @@ def cli(argv: list[str]) -> int:
                         help="model file for fig8b (default: the best SEM variant's final stage)")
     parser.add_argument("--patch", type=int, default=PATCH, help="patch size of the crops, px")
     args = parser.parse_args(argv)
-
-    from mvfcnn.tables import load_config_arg
-
     config = load_config_arg(args.config_json)
     ctx = make_context(args.results_dir, config)
     written = write_figures(ctx, args.outdir, args.which, model=args.model, patch=args.patch)

@@ -933,14 +933,19 @@ def load_config_arg(text: str) -> dict[str, Any]:
         raise InputError(f"cannot parse config ({err})", path=path) from err
 
 
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    """The inputs every report CLI (tables, figures) reads: --results-dir and --config-json."""
+    parser.add_argument("--results-dir", default="results", help="workflow results folder")
+    parser.add_argument("--config-json", required=True,
+                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+
+
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mvfcnn tables",
         description="Tables 1-6 of the paper with our numbers beside the paper's, and "
                     "summary.md. Missing runs give rows with an empty 'ours'.")
-    parser.add_argument("--results-dir", default="results", help="workflow results folder")
-    parser.add_argument("--config-json", required=True,
-                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+    add_report_args(parser)
     parser.add_argument("--paper", default="workflow/resources/paper_tables.yaml",
                         help="the paper's numbers (YAML)")
     parser.add_argument("--outdir", default="results/tables", help="output folder")
