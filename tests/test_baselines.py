@@ -278,3 +278,17 @@ def test_train_baseline_rejects_wrong_modality(tmp_path, tiny_npz):
              "--test", str(tiny_npz[1]), "--classes-json", json.dumps(CLASSES),
              "--out-metrics", str(tmp_path / "m"), "--out-objects", str(tmp_path / "o"),
              "--out-confusion", str(tmp_path / "c")])
+
+
+def test_schema_lists_the_package_methods(repo_root):
+    """The workflow takes its method names from mvfcnn.baselines; the schema enum and default
+    (config validation) must name the same methods, in the same order."""
+    import yaml
+
+    from mvfcnn.baselines import METHODS, NETWORK_METHODS
+
+    schema = yaml.safe_load((repo_root / "workflow/schemas/config.schema.yaml").read_text())
+    entry = schema["properties"]["run"]["properties"]["baselines"]
+    assert tuple(entry["items"]["enum"]) == METHODS
+    assert tuple(entry["default"]) == METHODS
+    assert set(NETWORK_METHODS) <= set(METHODS)

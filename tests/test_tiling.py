@@ -13,7 +13,7 @@ from mvfcnn.config import ClassSet
 from mvfcnn.data import TileDataset, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.tiling import (
-    TILE_COLUMNS,
+    TILE_INDEX_COLUMNS,
     build_image_table,
     choose_stride,
     count_windows,
@@ -55,7 +55,7 @@ def test_unbalanced_counts_and_columns():
     # one 1000x1000 A, three B, size 200, stride 100: 9 * 9 = 81 per image
     spec = [("a1", 1000, 1000, "A")] + [(f"b{i}", 1000, 1000, "B") for i in range(3)]
     index = tile_index(_images(spec), size=200, stride=100, balanced=False, augment=False)
-    assert list(index.tiles.columns) == TILE_COLUMNS
+    assert list(index.tiles.columns) == TILE_INDEX_COLUMNS
     assert index.counts == {"A": 81, "B": 243}
     assert index.strides == {"A": 100, "B": 100}
     assert set(index.tiles["rot"]) == {0}
@@ -147,7 +147,7 @@ def test_build_image_table_and_cli(tmp_path):
                "--out-summary", str(summary)])
     assert rc == 0
     tiles = pd.read_csv(out)
-    assert list(tiles.columns) == TILE_COLUMNS
+    assert list(tiles.columns) == TILE_INDEX_COLUMNS
     assert len(tiles) == 2 * 4 * count_windows(64, 80, 32, 16)  # 2 images x 4 rot x 3*4
     assert json.loads(summary.read_text())["classes"]["A"]["stride"] == 16
     with pytest.raises(InputError, match="unknown class"):

@@ -18,7 +18,6 @@ travels), ``masking``, ``pixel_size_um``, ``modality``, ``variant``, ``training`
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,13 +191,6 @@ def load_for_inference(path: str | Path, classes: ClassSet | None = None) -> Loa
                        modality=extra.get("modality"), is_bundle=is_bundle, extra=extra)
 
 
-def _json_arg(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{name} is not valid JSON ({err})") from err
-
-
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mvfcnn bundle",
@@ -219,20 +211,17 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="bundle file to write")
     args = parser.parse_args(argv)
 
-    from mvfcnn.config import classes_from_json
+    from mvfcnn.config import classes_from_json, json_arg
     from mvfcnn.io import read_json
 
-    try:
-        classes = classes_from_json(args.classes_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"bad --classes-json ({err})") from err
+    classes = classes_from_json(args.classes_json)
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be > 0, got {args.pixel_size}")
     metrics = read_json(args.metrics) if args.metrics else None
     write_bundle(args.model, args.out, classes=classes,
-                 inference=_json_arg(args.inference_json, "--inference-json"),
-                 masking=_json_arg(args.masking_json, "--masking-json"),
-                 training=_json_arg(args.training_json, "--training-json"),
+                 inference=json_arg(args.inference_json, "--inference-json"),
+                 masking=json_arg(args.masking_json, "--masking-json"),
+                 training=json_arg(args.training_json, "--training-json"),
                  pixel_size_um=args.pixel_size, modality=args.modality, variant=args.variant,
                  metrics=metrics)
     return 0

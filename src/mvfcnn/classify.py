@@ -35,7 +35,7 @@ import pandas as pd
 from mvfcnn.bundle import LoadedModel
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
-from mvfcnn.metrics import NOT_SEGMENTED, NOT_SEGMENTED_NAME
+from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OBJECT_COLUMNS = ["object_id", "class", "class_name", "vote_share", "area_px", "area_um2",
@@ -185,9 +185,10 @@ def equivalent_diameter(area: np.ndarray | pd.Series) -> np.ndarray:
     return np.sqrt(4.0 * np.asarray(area, dtype=np.float64) / math.pi)
 
 
-def object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet,
-                 pixel_size_um: float | None = None) -> pd.DataFrame:
-    """One row per object: max-voted class (``mvfcnn.voting.vote``) and geometry.
+def voted_object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet,
+                       pixel_size_um: float | None = None) -> pd.DataFrame:
+    """One row per object: max-voted class (``mvfcnn.voting.vote``) and geometry in px and µm
+    (``OBJECT_COLUMNS``); built on :func:`mvfcnn.objects.object_table`, the geometry table.
 
     µm columns are empty (NaN) without a pixel size.
     """
@@ -235,7 +236,7 @@ def class_summary(objects: pd.DataFrame, class_map: np.ndarray, classes: ClassSe
     scale = np.nan if pixel_size_um is None else float(pixel_size_um)
     rows = []
     groups = [(i, classes.names[i]) for i in classes.foreground]
-    groups.append((NOT_SEGMENTED, NOT_SEGMENTED_NAME))
+    groups.append((NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL))
     in_objects = int(objects["area_px"].sum())
     rows.append({"class": 0, "class_name": classes.names[0], "n_objects": 0,
                  "area_px": total - in_objects, "pixel_fraction": pixels[0] / total})
@@ -315,7 +316,7 @@ def analyse(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet, *,
     """Tables of one image from its class map and object ids (no network involved)."""
     if class_map.shape != object_ids.shape:
         raise InputError(f"class map {class_map.shape} and object ids {object_ids.shape} differ")
-    objects = object_table(class_map, object_ids, classes, pixel_size_um)
+    objects = voted_object_table(class_map, object_ids, classes, pixel_size_um)
     return Classification(
         name=name, class_map=class_map, object_ids=object_ids, objects=objects,
         summary=class_summary(objects, class_map, classes, pixel_size_um),
@@ -357,16 +358,15 @@ def classify_image(image: np.ndarray, loaded: LoadedModel, *, mask: np.ndarray |
 
 
 def _display_lut(image: np.ndarray) -> np.ndarray:
-    """uint8 -> uint8 contrast stretch to the 0.5-99.5 percentiles of a subsample."""
+    """uint8 -> uint8 lookup table: :func:`mvfcnn.io.contrast_stretch` of the 256 grey levels by
+    the percentiles of a ~1 MP subsample (a whole large image is never copied)."""
     from mvfcnn.data import to_uint8
+    from mvfcnn.io import contrast_stretch
 
     step = max(1, int(math.sqrt(image.shape[0] * image.shape[1] / 1e6)))
     sample = to_uint8(np.asarray(image[::step, ::step]))
-    lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0, 255)
     levels = np.arange(256, dtype=np.float32)
-    if hi <= lo:
-        return levels.astype(np.uint8)
-    return np.clip((levels - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
+    return contrast_stretch(levels, sample, top=255.0).round().astype(np.uint8)
 
 
 def overlay(image: np.ndarray, object_ids: np.ndarray, object_classes: np.ndarray,
@@ -487,7 +487,7 @@ def size_distribution_png(objects: pd.DataFrame, classes: ClassSet, *, title: st
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("objects", fontsize=7)
-    missed = int((objects["class"] == NOT_SEGMENTED).sum())
+    missed = int((objects["class"] == NOT_SEGMENTED_INDEX).sum())
     fig.suptitle(f"{title}: size distribution per class"
                  + (f" ({missed} object(s) not segmented)" if missed else ""), fontsize=9)
     fig.tight_layout()
@@ -511,7 +511,7 @@ def preview_png(picture: np.ndarray, summary: pd.DataFrame, classes: ClassSet, *
     small = picture[::step, ::step]
     height, width = small.shape[:2]
     rgb = dict(zip(classes.indices, classes.rgb(), strict=True))
-    rgb[NOT_SEGMENTED] = NOT_SEGMENTED_RGB
+    rgb[NOT_SEGMENTED_INDEX] = NOT_SEGMENTED_RGB
     handles = []
     for row in summary.itertuples(index=False):
         if row[0] == 0:
@@ -573,7 +573,7 @@ def write_outputs(result: Classification, image: np.ndarray, classes: ClassSet,
         "n_objects": len(result.objects),
         "n_low_confidence": len(result.low_confidence),
         "objects_per_class": {name: int(counts.get(name, 0))
-                              for name in [*classes.names[1:], NOT_SEGMENTED_NAME]},
+                              for name in [*classes.names[1:], NOT_SEGMENTED_LABEL]},
         "classes": classes.to_dict()["classes"],
         "ome_tiff": {"channels": ["pixel_class", "object_class"],
                      "object_class_not_segmented": NOT_SEGMENTED_VALUE,
@@ -713,10 +713,7 @@ def cli(argv: list[str]) -> int:
     loms = _per_image(args.lom, args.images, "--lom")
     classes = None
     if args.classes_json:
-        try:
-            classes = classes_from_json(args.classes_json)
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"bad --classes-json ({err})") from err
+        classes = classes_from_json(args.classes_json)
     loaded = load_for_inference(args.model, classes)
     overrides = {k: v for k, v in {"tile_size": args.tile_size, "overlap": args.overlap,
                                    "batch_size": args.batch_size,

@@ -116,9 +116,22 @@ def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
             _check_keys(item, schema["items"], f"{where}[{i}]")
 
 
+def json_arg(text: str, flag: str) -> Any:
+    """A ``--*-json`` command-line argument, parsed; :class:`InputError` naming ``flag`` when
+    it is not JSON (the one copy of this check for every CLI)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{flag} is not valid JSON ({err})") from err
+
+
 def classes_from_json(text: str) -> ClassSet:
-    """Rebuild a ClassSet from the JSON a rule passes on the command line."""
-    return ClassSet.from_config(json.loads(text))
+    """Rebuild a ClassSet from the JSON a rule passes as ``--classes-json``; :class:`InputError`
+    when it is not JSON or not a class set."""
+    try:
+        return ClassSet.from_config(json.loads(text))
+    except (InputError, KeyError, TypeError, ValueError) as err:  # ValueError: not JSON
+        raise InputError(f"--classes-json is not a valid class set ({err})") from err
 
 
 def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.DataFrame:

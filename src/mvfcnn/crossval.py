@@ -187,7 +187,7 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
     """One row per fold: micrograph | truth | prediction, in the configured class colours."""
     from mvfcnn.figures import _grid, add_legend, colorize, display_gray
 
-    fig, axes = _grid(len(rows), 3, cell=2.6, title=title)
+    fig, axes, grid = _grid(len(rows), 3, cell=2.6, title=title)
     for r, (fold, sample, image, truth, pred) in enumerate(rows):
         axes[r, 0].imshow(display_gray(image), cmap="gray", vmin=0, vmax=1)
         axes[r, 1].imshow(colorize(truth, classes))
@@ -196,7 +196,7 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
         if r == len(rows) - 1:
             for c, name in enumerate(("micrograph", "truth", "prediction")):
                 axes[r, c].set_xlabel(name, fontsize=9)
-    add_legend(fig, classes, [("ignore", (128, 128, 128))])
+    add_legend(fig, grid, classes, [("ignore", (128, 128, 128))])
     return fig
 
 

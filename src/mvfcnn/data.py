@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, read_labels
 
-TILE_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "image", "labels"]
+#: columns of a tile index that TileDataset reads (tiling.TILE_INDEX_COLUMNS has them all)
+DATASET_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "image", "labels"]
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -45,13 +46,13 @@ class TileDataset(Dataset):
 
     def __init__(self, tiles: pd.DataFrame, *, size: int | None = None,
                  ignore_index: int = 255) -> None:
-        missing = [c for c in TILE_COLUMNS if c not in tiles.columns]
+        missing = [c for c in DATASET_COLUMNS if c not in tiles.columns]
         if missing:
             raise InputError(f"tile index lacks column(s) {missing}")
         if len(tiles) == 0:
             raise InputError("tile index is empty")
         self.tiles = tiles.reset_index(drop=True)
-        self._cols = {c: self.tiles[c].to_numpy() for c in TILE_COLUMNS}
+        self._cols = {c: self.tiles[c].to_numpy() for c in DATASET_COLUMNS}
         self.size = int(size) if size is not None else int(max(self.tiles["h"].max(),
                                                               self.tiles["w"].max()))
         self.ignore_index = int(ignore_index)

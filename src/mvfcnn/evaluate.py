@@ -11,7 +11,6 @@ to metrics.json as ``null`` so the file is strict JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -197,10 +196,7 @@ def cli(argv: list[str]) -> int:
                         help="optional pixel confusion CSV (rows true, columns predicted)")
     args = parser.parse_args(argv)
 
-    try:
-        classes = classes_from_json(args.classes_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"bad --classes-json ({err})") from err
+    classes = classes_from_json(args.classes_json)
     if len(args.labels) != len(args.samples):
         raise InputError(f"{len(args.samples)} samples but {len(args.labels)} label images")
     if len(set(args.samples)) != len(args.samples):

@@ -24,6 +24,7 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.inference import window_starts
 
 FIGURES = {
     "fig4": "fig4_examples.png",
@@ -119,16 +120,13 @@ def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
 
 def display_gray(image: np.ndarray) -> np.ndarray:
     """Any 8/16-bit/float grey or RGB image -> float [0, 1] for imshow, contrast-stretched
-    to the 0.5-99.5 percentiles so dim LOM and 16-bit SEM are visible."""
-    from mvfcnn.io import to_unit_float
+    by :func:`mvfcnn.io.contrast_stretch`."""
+    from mvfcnn.io import contrast_stretch, to_unit_float
 
     data = to_unit_float(np.asarray(image))
     if data.ndim == 3:
         data = data[..., :3]
-    lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
-    if hi <= lo:
-        return np.clip(data, 0, 1)
-    return np.clip((data - lo) / (hi - lo), 0, 1)
+    return contrast_stretch(data)
 
 
 def colorize(class_map: np.ndarray, classes: ClassSet, *,
@@ -147,14 +145,16 @@ def legend_handles(classes: ClassSet, extra: list[tuple[str, tuple[int, int, int
             for name, rgb in items]
 
 
-def add_legend(fig, classes: ClassSet, extra: list[tuple[str, tuple[int, int, int]]] = (),
+def add_legend(fig, grid: Grid, classes: ClassSet,
+               extra: list[tuple[str, tuple[int, int, int]]] = (),
                *, xlabel_lines: int = 1) -> None:
-    """Class names and colours from the config below the panels; the figure grows to fit."""
+    """Class names and colours from the config below the panels of ``grid``; the figure grows
+    to fit."""
     handles = legend_handles(classes, extra)
     longest = max(len(h.get_label()) for h in handles)
     per_row = max(1, int(fig.get_figwidth() / (0.45 + 0.075 * longest)))
     legend_rows = math.ceil(len(handles) / per_row)
-    _layout(fig, bottom_in=0.15 + 0.25 * legend_rows + 0.16 * xlabel_lines)
+    _layout(fig, grid, bottom_in=0.15 + 0.25 * legend_rows + 0.16 * xlabel_lines)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), per_row),
                frameon=False, fontsize=9, borderaxespad=0.2)
 
@@ -170,9 +170,18 @@ def _axes_off(axes) -> None:
 TOP_IN, GAP_IN = 0.6, 0.6      # title band and the gap between panel rows (with xlabels), inches
 
 
-def _layout(fig, bottom_in: float = 0.2) -> None:
+@dataclass(frozen=True)
+class Grid:
+    """The panel grid of a figure made by :func:`_grid`: ``rows`` rows of ``cell``-inch panels
+    (what :func:`_layout` needs to resize the figure when a legend is added)."""
+
+    rows: int
+    cell: float
+
+
+def _layout(fig, grid: Grid, bottom_in: float = 0.2) -> None:
     """Size the figure so ``rows`` panels of ``cell`` inches fit between title and legend."""
-    rows, cell = fig._mvfcnn_grid
+    rows, cell = grid.rows, grid.cell
     height = TOP_IN + rows * cell + (rows - 1) * GAP_IN + bottom_in
     fig.set_figheight(height)
     fig.subplots_adjust(left=0.06, right=0.99, top=1 - TOP_IN / height,
@@ -182,6 +191,7 @@ def _layout(fig, bottom_in: float = 0.2) -> None:
 
 
 def _grid(rows: int, cols: int, cell: float = 2.2, title: str = ""):
+    """A figure of rows x cols empty panels: (figure, axes array, its :class:`Grid`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,17 +199,17 @@ def _grid(rows: int, cols: int, cell: float = 2.2, title: str = ""):
 
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell + 1.0),
                              squeeze=False)
-    fig._mvfcnn_grid = (rows, cell)
+    grid = Grid(rows, cell)
     _axes_off(axes)
     if title:
         fig.suptitle(title, fontsize=11, va="top")
-    _layout(fig)
-    return fig, axes
+    _layout(fig, grid)
+    return fig, axes, grid
 
 
 def placeholder(title: str, note: str):
     """A small figure that says why the real one is missing."""
-    fig, axes = _grid(1, 1, cell=4.0, title=title)
+    fig, axes, _ = _grid(1, 1, cell=4.0, title=title)
     axes[0, 0].text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=10,
                     transform=axes[0, 0].transAxes)
     return fig
@@ -238,15 +248,6 @@ def _row_label(ax, text: str, rgb: tuple[int, int, int] | None = None) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Patch search
-
-
-def window_starts(length: int, size: int, step: int) -> list[int]:
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, step))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
 
 
 def _crop(array: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
@@ -347,7 +348,7 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
     title = "Fig. 4: a training example per class: SEM | registered LOM | binary mask"
     if not rows:
         return placeholder(title, "No training image with labelled second-phase objects.")
-    fig, axes = _grid(len(rows), 3, title=title)
+    fig, axes, grid = _grid(len(rows), 3, title=title)
     for r, (cls, (sample, y, x, _count, size)) in enumerate(rows):
         sem = _read(ctx.image(sample, "sem"))
         lom = _read(ctx.image(sample, "lom"))
@@ -370,7 +371,7 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
         else:
             axes[r, 2].text(0.5, 0.5, "no mask", ha="center", va="center",
                             transform=axes[r, 2].transAxes, fontsize=8)
-    add_legend(fig, ctx.classes)
+    add_legend(fig, grid, ctx.classes)
     return fig
 
 
@@ -395,7 +396,7 @@ def fig6_segmentation(ctx: Context, *, patch: int = PATCH):
     successes, failures = pick_extremes(patches, ctx.classes)
     if not successes:
         return placeholder(title, f"No test patch with second-phase ground truth ({variant}).")
-    fig, axes = _grid(len(successes), 6, title=f"{title} -- {variant} / SEM")
+    fig, axes, grid = _grid(len(successes), 6, title=f"{title} -- {variant} / SEM")
     for col0, chosen, tag in ((0, successes, "a"), (3, failures, "b")):
         for r, p in enumerate(chosen):
             if p is None:
@@ -415,7 +416,7 @@ def fig6_segmentation(ctx: Context, *, patch: int = PATCH):
             if col0 == 0:
                 _row_label(axes[r, 0], ctx.classes.names[p.dominant],
                            ctx.classes.rgb()[p.dominant])
-    add_legend(fig, ctx.classes, [("ignore", NO_TRUTH_RGB)])
+    add_legend(fig, grid, ctx.classes, [("ignore", NO_TRUTH_RGB)])
     return fig
 
 
@@ -469,7 +470,7 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
                if (ctx.results_dir / "objects" / f"{s}.tif").exists()][:max_images]
     if not samples:
         return placeholder(title, "No object-id images of test samples.")
-    fig, axes = _grid(len(samples), 3, cell=2.8, title=f"{title} -- {variant} / SEM")
+    fig, axes, grid = _grid(len(samples), 3, cell=2.8, title=f"{title} -- {variant} / SEM")
     for r, sample in enumerate(samples):
         ids = _read(ctx.results_dir / "objects" / f"{sample}.tif")
         step = _display_step(ids.shape)
@@ -488,7 +489,7 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
         axes[r, 2].set_xlabel(f"majority: {_image_class(rows['pred_class'], ctx.classes)}\n"
                               f"{n_ok}/{len(scored)} objects right, {n_miss} not segmented",
                               fontsize=8)
-    add_legend(fig, ctx.classes, [("not segmented", NOT_SEGMENTED_RGB),
+    add_legend(fig, grid, ctx.classes, [("not segmented", NOT_SEGMENTED_RGB),
                                   ("no ground-truth class", NO_TRUTH_RGB)], xlabel_lines=2)
     return fig
 
@@ -526,7 +527,7 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
     rows = _richest_patches(ctx, samples, patch)
     if not rows:
         return placeholder(title, f"No test patch with LOM predictions ({variant}).")
-    fig, axes = _grid(len(rows), 5, title=f"{title} -- {variant}")
+    fig, axes, grid = _grid(len(rows), 5, title=f"{title} -- {variant}")
     for r, (cls, (sample, y, x, _count, size)) in enumerate(rows):
         labels = _crop(_read(ctx.labels(sample), labels=True), y, x, size)
         lom = _read(ctx.image(sample, "lom"))
@@ -544,7 +545,7 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
         for c, (img, text) in enumerate(cells):
             _show(axes[r, c], img, text)
         _row_label(axes[r, 0], ctx.classes.names[cls], ctx.classes.rgb()[cls])
-    add_legend(fig, ctx.classes, [("ignore", NO_TRUTH_RGB)])
+    add_legend(fig, grid, ctx.classes, [("ignore", NO_TRUTH_RGB)])
     return fig
 
 
@@ -649,7 +650,8 @@ def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH
     if not chosen:
         return placeholder(title, "No labelled SEM test image.")
     rng = np.random.default_rng([ctx.seed, 8])
-    fig, axes = _grid(len(chosen), 4, title=f"{title} -- {model_note}" if model_note else title)
+    fig, axes, grid = _grid(len(chosen), 4,
+                            title=f"{title} -- {model_note}" if model_note else title)
     for r, (label, sample, y, x, size) in enumerate(chosen):
         kind = ARTEFACTS[r % len(ARTEFACTS)]
         sem = _read(ctx.image(sample, "sem"))
@@ -672,7 +674,7 @@ def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH
         _show(axes[r, 2], colorize(pred_clean, ctx.classes),
               f"without artefacts, acc. {acc[1]:.1f}%")
         _show(axes[r, 3], colorize(truth, ctx.classes), "ground truth")
-    add_legend(fig, ctx.classes, [("ignore", NO_TRUTH_RGB)])
+    add_legend(fig, grid, ctx.classes, [("ignore", NO_TRUTH_RGB)])
     return fig
 
 
@@ -729,9 +731,9 @@ def cli(argv: list[str]) -> int:
         prog="mvfcnn figures",
         description="The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours from "
                     "the config). Missing inputs give a placeholder PNG with a note.")
-    parser.add_argument("--results-dir", default="results", help="workflow results folder")
-    parser.add_argument("--config-json", required=True,
-                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+    from mvfcnn.tables import add_report_args, load_config_arg
+
+    add_report_args(parser)
     parser.add_argument("--outdir", default="results/figures", help="output folder")
     parser.add_argument("--which", nargs="+", choices=list(FIGURES), default=None,
                         help="figures to make (default: all)")
@@ -739,9 +741,6 @@ def cli(argv: list[str]) -> int:
                         help="model file for fig8b (default: the best SEM variant's final stage)")
     parser.add_argument("--patch", type=int, default=PATCH, help="patch size of the crops, px")
     args = parser.parse_args(argv)
-
-    from mvfcnn.tables import load_config_arg
-
     config = load_config_arg(args.config_json)
     ctx = make_context(args.results_dir, config)
     written = write_figures(ctx, args.outdir, args.which, model=args.model, patch=args.patch)

@@ -19,7 +19,6 @@ the (padded) window area, so this removes work that the keep-centre stitching wo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,14 @@ class Tile(NamedTuple):
     keep_x1: int
 
 
+def window_starts(length: int, size: int, step: int) -> list[int]:
+    """Starts of ``size`` windows along an axis of ``length``: every ``step`` from 0, and the
+    last one flush with the end (``length - size``); one window at 0 when the axis fits in it."""
+    if length <= size:
+        return [0]
+    return list(range(0, length - size, step)) + [length - size]
+
+
 def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, int, int]]:
     """Windows along one axis as (start, keep_start, keep_stop).
 
@@ -58,8 +65,7 @@ def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, i
         raise InputError(f"image axis of length {length}")
     if length <= tile_size:
         return [(0, 0, length)]
-    stride = tile_size - overlap
-    starts = list(range(0, length - tile_size, stride)) + [length - tile_size]
+    starts = window_starts(length, tile_size, tile_size - overlap)
     cuts = [0] + [(a + tile_size + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
     cuts.append(length)
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
@@ -258,10 +264,9 @@ def _load_model(path: str):
 
 
 def _parse_params(text: str) -> dict:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json is not valid JSON ({err})") from err
+    from mvfcnn.config import json_arg
+
+    params = json_arg(text, "--params-json")
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in params]
     if missing:
         raise InputError(f"--params-json lacks key(s) {missing}")

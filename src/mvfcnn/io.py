@@ -254,12 +254,30 @@ def read_labels(path: str | os.PathLike[str], *, sample: str | None = None,
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """Luminance (ITU-R 601) of an RGB image, kept in the input's integer range."""
+    """Luminance (ITU-R 601) of an RGB image: integers rounded and kept in their dtype, floats
+    as float32 (the one grey conversion of the package)."""
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     gray = rgb.astype(np.float32) @ weights
     if np.issubdtype(rgb.dtype, np.integer):
         gray = np.clip(np.rint(gray), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
     return gray
+
+
+#: display contrast: these percentiles of an image are stretched to the full range
+STRETCH_PERCENTILES = (0.5, 99.5)
+
+
+def contrast_stretch(values: np.ndarray, sample: np.ndarray | None = None, *,
+                     top: float = 1.0) -> np.ndarray:
+    """``values`` mapped linearly so the 0.5 and 99.5 percentiles of ``sample`` (default:
+    ``values`` itself) become 0 and ``top``, clipped to [0, top] (so dim LOM and 16-bit SEM are
+    visible). An empty sample counts as the range (0, top); a flat one leaves values as they are
+    (clipped)."""
+    sample = values if sample is None else sample
+    lo, hi = np.percentile(sample, STRETCH_PERCENTILES) if sample.size else (0.0, top)
+    if hi <= lo:
+        return np.clip(values, 0, top)
+    return np.clip((values - lo) / (hi - lo) * top, 0, top)
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:

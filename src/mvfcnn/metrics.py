@@ -24,8 +24,10 @@ import pandas as pd
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 
-NOT_SEGMENTED = -1
-NOT_SEGMENTED_NAME = "not_segmented"
+#: predicted class of an object in which no pixel voted for a second phase (an index beside 0..K-1)
+NOT_SEGMENTED_INDEX = -1
+#: the same as a row/column label in tables and CSVs
+NOT_SEGMENTED_LABEL = "not_segmented"
 _CHUNK = 1 << 22  # pixels per bincount call: bounds the int64 temporaries to ~32 MB
 
 
@@ -148,7 +150,7 @@ def _evaluated(objects: pd.DataFrame, classes: ClassSet) -> tuple[np.ndarray, np
     k = classes.num_classes
     if true.size and true.max() >= k:
         raise InputError(f"true_class values must be < {k}, found {int(true.max())}")
-    bad = (pred < NOT_SEGMENTED) | (pred >= k)
+    bad = (pred < NOT_SEGMENTED_INDEX) | (pred >= k)
     if bad.any():
         raise InputError(f"pred_class values must be -1..{k - 1}, found {int(pred[bad][0])}")
     return true, pred
@@ -166,7 +168,7 @@ def object_report(objects: pd.DataFrame, classes: ClassSet) -> dict[str, Any]:
     """
     true, pred = _evaluated(objects, classes)
     n = int(true.size)
-    segmented = pred != NOT_SEGMENTED
+    segmented = pred != NOT_SEGMENTED_INDEX
     correct = true == pred
     n_correct = int(correct.sum())
     n_segmented = int(segmented.sum())
@@ -208,6 +210,6 @@ def object_confusion(objects: pd.DataFrame, classes: ClassSet) -> pd.DataFrame:
     row_of[[c + 1 for c in rows]] = np.arange(len(rows))
     row_of[0] = len(rows)
     np.add.at(table, (row_of[pred + 1], true - 1), 1)  # columns are classes 1..K-1
-    index = pd.Index([classes.names[c] for c in rows] + [NOT_SEGMENTED_NAME], name="predicted")
+    index = pd.Index([classes.names[c] for c in rows] + [NOT_SEGMENTED_LABEL], name="predicted")
     columns = pd.Index([classes.names[c] for c in cols], name="actual")
     return pd.DataFrame(table, index=index, columns=columns)

@@ -209,11 +209,8 @@ def cli(argv: list[str]) -> int:
     sample = args.sample
     try:
         classes = classes_from_json(args.classes_json)
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"--classes-json is not a valid class set ({err})",
-                         sample=sample) from err
     except InputError as err:
-        raise InputError(f"--classes-json: {err}", sample=sample) from err
+        raise InputError(str(err), sample=sample) from err
     if args.image_class:
         try:
             classes.index_of(args.image_class)

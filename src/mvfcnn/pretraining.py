@@ -23,7 +23,6 @@ memory-mapped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -36,7 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.data import to_uint8
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, read_image, read_labels, write_table
@@ -258,10 +257,8 @@ def cli(argv: list[str]) -> int:
     set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    try:
-        cfg, fcn_cfg = json.loads(args.params_json), json.loads(args.fcn_json)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json/--fcn-json is not valid JSON ({err})") from err
+    cfg = json_arg(args.params_json, "--params-json")
+    fcn_cfg = json_arg(args.fcn_json, "--fcn-json")
     summary = pretrain_trunk(images=args.images, labels=args.labels,
                              classes=classes_from_json(args.classes_json), cfg=cfg,
                              fcn_cfg=fcn_cfg, seed=args.seed, out_model=args.out,

@@ -51,11 +51,11 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from mvfcnn.errors import InputError, warn
+from mvfcnn.io import to_gray
 
 log = logging.getLogger(__name__)
 
 MODELS = ("translation", "similarity", "affine")
-_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _COARSE_SIDE = 128  # the coarsest pyramid level is at least this large
 _MAX_POINTS = 60_000  # NCC samples per level; more adds time, not accuracy
 _STEP_WIDTH = 0.07  # tanh width of the phase map, as a fraction of the two phases' mean gap
@@ -116,7 +116,7 @@ def _block_mean(image: np.ndarray, k: int, strip_blocks: int = 64) -> np.ndarray
         b1 = min(hk, b0 + strip_blocks)
         strip = np.asarray(image[b0 * k:b1 * k, :wk * k], dtype=np.float32)
         if strip.ndim == 3:
-            strip = strip[..., :3] @ _GRAY if strip.shape[-1] >= 3 else strip[..., 0]
+            strip = to_gray(strip[..., :3]) if strip.shape[-1] >= 3 else strip[..., 0]
         out[b0:b1] = strip.reshape(b1 - b0, k, wk, k).mean(axis=(1, 3))
     return out
 

@@ -38,7 +38,6 @@ salted ``hash()``, so the same seed gives byte-identical files in any process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -725,15 +724,13 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--classes-json", required=True)
     parser.add_argument("--outdir", required=True)
     args = parser.parse_args(argv)
+    from mvfcnn.config import json_arg
+
     try:
-        cfg = json.loads(args.params_json)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json is not valid JSON ({err})", sample=args.sample) from err
-    try:
+        cfg = json_arg(args.params_json, "--params-json")
         classes = classes_from_json(args.classes_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"--classes-json is not a valid class set ({err})",
-                         sample=args.sample) from err
+    except InputError as err:
+        raise InputError(str(err), sample=args.sample) from err
     start = time.perf_counter()
     generate_sample(args.sample, cfg, classes, args.seed, args.outdir)
     print(f"synthesize: wrote {args.outdir}/{{sem,lom,labels}}.tif + transform.json for "

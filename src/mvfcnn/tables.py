@@ -30,13 +30,13 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.metrics import NOT_SEGMENTED_LABEL
 
 PREFERRED_VARIANT = "ft_balanced_aug"
 TABLE3_METHODS = ("cifarnet", "vgg19_svm", "vgg16", "mvfcnn")
 PIXEL_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 PIXEL_LABELS = {"pixel_accuracy": "pixel acc.", "mean_accuracy": "mean acc.",
                 "mean_iu": "mean IU", "fw_iu": "f.w. IU"}
-NOT_SEGMENTED = "not_segmented"
 TITLES = {
     "table1": "Table 1. Object classification accuracy (%), SEM: object-based baselines vs MVFCNN",
     "table2": "Table 2. MVFCNN training data and strategy vs test object accuracy (%), SEM",
@@ -377,7 +377,8 @@ def _read_confusion(path: Path, classes: ClassSet) -> pd.DataFrame | None:
         raise InputError(f"cannot read confusion table ({err})", path=path) from err
     frame.index = frame.index.astype(str)
     names = [classes.names[i] for i in classes.foreground]
-    return frame.reindex(index=[*names, NOT_SEGMENTED], columns=names).fillna(0).astype(np.int64)
+    frame = frame.reindex(index=[*names, NOT_SEGMENTED_LABEL], columns=names)
+    return frame.fillna(0).astype(np.int64)
 
 
 def _t4_block(source: str, names: list[str], counts: np.ndarray | None,
@@ -397,7 +398,7 @@ def _t4_block(source: str, names: list[str], counts: np.ndarray | None,
         rows.append({"source": source, "predicted": name, "quantity": "percent",
                      **dict(zip(names, pct_row, strict=True)),
                      "class_precision": prec, "overall": math.nan})
-    rows.append({"source": source, "predicted": NOT_SEGMENTED, "quantity": "count",
+    rows.append({"source": source, "predicted": NOT_SEGMENTED_LABEL, "quantity": "count",
                  **dict(zip(names, not_seg if not_seg is not None else empty, strict=True)),
                  "class_precision": math.nan, "overall": not_seg_total})
     rows.append({"source": source, "predicted": "class_recall", "quantity": "percent",
@@ -439,7 +440,7 @@ def table4(runs: dict[tuple, Run], config: dict[str, Any], paper: dict[str, Any]
                               np.nan)
             precision = np.where(row_sum > 0, 100.0 * diag / np.where(row_sum > 0, row_sum, 1),
                                  np.nan)
-        not_seg = confusion.loc[NOT_SEGMENTED].to_numpy(dtype=np.float64)
+        not_seg = confusion.loc[NOT_SEGMENTED_LABEL].to_numpy(dtype=np.float64)
         rows += _t4_block("ours", names, segmented, np.round(percent, 2),
                           list(np.round(recall, 2)), list(np.round(precision, 2)),
                           list(not_seg), _num(run.metrics.get("not_segmented")),
@@ -622,15 +623,15 @@ def table4_markdown(frame: pd.DataFrame) -> str:
         lines.append("| class recall | " + " | ".join(
             (_cell(recall[n]) + "%") if _cell(recall[n]) else "" for n in names) + " | |")
         single = {r["predicted"]: r["overall"] for _, r in block.iterrows()
-                  if r["predicted"] in (NOT_SEGMENTED, "total_accuracy", "object_accuracy")}
+                  if r["predicted"] in (NOT_SEGMENTED_LABEL, "total_accuracy", "object_accuracy")}
         lines += ["",
                   f"- total accuracy (segmented objects only): "
                   f"{_cell(single.get('total_accuracy')) or 'n/a'}%",
                   f"- not-segmented objects (excluded above): "
-                  f"{_cell(single.get(NOT_SEGMENTED), integer=True) or 'n/a'}",
+                  f"{_cell(single.get(NOT_SEGMENTED_LABEL), integer=True) or 'n/a'}",
                   f"- object accuracy (not-segmented counted wrong, = Table 1): "
                   f"{_cell(single.get('object_accuracy')) or 'n/a'}%"]
-        not_seg = block[block["predicted"] == NOT_SEGMENTED].iloc[0]
+        not_seg = block[block["predicted"] == NOT_SEGMENTED_LABEL].iloc[0]
         per_class = [f"{n} {_cell(not_seg[n], integer=True)}" for n in names
                      if _cell(not_seg[n], integer=True)]
         if per_class:
@@ -789,11 +790,12 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
         lines.append(f"| {PIXEL_LABELS[metric]} | {_fmt(ours)} | {_fmt(pap)} |")
     t4 = tables["table4"]
     single = {(r["source"], r["predicted"]): r["overall"] for _, r in t4.iterrows()}
+    missed = {source: _cell(single.get((source, NOT_SEGMENTED_LABEL)), integer=True) or "n/a"
+              for source in ("ours", "paper")}
     lines += ["", f"Table 4 total accuracy (segmented objects only): ours "
               f"{_fmt(single.get(('ours', 'total_accuracy'), math.nan))}, paper "
               f"{_fmt(single.get(('paper', 'total_accuracy'), math.nan))}; not-segmented "
-              f"objects: ours {_cell(single.get(('ours', NOT_SEGMENTED)), integer=True) or 'n/a'}"
-              f", paper {_cell(single.get(('paper', NOT_SEGMENTED)), integer=True) or 'n/a'}.",
+              f"objects: ours {missed['ours']}, paper {missed['paper']}.",
               ""]
 
     lines += ["## What differs from the paper", ""]
@@ -931,14 +933,19 @@ def load_config_arg(text: str) -> dict[str, Any]:
         raise InputError(f"cannot parse config ({err})", path=path) from err
 
 
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    """The inputs every report CLI (tables, figures) reads: --results-dir and --config-json."""
+    parser.add_argument("--results-dir", default="results", help="workflow results folder")
+    parser.add_argument("--config-json", required=True,
+                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+
+
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mvfcnn tables",
         description="Tables 1-6 of the paper with our numbers beside the paper's, and "
                     "summary.md. Missing runs give rows with an empty 'ours'.")
-    parser.add_argument("--results-dir", default="results", help="workflow results folder")
-    parser.add_argument("--config-json", required=True,
-                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+    add_report_args(parser)
     parser.add_argument("--paper", default="workflow/resources/paper_tables.yaml",
                         help="the paper's numbers (YAML)")
     parser.add_argument("--outdir", default="results/tables", help="output folder")

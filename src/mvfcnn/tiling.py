@@ -42,7 +42,8 @@ from mvfcnn.errors import InputError
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ["sample", "height", "width", "class", "image", "labels"]
-TILE_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "class", "image", "labels"]
+#: columns of the tile index file (tiles.csv) that tile_index writes
+TILE_INDEX_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "class", "image", "labels"]
 ROTATIONS = (0, 1, 2, 3)
 
 
@@ -207,7 +208,7 @@ def tile_index(images: pd.DataFrame, *, size: int, stride: int, balanced: bool, 
             "image": str(image),
             "labels": str(label),
         }))
-    tiles = pd.concat(frames, ignore_index=True)[TILE_COLUMNS]
+    tiles = pd.concat(frames, ignore_index=True)[TILE_INDEX_COLUMNS]
     return TileIndex(tiles, size, stride, bool(balanced), bool(augment), float(tolerance), balance)
 
 

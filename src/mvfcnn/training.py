@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.data import TileDataset, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, write_table
@@ -663,11 +663,8 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
 
-    try:
-        cfg = json.loads(args.params_json)
-        variant = json.loads(args.variant_json)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json/--variant-json is not valid JSON ({err})") from err
+    cfg = json_arg(args.params_json, "--params-json")
+    variant = json_arg(args.variant_json, "--variant-json")
     if args.num_workers is not None:
         cfg["num_workers"] = args.num_workers
     full = {**DEFAULTS, **cfg}

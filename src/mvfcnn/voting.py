@@ -9,14 +9,13 @@ classes go to the LOWEST class index (``argmax`` order), which keeps the result 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pandas as pd
 
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
-from mvfcnn.metrics import NOT_SEGMENTED, NOT_SEGMENTED_NAME
+from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 VOTE_COLUMNS = ["object_id", "pred_class", "pred_class_name", "vote_share", "n_pixels",
                 "n_foreground"]
@@ -69,7 +68,7 @@ def vote(pred: np.ndarray, object_ids: np.ndarray, num_classes: int, *,
     share[segmented] = win_pixels[segmented] / n_foreground[segmented]
     frame = pd.DataFrame({
         "object_id": (present + 1).astype(np.int64),
-        "pred_class": np.where(segmented, winner + 1, NOT_SEGMENTED).astype(np.int64),
+        "pred_class": np.where(segmented, winner + 1, NOT_SEGMENTED_INDEX).astype(np.int64),
         "vote_share": share,
         "n_pixels": n_pixels.astype(np.int64),
         "n_foreground": n_foreground.astype(np.int64),
@@ -82,7 +81,7 @@ def vote(pred: np.ndarray, object_ids: np.ndarray, num_classes: int, *,
 def class_names(indices: pd.Series | np.ndarray, classes: ClassSet) -> list[str]:
     """Class index -> configured name, with -1 -> "not_segmented" and other unknowns -> ""."""
     lookup = dict(enumerate(classes.names))
-    lookup[NOT_SEGMENTED] = NOT_SEGMENTED_NAME
+    lookup[NOT_SEGMENTED_INDEX] = NOT_SEGMENTED_LABEL
     return [lookup.get(int(i), "") for i in np.asarray(indices)]
 
 
@@ -105,8 +104,8 @@ def vote_table(pred: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame,
     votes = votes.set_index("object_id").reindex(wanted)
     missing = votes["pred_class"].isna()
     votes.loc[missing, ["pred_class", "vote_share", "n_pixels", "n_foreground"]] = [
-        NOT_SEGMENTED, 0.0, 0, 0]
-    votes.loc[missing, "pred_class_name"] = NOT_SEGMENTED_NAME
+        NOT_SEGMENTED_INDEX, 0.0, 0, 0]
+    votes.loc[missing, "pred_class_name"] = NOT_SEGMENTED_LABEL
     votes = votes.reset_index()
     for column in ("pred_class", "n_pixels", "n_foreground"):
         votes[column] = votes[column].astype(np.int64)
@@ -128,10 +127,7 @@ def cli(argv: list[str]) -> int:
 
     from mvfcnn.io import read_image, write_table
 
-    try:
-        classes = classes_from_json(args.classes_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"bad --classes-json ({err})") from err
+    classes = classes_from_json(args.classes_json)
     pred = read_image(args.pred, sample=args.sample)
     ids = read_image(args.objects_ids, sample=args.sample)
     if pred.ndim != 2 or ids.ndim != 2:

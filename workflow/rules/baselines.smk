@@ -4,8 +4,10 @@
 # evaluation format (train_baseline). `method` and `modality` are wildcards; which combinations
 # run comes from config run.baselines x run.baseline_modalities.
 
-BASELINE_METHODS = ("handcrafted_svm", "cifarnet", "vgg19_svm", "vgg16")
-BASELINE_NETWORKS = ("cifarnet", "vgg19_svm", "vgg16")  # these get resources: gpu=1
+# The method names live in the package (mvfcnn.baselines.METHODS); the schema's enum checks
+# the config against the same list (tests/test_baselines.py keeps the two equal).
+from mvfcnn.baselines import METHODS as BASELINE_METHODS
+from mvfcnn.baselines import NETWORK_METHODS as BASELINE_NETWORKS  # these get resources: gpu=1
 
 
 wildcard_constraints:

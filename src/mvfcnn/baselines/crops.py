@@ -24,7 +24,6 @@ converted to grey one at a time.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -254,10 +253,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
     parser.add_argument("--out", required=True, help="output .npz")
     args = parser.parse_args(argv)
-    try:
-        params = json.loads(args.params_json)
-    except json.JSONDecodeError as err:
-        raise InputError(f"bad --params-json ({err})") from err
+    from mvfcnn.config import json_arg
+
+    params = json_arg(args.params_json, "--params-json")
     size = int(params.get("crop_size", DEFAULT_CROP_SIZE))
     if size < 8:
         raise InputError(f"baselines.crop_size must be >= 8, got {size}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import pandas as pd
 
 from mvfcnn.baselines import METHODS
 from mvfcnn.baselines.crops import CropSet
-from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 
 #: config ``baselines`` defaults (CPU-sized; config/paper.yaml holds the paper's values)
@@ -365,11 +364,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: config)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    try:
-        classes = classes_from_json(args.classes_json)
-        params = json.loads(args.params_json)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"bad --classes-json / --params-json ({err})") from err
+    classes = classes_from_json(args.classes_json)
+    params = json_arg(args.params_json, "--params-json")
     train, test = CropSet.load(args.train), CropSet.load(args.test)
     _check_sets(train, test, args.modality)
     from mvfcnn.runtime import resolve_device

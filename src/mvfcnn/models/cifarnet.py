@@ -32,6 +32,7 @@ The input normalisation is part of the model (buffers ``input_mean``, ``input_sc
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -125,21 +126,10 @@ class CIFARNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def cifarnet(
-    *,
-    num_classes: int,
-    input_size: int = 224,
-    in_channels: int = 1,
-    widths: tuple[int, int, int] = (32, 32, 64),
-    fc_width: int = 64,
-    pool_stride: int = 3,
-    dropout: float = 0.5,
-    init: str = "paper",
-) -> CIFARNet:
-    """CIFARNet for ``input_size`` x ``input_size`` crops (see the module docstring)."""
-    return CIFARNet(num_classes=num_classes, input_size=input_size, in_channels=in_channels,
-                    widths=tuple(widths), fc_width=fc_width, pool_stride=pool_stride,
-                    dropout=dropout, init=init)
+def cifarnet(**kwargs: Any) -> CIFARNet:
+    """CIFARNet for ``input_size`` x ``input_size`` crops (see the module docstring); the
+    registered builder of model files, taking :class:`CIFARNet`'s keyword arguments."""
+    return CIFARNet(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -35,6 +35,7 @@ from mvfcnn.models.vgg_trunk import (
     is_torchvision_vgg_state,
     trunk_state_from_torchvision,
 )
+from mvfcnn.models.weights import read_weights_file
 
 STAGES = ("32s", "16s", "8s")
 #: (kernel, stride) of each upsampler and the crop offset of each cropped blob (Caffe values).
@@ -201,15 +202,7 @@ def load_trunk_weights(trunk: VGGTrunk, pretrained: Pretrained, *, progress: boo
 
 
 def _trunk_state_from_file(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise InputError("pretrained weights file not found (use pretrained: none, imagenet or "
-                         "a path to a state dict / model file)", path=path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise InputError(f"cannot read weights ({type(err).__name__}: {err})", path=path) from err
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # mvfcnn model file or a generic checkpoint
+    obj = read_weights_file(path, accepted="a path to a state dict / model file")
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise InputError("not a state dict (expected a dict of tensors, an mvfcnn model file "
                          "or a {'state_dict': ...} checkpoint)", path=path)

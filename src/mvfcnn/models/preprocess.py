@@ -1,8 +1,10 @@
 """Network input normalisation: grey/RGB micrographs -> ImageNet-normalised 3-channel tensors.
 
 torchvision's ImageNet weights expect RGB in [0, 1] normalised by the ImageNet mean/std; SEM
-images are grey, so the grey value is repeated to 3 channels (DESIGN §5). Models trained from
-scratch use the same normalisation, so one code path serves every variant.
+images are grey, so the grey value is repeated to 3 channels: the pretrained first convolution
+then sees the same input in each of the channels it was trained on, and its RGB filters sum to a
+grey filter. Models trained from scratch use the same normalisation, so one code path serves
+every variant.
 
 :func:`normalize_batch` is the fast path for loaders/inference: keep tiles as uint8 until the
 last moment (4x less memory traffic) and convert + normalise in one fused multiply-add.

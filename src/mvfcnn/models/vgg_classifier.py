@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mvfcnn.errors import InputError
+from mvfcnn.models.weights import read_weights_file
 
 Pretrained = str | os.PathLike[str]
 FC7_DIM = 4096
@@ -31,15 +32,7 @@ HEAD_INIT_STD = 0.01
 
 
 def _state_from_file(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise InputError("pretrained weights file not found (use pretrained: none, imagenet or "
-                         "a path to a torchvision VGG state dict)", path=path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise InputError(f"cannot read weights ({type(err).__name__}: {err})", path=path) from err
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    obj = read_weights_file(path, accepted="a path to a torchvision VGG state dict")
     if not isinstance(obj, dict) or "features.0.weight" not in obj:
         raise InputError("not a torchvision VGG state dict (no 'features.0.weight')", path=path)
     return dict(obj)

@@ -1,6 +1,6 @@
 """The one VGG16 trunk shared by FCN-32s/16s/8s (and reusable by the VGG baselines).
 
-Differences from torchvision's ``vgg16().features`` (Long et al.'s Caffe FCN, DESIGN §5):
+Differences from torchvision's ``vgg16().features``, all taken from Long et al.'s Caffe FCN:
 
 * ``conv1_1`` has padding 100 and every max-pool uses ``ceil_mode=True``; together with the
   Caffe crop offsets in :mod:`mvfcnn.models.fcn` this makes the output exactly the input size for

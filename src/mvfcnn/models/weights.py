@@ -13,7 +13,7 @@ import os
 import pickle
 import urllib.error
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
@@ -68,3 +68,22 @@ def imagenet_state_dict(arch: str, progress: bool = True) -> dict[str, Tensor]:
         # a corrupt or partial cached file
         raise InputError(f"cannot read cached ImageNet weights for {arch} ({err}); delete the "
                          "file to download it again", path=cached) from err
+
+
+def read_weights_file(path: Path, *, accepted: str) -> Any:
+    """The object in a weights file given as ``pretrained: <path>``, unwrapped from an mvfcnn
+    model file or a ``{'state_dict': ...}`` checkpoint; the caller checks what it holds.
+
+    ``accepted`` names the files the caller can use (for the not-found message). A missing or
+    unreadable file raises :class:`InputError` naming the file.
+    """
+    if not path.is_file():
+        raise InputError(f"pretrained weights file not found (use pretrained: none, imagenet or "
+                         f"{accepted})", path=path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise InputError(f"cannot read weights ({type(err).__name__}: {err})", path=path) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # mvfcnn model file or a generic checkpoint
+    return obj
