@@ -203,7 +203,7 @@ def _parent_model(wildcards):
     index = STAGES.index(wildcards.stage)
     if index == 0:
         return []
-    return RUN.format(**wildcards) + f"/fcn{STAGES[index - 1]}.pt"
+    return os.path.join(RUN.format(**wildcards), f"fcn{STAGES[index - 1]}.pt")
 
 
 #: `pretrained:` value that makes FCN-32s start from the trunk of the pretrain_trunk rule
@@ -211,7 +211,7 @@ PRETRAINED_PATCHES = "patches"
 
 
 def pretrained_trunk_file(wildcards):
-    return layout.trunk_dir(CV).format(**wildcards) + "/trunk.pt"
+    return os.path.join(layout.trunk_dir(CV).format(**wildcards), "trunk.pt")
 
 
 def trunk_layout_json():
@@ -349,3 +349,35 @@ def _classify_bundle(wildcards):
 
 def _classify_image(wildcards):
     return modality_image(classify_run()[1], wildcards.sample)
+
+
+# --- cross-validation table and figure (workflow/rules/report.smk)
+
+CROSSVAL = layout.crossval_table(CROSSVAL_NAME)
+CROSSVAL_FIGURE = f"results/figures/{CROSSVAL_NAME}_examples.png"
+
+
+def _crossval_run_dir(fold):
+    variant, modality = crossval_run()
+    return layout.run_dir(CV).format(variant=variant, modality=modality, fold=fold)
+
+
+def _crossval_confusions(wildcards):
+    return [os.path.join(_crossval_run_dir(f), "pixel_confusion.csv") for f in FOLDS]
+
+
+def _crossval_predictions(wildcards):
+    return [os.path.join(_crossval_run_dir(f), "pred", f"{s}.tif")
+            for f in FOLDS for s in fold_samples(SAMPLES, f, "test")]
+
+
+def _crossval_test_images(wildcards, input):
+    """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image (quoted by :q)."""
+    modality = crossval_run()[1]
+    parts = []
+    for fold in FOLDS:
+        for sample in fold_samples(SAMPLES, fold, "test"):
+            parts += ["--test-image", fold, sample, modality_image(modality, sample),
+                      labels_file(sample),
+                      os.path.join(_crossval_run_dir(fold), "pred", f"{sample}.tif")]
+    return parts

@@ -22,8 +22,8 @@ rule tile_index:
         images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
         labels=lambda w: [labels_file(s) for s in train_samples(w)],
     output:
-        table=TILES + ".csv",
-        summary=TILES + ".json",
+        table=f"{TILES}.csv",
+        summary=f"{TILES}.json",
     params:
         samples=lambda w: train_samples(w),
         # quoted here, not with :q, because an empty class ('' = mixed image) must stay an argument
@@ -55,10 +55,10 @@ rule pretrain_trunk:
         images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
         labels=lambda w: [labels_file(s) for s in train_samples(w)],
     output:
-        model=TRUNK + "/trunk.pt",
-        csv=TRUNK + "/pretrain.csv",
+        model=os.path.join(TRUNK, "trunk.pt"),
+        csv=os.path.join(TRUNK, "pretrain.csv"),
         png=report(
-            TRUNK + "/pretrain.png",
+            os.path.join(TRUNK, "pretrain.png"),
             category="Training",
             subcategory="trunk pretraining / {modality}",
             caption="../report/pretraining.rst",
@@ -90,15 +90,15 @@ rule pretrain_trunk:
 rule train_fcn:
     """Train one FCN stage; 16s/8s start from the previous stage. Resumes from checkpoints."""
     input:
-        tiles=TILES + ".csv",
+        tiles=f"{TILES}.csv",
         images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
         parent=_parent_model,
         trunk=_pretrained_trunk,
     output:
-        model=RUN + "/fcn{stage}.pt",
-        csv=RUN + "/train_{stage}.csv",
+        model=os.path.join(RUN, "fcn{stage}.pt"),
+        csv=os.path.join(RUN, "train_{stage}.csv"),
         png=report(
-            RUN + "/train_{stage}.png",
+            os.path.join(RUN, "train_{stage}.png"),
             category="Training",
             subcategory="{variant} / {modality}",
             caption="../report/training_curve.rst",
@@ -109,7 +109,7 @@ rule train_fcn:
         variant=_variant_json,
         classes=CLASSES_JSON,
         seed=config["seed"],
-        checkpoints=lambda w: RUN.format(**w) + f"/checkpoints/{w.stage}",
+        checkpoints=lambda w: os.path.join(RUN.format(**w), f"checkpoints/{w.stage}"),
     log:
         layout.log_path("train_fcn", CV, extra="_{stage}"),
     benchmark:
@@ -132,10 +132,10 @@ rule train_fcn:
 rule predict:
     """Sliding-window FCN-8s inference over one whole image, stitched into a class map."""
     input:
-        model=RUN + f"/fcn{FINAL_STAGE}.pt",
+        model=os.path.join(RUN, f"fcn{FINAL_STAGE}.pt"),
         image=lambda w: modality_image(w.modality, w.sample),
     output:
-        RUN + "/pred/{sample}.tif",
+        os.path.join(RUN, "pred/{sample}.tif"),
     params:
         inference=cfg_json("inference"),
     log:
@@ -157,11 +157,11 @@ rule predict:
 rule vote:
     """Max-voting: each object takes the majority non-matrix class of its predicted pixels."""
     input:
-        pred=RUN + "/pred/{sample}.tif",
+        pred=os.path.join(RUN, "pred/{sample}.tif"),
         ids="results/objects/{sample}.tif",
         objects="results/objects/{sample}.csv",
     output:
-        RUN + "/votes/{sample}.csv",
+        os.path.join(RUN, "votes/{sample}.csv"),
     params:
         classes=CLASSES_JSON,
     log:
@@ -182,15 +182,15 @@ rule vote:
 rule evaluate:
     """Pixel metrics over all test images (one confusion matrix) and object metrics."""
     input:
-        preds=lambda w: [RUN.format(**w) + f"/pred/{s}.tif" for s in test_samples(w)],
-        votes=lambda w: [RUN.format(**w) + f"/votes/{s}.csv" for s in test_samples(w)],
+        preds=lambda w: [os.path.join(RUN.format(**w), f"pred/{s}.tif") for s in test_samples(w)],
+        votes=lambda w: [os.path.join(RUN.format(**w), f"votes/{s}.csv") for s in test_samples(w)],
         objects=lambda w: [f"results/objects/{s}.csv" for s in test_samples(w)],
         labels=lambda w: [labels_file(s) for s in test_samples(w)],
     output:
-        metrics=RUN + "/metrics.json",
-        objects=RUN + "/objects.csv",
-        confusion=RUN + "/confusion.csv",
-        pixel_confusion=RUN + "/pixel_confusion.csv",
+        metrics=os.path.join(RUN, "metrics.json"),
+        objects=os.path.join(RUN, "objects.csv"),
+        confusion=os.path.join(RUN, "confusion.csv"),
+        pixel_confusion=os.path.join(RUN, "pixel_confusion.csv"),
     params:
         classes=CLASSES_JSON,
         samples=lambda w: test_samples(w),

@@ -199,27 +199,6 @@ rule figure_noise:
         " --outdir results/figures --which fig8b 2> {log:q}"
 
 
-CROSSVAL = layout.crossval_table(CROSSVAL_NAME)
-CROSSVAL_FIGURE = f"results/figures/{CROSSVAL_NAME}_examples.png"
-
-
-def _crossval_confusions(wildcards):
-    return [layout.run_dir(CV).format(variant=v, modality=m, fold=f) + "/pixel_confusion.csv"
-            for v, m in [crossval_run()] for f in FOLDS]
-
-
-def _crossval_test_images(wildcards, input):
-    """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image (quoted by :q)."""
-    variant, modality = crossval_run()
-    parts = []
-    for fold in FOLDS:
-        run = layout.run_dir(CV).format(variant=variant, modality=modality, fold=fold)
-        for sample in fold_samples(SAMPLES, fold, "test"):
-            parts += ["--test-image", fold, sample, modality_image(modality, sample),
-                      labels_file(sample), f"{run}/pred/{sample}.tif"]
-    return parts
-
-
 rule crossval_table:
     """Cross-validation: per fold and mean ± SE pixel metrics, per-class IoU, pooled confusion,
     beside the published numbers (workflow/resources/paper_tables.yaml)."""
@@ -263,11 +242,7 @@ rule crossval_table:
 rule crossval_figure:
     """One test image per fold: micrograph, truth and prediction in the class colours."""
     input:
-        preds=lambda w: [
-            layout.run_dir(CV).format(variant=crossval_run()[0], modality=crossval_run()[1],
-                                      fold=f) + f"/pred/{s}.tif"
-            for f in FOLDS for s in fold_samples(SAMPLES, f, "test")
-        ],
+        preds=_crossval_predictions,
         images=lambda w: [modality_image(crossval_run()[1], s) for s in samples_in("test")],
         labels=lambda w: [labels_file(s) for s in samples_in("test")],
     output:
