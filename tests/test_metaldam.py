@@ -237,3 +237,48 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     for fold in ("a", "b"):
         run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
         assert json.loads((run / "metrics.json").read_text())["pixel"]["n_pixels"] == 2 * 160 * 192
+
+
+def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):
+    """prepare.upscale = 2: image and labels twice as large, every label pixel 2x2 identical
+    pixels (the class shares stay the release's), pixel size halved."""
+    from mvfcnn.prepare import prepare_sample
+
+    row = metadata.loc[0]
+    args = ("micrograph0", str(METALDAM / row["image_path"]),
+            str(METALDAM / row["annotation_path"]), classes)
+    kwargs = {"crop_bottom": int(row["cropbar"]), "scale_bar_um": float(row["micron_bar"])}
+    image1, labels1, record1 = prepare_sample(*args, **kwargs)
+    image2, labels2, record2 = prepare_sample(*args, **kwargs, upscale=2)
+    assert image2.shape == labels2.shape == (2 * row["height"], 2 * row["width"])
+    assert image2.dtype == np.uint8
+    np.testing.assert_array_equal(labels2[::2, ::2], labels1)
+    np.testing.assert_array_equal(labels2[1::2, 1::2], labels1)
+    assert record2.class_pixels == record1.class_pixels
+    assert record2.pixel_size_um == pytest.approx(record1.pixel_size_um / 2, rel=1e-4)
+    assert abs(float(image2.mean()) - float(image1.mean())) < 1.0
+
+
+def test_needs_prepare_decides_from_the_sheet_and_upscale():
+    from mvfcnn.layout import needs_prepare
+
+    assert not needs_prepare("a.tif", "l.tif", "", "")
+    assert needs_prepare("a.jpg", "l.tif", "", "")
+    assert needs_prepare("a.tif", "l.png", "", "")
+    assert needs_prepare("a.tif", "l.tif", "65", "")
+    assert needs_prepare("a.tif", "l.tif", "", "2.0")
+    assert needs_prepare("a.tif", "l.tif", "0", "", upscale=2)
+
+
+@pytest.mark.parametrize("overlays", [["metaldam.yaml"], ["metaldam.yaml", "metaldam_paper.yaml"]])
+def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
+    command = [str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
+               *[str(ROOT / "config" / name) for name in overlays], "--config",
+               f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "crossval_table" in result.stdout and "train_fcn" in result.stdout
+    # one model per fold: 6 folds x 3 stages
+    assert "fold5" in result.stdout

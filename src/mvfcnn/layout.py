@@ -40,9 +40,11 @@ def prepared(sample: str) -> dict[str, str]:
             "json": f"{base}/prepared.json"}
 
 
-def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str) -> bool:
-    """A sample is prepared when its files are not plain TIFFs or it has a band to crop."""
-    if str(crop_bottom or "0") not in ("", "0") or scale_bar_um:
+def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str,
+                  upscale: int = 1) -> bool:
+    """A sample is prepared when its files are not plain TIFFs, it has a band to crop, or the
+    images are enlarged."""
+    if str(crop_bottom or "0") not in ("", "0") or scale_bar_um or upscale != 1:
         return True
     return any(path and Path(path).suffix.lower() not in DIRECT_SUFFIXES
                for path in (sem, labels))

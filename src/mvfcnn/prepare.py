@@ -10,6 +10,11 @@ the same grid, and measures the pixel size from the scale bar where its length i
 * ``crop_bottom``: rows of the information band below the sample; cropped from the image. The
   label map must then have the image's grid (or already be cropped to it): anything else is an
   error naming both files.
+* ``upscale`` (config ``prepare.upscale``, an integer): the image is enlarged bilinearly and the
+  labels by replication, so structures a few pixels wide (MetalDAM's matrix walls) span more
+  than the FCN-8s output stride of 8 px. Every label pixel becomes upscale² identical pixels, so
+  pixel metrics on the enlarged grid weigh each original pixel by the share of its sub-pixels
+  predicted correctly. The pixel size is divided accordingly.
 * ``scale_bar_um``: the length of the scale bar printed in the band, in µm. The bar is the longest
   horizontal run of foreground pixels (contrasting with the band's background) shorter than half
   the band; pixel size = length / run. No band, or no bar found: the pixel size is unknown.
@@ -39,6 +44,7 @@ class Prepared:
     height: int
     width: int
     crop_bottom: int
+    upscale: int
     scale_bar_um: float | None
     scale_bar_px: int | None
     pixel_size_um: float | None
@@ -79,8 +85,12 @@ def prepare_sample(
     *,
     crop_bottom: int = 0,
     scale_bar_um: float | None = None,
+    upscale: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None, Prepared]:
-    """Read, crop and check one sample; returns the grey image, labels and the record."""
+    """Read, crop, check and enlarge one sample; returns the grey image, labels and the record.
+
+    ``class_pixels`` counts the labels before enlarging (comparable with a release's counts).
+    """
     from mvfcnn.io import read_image, read_labels
     from mvfcnn.objects import check_labels
 
@@ -102,12 +112,32 @@ def prepare_sample(
         check_labels(labels, classes, sample=sample, path=labels_path)
         counts = np.bincount(labels.ravel(), minlength=classes.num_classes)[
             : classes.num_classes].tolist()
+    if upscale < 1 or int(upscale) != upscale:
+        raise InputError(f"upscale must be a positive integer, got {upscale!r}", sample=sample)
     bar_px = scale_bar_pixels(band) if scale_bar_um else None
-    pixel_size = round(float(scale_bar_um) / bar_px, 6) if bar_px and scale_bar_um else None
+    pixel_size = (round(float(scale_bar_um) / bar_px / upscale, 6)
+                  if bar_px and scale_bar_um else None)
+    if upscale > 1:
+        image = enlarge_image(image, upscale)
+        if labels is not None:
+            labels = np.repeat(np.repeat(labels, upscale, axis=0), upscale, axis=1)
     record = Prepared(sample, str(image_path), str(labels_path) if labels_path else None,
-                      int(image.shape[0]), int(image.shape[1]), int(crop_bottom),
+                      int(image.shape[0]), int(image.shape[1]), int(crop_bottom), int(upscale),
                       float(scale_bar_um) if scale_bar_um else None, bar_px, pixel_size, counts)
     return image, labels, record
+
+
+def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear enlargement by an integer factor, in the image's dtype (pixel centres kept)."""
+    from skimage.transform import resize
+
+    height, width = image.shape
+    out = resize(image, (height * factor, width * factor), order=1, mode="edge",
+                 preserve_range=True, anti_aliasing=False)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+    return out.astype(image.dtype)
 
 
 def cli(argv: list[str]) -> int:
@@ -122,6 +152,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--crop-bottom", type=int, default=0, help="information band rows")
     parser.add_argument("--scale-bar-um", type=float, default=None,
                         help="length of the scale bar printed in the band (µm)")
+    parser.add_argument("--upscale", type=int, default=1,
+                        help="enlarge image (bilinear) and labels (replicated) by this factor")
     parser.add_argument("--out-image", required=True)
     parser.add_argument("--out-labels", default=None,
                         help="checked labels; without --labels all pixels are ignore")
@@ -132,7 +164,8 @@ def cli(argv: list[str]) -> int:
     classes = classes_from_json(args.classes_json)
     image, labels, record = prepare_sample(args.sample, args.image, args.labels, classes,
                                            crop_bottom=args.crop_bottom,
-                                           scale_bar_um=args.scale_bar_um)
+                                           scale_bar_um=args.scale_bar_um,
+                                           upscale=args.upscale)
     # uncompressed: the tile loader memory-maps these
     write_image(args.out_image, image, compression=None)
     if args.out_labels:

@@ -65,7 +65,8 @@ ENV = "../../envs/mvfcnn.yaml"
 def needs_prepare(sample):
     """Released files (JPEG, RGB, an information band, a scale bar) go through `prepare` first."""
     row = SAMPLES.loc[sample]
-    return layout.needs_prepare(row["sem"], row["labels"], row["crop_bottom"], row["scale_bar_um"])
+    return layout.needs_prepare(row["sem"], row["labels"], row["crop_bottom"], row["scale_bar_um"],
+                                config["prepare"]["upscale"])
 
 
 def sem_file(sample):

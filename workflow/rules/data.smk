@@ -45,6 +45,7 @@ rule prepare:
         classes=CLASSES_JSON,
         labels=lambda w, input: ["--labels", input.labels] if input.labels else [],
         crop=lambda w: SAMPLES.loc[w.sample, "crop_bottom"] or 0,
+        upscale=config["prepare"]["upscale"],
         scale_bar=lambda w: (
             ["--scale-bar-um", str(float(SAMPLES.loc[w.sample, "scale_bar_um"]))]
             if SAMPLES.loc[w.sample, "scale_bar_um"]
@@ -63,7 +64,8 @@ rule prepare:
     shell:
         "mvfcnn prepare --sample {wildcards.sample:q} --image {input.image:q}"
         " {params.labels:q} --classes-json {params.classes:q}"
-        " --crop-bottom {params.crop:q} {params.scale_bar:q} --out-image {output.image:q}"
+        " --crop-bottom {params.crop:q} {params.scale_bar:q} --upscale {params.upscale:q}"
+        " --out-image {output.image:q}"
         " --out-labels {output.labels:q} --out-json {output.report:q} 2> {log:q}"
 
 
