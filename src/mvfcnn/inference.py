@@ -22,7 +22,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -266,10 +266,15 @@ def _load_model(path: str):
 def _parse_params(text: str) -> dict:
     from mvfcnn.config import json_arg
 
-    params = json_arg(text, "--params-json")
+    return inference_kwargs(json_arg(text, "--params-json"))
+
+
+def inference_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``inference`` section as :func:`predict_image` keyword arguments: the one
+    translation every consumer (predict, figures) uses, so none drops a setting."""
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in params]
     if missing:
-        raise InputError(f"--params-json lacks key(s) {missing}")
+        raise InputError(f"inference settings lack key(s) {missing}")
     return {
         "tile_size": int(params["tile_size"]),
         "overlap": int(params["overlap"]),
