@@ -401,6 +401,19 @@ SHEETS = [
     ("only-comments", "# nothing here\n# yet\n", ["samples.tsv", "sample sheet is empty"]),
     ("comma-separated", "sample,split,sem,lom\na,predict,s.tif,l.tif\n",
      ["samples.tsv", "unknown column"]),
+    # real releases: labels-only objects, folds, information band, scale bar
+    ("labels-only-objects", "sample\tsplit\tsem\tlabels\na\ttest\ts.jpg\tl.png\n", None),
+    ("fold-on-a-train-row", "sample\tsplit\tsem\tlabels\tfold\na\ttrain\ts.jpg\tl.png\t1\n"
+     "b\ttest\ts.jpg\tl.png\t2\n", ["sample 'a'", "needs split 'test', not 'train'"]),
+    ("single-fold", "sample\tsplit\tsem\tlabels\tfold\na\ttest\ts.jpg\tl.png\t1\n",
+     ["samples.tsv", "needs at least 2 folds"]),
+    ("test-row-without-fold", "sample\tsplit\tsem\tlabels\tfold\na\ttest\ts.jpg\tl.png\t1\n"
+     "b\ttest\ts.jpg\tl.png\t2\nc\ttest\ts.jpg\tl.png\t\n",
+     ["samples.tsv", "test sample(s) ['c'] have no fold"]),
+    ("crop-bottom-not-rows", "sample\tsplit\tsem\tlabels\tcrop_bottom\na\ttest\ts.jpg\tl.png"
+     "\t6.5\n", ["sample 'a'", "crop_bottom must be a non-negative integer"]),
+    ("scale-bar-not-a-length", "sample\tsplit\tsem\tlabels\tscale_bar_um\na\ttest\ts.jpg"
+     "\tl.png\t-2\n", ["sample 'a'", "scale_bar_um must be a positive length"]),
 ]
 
 
