@@ -113,7 +113,10 @@ def test_bundle_carries_what_classify_needs(files, classes):
     loaded = load_for_inference(files["bundle"])
     assert loaded.is_bundle and loaded.extra["bundle"] == BUNDLE_FORMAT
     assert loaded.classes == classes
-    assert loaded.inference == INFERENCE
+    # the given settings, completed with the schema's defaults (a bundle is self-contained)
+    from mvfcnn.settings import defaults
+
+    assert loaded.inference == {**defaults("inference"), **INFERENCE}
     assert loaded.pixel_size_um == PIXEL_UM and loaded.modality == "sem"
     assert loaded.masking["min_object_area"] == 80
     extra = loaded.extra
@@ -149,7 +152,10 @@ def test_cli_writes_every_output(classified):
         assert (classified / name).stat().st_size > 0, name
     run = json.loads((classified / "run.json").read_text())
     assert run["object_source"] == "mask" and run["pixel_size_um"] == PIXEL_UM
-    assert run["inference"] == INFERENCE and run["model"]["bundle"] is True
+    from mvfcnn.settings import defaults
+
+    assert run["inference"] == {**defaults("inference"), **INFERENCE}
+    assert run["model"]["bundle"] is True
     assert run["precision_choice"]["precision"] == "fp32" and run["precision_choice"]["reason"]
 
 

@@ -25,15 +25,9 @@ from typing import Any
 
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.settings import defaults, with_defaults
 
 BUNDLE_FORMAT = "mvfcnn-bundle/1"
-#: inference settings for a bare model file (the schema's defaults of the `inference` section)
-INFERENCE_DEFAULTS: dict[str, Any] = {"tile_size": 512, "overlap": 64, "batch_size": 2,
-                                      "precision": "auto", "tta_rotations": False}
-#: object finding on a thresholded LOM for a bare model file (`masking` section defaults)
-MASKING_DEFAULTS: dict[str, Any] = {"threshold": None, "dark_is_foreground": True,
-                                    "opening_radius": 1, "closing_radius": 2,
-                                    "min_object_area": 80}
 
 
 @dataclass
@@ -102,9 +96,9 @@ def bundle_extra(model_extra: dict[str, Any], *, classes: ClassSet, inference: d
         "classes": classes.to_dict(),
         "normalisation": model_extra.get("normalisation", "imagenet"),
         "tile_size": model_extra.get("tile_size"),
-        "inference": {**INFERENCE_DEFAULTS, **inference},
+        "inference": with_defaults("inference", inference),
         "precision_choice": choice.as_dict(),
-        "masking": {**MASKING_DEFAULTS, **(masking or {})},
+        "masking": with_defaults("masking", masking),
         "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
         "modality": modality,
         "variant": variant,
@@ -180,11 +174,10 @@ def load_for_inference(path: str | Path, classes: ClassSet | None = None) -> Loa
                          f"{use.num_classes} ({list(use.names)}): a model file from another "
                          "class set", path=path)
     is_bundle = extra.get("bundle") == BUNDLE_FORMAT
-    inference = dict(INFERENCE_DEFAULTS)
+    inference = defaults("inference")
     if is_bundle:
         inference.update(extra.get("inference") or {})
-    masking = {**MASKING_DEFAULTS, **(extra.get("masking") or {})} if is_bundle \
-        else dict(MASKING_DEFAULTS)
+    masking = with_defaults("masking", extra.get("masking") if is_bundle else None)
     pixel = extra.get("pixel_size_um") if is_bundle else None
     return LoadedModel(model=model, path=path, classes=use, inference=inference, masking=masking,
                        pixel_size_um=None if pixel is None else float(pixel),

@@ -24,13 +24,12 @@ from scipy import ndimage
 
 from mvfcnn.errors import InputError, warn
 from mvfcnn.objects import STRUCTURE, count_objects
+from mvfcnn.settings import with_defaults
 
 #: a mask covering more than this share of the image is suspicious (an inverted threshold,
 #: dark_is_foreground wrong, a mask with 0/1 swapped): warned about, not an error
 MAX_FOREGROUND_FRACTION = 0.9
 
-DEFAULTS: dict[str, Any] = {"threshold": None, "dark_is_foreground": True, "opening_radius": 1,
-                            "closing_radius": 2, "min_object_area": 80}
 
 
 def disk(radius: int) -> np.ndarray:
@@ -175,7 +174,7 @@ def _params(text: str, sample: str) -> dict[str, Any]:
         given = json.loads(text) if text else {}
     except json.JSONDecodeError as err:
         raise InputError(f"--params-json is not valid JSON ({err})", sample=sample) from err
-    params = {**DEFAULTS, **given}
+    params = with_defaults("masking", given)
     t = params["threshold"]
     if t is not None and not (isinstance(t, int | float) and 0 <= t <= 1):
         raise InputError(f"masking.threshold must be null or in [0, 1], got {t!r}", sample=sample)

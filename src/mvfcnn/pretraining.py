@@ -39,23 +39,10 @@ from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.data import to_uint8
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, read_image, read_labels, write_table
+from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "patch_size": 64,
-    "head": "pool5",
-    "iterations": 200,
-    "batch_size": 32,
-    "lr": 1.0e-3,
-    "weight_decay": 0.0,
-    "batch_norm": True,
-    "include_matrix": True,
-    "augment": True,
-    "precision": "auto",
-    "device": "auto",
-    "progress": True,
-}
 CSV_COLUMNS = ["iteration", "loss", "accuracy", "seconds"]
 #: candidate patch centres kept per class and image (a grid of step patch_size // 16)
 MAX_CENTRES = 20_000
@@ -143,7 +130,7 @@ def pretrain_trunk(
     from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
     from mvfcnn.training import deterministic
 
-    cfg = {**DEFAULTS, **cfg}
+    cfg = with_defaults("pretrain", cfg)
     if cfg["head"] == "fc7" and int(cfg["patch_size"]) < 224:
         raise InputError(f"pretrain.head fc7 needs pretrain.patch_size >= 224 (fc6 is a 7x7 "
                          f"convolution on pool5), got {cfg['patch_size']}; or use head: pool5")

@@ -54,19 +54,8 @@ from scipy import ndimage as ndi
 
 from mvfcnn.config import SAMPLE_COLUMNS, ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.settings import with_defaults
 
-DEFAULTS: dict[str, Any] = {
-    "height": 768,
-    "width": 768,
-    "pixel_size_um": 0.1,
-    "images_per_class": {"train": 1, "test": 1},
-    "mixed_images": {"train": 1, "test": 1},
-    "predict_images": 1,
-    "object_count": [10, 16],
-    "object_radius_px": [22, 60],
-    "lom": {"downscale": 2.0, "blur_sigma": 1.5, "rotation_deg": 3.0, "shift_px": 12.0,
-            "scale_jitter": 0.02, "color": True},
-}
 LABELLED_SPLITS = ("train", "test")
 N_STYLES = 4  # martensite, tempered martensite, bainite, pearlite
 
@@ -86,12 +75,7 @@ GAP_PX = 10.0  # minimum gap between objects' bounding circles: LOM blur must no
 
 def _merged(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """Config with schema defaults filled in, so library callers may pass a partial section."""
-    cfg = dict(cfg or {})
-    out = {**DEFAULTS, **cfg}
-    out["lom"] = {**DEFAULTS["lom"], **(cfg.get("lom") or {})}
-    for key in ("images_per_class", "mixed_images"):
-        out[key] = {**DEFAULTS[key], **(cfg.get(key) or {})}
-    return out
+    return with_defaults("synthetic", cfg)
 
 
 def _slug(name: str) -> str:

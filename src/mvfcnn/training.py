@@ -51,8 +51,9 @@ their rot = 0 tiles, at most ``fcn.val_max_tiles``, evenly spaced) or takes a se
 (``--val-tiles``). Held-out windows overlap neighbouring training windows, so these numbers track
 fitting within the training images; they are never computed on test images.
 
-Optional ``fcn`` keys (defaults in :data:`DEFAULTS`): dropout, bias_lr_mult, bias_decay_mult,
-num_workers, val_holdout_every, val_max_tiles, keep_checkpoints, progress.
+Optional ``fcn`` keys (defaults: the config schema, :mod:`mvfcnn.settings`): dropout,
+bias_lr_mult, bias_decay_mult, num_workers, val_holdout_every, val_max_tiles, keep_checkpoints,
+progress.
 """
 
 from __future__ import annotations
@@ -86,33 +87,13 @@ from mvfcnn.io import atomic_path, write_table
 from mvfcnn.progress import progress
 from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
 from mvfcnn.runtime import set_threads as _set_threads
+from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
 STAGES = ("32s", "16s", "8s")
 LOSSES = ("mean", "sum")
 CSV_COLUMNS = ["iteration", "loss", "lr", "seconds", "pixel_accuracy", "mean_iu"]
-DEFAULTS: dict[str, Any] = {
-    "width": 1.0,
-    "fc_channels": 4096,
-    "dropout": 0.5,
-    "batch_size": 1,
-    "momentum": 0.9,
-    "weight_decay": 5.0e-4,
-    "bias_lr_mult": 2.0,
-    "bias_decay_mult": 0.0,
-    "loss": "mean",
-    "optimizer": "sgd",
-    "class_weighting": "none",
-    "precision": "auto",
-    "checkpoint_every": 0,
-    "validate_every": 0,
-    "num_workers": 0,
-    "val_holdout_every": 10,
-    "val_max_tiles": 16,
-    "keep_checkpoints": False,
-    "progress": True,
-}
 #: config keys that do not change the trained weights (left out of the checkpoint fingerprint)
 _RUN_ONLY_KEYS = {"iterations", "checkpoint_every", "validate_every", "device", "num_workers",
                   "keep_checkpoints", "progress", "val_max_tiles", "stages"}
@@ -472,7 +453,7 @@ def train_stage(
 
     if stage not in STAGES:
         raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
-    cfg = {**DEFAULTS, **cfg}
+    cfg = with_defaults("fcn", cfg)
     try:
         iterations = int(cfg["iterations"][stage])
         lr = float(cfg["lr"][stage])
@@ -667,7 +648,7 @@ def cli(argv: list[str]) -> int:
     variant = json_arg(args.variant_json, "--variant-json")
     if args.num_workers is not None:
         cfg["num_workers"] = args.num_workers
-    full = {**DEFAULTS, **cfg}
+    full = with_defaults("fcn", cfg)
     tiles = read_tiles(args.tiles)
     if args.val_tiles:
         val_tiles = read_tiles(args.val_tiles)

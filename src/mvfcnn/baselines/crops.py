@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.errors import InputError
+from mvfcnn.settings import with_defaults
 
-DEFAULT_CROP_SIZE = 64
 TABLE_COLUMNS = ("object_id", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "true_class")
 
 
@@ -256,7 +256,7 @@ def cli(argv: list[str]) -> int:
     from mvfcnn.config import json_arg
 
     params = json_arg(args.params_json, "--params-json")
-    size = int(params.get("crop_size", DEFAULT_CROP_SIZE))
+    size = int(with_defaults("baselines", params)["crop_size"])
     if size < 8:
         raise InputError(f"baselines.crop_size must be >= 8, got {size}")
     crops = crop_objects(args.samples, args.images, args.objects_tables, args.objects_ids,

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from mvfcnn.settings import with_defaults
+
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
 GLCM_ANGLES = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)
 MORPHOLOGY_NAMES = (
@@ -42,14 +44,11 @@ MORPHOLOGY_NAMES = (
 )
 INTENSITY_NAMES = ("mean", "std", "p10", "p50", "p90")
 GRADIENT_NAMES = ("gradient_mean", "coherence_global", "coherence_local")
-HANDCRAFTED_DEFAULTS: dict[str, Any] = {
-    "glcm_levels": 32, "glcm_distances": [1, 2], "lbp_points": 8, "lbp_radius": 1,
-}
 
 
 def handcrafted_names(params: dict[str, Any] | None = None) -> list[str]:
     """Column names of :func:`handcrafted_features`, in order."""
-    p = {**HANDCRAFTED_DEFAULTS, **(params or {})}
+    p = with_defaults(("baselines", "handcrafted"), params)
     names = list(MORPHOLOGY_NAMES) + [f"intensity_{n}" for n in INTENSITY_NAMES]
     for prop in GLCM_PROPS:
         for d in p["glcm_distances"]:
@@ -136,7 +135,7 @@ def handcrafted_features(grey: np.ndarray, mask: np.ndarray,
     ``grey``: uint8 bounding-box crop of the object's image; ``mask``: bool, same shape, True on
     the object's own pixels (not its neighbours').
     """
-    p = {**HANDCRAFTED_DEFAULTS, **(params or {})}
+    p = with_defaults(("baselines", "handcrafted"), params)
     grey = np.asarray(grey)
     mask = np.asarray(mask, dtype=bool)
     if grey.shape != mask.shape or grey.ndim != 2:

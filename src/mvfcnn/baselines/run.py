@@ -23,7 +23,6 @@ one-vs-rest SVM decision value (SVMs). With ``--out-model`` the trained model is
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from collections.abc import Callable
@@ -38,30 +37,12 @@ from mvfcnn.baselines.crops import CropSet
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 
-#: config ``baselines`` defaults (CPU-sized; config/paper.yaml holds the paper's values)
-DEFAULTS: dict[str, Any] = {
-    "precision": "auto",
-    "device": "auto",
-    "svm": {"C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma_factor": [0.01, 0.1, 1.0, 10.0],
-            "folds": 5},
-    "cifarnet": {"epochs": 60, "batch_size": 16, "lr": 3.0e-3, "momentum": 0.9,
-                 "weight_decay": 0.004, "augment": True, "init": "torch", "pool_stride": 3,
-                 "fc_width": 64, "dropout": 0.5},
-    "vgg16": {"pretrained": "none", "epochs": 2, "batch_size": 16, "lr": 1.0e-4,
-              "momentum": 0.9, "weight_decay": 0.004, "augment": True},
-    "vgg19_svm": {"pretrained": "none", "batch_size": 32},
-}
-
 
 def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS updated by ``params`` one level deep (per-method sections merge key by key)."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in (params or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    """``params`` over the schema's ``baselines`` defaults (method sections merge key by key)."""
+    from mvfcnn.settings import with_defaults
+
+    return with_defaults("baselines", params)
 
 
 # --------------------------------------------------------------------------- labels

@@ -16,11 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SVM_DEFAULTS: dict[str, Any] = {
-    "C": [0.1, 1.0, 10.0, 100.0, 1000.0],
-    "gamma_factor": [0.01, 0.1, 1.0, 10.0],
-    "folds": 5,
-}
+from mvfcnn.settings import with_defaults
 
 
 @dataclass
@@ -63,7 +59,7 @@ def fit_svm(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
     """Grid-searched StandardScaler + RBF SVC (see the module docstring)."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    p = {**SVM_DEFAULTS, **(params or {})}
+    p = with_defaults(("baselines", "svm"), params)
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
