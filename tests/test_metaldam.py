@@ -215,6 +215,9 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         "samples": str(sheet),
         "run": {"variants": ["ft_balanced_aug"], "modalities": ["sem"], "baselines": []},
         "masking": {"min_object_area": 20},
+        "prepare": {"upscale": 1},  # the committed 2x enlargement is tested on its own above
+        "pretrain": {"patch_size": 32},
+        "tiles": {"size": 96, "stride": 64},
     }))
     work = tmp_path / "work"
     command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
