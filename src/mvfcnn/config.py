@@ -205,10 +205,9 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
         if row["fold"] and row["split"] != "test":
             raise InputError(f"a 'fold' (the cross-validation fold that tests this sample) needs "
                              f"split 'test', not {row['split']!r}", sample=sample, path=source)
-        for column in ("crop_bottom",):
-            if row[column] and not str(row[column]).isdigit():
-                raise InputError(f"{column} must be a non-negative integer (rows), got "
-                                 f"{row[column]!r}", sample=sample, path=source)
+        if row["crop_bottom"] and not str(row["crop_bottom"]).isdigit():
+            raise InputError(f"crop_bottom must be a non-negative integer (rows), got "
+                             f"{row['crop_bottom']!r}", sample=sample, path=source)
         if row["scale_bar_um"]:
             try:
                 ok = float(row["scale_bar_um"]) > 0
