@@ -15,6 +15,8 @@ from mvfcnn.runtime import PrecisionChoice, autocast, choose_precision
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "_warned", set())
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def _cpu(monkeypatch: pytest.MonkeyPatch, arch: str, flags: str, ratio: float = 50.0) -> list:
@@ -51,6 +53,25 @@ def test_auto_on_x86_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> Non
     _cpu(monkeypatch, "x86_64", "sse2 avx2 avx512f avx512bw")  # Skylake-X: AVX-512, no bf16
     assert choose_precision("auto", "cpu").reason == ("CPU lacks native bf16 (flags: avx2, "
                                                       "avx512f): fp32 + channels_last")
+
+
+@pytest.mark.parametrize(("env", "value", "native"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", False), ("ONEDNN_MAX_CPU_ISA", "avx512_core", False),
+    ("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI", False), ("ATEN_CPU_CAPABILITY", "avx2", False),
+    ("ATEN_CPU_CAPABILITY", "default", False), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True), ("ONEDNN_MAX_CPU_ISA", "ALL", True),
+    ("ATEN_CPU_CAPABILITY", "avx512", True)])
+def test_isa_cap_below_bf16_means_emulated(monkeypatch: pytest.MonkeyPatch, env: str, value: str,
+                                          native: bool) -> None:
+    """The AVX2 emulation an AVX-512 machine runs (README "Precision") gets fp32, like a Zen 3."""
+    calls = _cpu(monkeypatch, "x86_64", "sse2 avx2 avx512f avx512_bf16")
+    monkeypatch.setenv(env, value)
+    choice = choose_precision("auto", "cpu")
+    assert choice.precision == ("bf16" if native else "fp32") and not calls
+    if not native:
+        assert choice.reason == (f"CPU lacks native bf16 ({env.replace('DNNL', 'ONEDNN')}="
+                                 f"{value.upper() if 'ISA' in env else value} caps torch below "
+                                 "the bf16 instructions): fp32 + channels_last")
 
 
 @pytest.mark.parametrize(("flags", "expected"), [("fp asimd bf16 i8mm", "bf16"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import sys
 import time
@@ -43,6 +44,8 @@ X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 #: bf16/fp32 time ratio below which an unknown CPU gets bf16 (clearly faster, not noise)
 UNKNOWN_CPU_BF16_RATIO = 0.8
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) that include native bf16
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
 _X86 = ("x86_64", "amd64", "i386", "i686")
 _ARM = ("aarch64", "arm64")
 _warned: set[str] = set()
@@ -101,9 +104,30 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def isa_limit() -> str | None:
+    """Why torch may not use the CPU's bf16 instructions although it has them, or None.
+
+    ``ONEDNN_MAX_CPU_ISA`` caps the instructions oneDNN (convolutions, GEMM) may use and
+    ``ATEN_CPU_CAPABILITY`` those of PyTorch's own kernels; users set them to work around CPU
+    bugs, and ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` is how an AVX-512 machine
+    reproduces an AVX2-only one (README "Precision"). Under a cap below bf16, bf16 is emulated.
+    """
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    onednn = onednn.strip().upper()
+    if onednn and onednn not in ("ALL", "DEFAULT") and not onednn.startswith(ONEDNN_BF16_ISAS):
+        return f"ONEDNN_MAX_CPU_ISA={onednn}"
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten in ("default", "avx2", "zvector", "vsx"):
+        return f"ATEN_CPU_CAPABILITY={aten}"
+    return None
+
+
 def native_bf16() -> tuple[bool | None, str]:
     """(True/False/None = unknown, what was seen) for "this CPU computes bf16 in hardware"."""
     arch, flags = cpu_arch(), cpu_flags()
+    limit = isa_limit()
+    if limit:
+        return False, f"{limit} caps torch below the bf16 instructions"
     if not flags:
         return None, f"no CPU flags readable on {arch or 'this machine'}"
     if arch in _ARM:
