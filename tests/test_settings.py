@@ -75,3 +75,19 @@ def test_the_workflow_schema_is_the_package_schema():
     """workflow/schemas/config.schema.yaml links to the file the package reads."""
     linked = (ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve()
     assert linked == settings.SCHEMA_PATH
+
+
+def test_report_view_keeps_only_report_sections():
+    """Report rules hash this view into their params: resources must not be in it, every
+    section the tables and figures read must."""
+    from mvfcnn.settings import REPORT_SECTIONS, report_view, schema
+
+    top = set(schema()["properties"])
+    assert set(REPORT_SECTIONS) <= top
+    left_out = top - set(REPORT_SECTIONS)
+    assert left_out == {"registration", "masking", "classify", "crossval", "resources"}
+    config = {key: {"x": 1} for key in top}
+    view = report_view(config)
+    assert set(view) == set(REPORT_SECTIONS)
+    view["fcn"]["x"] = 2
+    assert config["fcn"]["x"] == 1  # a copy

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from mvfcnn import tables as T
+from mvfcnn.cli import main as cli_main
 from mvfcnn.config import ClassSet
 from mvfcnn.evaluate import write_evaluation
 
@@ -255,6 +256,13 @@ def test_best_variant_fallback_is_stated(tmp_path, classes, default_config, pape
     t1 = T.build_tables(tmp_path, classes, config, paper, runs=runs)["table1"]
     row = _row(t1, method="mvfcnn")
     assert row["ours"] == 62.5 and "best variant: ft_balanced" in row["configuration"]
+    # the same decision, once, as the best-run file the figure jobs read
+    out = tmp_path / "best.json"
+    assert cli_main(["best-run", "--results-dir", str(tmp_path), "--config-json",
+                     json.dumps(config), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"sem": {"variant": "ft_balanced", "why": why}}
+    assert T.read_best_run(out, "sem") == (variant, why)
+    assert T.read_best_run(out, "lom") == (None, "no MVFCNN run on LOM")
 
 
 def test_combinations_and_lom(tmp_path, classes, default_config, paper):

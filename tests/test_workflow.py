@@ -41,10 +41,31 @@ def mini_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def planned_jobs(dry_run_stdout: str) -> list[tuple[str, str]]:
+    """(rule, resources line) of every job a ``snakemake -n`` listed."""
+    jobs: list[tuple[str, str]] = []
+    for line in dry_run_stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":"):
+            jobs.append((line.split()[1].rstrip(":"), ""))
+        elif line.strip().startswith("resources:") and jobs:
+            jobs[-1] = (jobs[-1][0], line.strip())
+    return jobs
+
+
 @pytest.mark.slow
 def test_dry_run_declares_gpu_on_network_jobs(tmp_path):
-    result = snakemake(tmp_path, "-n", "--cores", "4", "--resources", "gpu=1", "--printshellcmds")
-    assert "train_fcn" in result.stdout and "predict" in result.stdout
+    result = snakemake(tmp_path, "-n", "--cores", "4", "--resources", "gpu=1")
+    jobs = planned_jobs(result.stdout)
+    network = {"pretrain_trunk", "train_fcn", "predict", "classify"}
+    assert network <= {rule for rule, _ in jobs}
+    for rule, resources in jobs:
+        if rule in network:
+            assert "gpu=1" in resources, (rule, resources)
+        elif rule in {"synthesize", "register", "mask", "objects", "tile_index", "tables"}:
+            assert "gpu=1" not in resources, (rule, resources)
+    baselines = [resources for rule, resources in jobs if rule == "train_baseline"]
+    # cifarnet, vgg16, vgg19_svm use the network; handcrafted_svm does not (x2 modalities)
+    assert sorted("gpu=1" in r for r in baselines) == [False, False] + [True] * 6
 
 
 @pytest.mark.slow
@@ -105,6 +126,18 @@ def test_rerun_is_a_no_op(mini_run):
 
 
 @pytest.mark.slow
+def test_report_reruns_only_for_settings_it_reads(mini_run):
+    """Report jobs take only the config sections they read: a resources change reruns none of
+    them, a change to a section they print (inference) reruns them."""
+    quiet = planned_jobs(snakemake(mini_run, "-n", "--cores", "2",
+                                   "--config", "resources={predict: {threads: 1}}").stdout)
+    assert not {rule for rule, _ in quiet} & {"tables", "best_run", "figure_noise"}, quiet
+    loud = planned_jobs(snakemake(mini_run, "-n", "--cores", "2",
+                                  "--config", "inference={overlap: 60}").stdout)
+    assert {"tables", "best_run", "figure_noise"} <= {rule for rule, _ in loud}
+
+
+@pytest.mark.slow
 def test_every_table_and_figure(mini_run, repo_root):
     import yaml
 
@@ -120,6 +153,8 @@ def test_every_table_and_figure(mini_run, repo_root):
     table1 = pd.read_csv(tables / "table1.csv")
     assert sorted(table1["paper"].dropna().round(2)) == [48.89, 57.03, 64.84, 66.5, 93.94]
     assert (tables / "summary.md").exists()
+    best = json.loads((mini_run / "results" / "best.json").read_text())
+    assert best["sem"]["variant"] == best["lom"]["variant"] == "ft_balanced_aug"
     for name in ("fig4_examples", "fig6_segmentation", "fig7_maxvoting", "fig8a_lom_vs_sem",
                  "fig8b_noise"):
         assert (mini_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000, name

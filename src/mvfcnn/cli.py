@@ -31,6 +31,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
     "crossval-figure": ("mvfcnn.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
+    "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "
+                 "modality (results/best.json)"),
     "tables": ("mvfcnn.tables", "Regenerate the paper's tables"),
     "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
     "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),

@@ -53,6 +53,8 @@ class Context:
     config: dict[str, Any]
     classes: ClassSet
     samples: pd.DataFrame
+    #: the ``best-run`` output; None = decide from the metrics found under ``results_dir``
+    best_run: Path | None = None
 
     def split(self, split: str) -> list[str]:
         return [s for s in self.samples.index if self.samples.loc[s, "split"] == split]
@@ -93,11 +95,13 @@ def sample_sheet(config: dict[str, Any], results_dir: str | Path,
 
 
 def make_context(results_dir: str | Path, config: dict[str, Any],
-                 samples: pd.DataFrame | None = None) -> Context:
+                 samples: pd.DataFrame | None = None, *,
+                 best_run: str | Path | None = None) -> Context:
     classes = ClassSet.from_config(config)
     if samples is None:
         samples = sample_sheet(config, results_dir, classes)
-    return Context(Path(results_dir), config, classes, samples)
+    return Context(Path(results_dir), config, classes, samples,
+                   Path(best_run) if best_run else None)
 
 
 def _read(path: Path | None, *, labels: bool = False) -> np.ndarray | None:
@@ -109,8 +113,10 @@ def _read(path: Path | None, *, labels: bool = False) -> np.ndarray | None:
 
 
 def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
-    from mvfcnn.tables import best_variant, collect_runs
+    from mvfcnn.tables import best_variant, collect_runs, read_best_run
 
+    if ctx.best_run is not None:
+        return read_best_run(ctx.best_run, "sem")
     return best_variant(collect_runs(ctx.results_dir, ctx.config), "sem")
 
 
@@ -740,9 +746,11 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--model", default=None,
                         help="model file for fig8b (default: the best SEM variant's final stage)")
     parser.add_argument("--patch", type=int, default=PATCH, help="patch size of the crops, px")
+    parser.add_argument("--best-run", default=None,
+                        help="`mvfcnn best-run` output (default: decide from the metrics)")
     args = parser.parse_args(argv)
     config = load_config_arg(args.config_json)
-    ctx = make_context(args.results_dir, config)
+    ctx = make_context(args.results_dir, config, best_run=args.best_run)
     written = write_figures(ctx, args.outdir, args.which, model=args.model, patch=args.patch)
     for path in written:
         print(f"mvfcnn figures: wrote {path}", file=sys.stderr)

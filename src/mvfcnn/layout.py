@@ -13,6 +13,8 @@ RESULTS = "results"
 PREPARED = f"{RESULTS}/prepared"
 #: formats the rest of the workflow reads directly (memory-mapped); others are prepared first
 DIRECT_SUFFIXES = {".tif", ".tiff"}
+#: which MVFCNN variant stands for "MVFCNN" per modality (decided once, read by the figures)
+BEST_RUN = f"{RESULTS}/best.json"
 
 
 def run_dir(cv: bool) -> str:

@@ -76,3 +76,16 @@ def with_defaults(section: str | tuple[str, ...], given: Mapping[str, Any] | Non
     """``given`` (a config section, possibly partial) over the schema's defaults, deep-merged."""
     path = (section,) if isinstance(section, str) else tuple(section)
     return _merge(defaults(*path), given or {})
+
+
+#: config sections the report (tables, figures, best run) reads; the others (resources,
+#: registration, masking, classify, crossval) cannot change a table or a figure, so they stay
+#: out of the report rules' params and changing them reruns no report job
+REPORT_SECTIONS = ("seed", "classes", "ignore_index", "samples", "metaldam", "prepare",
+                   "synthetic", "run", "variants", "pretrain", "tiles", "fcn", "inference",
+                   "baselines")
+
+
+def report_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the workflow config the report jobs receive (:data:`REPORT_SECTIONS`)."""
+    return {key: copy.deepcopy(config[key]) for key in REPORT_SECTIONS if key in config}

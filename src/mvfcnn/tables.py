@@ -139,6 +139,41 @@ def best_variant(runs: dict[tuple, Run], modality: str = "sem") -> tuple[str | N
                      f"{sorted(available)}; {PREFERRED_VARIANT} was not run)")
 
 
+def best_runs(runs: dict[tuple, Run]) -> dict[str, dict[str, str | None]]:
+    """``best_variant`` for every modality that has MVFCNN runs: {modality: {variant, why}}."""
+    modalities = sorted({key[2] for key in runs if key[0] == "mvfcnn"})
+    return {m: dict(zip(("variant", "why"), best_variant(runs, m), strict=True))
+            for m in modalities}
+
+
+def read_best_run(path: str | Path, modality: str = "sem") -> tuple[str | None, str]:
+    """(variant, why) from the ``best-run`` output (``results/best.json``)."""
+    from mvfcnn.io import read_json
+
+    entry = read_json(path).get(modality)
+    if entry is None:
+        return None, f"no MVFCNN run on {modality.upper()}"
+    return entry["variant"], entry["why"]
+
+
+def best_run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvfcnn best-run",
+        description="Decide once which MVFCNN variant stands for 'MVFCNN' in the report, per "
+                    "modality (the paper's best configuration if run, else the best object "
+                    "accuracy), and write it as JSON for the figure jobs.")
+    add_report_args(parser)
+    parser.add_argument("--out", required=True, help="output JSON (results/best.json)")
+    args = parser.parse_args(argv)
+
+    from mvfcnn.io import write_json
+
+    runs = collect_runs(args.results_dir, load_config_arg(args.config_json))
+    write_json(args.out, best_runs(runs))
+    print(f"mvfcnn best-run: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 

@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from mvfcnn import layout
 from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples, load_sample_sheet
 from mvfcnn.errors import InputError
+from mvfcnn.settings import report_view
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).

@@ -1,12 +1,34 @@
 # Tables 1-6 and Figures 4, 6, 7, 8 of the paper, with the paper's numbers beside ours, for
 # `snakemake --report results/report.html`. The paper's numbers live only in
-# workflow/resources/paper_tables.yaml. Which MVFCNN run stands for "the best" is decided inside
-# mvfcnn.tables / mvfcnn.figures (ft_balanced_aug if configured, else the best SEM accuracy), so
-# the rules below depend on every configured run.
+# workflow/resources/paper_tables.yaml. Which MVFCNN run stands for "the best" is decided once by
+# `best_run` (ft_balanced_aug if configured, else the best object accuracy; results/best.json).
+# Report jobs get only the config sections they read (mvfcnn.settings.REPORT_SECTIONS), so a
+# change of resources, registration or classify settings reruns no table or figure.
 
 PAPER_TABLES = os.path.join(workflow.basedir, "workflow", "resources", "paper_tables.yaml")
 TABLE_NAMES = [f"table{i}" for i in range(1, 7)]
-CONFIG_JSON = json.dumps(config, separators=(",", ":"), sort_keys=True)
+REPORT_CONFIG_JSON = json.dumps(report_view(config), separators=(",", ":"), sort_keys=True)
+
+
+rule best_run:
+    """Which MVFCNN variant stands for "MVFCNN" in the figures, per modality."""
+    input:
+        metrics=_mvfcnn_files("metrics.json"),
+    output:
+        layout.BEST_RUN,
+    params:
+        config=REPORT_CONFIG_JSON,
+    log:
+        "results/logs/report/best_run.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "mvfcnn best-run --results-dir results --config-json {params.config:q}"
+        " --out {output:q} 2> {log:q}"
 
 
 rule tables:
@@ -39,7 +61,7 @@ rule tables:
             labels={"table": "Summary"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/tables.log",
     conda:
@@ -68,7 +90,7 @@ rule figure_examples:
             labels={"figure": "Fig. 4"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/fig4.log",
     conda:
@@ -85,6 +107,7 @@ rule figure_examples:
 rule figure_segmentation:
     """Fig. 6: best and worst SEM test patches (image | ground truth | prediction)."""
     input:
+        best=layout.BEST_RUN,
         metrics=_mvfcnn_files("metrics.json", ("sem",)),
         preds=_preds(("sem",)),
         sem=_sem("test"),
@@ -97,7 +120,7 @@ rule figure_segmentation:
             labels={"figure": "Fig. 6"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/fig6.log",
     conda:
@@ -108,12 +131,13 @@ rule figure_segmentation:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig6 2> {log:q}"
+        " --outdir results/figures --which fig6 --best-run {input.best:q} 2> {log:q}"
 
 
 rule figure_maxvoting:
     """Fig. 7: per test image, the max-voted object map beside the ground-truth objects."""
     input:
+        best=layout.BEST_RUN,
         metrics=_mvfcnn_files("metrics.json", ("sem",)),
         objects=_mvfcnn_files("objects.csv", ("sem",)),
         ids=[f"results/objects/{s}.tif" for s in samples_in("test")],
@@ -126,7 +150,7 @@ rule figure_maxvoting:
             labels={"figure": "Fig. 7"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/fig7.log",
     conda:
@@ -137,12 +161,13 @@ rule figure_maxvoting:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig7 2> {log:q}"
+        " --outdir results/figures --which fig7 --best-run {input.best:q} 2> {log:q}"
 
 
 rule figure_lom_vs_sem:
     """Fig. 8a: ground truth | LOM | LOM segmentation | SEM | SEM segmentation."""
     input:
+        best=layout.BEST_RUN,
         metrics=_mvfcnn_files("metrics.json"),
         preds=_preds(("sem", "lom")),
         sem=_sem("test"),
@@ -156,7 +181,7 @@ rule figure_lom_vs_sem:
             labels={"figure": "Fig. 8a"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/fig8a.log",
     conda:
@@ -167,12 +192,13 @@ rule figure_lom_vs_sem:
         runtime=15,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8a 2> {log:q}"
+        " --outdir results/figures --which fig8a --best-run {input.best:q} 2> {log:q}"
 
 
 rule figure_noise:
     """Fig. 8b: seeded dirt/scratch/noise on SEM test patches, segmented by the final model."""
     input:
+        best=layout.BEST_RUN,
         metrics=_mvfcnn_files("metrics.json", ("sem",)),
         models=_mvfcnn_files(f"fcn{FINAL_STAGE}.pt", ("sem",)),
         sem=_sem("test"),
@@ -185,7 +211,7 @@ rule figure_noise:
             labels={"figure": "Fig. 8b"},
         ),
     params:
-        config=CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/fig8b.log",
     conda:
@@ -196,7 +222,7 @@ rule figure_noise:
         runtime=30,
     shell:
         "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8b 2> {log:q}"
+        " --outdir results/figures --which fig8b --best-run {input.best:q} 2> {log:q}"
 
 
 rule crossval_table:
