@@ -11,7 +11,6 @@ run, else the variant with the best SEM object accuracy (``mvfcnn.tables.best_va
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable
@@ -76,7 +75,7 @@ class Context:
 
     @property
     def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+        return int(self.config["seed"])
 
 
 def sample_sheet(config: dict[str, Any], results_dir: str | Path,
@@ -84,11 +83,11 @@ def sample_sheet(config: dict[str, Any], results_dir: str | Path,
     """The sample sheet the workflow uses (the synthetic one lives under results/synthetic)."""
     from mvfcnn.config import check_sample_sheet, load_sample_sheet
 
-    samples = config.get("samples", "synthetic")
+    samples = config["samples"]
     if samples == "synthetic":
         from mvfcnn.synthetic import sample_sheet as synthetic_sheet
 
-        frame = synthetic_sheet(config.get("synthetic", {}), str(Path(results_dir) / "synthetic"),
+        frame = synthetic_sheet(config["synthetic"], str(Path(results_dir) / "synthetic"),
                                 classes)
         return check_sample_sheet(frame, classes=classes)
     return load_sample_sheet(samples, classes)
@@ -97,6 +96,10 @@ def sample_sheet(config: dict[str, Any], results_dir: str | Path,
 def make_context(results_dir: str | Path, config: dict[str, Any],
                  samples: pd.DataFrame | None = None, *,
                  best_run: str | Path | None = None) -> Context:
+    """The figures' inputs; ``config`` may be partial (schema defaults are filled in)."""
+    from mvfcnn.tables import filled_config
+
+    config = filled_config(config)
     classes = ClassSet.from_config(config)
     if samples is None:
         samples = sample_sheet(config, results_dir, classes)
@@ -602,7 +605,7 @@ def model_predictor(model_path: str | Path, inference: dict[str, Any]) -> Predic
 
     def predict(patch: np.ndarray) -> np.ndarray:
         return np.asarray(predict_image(model, patch, **kwargs,
-                                        device=str(inference.get("device", "auto")),
+                                        device="auto",  # as `mvfcnn predict`
                                         progress=False))
 
     return predict
@@ -688,7 +691,7 @@ def default_model(ctx: Context) -> tuple[Path | None, str]:
     variant, why = best_sem_variant(ctx)
     if variant is None:
         return None, why
-    stage = (ctx.config.get("fcn", {}).get("stages") or ["8s"])[-1]
+    stage = ctx.config["fcn"]["stages"][-1]
     path = ctx.run_dir(variant, "sem") / f"fcn{stage}.pt"
     return (path if path.exists() else None), f"{variant} / SEM, FCN-{stage}"
 
@@ -713,7 +716,7 @@ def make_figure(name: str, ctx: Context, *, model: str | Path | None = None,
         if predictor is None:
             path, note = (Path(model), "") if model else default_model(ctx)
             if path is not None and path.exists():
-                predictor = model_predictor(path, ctx.config.get("inference", {}))
+                predictor = model_predictor(path, ctx.config["inference"])
                 note = note or f"({path})"
             elif model:
                 raise InputError("model file not found", path=model)
@@ -733,13 +736,11 @@ def write_figures(ctx: Context, outdir: str | Path, which: list[str] | None = No
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn figures",
-        description="The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours from "
-                    "the config). Missing inputs give a placeholder PNG with a note.")
-    from mvfcnn.tables import add_report_args, load_config_arg
+    from mvfcnn.tables import load_config_arg, report_parser
 
-    add_report_args(parser)
+    parser = report_parser(
+        "mvfcnn figures", "The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours "
+                          "from the config). Missing inputs give a placeholder PNG with a note.")
     parser.add_argument("--outdir", default="results/figures", help="output folder")
     parser.add_argument("--which", nargs="+", choices=list(FIGURES), default=None,
                         help="figures to make (default: all)")
