@@ -151,12 +151,7 @@ def cli(argv: list[str]) -> int:
                                 columns=classes.names).reset_index()
     markdown = render_markdown(table, classes, literature, title=args.title, notes=notes,
                                secondary_exclude=secondary)
-    pooled_md = pd.DataFrame(pooled, index=list(classes.names), columns=list(classes.names))
-    html = ("<h3>" + args.title + "</h3>\n" + _html_table(table) + "\n<h4>Published</h4>\n"
-            + pd.DataFrame(literature).to_html(index=False, border=0)
-            + "\n<h4>Pooled pixel confusion (rows true, columns predicted)</h4>\n"
-            + pooled_md.to_html(border=0) + "\n<h4>Notes</h4>\n<ul>"
-            + "".join(f"<li>{n}</li>" for n in notes) + "</ul>\n")
+    html = render_html(table, pooled_frame, literature, title=args.title, notes=notes)
     write_table(args.out_csv, table)
     write_table(args.out_confusion, pooled_frame)
     write_text(args.out_md, markdown)
@@ -168,12 +163,23 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def _html_table(table: pd.DataFrame) -> str:
+def render_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict[str, Any]],
+                *, title: str, notes: list[str]) -> str:
+    """The report page: ours per fold (percent), the published results, the pooled confusion
+    and the notes, as tables by the shared :mod:`mvfcnn.rendering`."""
+    import html
+
+    from mvfcnn.rendering import frame_html, html_page
+
     shown = table.copy()
     for column in shown.columns:
         if column not in ("fold", "n_pixels"):
             shown[column] = [_pct(v) for v in shown[column]]
-    return shown.to_html(index=False, border=0)
+    return html_page(
+        f"<h3>{html.escape(title)}</h3>" + frame_html(shown)
+        + "<h4>Published</h4>" + frame_html(pd.DataFrame(literature))
+        + "<h4>Pooled pixel confusion (rows true, columns predicted)</h4>" + frame_html(pooled)
+        + "<h4>Notes</h4><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
 
 
 def pick_example(labels: list[np.ndarray], classes: ClassSet) -> int:
