@@ -22,10 +22,8 @@ memory-mapped.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -226,24 +224,14 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn pretrain-trunk`: the ``pretrained: patches`` trunk of one modality."""
-    parser = argparse.ArgumentParser(prog="mvfcnn pretrain-trunk",
-                                     description=__doc__.split("\n")[0])
+    from mvfcnn.runtime import job_parser, start_job
+
+    parser = job_parser("mvfcnn pretrain-trunk", __doc__.split("\n")[0],
+                        params_help="the `pretrain` config section", reports_required=False)
     parser.add_argument("--images", nargs="+", required=True, help="training images")
     parser.add_argument("--labels", nargs="+", required=True, help="their label maps")
-    parser.add_argument("--classes-json", required=True)
-    parser.add_argument("--params-json", required=True, help="the `pretrain` config section")
     parser.add_argument("--fcn-json", required=True, help="the `fcn` section (width, fc_channels)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--out-csv", default=None)
-    parser.add_argument("--out-png", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    from mvfcnn.runtime import set_threads
-
-    set_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    args = start_job(parser, argv)
     cfg = json_arg(args.params_json, "--params-json")
     fcn_cfg = json_arg(args.fcn_json, "--fcn-json")
     summary = pretrain_trunk(images=args.images, labels=args.labels,

@@ -58,7 +58,6 @@ progress.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -67,7 +66,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -85,8 +83,14 @@ from mvfcnn.data import TileDataset, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, write_table
 from mvfcnn.progress import progress
-from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
-from mvfcnn.runtime import set_threads as _set_threads
+from mvfcnn.runtime import (
+    announce,
+    autocast,
+    choose_precision,
+    job_parser,
+    resolve_device,
+    start_job,
+)
 from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
@@ -617,18 +621,12 @@ def read_tiles(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn train-fcn`: one FCN stage from a tile index (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="mvfcnn train-fcn",
-                                     description=__doc__.split("\n")[0])
+    parser = job_parser("mvfcnn train-fcn", __doc__.split("\n")[0],
+                        params_help="the `fcn` config section", reports_required=True)
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--parent", default=None, help="trained previous stage (16s, 8s)")
     parser.add_argument("--tiles", required=True)
-    parser.add_argument("--classes-json", required=True)
-    parser.add_argument("--params-json", required=True, help="the `fcn` config section")
     parser.add_argument("--variant-json", required=True, help="{pretrained, balanced, augment}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-png", required=True)
     parser.add_argument("--checkpoint-dir", required=True)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 (default: fcn."
                         "device or auto)")
@@ -637,12 +635,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--val-holdout-every", type=int, default=None,
                         help="hold out every k-th tile position (default fcn.val_holdout_every)")
     parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (e.g. {threads}; default: torch's)")
-    args = parser.parse_args(argv)
-    _set_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    args = start_job(parser, argv)
 
     cfg = json_arg(args.params_json, "--params-json")
     variant = json_arg(args.variant_json, "--variant-json")
