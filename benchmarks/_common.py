@@ -137,6 +137,37 @@ def run_child(script: Path, args: list[str], timeout: float | None = None) -> di
     return result
 
 
+#: environment that makes an AVX-512 machine compute like an AVX2-only one (no native bf16):
+#: oneDNN and PyTorch's own kernels are capped at AVX2, and ``precision: auto`` reads the cap
+AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def run_workflow(workdir: Path, configs: list[str], *, cores: int, extra: list[str] = (),
+                 env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """``snakemake`` on the repository's Snakefile in ``workdir``: (process, wall seconds)."""
+    snakemake = Path(sys.executable).with_name("snakemake")
+    command = [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(workdir), "--configfile", *configs, "--cores", str(cores), "--resources",
+               "gpu=1", *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(command, text=True, capture_output=True, check=False,
+                          env={**os.environ, **(env or {}),
+                               "PATH": f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}"})
+    return proc, time.perf_counter() - start
+
+
+def job_times(workdir: Path) -> dict[str, float]:
+    """Seconds per job from results/benchmarks/<rule>/<job>.tsv (Snakemake's `benchmark:`)."""
+    import pandas as pd
+
+    times = {}
+    for tsv in sorted((workdir / "results" / "benchmarks").rglob("*.tsv")):
+        frame = pd.read_csv(tsv, sep="\t")
+        name = tsv.relative_to(workdir / "results" / "benchmarks").with_suffix("")
+        times[str(name)] = round(float(frame["s"].iloc[0]), 1)
+    return times
+
+
 def write_result(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     """Write a benchmark report atomically (a killed run never leaves half a JSON)."""
     from mvfcnn.io import write_json

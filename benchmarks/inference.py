@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    AVX2_EMULATION,
     QUICK_LAYOUT,
     REAL_LAYOUT,
     RESULTS,
@@ -47,24 +49,32 @@ from _common import (
 
 from mvfcnn.progress import progress
 
-#: the best CPU configuration measured here (also config/config.yaml's `inference` section)
-DEFAULT = {"precision": "bf16", "channels_last": True, "tile_size": 1500, "overlap": 100,
+#: the CPU default (config/config.yaml's `inference` section): auto = bf16 where the CPU has
+#: native bf16, else fp32 (mvfcnn.runtime); the variants below name their precision explicitly
+DEFAULT = {"precision": "auto", "channels_last": True, "tile_size": 1500, "overlap": 100,
            "batch_size": 1, "fit_tiles": True}
+_BF16 = {"precision": "bf16"}
 #: variants measured on the crop: name -> overrides of DEFAULT
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32_nchw_t1000_o100": {"precision": "fp32", "channels_last": False, "tile_size": 1000,
                              "fit_tiles": False},
     "fp32_cl_t1000_o100": {"precision": "fp32", "tile_size": 1000, "fit_tiles": False},
-    "bf16_nchw_t1000_o100": {"channels_last": False, "tile_size": 1000, "fit_tiles": False},
-    "bf16_cl_t1000_o100": {"tile_size": 1000, "fit_tiles": False},
-    "bf16_cl_t512_o64": {"tile_size": 512, "overlap": 64, "fit_tiles": False},
-    "bf16_cl_t1000_o0_fit": {"tile_size": 1000, "overlap": 0},
-    "bf16_cl_t1000_o100_fit": {"tile_size": 1000},
-    "bf16_cl_t1000_o100_fit_b2": {"tile_size": 1000, "batch_size": 2},
-    "bf16_cl_t1500_o100_fit": {},
-    "bf16_cl_t1500_o100_fit_compile": {"compile": True},
-    "bf16_cl_t2000_o100_fit": {"tile_size": 2000},
+    "bf16_nchw_t1000_o100": {**_BF16, "channels_last": False, "tile_size": 1000,
+                             "fit_tiles": False},
+    "bf16_cl_t1000_o100": {**_BF16, "tile_size": 1000, "fit_tiles": False},
+    "bf16_cl_t512_o64": {**_BF16, "tile_size": 512, "overlap": 64, "fit_tiles": False},
+    "bf16_cl_t1000_o0_fit": {**_BF16, "tile_size": 1000, "overlap": 0},
+    "bf16_cl_t1000_o100_fit": {**_BF16, "tile_size": 1000},
+    "bf16_cl_t1000_o100_fit_b2": {**_BF16, "tile_size": 1000, "batch_size": 2},
+    "bf16_cl_t1500_o100_fit": {**_BF16},
+    "fp32_cl_t1500_o100_fit": {"precision": "fp32"},
+    "auto_cl_t1500_o100_fit": {},
+    "bf16_cl_t1500_o100_fit_compile": {**_BF16, "compile": True},
+    "bf16_cl_t2000_o100_fit": {**_BF16, "tile_size": 2000},
 }
+#: the comparison of the precision policy (issue "fast on every user's CPU"), `--variants`
+PRECISION_VARIANTS = ("fp32_nchw_t1000_o100", "fp32_cl_t1500_o100_fit", "bf16_cl_t1500_o100_fit",
+                      "auto_cl_t1500_o100_fit")
 TRAINED_MODEL = RESULTS.parents[1] / "results/mvfcnn/scratch_balanced_aug/sem/fcn8s.pt"
 QUICK_VARIANTS = ("fp32_cl_t1000_o100", "bf16_cl_t1000_o100", "bf16_cl_t1000_o0_fit",
                   "bf16_cl_t1500_o100_fit")
@@ -114,8 +124,10 @@ def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any]
     import torch
 
     from mvfcnn.inference import predict_image
+    from mvfcnn.runtime import choose_precision
     from mvfcnn.voting import vote
 
+    resolved = choose_precision(config["precision"], "cpu").as_dict()
     rss_start = peak_rss_mb()
     model = random_fcn8s(layout)
     rss_model = peak_rss_mb()
@@ -143,7 +155,8 @@ def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any]
     flops = timings["tiles"] * network_flops(layout, timings["tile_h"], timings["tile_w"])
     net_tflops = flops / timings["forward_s"] / 1e12
     return {
-        "config": config, "image_shape": list(image.shape[:2]), "megapixels": round(megapixels, 3),
+        "config": config, "precision_resolved": resolved,
+        "image_shape": list(image.shape[:2]), "megapixels": round(megapixels, 3),
         "tiles": timings["tiles"], "tile_shape": [timings["tile_h"], timings["tile_w"]],
         "wall_s": round(wall, 2), "predict_s": round(predict_s, 2),
         "vote_s": None if vote_s is None else round(vote_s, 3), "objects_voted": n_voted,
@@ -221,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=None,
                         help="side of the corner the variants run on (default 1536; quick 300)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated subset of the variants (default: all)")
+                        help="comma-separated subset of the variants (default: all); "
+                             "'precision' = the precision-policy comparison")
     parser.add_argument("--no-full", action="store_true", help="skip the whole-image run")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="cap oneDNN/PyTorch at AVX2: an AVX2-only CPU on this machine")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: "
                         "the usable cores)")
     parser.add_argument("--seed", type=int, default=0)
@@ -239,10 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
 
+    if args.emulate_avx2:  # children inherit it; machine_info records the capped choice
+        os.environ.update(AVX2_EMULATION)
     quick = args.quick
     height = args.height or (600 if quick else 7000)
     width = args.width or (700 if quick else 8000)
     crop = args.crop or (300 if quick else 1536)
+    if args.variants == "precision":
+        args.variants = ",".join(PRECISION_VARIANTS)
     names = (args.variants.split(",") if args.variants
              else list(QUICK_VARIANTS if quick else VARIANTS))
     unknown = [n for n in names if n not in VARIANTS]
@@ -254,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "FCN-8s sliding-window inference + stitching + voting",
         "quick": quick, "network": {"arch": "fcn8s", **layout, "weights": "random (seeded)"},
-        "machine": machine_info(("torch",)), "loadavg_start": loadavg()}
+        "machine": machine_info(("torch",)), "loadavg_start": loadavg(),
+        "emulation": dict(AVX2_EMULATION) if args.emulate_avx2 else None}
     report["matmul_peak_tflops"] = {
         dt: matmul_peak(dt, size=1024 if quick else 4096, repeats=3 if quick else 5)
         for dt in ("fp32", "bf16")}
@@ -327,7 +348,8 @@ def summarise(report: dict[str, Any]) -> None:
                        "ratio_to_fp32_peak": round(run["network_tflops"] / peaks["fp32"], 3),
                        "full_image_gflop_per_mp": round(full_flops / 1e9 / full_mp, 1),
                        "full_image_s_extrapolated": round(net_s + other_s_per_mp * full_mp, 1),
-                       "peak_rss_mb": run["peak_rss_mb"]}
+                       "peak_rss_mb": run["peak_rss_mb"],
+                       "precision": (run.get("precision_resolved") or {}).get("precision")}
     summary: dict[str, Any] = {"matmul_peak_tflops": peaks, "variants": table,
                                "agreement": {k: v["fraction_equal"]
                                              for k, v in report["agreement"].items()}}

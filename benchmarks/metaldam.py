@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +28,6 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MEAN_IOU = 0.68
 TARGET_WALL_MIN = 90.0
-
-
-def job_times(workdir: Path) -> dict[str, float]:
-    """Seconds per job from results/benchmarks/<rule>/<job>.tsv (Snakemake's `benchmark:`)."""
-    times = {}
-    for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
-        frame = pd.read_csv(tsv, sep="\t")
-        times[f"{tsv.parent.name}/{tsv.stem}"] = round(float(frame["s"].iloc[0]), 1)
-    return times
 
 
 def fold_metrics(workdir: Path, variant: str, folds: list[str]) -> dict[str, Any]:
@@ -66,20 +55,13 @@ def main() -> int:
     configs = [str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "metaldam.yaml"),
                *[str(Path(c).resolve()) for c in args.configfile]]
     dataset = (ROOT.parent / "shared" / "data" / "metaldam").resolve()
-    snakemake = Path(sys.executable).with_name("snakemake")
     folds = args.folds or [str(f) for f in range(6)]
     targets = ([f"results/mvfcnn/{args.variant}/sem/fold{f}/metrics.json" for f in folds]
                if args.folds else [])
-    command = [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-               str(args.workdir), "--configfile", *configs, "--config",
-               f"metaldam={{path: {dataset}}}", "--cores", str(args.cores), "--resources",
-               "gpu=1", *(["--"] + targets if targets else [])]
     load_before = _common.loadavg()
-    start = time.perf_counter()
-    proc = subprocess.run(command, text=True, capture_output=True, check=False,
-                          env={**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}"
-                               f"{os.environ['PATH']}"})
-    wall = time.perf_counter() - start
+    proc, wall = _common.run_workflow(
+        args.workdir, configs, cores=args.cores,
+        extra=["--config", f"metaldam={{path: {dataset}}}", *(["--"] + targets if targets else [])])
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr)
         return proc.returncode
@@ -91,7 +73,7 @@ def main() -> int:
         "folds": folds, "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
         "target_wall_min": TARGET_WALL_MIN, "target_mean_iou": TARGET_MEAN_IOU,
         "per_fold": fold_metrics(args.workdir, args.variant, folds),
-        "job_s": job_times(args.workdir),
+        "job_s": _common.job_times(args.workdir),
     }
     table = args.workdir / "results" / "tables" / "metaldam.csv"
     if not args.folds and table.exists():

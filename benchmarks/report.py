@@ -94,6 +94,50 @@ def inference_tables(report: dict[str, Any], layers: dict[str, Any] | None = Non
     return lines
 
 
+def precision_table(reports: list[dict[str, Any]]) -> list[str]:
+    """The precision policy side by side: each variant's crop time on each measured CPU kind
+    (``inference_precision*.json``: native, and an AVX2-only CPU emulated by an ISA cap)."""
+    def kind(report: dict[str, Any]) -> str:
+        machine = report.get("machine") or {}
+        cap = " capped at AVX2" if report.get("emulation") else ""
+        return f"{machine.get('cpu_model') or 'CPU'}{cap} (auto → {machine.get('precision_auto')})"
+
+    names = list(dict.fromkeys(n for r in reports for n in r["summary"]["variants"]))
+    crop = reports[0]["variants"]["crop"]
+    lines = [f"Precision policy, real VGG16 FCN-8s on a {crop[0]}×{crop[1]} crop (seconds, fresh "
+             "process each, 2 threads):", "",
+             "| variant | " + " | ".join(kind(r) for r in reports) + " |",
+             "|---|" + "---|" * len(reports)]
+    for name in names:
+        cells = []
+        for report in reports:
+            v = report["summary"]["variants"].get(name)
+            cells.append("–" if v is None else f"{v['crop_s']:.1f} s ({v['precision']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""] + [machine_line(r) for r in reports] + [""]
+
+
+def demo_table(reports: list[dict[str, Any]]) -> list[str]:
+    """README command 1 per CPU kind (``demo_*.json`` from benchmarks/demo.py)."""
+    lines = ["README command 1 (the default study, 2 cores):", "",
+             "| CPU | precision (auto) | wall time | jobs | train_fcn | pretrain_trunk | "
+             "train_baseline | MVFCNN SEM | MVFCNN LOM | ≤ 15 min and SEM ≥ 95 % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        machine, rules = r["machine"], r["rule_s"]
+        mvfcnn = r["object_accuracy"].get("mvfcnn/ft_balanced_aug", {})
+        cpu = machine.get("cpu_model") or "CPU"
+        cpu += " capped at AVX2 (emulated AVX2-only)" if r.get("emulation") else ""
+        met = all(r["targets"].values())
+        minutes, seconds = divmod(round(r["wall_s"]), 60)
+        rule_cells = " | ".join(f"{rules.get(rule, 0):.0f} s" for rule in
+                                ("train_fcn", "pretrain_trunk", "train_baseline"))
+        acc_cells = " | ".join(f"{100 * mvfcnn.get(m, float('nan')):.1f} %" for m in ("sem", "lom"))
+        lines.append(f"| {cpu} | {machine['precision_auto']} | {minutes} min {seconds:02d} s | "
+                     f"{r['jobs']} | {rule_cells} | {acc_cells} | {'yes' if met else 'no'} |")
+    return lines + [""] + [machine_line(r) for r in reports] + [""]
+
+
 def scaling_table(report: dict[str, Any]) -> list[str]:
     lines = ["Scaling (default configuration, fresh process per size; the 56 MP row is the "
              "whole-image run above, voting and its object ids included):", "",
@@ -179,9 +223,17 @@ def layers_table(report: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     out: list[str] = []
+    demos = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("demo_*.json"))
+             if p.name != "demo_config.json"]
+    if demos:
+        out += demo_table(demos)
     inference = _load("inference")
     if inference:
         out += inference_tables(inference, _load("layers")) + [machine_line(inference), ""]
+    precision = [r for r in (_load("inference_precision"), _load("inference_precision_avx2"))
+                 if r]
+    if precision:
+        out += precision_table(precision)
     compiled = _load("inference_compile")
     if compiled:
         out += compile_line(compiled)
