@@ -93,6 +93,29 @@ def test_report_names_the_machine(bench) -> None:
         "precision auto: not recorded; load 2.0/2.0/2.0 (1/5/15 min).")
 
 
+def test_report_demo_and_precision_tables(bench) -> None:
+    import report
+
+    machine = {"cpu_model": "AMD EPYC", "usable_cores": 2, "flags": {"avx2": True},
+               "precision_auto": "fp32", "precision_reason": "capped"}
+    demo = {"machine": machine, "emulation": {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "wall_s": 725.4,
+            "jobs": 98, "rule_s": {"train_fcn": 400.2, "pretrain_trunk": 30.0},
+            "object_accuracy": {"mvfcnn/ft_balanced_aug": {"sem": 0.962, "lom": 0.9}},
+            "targets": {"wall_le_15_min": True, "sem_accuracy_ge_95pct": True}}
+    lines = report.demo_table([demo])
+    assert lines[4] == ("| AMD EPYC capped at AVX2 (emulated AVX2-only) | fp32 | 12 min 05 s | "
+                        "98 | 400 s | 30 s | 0 s | 96.2 % | 90.0 % | yes |")
+    run = {"crop_s": 12.34, "precision": "fp32"}
+    native = {"machine": {**machine, "precision_auto": "bf16"}, "variants": {"crop": [64, 64]},
+              "summary": {"variants": {"a": run, "b": {"crop_s": 5.0, "precision": "bf16"}}}}
+    capped = {"machine": machine, "emulation": {"x": "y"}, "variants": {"crop": [64, 64]},
+              "summary": {"variants": {"a": {**run, "crop_s": 20.0}}}}
+    lines = report.precision_table([native, capped])
+    assert lines[2] == ("| variant | AMD EPYC (auto → bf16) | AMD EPYC capped at AVX2 "
+                        "(auto → fp32) |")
+    assert lines[4:6] == ["| a | 12.3 s (fp32) | 20.0 s (fp32) |", "| b | 5.0 s (bf16) | – |"]
+
+
 def test_train_step_and_loader_core(bench, tmp_path) -> None:
     import tiles
     import torch
@@ -147,6 +170,9 @@ def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None
     if script == "inference.py":
         assert report["summary"]["full_image"]["wall_s"] > 0
         assert 0.5 < report["summary"]["agreement"]["bf16 vs fp32"] <= 1.0
+        variants = report["summary"]["variants"]
+        assert variants["fp32_cl_t1000_o100"]["precision"] == "fp32"
+        assert variants["bf16_cl_t1000_o100"]["precision"] == "bf16"
         assert set(report["summary"]["targets"]) == {
             "wall_le_45s", "network_ge_40pct_bf16_peak", "peak_rss_le_3gb",
             "bf16_agreement_ge_99_5pct"}
