@@ -211,7 +211,8 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     if stage == "32s":
         if parent is not None:
             raise InputError("FCN-32s is the first stage and takes no --parent")
-        return build_fcn("32s", pretrained=variant.get("pretrained", "none"), **kwargs)
+        return freeze_trunk(build_fcn("32s", pretrained=variant.get("pretrained", "none"),
+                                      **kwargs), str(cfg["freeze"]))
     if parent is None:
         raise InputError(f"FCN-{stage} is initialised from the previous stage: give --parent")
     parent_model, meta = load_model(parent)
@@ -228,6 +229,23 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
                              f"{kwargs[key]}", path=parent)
     model = build_fcn(stage, pretrained="none", **kwargs)
     init_from_parent(model, parent_model)
+    return freeze_trunk(model, str(cfg["freeze"]))
+
+
+def freeze_trunk(model: nn.Module, until: str) -> nn.Module:
+    """Fix the trunk's layers up to and including pool ``until`` ("pool1".."pool4"; "none").
+
+    With nothing before them trainable, autograd computes no backward pass for them at all,
+    so each frozen early layer (the largest feature maps) saves its whole backward cost.
+    """
+    from mvfcnn.models.vgg_trunk import POOL_INDICES
+
+    if until == "none":
+        return model
+    last = POOL_INDICES[int(until.removeprefix("pool")) - 1]
+    for layer in list(model.trunk.features)[:last + 1]:
+        for param in layer.parameters():
+            param.requires_grad_(False)
     return model
 
 
