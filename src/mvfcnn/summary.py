@@ -21,6 +21,7 @@ from mvfcnn.tables import (
     PREFERRED_VARIANT,
     TABLE_NAMES,
     Run,
+    baseline_init_text,
     baseline_runs,
     baseline_settings,
     best_variant,
@@ -164,9 +165,9 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
         described = []
         for method in methods:
             settings = baseline_settings(config, method)
-            keys = [k for k in ("pretrained", "epochs") if k in settings]
-            described.append(method + (" (" + ", ".join(f"{k}={settings[k]}" for k in keys) + ")"
-                                       if keys else ""))
+            words = [baseline_init_text(config, method)] if "pretrained" in settings else []
+            words += [f"epochs={settings['epochs']}"] if "epochs" in settings else []
+            described.append(method + (" (" + ", ".join(words) + ")" if words else ""))
         crop = baseline_settings(config, methods[0])["crop_size"]
         lines.append(f"- **Object baselines**: ours: crops warped to {crop} px; "
                      f"{'; '.join(described)}. Paper: {setup.get('baseline_crop_size', '?')} px; "

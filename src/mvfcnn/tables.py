@@ -133,6 +133,35 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
     return runs
 
 
+def compared_variant(config: dict[str, Any]) -> str | None:
+    """The MVFCNN variant the tables set the baselines against, decided from the config alone
+    (before any run exists, so ``pretrained: match`` can be resolved when the DAG is built):
+    :data:`PREFERRED_VARIANT` if it is configured, else the first configured variant; None
+    without MVFCNN runs. :func:`best_variant` makes the same choice when the preferred variant
+    ran; otherwise it picks by accuracy, which the workflow cannot know in advance."""
+    variants = [v for v, _ in mvfcnn_runs(filled_config(config))]
+    if PREFERRED_VARIANT in variants:
+        return PREFERRED_VARIANT
+    return variants[0] if variants else None
+
+
+def baseline_init(config: dict[str, Any], method: str) -> str:
+    """The ``pretrained`` value a network baseline runs with: its setting, with ``match``
+    resolved to the compared variant's ``pretrained`` (``none`` without MVFCNN runs).
+    ``patches`` stays ``patches`` (the workflow maps it to the trunk file)."""
+    from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
+
+    if method not in PRETRAINED_METHODS:
+        raise InputError(f"baseline {method!r} has no pretrained setting "
+                         f"(only {list(PRETRAINED_METHODS)})")
+    config = filled_config(config)
+    value = str(config["baselines"][method]["pretrained"])
+    if value != MATCH:
+        return value
+    variant = compared_variant(config)
+    return "none" if variant is None else str(variant_settings(config, variant)["pretrained"])
+
+
 def best_variant(runs: dict[tuple, Run], modality: str = "sem") -> tuple[str | None, str]:
     """The MVFCNN variant standing for "MVFCNN" in Tables 1, 3, 4: the paper's best
     configuration when it was run, else the highest object accuracy. Returns (variant, why)."""
@@ -259,24 +288,118 @@ def describe_run(run: Run | None, config: dict[str, Any]) -> str:
         parts.append(f"augment={str(settings['augment']).lower()}")
         parts.append(f"VGG16 width x{fcn['width']}, fc {fcn['fc_channels']}")
         parts.append(f"tile {config['tiles']['size']} px")
-        parts.append(f"iterations {iterations_text(fcn)}")
+        parts.append(f"budget: {mvfcnn_budget(run, config)}")
         parts.append(train_info(run.directory, run.variant, run.modality))
     else:
         settings = baseline_settings(config, run.method)
-        parts += [f"{k}={settings[k]}" for k in BASELINE_KEYS if k in settings]
-        info = run.directory / "info.json"
-        if info.exists():
-            try:
-                n_train = json.loads(info.read_text()).get("n_train")
-            except (OSError, json.JSONDecodeError):
-                n_train = None
-            if n_train is not None:
-                parts.append(f"{n_train} train objects")
+        info = _read_info(run.directory)
+        parts.append(baseline_init_text(config, run.method, info))
+        parts.append(f"crop {settings['crop_size']} px")
+        parts.append(f"budget: {baseline_budget(config, run, info)}")
+        if info.get("n_train") is not None:
+            parts.append(f"{info['n_train']} train objects")
     parts.append(test_info(run))
     return "; ".join(p for p in parts if p)
 
 
-BASELINE_KEYS = ("pretrained", "crop_size", "epochs", "init")
+def _read_info(directory: Path) -> dict[str, Any]:
+    """A baseline's info.json (timings, init, training summary); {} when absent or unreadable."""
+    path = directory / "info.json"
+    try:
+        info = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+def _csv_seconds(path: Path) -> float | None:
+    """Sum of the ``seconds`` column of a training CSV (the iterations' wall time)."""
+    if not path.exists():
+        return None
+    try:
+        return float(pd.read_csv(path, usecols=["seconds"])["seconds"].sum())
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
+def _pretrain_text(config: dict[str, Any], results_dir: Path, modality: str) -> str:
+    """The trunk pretraining a ``patches`` init costs: iterations x batch, and its wall time."""
+    pretrain = config["pretrain"]
+    text = (f"trunk pretraining {pretrain['iterations']} iterations x {pretrain['batch_size']} "
+            f"patches")
+    seconds = _csv_seconds(results_dir / "pretrain" / modality / "pretrain.csv")
+    return text + (f" ({_seconds_text(seconds)})" if seconds is not None else "")
+
+
+def mvfcnn_budget(run: Run, config: dict[str, Any]) -> str:
+    """Iterations per FCN stage (plus the trunk pretraining of a ``patches`` init) and the
+    training wall time summed from the stages' CSVs when they exist."""
+    fcn = config["fcn"]
+    text = f"FCN iterations {iterations_text(fcn)}, batch {fcn['batch_size']}"
+    times = [_csv_seconds(run.directory / f"train_{stage}.csv") for stage in fcn["stages"]]
+    if all(t is not None for t in times):
+        text += f" ({_seconds_text(sum(t for t in times if t is not None))})"
+    if run.variant is not None and str(variant_settings(config, run.variant)["pretrained"]) \
+            == "patches":
+        text += " + " + _pretrain_text(config, run.directory.parents[2], run.modality)
+    return text
+
+
+def baseline_init_text(config: dict[str, Any], method: str,
+                       info: dict[str, Any] | None = None) -> str:
+    """How a baseline's network starts, named for the tables: ``init=<resolved>``, what
+    ``match`` matched, and the network it implies (from info.json when the run recorded it)."""
+    from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
+
+    info = info or {}
+    if method == "handcrafted_svm":
+        return "init=none (no network: hand-crafted features)"
+    if method not in PRETRAINED_METHODS:
+        init = baseline_settings(config, method).get("init", "torch")
+        return f"init=none (from scratch, {init} random init)"
+    setting = str(config["baselines"][method]["pretrained"])
+    init = baseline_init(config, method)
+    text = f"init={init}"
+    if setting == MATCH:
+        text += f" (match: as {compared_variant(config) or 'no MVFCNN run'})"
+    trunk = _uses_trunk(info, init)
+    fcn = config["fcn"]
+    layout = f"width x{fcn['width']}, fc {fcn['fc_channels']}"
+    if method == "vgg16":
+        return text + (f", the FCN's VGG16 trunk ({layout}) + GAP pool5 + new linear layer"
+                       if trunk else ", torchvision VGG16 with a new fc8")
+    return text + (f", SVM on GAP pool5 of the FCN's VGG16 trunk ({layout}), not VGG19 fc7"
+                   if trunk else ", SVM on VGG19 fc7 (DeCAF)")
+
+
+def _uses_trunk(info: dict[str, Any], init: str) -> bool:
+    """Whether a baseline ran on the FCN's trunk: as its info.json says, else by its init."""
+    if "network" in info or "features" in info:
+        return (info.get("network") == "vgg16_trunk_classifier"
+                or info.get("features") == "vgg16_trunk_pool5_gap")
+    return init == "patches"
+
+
+def baseline_budget(config: dict[str, Any], run: Run, info: dict[str, Any]) -> str:
+    """Epochs (networks) or the SVM's grid search, the training wall time info.json records
+    (``train_seconds``), and the shared trunk pretraining when the network starts from it."""
+    method = run.method
+    settings = with_defaults("baselines", config["baselines"])
+    if method in ("handcrafted_svm", "vgg19_svm"):
+        svm = settings["svm"]
+        text = (f"RBF SVM grid {len(svm['C'])} C x {len(svm['gamma_factor'])} gamma, "
+                f"{svm['folds']}-fold CV, no network training")
+    else:
+        text = f"{settings[method]['epochs']} epochs, batch {settings[method]['batch_size']}"
+    if info.get("train_seconds") is not None:
+        text += f" ({_seconds_text(float(info['train_seconds']))})"
+    if method in ("vgg16", "vgg19_svm") and _uses_trunk(info, baseline_init(config, method)):
+        text += " + the FCN's " + _pretrain_text(config, run.directory.parents[2], run.modality)
+    return text
 
 
 def baseline_settings(config: dict[str, Any], method: str) -> dict[str, Any]:

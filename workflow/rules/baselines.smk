@@ -50,6 +50,8 @@ rule train_baseline:
     input:
         train="results/baselines/crops/{modality}_train.npz",
         test="results/baselines/crops/{modality}_test.npz",
+        # `pretrained: patches` (or `match` with a patches variant): the FCN's own trunk
+        trunk=_baseline_trunk,
     output:
         metrics="results/baselines/{method}/{modality}/metrics.json",
         objects="results/baselines/{method}/{modality}/objects.csv",
@@ -57,6 +59,7 @@ rule train_baseline:
         info="results/baselines/{method}/{modality}/info.json",
     params:
         baselines=_train_baseline_params,
+        trunk=_baseline_trunk_arg,
         classes=CLASSES_JSON,
         seed=config["seed"],
     log:
@@ -73,7 +76,7 @@ rule train_baseline:
     shell:
         "mvfcnn train-baseline --method {wildcards.method:q} --modality {wildcards.modality:q}"
         " --train {input.train:q} --test {input.test:q} --classes-json {params.classes:q}"
-        " --params-json {params.baselines:q} --seed {params.seed:q} --threads {threads}"
+        " --params-json {params.baselines:q} {params.trunk:q} --seed {params.seed:q} --threads {threads}"
         " --out-metrics {output.metrics:q} --out-objects {output.objects:q}"
         " --out-confusion {output.confusion:q} --out-info {output.info:q} 2> {log:q}"
 

@@ -258,12 +258,49 @@ def _crop_source(modality, sample):
     return modality_image(modality, sample)
 
 
+def _baseline_init(method):
+    """A network baseline's init: `match` resolved to the compared MVFCNN variant's (tables)."""
+    from mvfcnn.baselines import PRETRAINED_METHODS
+    from mvfcnn.tables import baseline_init
+
+    return baseline_init(config, method) if method in PRETRAINED_METHODS else None
+
+
+def _baseline_trunk(wildcards):
+    """train_baseline of a `patches` baseline depends on its modality's pretrained trunk (the
+    very file the FCN starts from); other methods and inits depend on nothing more."""
+    if _baseline_init(wildcards.method) != PRETRAINED_PATCHES:
+        return []
+    if CV:
+        raise WorkflowError(
+            f"baselines.{wildcards.method}.pretrained resolves to 'patches', but a cross-validated "
+            "sample sheet has one pretrained trunk per fold and the baselines use the train/test "
+            "split; set baselines.{vgg16,vgg19_svm}.pretrained to none, imagenet or a path"
+        )
+    return os.path.join(layout.trunk_dir(False).format(modality=wildcards.modality), "trunk.pt")
+
+
+def _baseline_trunk_arg(wildcards):
+    """`--trunk-json LAYOUT` (as a list for :q) when the init may be a trunk in the FCN layout."""
+    init = _baseline_init(wildcards.method)
+    if init is None or init in ("none", "imagenet"):
+        return []
+    return ["--trunk-json", trunk_layout_json()]
+
+
 def _train_baseline_params(wildcards):
     method = wildcards.method
     keys = ["precision", "device", method]
     if method.endswith("_svm"):
         keys.append("svm")
-    return _baseline_json(*keys)
+    params = json.loads(_baseline_json(*keys))
+    init = _baseline_init(method)
+    if init is not None:
+        params[method] = {**params.get(method, {}), "pretrained": init}
+        trunk = _baseline_trunk(wildcards)
+        if trunk:
+            params[method]["pretrained"] = trunk
+    return json.dumps(params, separators=(",", ":"), sort_keys=True)
 
 
 def _mvfcnn_files(name, modalities=("sem", "lom")):

@@ -10,3 +10,8 @@ from __future__ import annotations
 METHODS: tuple[str, ...] = ("handcrafted_svm", "cifarnet", "vgg19_svm", "vgg16")
 #: methods that run a CNN (the workflow gives them ``resources: gpu=1``)
 NETWORK_METHODS: tuple[str, ...] = ("cifarnet", "vgg19_svm", "vgg16")
+#: methods with a ``pretrained:`` setting (none | imagenet | patches | a path | match)
+PRETRAINED_METHODS: tuple[str, ...] = ("vgg19_svm", "vgg16")
+#: ``pretrained: match``: the initialisation of the MVFCNN variant the tables compare with
+#: (resolved by :func:`mvfcnn.tables.baseline_init`)
+MATCH = "match"

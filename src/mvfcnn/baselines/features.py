@@ -166,7 +166,9 @@ def decaf_features(
 ) -> np.ndarray:
     """(N, 4096) float32 VGG19 fc7 features of (N, S, S) uint8 grey crops (S >= 32).
 
-    ``extractor`` (a :func:`mvfcnn.models.vgg_classifier.vgg19_features` module) is built from
+    ``extractor`` (a :func:`mvfcnn.models.vgg_classifier.vgg19_features` module, or any frozen
+    module returning (B, D) features, e.g.
+    :func:`mvfcnn.models.trunk_classifier.vgg16_trunk_features`: then (N, D)) is built from
     ``pretrained`` when not given. ``precision`` "auto" follows :mod:`mvfcnn.runtime`; "bf16" runs
     under CPU/CUDA autocast.
     """
@@ -183,7 +185,8 @@ def decaf_features(
     if extractor is None:
         extractor = vgg19_features(pretrained=pretrained, progress=progress)
     extractor = extractor.to(device).eval()
-    out = np.empty((len(images), FC7_DIM), dtype=np.float32)
+    out = np.empty((len(images), int(getattr(extractor, "out_channels", FC7_DIM))),
+                   dtype=np.float32)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     resolved = choose_precision(precision, device).precision

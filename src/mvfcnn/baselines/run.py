@@ -12,6 +12,27 @@ Methods (paper Table 1 / Table 3):
 * ``vgg16`` -- VGG16 with a new last layer, fine-tuned with SGD (lr 1e-4), ImageNet-normalised
   grey repeated to 3 channels.
 
+Initialisation (``baselines.{vgg16,vgg19_svm}.pretrained``, the same choices as the MVFCNN
+variants; Table 1 should compare methods, not initialisations). The workflow resolves ``match``
+(the compared variant's init, :func:`mvfcnn.tables.baseline_init`) and ``patches`` (the file
+``results/pretrain/{modality}/trunk.pt`` the FCN starts from), so this module sees "none",
+"imagenet" or a path. "none" / "imagenet" / a torchvision state dict of the method's own VGG
+build torchvision's VGG16 / VGG19 (the paper's networks, :mod:`mvfcnn.models.vgg_classifier`);
+any other file (the pretrained trunk, an FCN model) builds the FCN's VGG16 trunk in the layout
+``--trunk-json`` gives (``fcn.width``, ``fcn.fc_channels``;
+:mod:`mvfcnn.models.trunk_classifier`):
+
+* ``vgg16``: trunk → global average pool → new linear layer, fine-tuned like torchvision's VGG16;
+* ``vgg19_svm``: the RBF SVM reads the trunk's globally pooled pool5 (C5 = 128 values at width
+  0.25) instead of VGG19 fc7. Why not a VGG19 trunk pretrained the same way: VGG19 has three more
+  3×3 convolutions (conv3_4, conv4_4, conv5_4), 1.27× the FLOPs of VGG16 on 64-px patches
+  (computed layer by layer), so its own ``pretrain_trunk`` would add an estimated ~23 s per
+  modality on the 2-core default (VGG16: 18 s measured; ~46 s for SEM + LOM on a demo that is
+  already over its 15-minute budget) plus a second trunk layout and rule; and it would *not* be
+  the MVFCNN's initialisation, which is the point of ``match``. Reusing the trunk costs one
+  forward pass over the crops (no training). The table's row then reads "VGG16-trunk pool5 +
+  SVM", named in its configuration text.
+
 Networks classify into the foreground classes only (index 1..K of the class set): every
 evaluated object has ``true_class >= 1``. Results go through
 :func:`mvfcnn.evaluate.write_evaluation`, so objects.csv / metrics.json / confusion.csv have the
@@ -213,6 +234,53 @@ def _check_sets(train: CropSet, test: CropSet, modality: str) -> None:
         raise InputError("no labelled training objects (true_class >= 1) to train on")
 
 
+def _check_init(method: str, pretrained: str) -> str:
+    from mvfcnn.baselines import MATCH
+
+    if pretrained in (MATCH, "patches"):
+        raise InputError(f"baselines.{method}.pretrained: {pretrained} is resolved by the workflow "
+                         "(to the compared variant's init / the pretrained trunk file); here pass "
+                         "none, imagenet or a weights file")
+    return pretrained
+
+
+def trunk_layout(trunk: dict[str, Any] | None) -> dict[str, Any]:
+    """``width`` and ``fc_channels`` of the FCN trunk (``--trunk-json``, schema defaults)."""
+    from mvfcnn.settings import with_defaults
+
+    fcn = with_defaults("fcn", {k: v for k, v in (trunk or {}).items()
+                                if k in ("width", "fc_channels")})
+    return {"width": float(fcn["width"]), "fc_channels": int(fcn["fc_channels"])}
+
+
+def _feature_extractor(pretrained: str, trunk: dict[str, Any] | None) -> tuple[Any, str]:
+    """vgg19_svm's frozen extractor and its name: VGG19 fc7, or the FCN trunk's pool5 GAP."""
+    from mvfcnn.models.trunk_classifier import uses_trunk_layout, vgg16_trunk_features
+
+    if uses_trunk_layout(pretrained, "vgg19"):
+        return (vgg16_trunk_features(pretrained=pretrained, **trunk_layout(trunk)),
+                "vgg16_trunk_pool5_gap")
+    from mvfcnn.models.vgg_classifier import vgg19_features
+
+    return vgg19_features(pretrained=pretrained), "vgg19_fc7"
+
+
+def _vgg16_network(pretrained: str, n_classes: int, trunk: dict[str, Any] | None
+                   ) -> tuple[Any, str, dict[str, Any]]:
+    """vgg16's network, its registered arch and builder kwargs (torchvision or FCN trunk)."""
+    from mvfcnn.models.trunk_classifier import uses_trunk_layout
+
+    kwargs: dict[str, Any] = {"num_classes": n_classes, "pretrained": pretrained}
+    if uses_trunk_layout(pretrained, "vgg16"):
+        from mvfcnn.models.trunk_classifier import vgg16_trunk_classifier
+
+        kwargs.update(trunk_layout(trunk))
+        return vgg16_trunk_classifier(**kwargs), "vgg16_trunk_classifier", kwargs
+    from mvfcnn.models.vgg_classifier import vgg16_finetune
+
+    return vgg16_finetune(**kwargs), "vgg16_finetune", kwargs
+
+
 def run_baseline(
     method: str,
     train: CropSet,
@@ -222,11 +290,14 @@ def run_baseline(
     params: dict[str, Any] | None = None,
     seed: int = 0,
     device: str = "cpu",
+    trunk: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], Any]:
     """Train ``method`` on ``train``, classify ``test``.
 
-    Returns (objects frame for write_evaluation, info, model): ``info`` holds timings and the
-    training summary, ``model`` is (model, save_model kwargs/arch) or the fitted SVM.
+    ``trunk`` is the FCN layout (``width``, ``fc_channels``) for a trunk initialisation.
+    Returns (objects frame for write_evaluation, info, model): ``info`` holds timings
+    (``train_seconds``: the training wall time), the initialisation, the training budget and
+    summary; ``model`` is (model, save_model kwargs/arch) or the fitted SVM.
     """
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; expected one of {list(METHODS)}")
@@ -253,14 +324,16 @@ def run_baseline(
             x_train, x_test = train.handcrafted, test.handcrafted
         else:
             from mvfcnn.baselines.features import decaf_features
-            from mvfcnn.models.vgg_classifier import vgg19_features
 
             cfg = p["vgg19_svm"]
-            extractor = vgg19_features(pretrained=cfg["pretrained"])
+            init = _check_init(method, str(cfg["pretrained"]))
+            extractor, feature = _feature_extractor(init, trunk)
+            info.update(init=init, features=feature)
             kw = {"batch_size": int(cfg["batch_size"]), "device": device,
                   "precision": p["precision"], "extractor": extractor}
             x_train = decaf_features(train.images, **kw)
-            x_test = decaf_features(test.images, **kw) if len(test) else np.zeros((0, 4096))
+            x_test = (decaf_features(test.images, **kw) if len(test)
+                      else np.zeros((0, x_train.shape[1]), np.float32))
             info["feature_seconds"] = time.perf_counter() - t0
         fitted = fit_svm(x_train, y_train, seed=seed, params=p["svm"])
         info.update(best_params=fitted.best_params, cv_accuracy=fitted.cv_accuracy,
@@ -285,13 +358,13 @@ def run_baseline(
             preprocess = _raw_grey
             arch, extra = "cifarnet", {"input": "grey 0..255, normalised inside the model"}
         else:
-            from mvfcnn.models.vgg_classifier import vgg16_finetune
-
-            kwargs = {"num_classes": n_classes, "pretrained": cfg["pretrained"]}
-            net = vgg16_finetune(**kwargs)
+            init = _check_init(method, str(cfg["pretrained"]))
+            net, arch, kwargs = _vgg16_network(init, n_classes, trunk)
             preprocess = _imagenet_preprocess
-            arch, extra = "vgg16_finetune", {"input": "imagenet normalize_batch"}
+            extra = {"input": "imagenet normalize_batch", "init": init}
+            info.update(init=init, network=arch)
         info["parameters"] = int(sum(q.numel() for q in net.parameters()))
+        info["epochs"] = int(cfg["epochs"])
         history = train_network(
             net, train.images, y_train, preprocess=preprocess, epochs=int(cfg["epochs"]),
             batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
@@ -335,6 +408,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--test", required=True, help="test crops (.npz, crop-objects)")
     parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
+    parser.add_argument("--trunk-json", default=None,
+                        help="the FCN trunk layout {width, fc_channels} for a trunk init")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-metrics", required=True)
     parser.add_argument("--out-objects", required=True)
@@ -357,8 +432,9 @@ def cli(argv: list[str]) -> int:
         from mvfcnn.runtime import set_threads
 
         set_threads(args.threads)
+    trunk = json_arg(args.trunk_json, "--trunk-json") if args.trunk_json else None
     frame, info, model = run_baseline(args.method, train, test, classes, params=params,
-                                      seed=args.seed, device=device)
+                                      seed=args.seed, device=device, trunk=trunk)
     from mvfcnn.evaluate import write_evaluation
 
     metrics = write_evaluation(frame, classes, method=args.method, modality=args.modality,

@@ -63,7 +63,7 @@ def registered_archs() -> list[str]:
 #: modules that call register_arch on import (the baselines); imported when a file names an
 #: architecture not registered yet, so load_model works without importing them first
 _PROVIDERS = ("mvfcnn.models.cifarnet", "mvfcnn.models.vgg_classifier",
-              "mvfcnn.models.patch_classifier")
+              "mvfcnn.models.patch_classifier", "mvfcnn.models.trunk_classifier")
 
 
 def _import_providers() -> None:

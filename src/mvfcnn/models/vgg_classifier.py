@@ -8,7 +8,9 @@ ImageNet-normalised (``mvfcnn.models.preprocess.normalize_batch``); any side >= 
 because torchvision's VGG pools the last feature map adaptively to 7x7 (a 64x64 crop gives 2x2,
 replicated to 7x7), so the fc layers keep their ImageNet shapes.
 
-With ``pretrained="none"`` (the CPU demo config: no ImageNet download) the results mean
+These are the networks of ``pretrained: none | imagenet | <torchvision file>``; the CPU
+default (``match`` → ``patches``) uses the FCN's own trunk instead
+(:mod:`mvfcnn.models.trunk_classifier`). With ``pretrained="none"`` the results mean
 something else than the paper's: VGG16 is then trained from scratch for a few epochs at the
 fine-tuning learning rate, and VGG19 fc7 features of a random network are a fixed random
 non-linear projection of the pixels, so "DeCAF + SVM" degrades to "random features + SVM".
