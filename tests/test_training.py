@@ -293,3 +293,31 @@ def test_adam_option_and_unknown_optimizer():
                       torch.optim.Adam)
     with pytest.raises(InputError, match="fcn.optimizer"):
         make_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=0.0, kind="rmsprop")
+
+
+@pytest.mark.parametrize("until", ["none", "pool1", "pool3", "pool4"])
+def test_freeze_keeps_the_trunk_prefix_fixed(until):
+    """fcn.freeze: layers up to the pool do not move in a training step, all later ones do,
+    and the optimizer holds only the trainable ones."""
+    from mvfcnn.models.vgg_trunk import CONV_INDICES, POOL_INDICES
+    from mvfcnn.training import freeze_trunk, make_optimizer
+
+    torch.manual_seed(0)
+    model = freeze_trunk(build_fcn("32s", num_classes=3, width=0.0625, fc_channels=16), until)
+    last = -1 if until == "none" else POOL_INDICES[int(until[-1]) - 1]
+    frozen = [i for i in CONV_INDICES if i <= last]
+    torch.nn.init.normal_(model.score_fr.weight, std=0.1)  # zero-init score: no gradient below
+    before = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    x = torch.rand(2, 3, 40, 40)
+    loss, _, _ = pixel_loss(model(x), torch.randint(0, 3, (2, 40, 40)), ignore_index=255,
+                            reduction="mean")
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    for index in CONV_INDICES:
+        key = f"trunk.features.{index}.weight"
+        assert torch.equal(before[key], after[key]) == (index in frozen), key
+    assert not torch.equal(before["score_fr.weight"], after["score_fr.weight"])
