@@ -42,7 +42,7 @@ from mvfcnn.classify_outputs import (  # noqa: F401  (re-exported: output names 
 )
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
-from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
+from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL, area_fractions
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OBJECT_COLUMNS = ["object_id", "class", "class_name", "vote_share", "area_px", "area_um2",
@@ -52,7 +52,6 @@ QUANTILES = (10, 25, 50, 75, 90)
 SUMMARY_COLUMNS = (["class", "class_name", "n_objects", "area_px", "area_um2", "area_fraction",
                     "pixel_fraction", "mean_vote_share"]
                    + [f"eqd_px_p{q}" for q in QUANTILES] + [f"eqd_um_p{q}" for q in QUANTILES])
-_COUNT_ROWS = 2048  # rows per bincount: no image-size int64 copy
 #: predict_image arguments that are not inference settings
 _RUNTIME_ARGS = {"model", "image", "device", "progress", "return_probs", "preprocess", "timings"}
 
@@ -213,38 +212,31 @@ def voted_object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: C
     return out[OBJECT_COLUMNS]
 
 
-def pixel_counts(class_map: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels predicted as each class, counted in row strips."""
-    counts = np.zeros(max(256, num_classes), dtype=np.int64)
-    for r0 in range(0, class_map.shape[0], _COUNT_ROWS):
-        counts += np.bincount(np.asarray(class_map[r0:r0 + _COUNT_ROWS]).ravel(), minlength=256)
-    return counts[:num_classes]
-
-
 def class_summary(objects: pd.DataFrame, class_map: np.ndarray, classes: ClassSet,
                   pixel_size_um: float | None = None) -> pd.DataFrame:
     """Per class (matrix first, then each constituent, then not_segmented).
 
     ``area_fraction`` is object area / image area (the matrix row holds the pixels in no object,
     so the column sums to 1); ``pixel_fraction`` is the FCN's pixel share of that class (sums to
-    1 over the classes). Size quantiles are of the equivalent diameter.
+    1 over the classes; :func:`mvfcnn.metrics.area_fractions` over every pixel, the function the
+    cross-validation compares with the truth). Size quantiles are of the equivalent diameter.
     """
     total = int(class_map.shape[0] * class_map.shape[1])
-    pixels = pixel_counts(class_map, classes.num_classes)
+    pixel_fraction = area_fractions(class_map, classes.num_classes)
     scale = np.nan if pixel_size_um is None else float(pixel_size_um)
     rows = []
     groups = [(i, classes.names[i]) for i in classes.foreground]
     groups.append((NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL))
     in_objects = int(objects["area_px"].sum())
     rows.append({"class": 0, "class_name": classes.names[0], "n_objects": 0,
-                 "area_px": total - in_objects, "pixel_fraction": pixels[0] / total})
+                 "area_px": total - in_objects, "pixel_fraction": pixel_fraction[0]})
     for index, name in groups:
         part = objects[objects["class"] == index]
         eqd = equivalent_diameter(part["area_px"])  # unrounded
         row: dict[str, Any] = {
             "class": index, "class_name": name, "n_objects": len(part),
             "area_px": int(part["area_px"].sum()),
-            "pixel_fraction": pixels[index] / total if index >= 0 else np.nan,
+            "pixel_fraction": pixel_fraction[index] if index >= 0 else np.nan,
             "mean_vote_share": part["vote_share"].mean() if len(part) else np.nan,
         }
         values = np.percentile(eqd, QUANTILES) if len(eqd) else [np.nan] * len(QUANTILES)

@@ -29,6 +29,7 @@ NOT_SEGMENTED_INDEX = -1
 #: the same as a row/column label in tables and CSVs
 NOT_SEGMENTED_LABEL = "not_segmented"
 _CHUNK = 1 << 22  # pixels per bincount call: bounds the int64 temporaries to ~32 MB
+_COUNT_ROWS = 2048  # rows per bincount in area_fractions: no image-size int64 copy
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int,
@@ -63,6 +64,59 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int,
                              f"{sorted(set(np.unique(p).tolist()) - set(range(k)))[:5]}")
         out += np.bincount(t * k + p, minlength=k * k)
     return out.reshape(k, k)
+
+
+def area_fractions(class_map: np.ndarray, num_classes: int,
+                   valid: np.ndarray | None = None) -> np.ndarray:
+    """Area fraction of each class 0..K-1 in a class map: the phase fractions a metallographer
+    reports (classify's ``pixel_fraction``, the cross-validation's phase-fraction errors).
+
+    Only the pixels where ``valid`` is True count, in the numerator and in the denominator;
+    ``None`` counts every pixel. To compare a prediction with its truth, pass the same ``valid``
+    (``labels != ignore_index``, see :func:`phase_fractions`) to both, so ignore pixels and
+    anything outside the labelled area drop out of both fractions alike. Counted in row strips
+    (no image-size int64 copy); a counted value outside 0..K-1 is an InputError; no counted
+    pixel gives NaN fractions.
+    """
+    class_map = np.asarray(class_map)
+    k = int(num_classes)
+    if valid is not None and np.shape(valid) != class_map.shape:
+        raise InputError(f"valid mask shape {np.shape(valid)} differs from class map shape "
+                         f"{class_map.shape}")
+    if class_map.size and not np.issubdtype(class_map.dtype, np.integer):
+        raise InputError(f"class map must hold integer classes, got {class_map.dtype}")
+    counts = np.zeros(k, dtype=np.int64)
+    for r0 in range(0, class_map.shape[0] if class_map.ndim else 0, _COUNT_ROWS):
+        strip = class_map[r0:r0 + _COUNT_ROWS]
+        values = strip[np.asarray(valid[r0:r0 + _COUNT_ROWS], dtype=bool)] if valid is not None \
+            else strip.ravel()
+        if values.size == 0:
+            continue
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= k:
+            raise InputError(f"class values must be 0..{k - 1} in the counted pixels, found "
+                             f"{low if low < 0 else high}")
+        counts += np.bincount(values.ravel(), minlength=k)[:k]
+    total = int(counts.sum())
+    if total == 0:
+        return np.full(k, np.nan)
+    return counts / total
+
+
+def phase_fractions(labels: np.ndarray, pred: np.ndarray, classes: ClassSet
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(truth fractions, predicted fractions, labelled pixels) of one image, over the SAME
+    pixels: those whose label is not ``classes.ignore_index`` (255). A predicted pixel on an
+    ignore label counts in neither fraction, so a prediction is not charged for area the truth
+    does not describe (the band, unlabelled regions), exactly as in :func:`confusion_matrix`."""
+    labels = np.asarray(labels)
+    pred = np.asarray(pred)
+    if labels.shape != pred.shape:
+        raise InputError(f"label shape {labels.shape} differs from prediction shape {pred.shape}")
+    valid = labels != classes.ignore_index
+    k = classes.num_classes
+    return (area_fractions(labels, k, valid), area_fractions(pred, k, valid),
+            int(np.count_nonzero(valid)))
 
 
 def _diag_rows_cols(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
