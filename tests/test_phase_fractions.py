@@ -4,7 +4,10 @@ crossval rule's dry run listing the new outputs."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from mvfcnn.config import ClassSet
@@ -53,3 +56,78 @@ def test_phase_fractions_share_the_labelled_pixels():
     np.testing.assert_array_equal(pred, [10 / 16, 5 / 16, 1 / 16])
     with pytest.raises(InputError, match="differs"):
         phase_fractions(LABELS, PRED[:, :4], CLASSES)
+
+
+# --- cross-validation: per image and per class over all test images
+
+def _images() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """Three test images in two folds; image 3 has no labelled pixel (left out)."""
+    perfect = LABELS.copy()
+    perfect[:, 4] = 1  # predictions on ignore pixels count nowhere
+    return [("0", "s1", LABELS, PRED),          # errors (pp): 0, +6.25, -6.25
+            ("0", "s2", LABELS, perfect),       # errors 0, 0, 0
+            ("1", "s3", np.full((2, 2), X, np.uint8), np.zeros((2, 2), np.uint8))]
+
+
+def test_phase_rows_and_summary_exact():
+    from mvfcnn.crossval import phase_fraction_summary, phase_image_rows
+
+    rows = [r for fold, sample, lab, pred in _images()
+            for r in phase_image_rows(fold, sample, lab, pred, CLASSES)]
+    per_image = pd.DataFrame(rows)
+    s1 = per_image[per_image["sample"] == "s1"].set_index("class_name")
+    assert s1["n_labelled_px"].tolist() == [16, 16, 16]
+    assert s1["truth_pp"].tolist() == [62.5, 25.0, 12.5]
+    assert s1["predicted_pp"].tolist() == [62.5, 31.25, 6.25]
+    assert s1["error_pp"].tolist() == [0.0, 6.25, -6.25]
+    assert per_image[per_image["sample"] == "s3"]["error_pp"].isna().all()
+    summary = phase_fraction_summary(per_image, CLASSES).set_index("class_name")
+    assert summary["n_images"].tolist() == [2, 2, 2]  # s3 has no labelled pixel
+    assert summary.loc["a", "mean_abs_error_pp"] == 3.125
+    assert summary.loc["a", "max_abs_error_pp"] == 6.25
+    assert summary.loc["a", "bias_pp"] == 3.125
+    assert summary.loc["b", "bias_pp"] == -3.125
+    assert summary.loc["b", "mean_abs_error_pp"] == 3.125
+    assert summary.loc["b", "max_abs_error_sample"] == "s1"
+    assert summary.loc["matrix", "max_abs_error_pp"] == 0.0
+    assert summary.loc["b", "truth_mean_pp"] == 12.5
+    assert summary.loc["b", "predicted_mean_pp"] == (6.25 + 12.5) / 2
+
+
+def test_crossval_cli_writes_the_phase_fractions(tmp_path):
+    from mvfcnn.crossval import cli
+    from mvfcnn.io import write_image
+
+    pairs = []
+    for fold, sample, lab, pred in _images():
+        write_image(tmp_path / f"{sample}_labels.tif", lab)
+        write_image(tmp_path / f"{sample}_pred.tif", pred)
+        pairs += ["--test-pair", fold, sample, str(tmp_path / f"{sample}_labels.tif"),
+                  str(tmp_path / f"{sample}_pred.tif")]
+    for fold in ("0", "1"):
+        pd.DataFrame(np.eye(3, dtype=int), index=pd.Index(CLASSES.names, name="true"),
+                     columns=CLASSES.names).reset_index().to_csv(tmp_path / f"c{fold}.csv",
+                                                                 index=False)
+    out = {k: str(tmp_path / f"out.{k}") for k in ("csv", "md", "html", "conf", "pf", "pfi")}
+    assert cli(["--folds", "0", "1", "--confusions", str(tmp_path / "c0.csv"),
+                str(tmp_path / "c1.csv"), "--classes-json", json.dumps(CLASSES.to_dict()),
+                "--out-csv", out["csv"], "--out-md", out["md"], "--out-html", out["html"],
+                "--out-confusion", out["conf"], *pairs, "--out-phase-fractions", out["pf"],
+                "--out-phase-fractions-per-image", out["pfi"]]) == 0
+    per_image = pd.read_csv(out["pfi"])
+    assert len(per_image) == 3 * 3 and per_image["fold"].astype(str).tolist()[-1] == "1"
+    summary = pd.read_csv(out["pf"]).set_index("class_name")
+    assert summary.loc["a", "max_abs_error_pp"] == 6.25
+    markdown = open(out["md"]).read()
+    assert "## Phase fractions" in markdown
+    assert "| a | 25.00 | 28.12 | 3.12 | 6.25 | s1 | 3.12 |" in markdown
+    assert "Phase fractions per class" in open(out["html"]).read()
+
+
+def test_crossval_cli_phase_arguments_go_together(tmp_path):
+    from mvfcnn.crossval import cli
+
+    with pytest.raises(InputError, match="go together"):
+        cli(["--folds", "0", "--confusions", "c.csv", "--classes-json",
+             json.dumps(CLASSES.to_dict()), "--out-csv", "a", "--out-md", "b", "--out-html", "c",
+             "--out-confusion", "d", "--out-phase-fractions", "e"])

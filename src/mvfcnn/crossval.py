@@ -5,6 +5,11 @@ Per fold, the metrics are those of :func:`mvfcnn.metrics.pixel_report` on that f
 confusion matrix (one matrix over the fold's test images, as Long et al.). The mean and the
 standard error (sample standard deviation / sqrt(n folds)) are taken over folds; the pooled
 matrix sums every fold's matrix, i.e. all test predictions of the study.
+
+Phase fractions (the number a metallographer reports): per test image and class, the predicted
+area fraction beside the truth's, in percentage points, over the image's labelled pixels
+(:func:`mvfcnn.metrics.phase_fractions`); per class, the mean and maximum absolute error and the
+signed mean (bias) over all test predictions of all folds.
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
-from mvfcnn.metrics import pixel_report
+from mvfcnn.metrics import phase_fractions, pixel_report
 
 SUMMARY_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
+PHASE_IMAGE_COLUMNS = ["fold", "sample", "class", "class_name", "n_labelled_px", "truth_pp",
+                       "predicted_pp", "error_pp"]
+PHASE_SUMMARY_COLUMNS = ["class", "class_name", "n_images", "truth_mean_pp", "predicted_mean_pp",
+                         "mean_abs_error_pp", "max_abs_error_pp", "max_abs_error_sample",
+                         "bias_pp"]
 
 
 def read_confusion(path: str | Path, classes: ClassSet) -> np.ndarray:
@@ -64,6 +74,80 @@ def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
                            "n_pixels": int(per_fold["n_pixels"].sum())},
                           {"fold": "se", **se.to_dict(), "n_pixels": np.nan}])
     return pd.concat([per_fold, extra], ignore_index=True)
+
+
+def phase_image_rows(fold: str, sample: str, labels: np.ndarray, pred: np.ndarray,
+                     classes: ClassSet) -> list[dict[str, Any]]:
+    """One row per class of one test image: truth and predicted area fraction in percent and
+    their difference (predicted - truth) in percentage points, over the labelled pixels."""
+    try:
+        truth, predicted, n = phase_fractions(labels, pred, classes)
+    except InputError as err:
+        raise InputError(str(err), sample=sample) from err
+    return [{"fold": fold, "sample": sample, "class": index, "class_name": name,
+             "n_labelled_px": n, "truth_pp": 100 * truth[index],
+             "predicted_pp": 100 * predicted[index],
+             "error_pp": 100 * (predicted[index] - truth[index])}
+            for index, name in zip(classes.indices, classes.names, strict=True)]
+
+
+def phase_fraction_images(tests: list[tuple[str, str, str, str]],
+                          classes: ClassSet) -> pd.DataFrame:
+    """PHASE_IMAGE_COLUMNS for (fold, sample, labels file, prediction file) test images; the
+    prediction must lie on the labels' grid (as for the pixel confusion of ``evaluate``)."""
+    from mvfcnn.io import read_image, read_labels
+
+    rows: list[dict[str, Any]] = []
+    for fold, sample, labels_path, pred_path in tests:
+        labels = np.asarray(read_labels(labels_path, sample=sample))
+        pred = np.asarray(read_image(pred_path, sample=sample))
+        if labels.shape != pred.shape:
+            raise InputError(f"labels {labels.shape} and prediction {pred.shape} differ in size",
+                             sample=sample, path=pred_path)
+        rows += phase_image_rows(fold, sample, labels, pred, classes)
+    return pd.DataFrame(rows, columns=PHASE_IMAGE_COLUMNS)
+
+
+def phase_fraction_summary(per_image: pd.DataFrame, classes: ClassSet) -> pd.DataFrame:
+    """Per class over all test images: mean truth and predicted fraction, mean and maximum
+    |error| (with the image of the maximum) and bias (signed mean error), in percentage points.
+    Images without labelled pixels (NaN fractions) are left out and not counted in n_images."""
+    rows = []
+    for index, name in zip(classes.indices, classes.names, strict=True):
+        part = per_image[(per_image["class"] == index) & per_image["error_pp"].notna()]
+        error = part["error_pp"].abs()
+        worst = part.loc[error.idxmax(), "sample"] if len(part) else ""
+        rows.append({"class": index, "class_name": name, "n_images": len(part),
+                     "truth_mean_pp": part["truth_pp"].mean(),
+                     "predicted_mean_pp": part["predicted_pp"].mean(),
+                     "mean_abs_error_pp": error.mean(), "max_abs_error_pp": error.max(),
+                     "max_abs_error_sample": worst, "bias_pp": part["error_pp"].mean()})
+    return pd.DataFrame(rows, columns=PHASE_SUMMARY_COLUMNS)
+
+
+def _pp(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):.2f}"
+
+
+def phase_fraction_markdown(summary: pd.DataFrame) -> str:
+    """The phase-fraction section of the cross-validation markdown."""
+    n = int(summary["n_images"].max()) if len(summary) else 0
+    lines = ["## Phase fractions", "",
+             f"Area fraction of each class, predicted vs truth, per test image ({n} test "
+             "predictions over all folds), in percentage points (pp); both fractions over the "
+             "image's labelled pixels (ignore pixels left out of both); error = predicted - "
+             "truth, bias = mean error.", "",
+             "| class | truth mean % | predicted mean % | mean abs. error (pp) | "
+             "max abs. error (pp) | image of max | bias (pp) |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for row in summary.to_dict("records"):
+        lines.append(f"| {row['class_name']} | {_pp(row['truth_mean_pp'])} | "
+                     f"{_pp(row['predicted_mean_pp'])} | {_pp(row['mean_abs_error_pp'])} | "
+                     f"{_pp(row['max_abs_error_pp'])} | {row['max_abs_error_sample']} | "
+                     f"{_pp(row['bias_pp'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(value: Any) -> str:
@@ -127,7 +211,19 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-html", required=True)
     parser.add_argument("--out-confusion", required=True, help="pooled pixel confusion CSV")
+    parser.add_argument("--test-pair", action="append", nargs=4, default=[],
+                        metavar=("FOLD", "SAMPLE", "LABELS", "PRED"),
+                        help="one test image of a fold for the phase fractions (repeat for "
+                        "every test image)")
+    parser.add_argument("--out-phase-fractions", default=None,
+                        help="per-class phase-fraction errors CSV (with --test-pair)")
+    parser.add_argument("--out-phase-fractions-per-image", default=None,
+                        help="per-image, per-class phase fractions CSV (with --test-pair)")
     args = parser.parse_args(argv)
+    phase_args = (args.test_pair, args.out_phase_fractions, args.out_phase_fractions_per_image)
+    if any(phase_args) and not all(phase_args):
+        raise InputError("--test-pair, --out-phase-fractions and --out-phase-fractions-per-image "
+                         "go together")
     classes = classes_from_json(args.classes_json)
     if len(args.folds) != len(args.confusions):
         raise InputError(f"{len(args.folds)} folds but {len(args.confusions)} confusion files")
@@ -151,7 +247,15 @@ def cli(argv: list[str]) -> int:
                                 columns=classes.names).reset_index()
     markdown = render_markdown(table, classes, literature, title=args.title, notes=notes,
                                secondary_exclude=secondary)
-    html = render_html(table, pooled_frame, literature, title=args.title, notes=notes)
+    phase = None
+    if args.test_pair:
+        per_image = phase_fraction_images([tuple(t) for t in args.test_pair], classes)
+        phase = phase_fraction_summary(per_image, classes)
+        write_table(args.out_phase_fractions_per_image, per_image.round(4))
+        write_table(args.out_phase_fractions, phase.round(4))
+        markdown += "\n" + phase_fraction_markdown(phase)
+    html = render_html(table, pooled_frame, literature, title=args.title, notes=notes,
+                       phase=phase)
     write_table(args.out_csv, table)
     write_table(args.out_confusion, pooled_frame)
     write_text(args.out_md, markdown)
@@ -164,9 +268,10 @@ def cli(argv: list[str]) -> int:
 
 
 def render_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict[str, Any]],
-                *, title: str, notes: list[str]) -> str:
-    """The report page: ours per fold (percent), the published results, the pooled confusion
-    and the notes, as tables by the shared :mod:`mvfcnn.rendering`."""
+                *, title: str, notes: list[str], phase: pd.DataFrame | None = None) -> str:
+    """The report page: ours per fold (percent), the published results, the pooled confusion,
+    the phase-fraction errors (when given) and the notes, as tables by the shared
+    :mod:`mvfcnn.rendering`."""
     import html
 
     from mvfcnn.rendering import frame_html, html_page
@@ -175,10 +280,20 @@ def render_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict
     for column in shown.columns:
         if column not in ("fold", "n_pixels"):
             shown[column] = [_pct(v) for v in shown[column]]
+    phase_html = ""
+    if phase is not None:
+        phase_shown = phase.drop(columns=["class"]).copy()
+        for column in phase_shown.columns:
+            if column.endswith("_pp"):
+                phase_shown[column] = [_pp(v) for v in phase_shown[column]]
+        phase_html = ("<h4>Phase fractions per class over all test images (percentage points; "
+                      "error = predicted - truth, over each image's labelled pixels)</h4>"
+                      + frame_html(phase_shown))
     return html_page(
         f"<h3>{html.escape(title)}</h3>" + frame_html(shown)
         + "<h4>Published</h4>" + frame_html(pd.DataFrame(literature))
         + "<h4>Pooled pixel confusion (rows true, columns predicted)</h4>" + frame_html(pooled)
+        + phase_html
         + "<h4>Notes</h4><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
 
 
