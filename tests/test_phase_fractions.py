@@ -131,3 +131,50 @@ def test_crossval_cli_phase_arguments_go_together(tmp_path):
         cli(["--folds", "0", "--confusions", "c.csv", "--classes-json",
              json.dumps(CLASSES.to_dict()), "--out-csv", "a", "--out-md", "b", "--out-html", "c",
              "--out-confusion", "d", "--out-phase-fractions", "e"])
+
+
+# --- the workflow: the crossval rule plans the phase-fraction outputs
+
+def test_crossval_rule_dry_run_lists_the_phase_fraction_outputs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from mvfcnn.io import write_image
+    from mvfcnn.layout import crossval_table
+
+    root = Path(__file__).resolve().parents[1]
+    snakemake = Path(sys.executable).with_name("snakemake")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for n, fold in enumerate(["a", "a", "b", "b"]):
+        write_image(data / f"s{n}.tif", np.full((64, 64), 100 + n, np.uint8))
+        write_image(data / f"s{n}_labels.tif", np.tile(np.arange(64) // 32, (64, 1))
+                    .astype(np.uint8))
+        rows.append({"sample": f"s{n}", "split": "test", "sem": str(data / f"s{n}.tif"),
+                     "labels": str(data / f"s{n}_labels.tif"), "fold": fold})
+    pd.DataFrame(rows).to_csv(data / "samples.tsv", sep="\t", index=False)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "samples": str(data / "samples.tsv"),
+        "run": {"variants": ["ft_balanced_aug"], "modalities": ["sem"], "baselines": []}}))
+    work = tmp_path / "work"
+    outputs = crossval_table("crossval")
+    command = [str(snakemake), "-n", outputs["phase_fractions"],
+               outputs["phase_fractions_per_image"], "--snakefile", str(root / "Snakefile"),
+               "--directory", str(work), "--configfile", str(root / "config" / "config.yaml"),
+               str(root / "tests" / "data" / "mini.yaml"), str(overlay), "--cores", "1",
+               "--resources", "gpu=1"]
+    env = {**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "rule crossval_table:" in result.stdout
+    assert "results/tables/crossval_phase_fractions.csv" in result.stdout
+    assert "results/tables/crossval_phase_fractions_per_image.csv" in result.stdout
+    # every fold's test predictions feed the rule
+    for fold, sample in (("a", "s0"), ("a", "s1"), ("b", "s2"), ("b", "s3")):
+        assert f"fold{fold}/pred/{sample}.tif" in result.stdout

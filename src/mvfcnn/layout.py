@@ -53,10 +53,13 @@ def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str,
 
 
 def crossval_table(name: str) -> dict[str, str]:
-    """The cross-validation table of a dataset (``metaldam`` or ``crossval``)."""
+    """The cross-validation table of a dataset (``metaldam`` or ``crossval``), with its pooled
+    confusion and the phase-fraction errors (per class, and per test image and class)."""
     base = f"{RESULTS}/tables/{name}"
     return {"csv": f"{base}.csv", "md": f"{base}.md", "html": f"{base}.html",
-            "confusion": f"{base}_confusion.csv"}
+            "confusion": f"{base}_confusion.csv",
+            "phase_fractions": f"{base}_phase_fractions.csv",
+            "phase_fractions_per_image": f"{base}_phase_fractions_per_image.csv"}
 
 
 def _job_name(cv: bool, run: bool, extra: str) -> str:

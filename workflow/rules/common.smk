@@ -410,13 +410,30 @@ def _crossval_predictions(wildcards):
             for f in FOLDS for s in fold_samples(SAMPLES, f, "test")]
 
 
+def _crossval_tests():
+    """(fold, sample, labels, prediction) of every test image of every fold."""
+    return [(fold, sample, labels_file(sample),
+             os.path.join(_crossval_run_dir(fold), "pred", f"{sample}.tif"))
+            for fold in FOLDS for sample in fold_samples(SAMPLES, fold, "test")]
+
+
+def _crossval_test_labels(wildcards):
+    return [labels for _, _, labels, _ in _crossval_tests()]
+
+
 def _crossval_test_images(wildcards, input):
     """--test-image FOLD SAMPLE IMAGE LABELS PRED for every test image (quoted by :q)."""
     modality = crossval_run()[1]
     parts = []
-    for fold in FOLDS:
-        for sample in fold_samples(SAMPLES, fold, "test"):
-            parts += ["--test-image", fold, sample, modality_image(modality, sample),
-                      labels_file(sample),
-                      os.path.join(_crossval_run_dir(fold), "pred", f"{sample}.tif")]
+    for fold, sample, labels, pred in _crossval_tests():
+        parts += ["--test-image", fold, sample, modality_image(modality, sample), labels, pred]
+    return parts
+
+
+def _crossval_test_pairs(wildcards, input):
+    """--test-pair FOLD SAMPLE LABELS PRED for every test image (quoted by :q): the phase
+    fractions compare each prediction with the labels the evaluation scored it against."""
+    parts = []
+    for test in _crossval_tests():
+        parts += ["--test-pair", *test]
     return parts

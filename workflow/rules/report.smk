@@ -227,14 +227,24 @@ rule figure_noise:
 
 rule crossval_table:
     """Cross-validation: per fold and mean ± SE pixel metrics, per-class IoU, pooled confusion,
-    beside the published numbers (workflow/resources/paper_tables.yaml)."""
+    beside the published numbers (workflow/resources/paper_tables.yaml); and the phase-fraction
+    errors of every test prediction against its labels (per image, and per class over all)."""
     input:
         paper=PAPER_TABLES,
         confusions=_crossval_confusions,
+        preds=_crossval_predictions,
+        labels=_crossval_test_labels,
     output:
         csv=CROSSVAL["csv"],
         md=CROSSVAL["md"],
         confusion=CROSSVAL["confusion"],
+        phase_per_image=CROSSVAL["phase_fractions_per_image"],
+        phase=report(
+            CROSSVAL["phase_fractions"],
+            category="Tables",
+            caption="../report/phase_fractions.rst",
+            labels={"table": "Phase fractions"},
+        ),
         html=report(
             CROSSVAL["html"],
             category="Tables",
@@ -246,6 +256,7 @@ rule crossval_table:
         classes=CLASSES_JSON,
         key=CROSSVAL_NAME,
         exclude=config["crossval"]["secondary_mean_excludes"],
+        test_pairs=_crossval_test_pairs,
         title=lambda w: "{} cross-validation, {} / {}, {} folds".format(
             CROSSVAL_NAME, *crossval_run(), len(FOLDS)
         ),
@@ -262,7 +273,9 @@ rule crossval_table:
         " --classes-json {params.classes:q} --literature {input.paper:q}"
         " --literature-key {params.key:q} --secondary-exclude {params.exclude:q}"
         " --title {params.title:q} --out-csv {output.csv:q} --out-md {output.md:q}"
-        " --out-html {output.html:q} --out-confusion {output.confusion:q} 2> {log:q}"
+        " --out-html {output.html:q} --out-confusion {output.confusion:q}"
+        " {params.test_pairs:q} --out-phase-fractions {output.phase:q}"
+        " --out-phase-fractions-per-image {output.phase_per_image:q} 2> {log:q}"
 
 
 rule crossval_figure:
@@ -294,7 +307,10 @@ rule crossval_figure:
         " --out {output:q} 2> {log:q}"
 
 
-TARGETS["report"] = [CROSSVAL["csv"], CROSSVAL["md"], CROSSVAL["html"], CROSSVAL_FIGURE] if CV else (
+TARGETS["report"] = [
+    CROSSVAL[key]
+    for key in ("csv", "md", "html", "phase_fractions", "phase_fractions_per_image")
+] + [CROSSVAL_FIGURE] if CV else (
     expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=["csv", "md", "html"])
     + ["results/tables/summary.md", "results/tables/summary.html"]
     + [
