@@ -120,7 +120,7 @@ def precision_table(reports: list[dict[str, Any]]) -> list[str]:
 def demo_table(reports: list[dict[str, Any]]) -> list[str]:
     """README command 1 per CPU kind (``demo_*.json`` from benchmarks/demo.py)."""
     lines = ["README command 1 (the default study, 2 cores):", "",
-             "| CPU | precision (auto) | wall time | jobs | train_fcn | pretrain_trunk | "
+             "| CPU | precision (auto) | wall time | timed jobs | train_fcn | pretrain_trunk | "
              "train_baseline | MVFCNN SEM | MVFCNN LOM | ≤ 15 min and SEM ≥ 95 % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:

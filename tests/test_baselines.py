@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import stripe_images  # noqa: E402
+
 from mvfcnn.baselines.crops import CropSet, crop_sample, warp  # noqa: E402
 from mvfcnn.errors import InputError  # noqa: E402
 
@@ -193,16 +195,7 @@ def test_svm_separable_and_tiny_classes():
 def _tiny_cropset(n_per_class: int, *, seed: int, split: str) -> CropSet:
     """Three classes of stripes told apart by their period (not orientation, which the
     rotation-invariant hand-crafted features ignore by design); 32x32 crops."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    patterns = [np.sin(2 * np.pi * xx / 3), np.sin(2 * np.pi * yy / 8),
-                np.sin(2 * np.pi * (xx + yy) / 20)]
-    images, classes = [], []
-    for cls, pattern in enumerate(patterns, start=1):
-        for _ in range(n_per_class):
-            noisy = 128 + 90 * pattern + rng.normal(0, 10, pattern.shape)
-            images.append(np.clip(noisy, 0, 255).astype(np.uint8))
-            classes.append(cls)
+    images, classes = stripe_images(n_per_class, seed=seed)
     n = len(images)
     from mvfcnn.baselines.features import handcrafted_features, handcrafted_names
 

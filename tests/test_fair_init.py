@@ -18,6 +18,8 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
+from conftest import stripe_images  # noqa: E402
+
 from mvfcnn import tables as T  # noqa: E402
 from mvfcnn.errors import InputError  # noqa: E402
 
@@ -29,12 +31,7 @@ CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
            "ignore_index": 255}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
@@ -185,15 +182,7 @@ def test_match_resolves_to_the_compared_variants_init():
 def _cropset(n_per_class: int, seed: int, split: str):
     from mvfcnn.baselines.crops import CropSet
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    patterns = [np.sin(2 * np.pi * xx / 3), np.sin(2 * np.pi * yy / 8)]
-    images, classes = [], []
-    for cls, pattern in enumerate(patterns, start=1):
-        for _ in range(n_per_class):
-            noisy = 128 + 90 * pattern + rng.normal(0, 10, pattern.shape)
-            images.append(np.clip(noisy, 0, 255).astype(np.uint8))
-            classes.append(cls)
+    images, classes = stripe_images(n_per_class, seed=seed, classes=2)
     n = len(images)
     return CropSet(images=np.stack(images), true_class=np.asarray(classes, dtype=np.int64),
                    sample=np.asarray([f"{split}_0"] * n), object_id=np.arange(1, n + 1),

@@ -15,6 +15,8 @@ from mvfcnn import tables as T
 from mvfcnn.config import ClassSet
 from mvfcnn.evaluate import write_evaluation
 from mvfcnn.io import write_image
+from mvfcnn.objects import find_objects
+from mvfcnn.voting import vote
 
 SIZE = 64
 PATCH = 32
@@ -44,9 +46,7 @@ def _make_results(root, classes: ClassSet, modalities=("sem", "lom")) -> pd.Data
                     np.stack([255 - sem] * 3, axis=-1))
         mask = ((labels > 0) & (labels < 255)).astype(np.uint8)
         write_image(root / "masks" / f"{sample}.tif", mask)
-        from skimage.measure import label as cc
-
-        ids = cc(mask, connectivity=1).astype(np.uint32)
+        ids = find_objects(mask.astype(bool))  # the workflow's objects (8-connected)
         write_image(root / "objects" / f"{sample}.tif", ids)
         rows.append({"sample": sample, "split": split,
                      "sem": str(root / "data" / f"{sample}_sem.tif"), "lom": "x", "mask": "",
@@ -69,13 +69,12 @@ def _make_results(root, classes: ClassSet, modalities=("sem", "lom")) -> pd.Data
             labels = np.asarray(F._read(root / "data" / f"{sample}_labels.tif"))
             pred = np.asarray(F._read(root / "mvfcnn" / "ft_balanced_aug" / modality / "pred"
                                       / f"{sample}.tif"))
-            for obj in range(1, int(ids.max()) + 1):
-                inside = ids == obj
-                true = int(np.bincount(labels[inside]).argmax())
-                votes = np.bincount(pred[inside], minlength=classes.num_classes)[1:]
-                pred_cls = int(votes.argmax()) + 1 if votes.any() else -1
-                objects.append({"sample": sample, "object_id": obj, "true_class": true,
-                                "pred_class": pred_cls, "confidence": 1.0})
+            voted = vote(pred, ids, classes.num_classes).set_index("object_id")
+            for obj in voted.index:
+                true = int(np.bincount(labels[ids == obj]).argmax())
+                objects.append({"sample": sample, "object_id": int(obj), "true_class": true,
+                                "pred_class": int(voted.loc[obj, "pred_class"]),
+                                "confidence": 1.0})
         run = root / "mvfcnn" / "ft_balanced_aug" / modality
         write_evaluation(pd.DataFrame(objects), classes, method="mvfcnn", modality=modality,
                          variant="ft_balanced_aug", out_metrics=run / "metrics.json",
