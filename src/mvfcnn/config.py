@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from mvfcnn.errors import InputError
+from mvfcnn.settings import defaults
 
 SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class", "fold",
                   "crop_bottom", "scale_bar_um"]
@@ -53,7 +54,8 @@ class ClassSet:
         if len(set(names)) != len(names):
             raise InputError(f"class names must be unique, got {list(names)}")
         return cls(indices, names, tuple(c["color"] for c in entries),
-                   int(config.get("ignore_index", 255)))
+                   int(config["ignore_index"] if "ignore_index" in config
+                       else defaults("ignore_index")))
 
     @property
     def num_classes(self) -> int:

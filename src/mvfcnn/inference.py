@@ -271,17 +271,18 @@ def _parse_params(text: str) -> dict:
 
 def inference_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """The config's ``inference`` section as :func:`predict_image` keyword arguments: the one
-    translation every consumer (predict, figures) uses, so none drops a setting."""
-    missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in params]
-    if missing:
-        raise InputError(f"inference settings lack key(s) {missing}")
+    translation every consumer (predict, figures, classify) uses, so none drops a setting;
+    keys a partial section (an older bundle) lacks come from the schema."""
+    from mvfcnn.settings import with_defaults
+
+    params = with_defaults("inference", params)
     return {
         "tile_size": int(params["tile_size"]),
         "overlap": int(params["overlap"]),
         "batch_size": int(params["batch_size"]),
         "precision": str(params["precision"]),
-        "tta_rotations": bool(params.get("tta_rotations", False)),
-        "fit_tiles": bool(params.get("fit_tiles", False)),
+        "tta_rotations": bool(params["tta_rotations"]),
+        "fit_tiles": bool(params["fit_tiles"]),
     }
 
 

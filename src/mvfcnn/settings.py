@@ -55,8 +55,9 @@ def _defaults(node: Mapping[str, Any]) -> Any:
 _MISSING = object()
 
 
-def defaults(*path: str) -> dict[str, Any]:
-    """The schema's defaults of one section, e.g. ``defaults("fcn")``, nested sections filled."""
+def defaults(*path: str) -> Any:
+    """The schema's defaults of one section, e.g. ``defaults("fcn")`` (nested sections filled),
+    or of one setting (``defaults("ignore_index")`` = 255)."""
     value = _defaults(_node(path))
     return {} if value is _MISSING else value
 

@@ -604,7 +604,7 @@ def _render_lom(scene: Scene, transform: dict[str, Any], margin: int, lom_cfg: d
     down = float(lom_cfg["downscale"])
     # optics: blur_sigma is in LOM pixels (>= 0.5 px anti-aliases the downsampling)
     sigma = max(float(lom_cfg["blur_sigma"]), 0.5) * down
-    if lom_cfg.get("color", True):
+    if lom_cfg["color"]:
         lut = np.ones((256, 3), np.float32)
         lut[0] = LOM_TINT_MATRIX
         for c in classes.foreground:

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +312,11 @@ def cli(argv: list[str]) -> int:
     from mvfcnn.io import write_json, write_table
 
     classes = classes_from_json(args.classes_json)
-    params = json.loads(args.params_json)
+    params = with_defaults("tiles", json_arg(args.params_json, "--params-json"))
     table = build_image_table(args.samples, args.images, args.labels, args.classes, classes)
     index = tile_index(table, size=int(params["size"]), stride=int(params["stride"]),
                        balanced=args.balanced, augment=args.augment,
-                       tolerance=float(params.get("balance_tolerance", 0.05)), strict=args.strict)
+                       tolerance=float(params["balance_tolerance"]), strict=args.strict)
     write_table(args.out, index.tiles)
     summary = index.summary()
     if args.out_summary:

@@ -675,6 +675,6 @@ def cli(argv: list[str]) -> int:
     train_stage(stage=args.stage, tiles=tiles, classes=classes_from_json(args.classes_json),
                 cfg=cfg, variant=variant, parent=args.parent, out_model=args.out,
                 out_csv=args.out_csv, out_png=args.out_png, checkpoint_dir=args.checkpoint_dir,
-                seed=args.seed, device=args.device or str(full.get("device", "auto")),
+                seed=args.seed, device=args.device or str(full["device"]),
                 val_tiles=val_tiles)
     return 0

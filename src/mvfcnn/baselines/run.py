@@ -427,7 +427,7 @@ def cli(argv: list[str]) -> int:
     from mvfcnn.runtime import resolve_device
 
     p = merged_params(params)
-    device = str(resolve_device(args.device or p.get("device", "auto")))
+    device = str(resolve_device(args.device or p["device"]))
     if args.threads and args.method != "handcrafted_svm":
         from mvfcnn.runtime import set_threads
 
