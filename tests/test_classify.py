@@ -476,6 +476,7 @@ def test_cli_precision_auto_is_resolved_and_recorded(files, tmp_path, capsys, mo
     # a CPU without native bf16: auto must pick fp32 and say why, in the log and in run.json
     monkeypatch.setattr(runtime, "cpu_arch", lambda: "x86_64")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"sse2", "avx2"}))
+    monkeypatch.setattr(runtime, "isa_limit", lambda: None)  # no ONEDNN/ATEN cap in the reason
     out = tmp_path / "out"
     assert classify_cli([str(files["sem"]), "--model", str(files["bundle"]), "--mask",
                          str(files["mask"]), "--out", str(out), "--names", "a",

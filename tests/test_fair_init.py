@@ -313,10 +313,10 @@ def test_table_configuration_names_init_and_budget(tmp_path, default_config, cla
     paper = T.load_paper(ROOT / "workflow" / "resources" / "paper_tables.yaml")
     tables = T.build_tables(tmp_path, classes, config, paper)
     t1 = tables["table1"].set_index("method")["configuration"]
-    pretrain = "trunk pretraining 200 iterations x 32 patches (3.0 s)"
+    pretrain = "trunk pretraining 400 iterations x 32 patches (3.0 s)"
     assert t1["vgg16"] == (
         "SEM; init=patches (match: as ft_balanced_aug), the FCN's VGG16 trunk (width x0.25, "
-        "fc 512) + GAP pool5 + new linear layer; crop 64 px; budget: 2 epochs, batch 16 (12 s) "
+        "fc 512) + GAP pool5 + new linear layer; crop 64 px; budget: 60 epochs, batch 16 (12 s) "
         f"+ the FCN's {pretrain}; 40 train objects; 1 test images, 1 test objects")
     assert t1["vgg19_svm"] == (
         "SEM; init=patches (match: as ft_balanced_aug), SVM on GAP pool5 of the FCN's VGG16 "
@@ -326,8 +326,8 @@ def test_table_configuration_names_init_and_budget(tmp_path, default_config, cla
     assert t1["cifarnet"] == (
         "SEM; init=none (from scratch, torch random init); crop 64 px; budget: 60 epochs, "
         "batch 16 (30 s); 40 train objects; 1 test images, 1 test objects")
-    assert ("init=patches; balanced=true; augment=true; VGG16 width x0.25, fc 512; tile 192 px; "
-            "budget: FCN iterations 400/300/300 (32s/16s/8s), batch 4 (250 s) + "
+    assert ("init=patches; balanced=true; augment=true; VGG16 width x0.25, fc 512; tile 384 px; "
+            "budget: FCN iterations 400/300/300 (32s/16s/8s), batch 1 (250 s) + "
             f"{pretrain}") in t1["mvfcnn"]
     t3 = tables["table3"].set_index("method")["configuration"]
     assert t3["vgg16"] == t1["vgg16"]

@@ -147,7 +147,7 @@ def test_all_tables_columns_and_paper_values(results, classes, default_config, p
         row = _row(t1, method=missing)
         assert math.isnan(row["ours"]) and row["paper"] == PAPER_T1[missing]
     mv = _row(t1, method="mvfcnn")["configuration"]
-    assert "ft_balanced_aug" in mv and "init=patches" in mv and "tile 192 px" in mv
+    assert "ft_balanced_aug" in mv and "init=patches" in mv and "tile 384 px" in mv
     assert "2 train images (3 tiles)" in mv and "8 test objects" in mv
 
     t2 = tables["table2"]

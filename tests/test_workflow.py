@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True,
+              overlays: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """snakemake on the repository's Snakefile with config.yaml + mini.yaml (+ ``overlays``)."""
     command = [
         str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(ROOT / "config" / "config.yaml"),
-        str(ROOT / "tests" / "data" / "mini.yaml"),
+        str(ROOT / "tests" / "data" / "mini.yaml"), *map(str, overlays),
         *args,
     ]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
@@ -126,14 +128,16 @@ def test_rerun_is_a_no_op(mini_run):
 
 
 @pytest.mark.slow
-def test_report_reruns_only_for_settings_it_reads(mini_run):
+def test_report_reruns_only_for_settings_it_reads(mini_run, tmp_path):
     """Report jobs take only the config sections they read: a resources change reruns none of
     them, a change to a section they print (inference) reruns them."""
-    quiet = planned_jobs(snakemake(mini_run, "-n", "--cores", "2",
-                                   "--config", "resources={predict: {threads: 1}}").stdout)
+    resources = tmp_path / "resources.yaml"
+    resources.write_text("resources:\n  predict: {threads: 1, mem_mb: 3000, runtime: 20}\n")
+    inference = tmp_path / "inference.yaml"
+    inference.write_text("inference:\n  overlap: 60\n")
+    quiet = planned_jobs(snakemake(mini_run, "-n", "--cores", "2", overlays=(resources,)).stdout)
     assert not {rule for rule, _ in quiet} & {"tables", "best_run", "figure_noise"}, quiet
-    loud = planned_jobs(snakemake(mini_run, "-n", "--cores", "2",
-                                  "--config", "inference={overlap: 60}").stdout)
+    loud = planned_jobs(snakemake(mini_run, "-n", "--cores", "2", overlays=(inference,)).stdout)
     assert {"tables", "best_run", "figure_noise"} <= {rule for rule, _ in loud}
 
 
