@@ -91,3 +91,17 @@ def test_report_view_keeps_only_report_sections():
     assert set(view) == set(REPORT_SECTIONS)
     view["fcn"]["x"] = 2
     assert config["fcn"]["x"] == 1  # a copy
+
+
+def test_layout_under_re_roots_a_rule_pattern():
+    """The report finds a rule's output at the same pattern under its --results-dir."""
+    from pathlib import Path
+
+    from mvfcnn import layout
+
+    assert layout.under("/x/res", layout.run_dir(False), variant="v", modality="sem") == Path(
+        "/x/res/mvfcnn/v/sem")
+    assert layout.under("res", layout.OBJECT_IDS, sample="a b#1") == Path("res/objects/a b#1.tif")
+    assert layout.under("r", layout.BASELINE_DIR, method="vgg16", modality="lom") == Path(
+        "r/baselines/vgg16/lom")
+    assert layout.under("r", layout.SYNTHETIC) == Path("r/synthetic")

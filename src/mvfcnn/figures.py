@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn import layout
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.inference import window_starts
@@ -61,17 +62,18 @@ class Context:
     def image(self, sample: str, modality: str = "sem") -> Path:
         if modality == "sem":
             return Path(self.samples.loc[sample, "sem"])
-        return self.results_dir / "registration" / f"{sample}_lom.tif"
+        return layout.under(self.results_dir, layout.REGISTERED_LOM, sample=sample)
 
     def labels(self, sample: str) -> Path | None:
         value = self.samples.loc[sample, "labels"]
         return Path(value) if value else None
 
     def pred(self, variant: str, modality: str, sample: str) -> Path:
-        return self.results_dir / "mvfcnn" / variant / modality / "pred" / f"{sample}.tif"
+        return self.run_dir(variant, modality) / layout.PREDICTION.format(sample=sample)
 
     def run_dir(self, variant: str, modality: str) -> Path:
-        return self.results_dir / "mvfcnn" / variant / modality
+        return layout.under(self.results_dir, layout.run_dir(False), variant=variant,
+                            modality=modality)
 
     @property
     def seed(self) -> int:
@@ -87,8 +89,8 @@ def sample_sheet(config: dict[str, Any], results_dir: str | Path,
     if samples == "synthetic":
         from mvfcnn.synthetic import sample_sheet as synthetic_sheet
 
-        frame = synthetic_sheet(config["synthetic"], str(Path(results_dir) / "synthetic"),
-                                classes)
+        where = str(layout.under(results_dir, layout.SYNTHETIC))
+        frame = synthetic_sheet(config["synthetic"], where, classes)
         return check_sample_sheet(frame, classes=classes)
     return load_sample_sheet(samples, classes)
 
@@ -361,7 +363,7 @@ def fig4_examples(ctx: Context, *, patch: int = PATCH):
     for r, (cls, (sample, y, x, _count, size)) in enumerate(rows):
         sem = _read(ctx.image(sample, "sem"))
         lom = _read(ctx.image(sample, "lom"))
-        mask = _read(ctx.results_dir / "masks" / f"{sample}.tif")
+        mask = _read(layout.under(ctx.results_dir, layout.MASK, sample=sample))
         rgb = ctx.classes.rgb()[cls]
         _show(axes[r, 0], display_gray(_crop(sem, y, x, size)), "SEM")
         axes[r, 0].set_xlabel(f"{sample} (y={y}, x={x})", fontsize=7)
@@ -476,12 +478,12 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
         return placeholder(title, f"{objects_csv} is missing.")
     table = pd.read_csv(objects_csv)
     samples = [s for s in ctx.split("test")
-               if (ctx.results_dir / "objects" / f"{s}.tif").exists()][:max_images]
+               if layout.under(ctx.results_dir, layout.OBJECT_IDS, sample=s).exists()][:max_images]
     if not samples:
         return placeholder(title, "No object-id images of test samples.")
     fig, axes, grid = _grid(len(samples), 3, cell=2.8, title=f"{title} -- {variant} / SEM")
     for r, sample in enumerate(samples):
-        ids = _read(ctx.results_dir / "objects" / f"{sample}.tif")
+        ids = _read(layout.under(ctx.results_dir, layout.OBJECT_IDS, sample=sample))
         step = _display_step(ids.shape)
         ids = np.asarray(ids[::step, ::step]).astype(np.int64)
         rows = table[table["sample"].astype(str) == sample]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 RESULTS = "results"
 PREPARED = f"{RESULTS}/prepared"
+SYNTHETIC = f"{RESULTS}/synthetic"
 #: formats the rest of the workflow reads directly (memory-mapped); others are prepared first
 DIRECT_SUFFIXES = {".tif", ".tiff"}
 #: which MVFCNN variant stands for "MVFCNN" per modality (decided once, read by the figures)
@@ -21,6 +22,21 @@ def run_dir(cv: bool) -> str:
     """One MVFCNN run: models, predictions, votes, metrics."""
     base = f"{RESULTS}/mvfcnn/{{variant}}/{{modality}}"
     return f"{base}/fold{{fold}}" if cv else base
+
+
+#: per-sample outputs of the data stage, the baselines and a run's predictions
+REGISTERED_LOM = f"{RESULTS}/registration/{{sample}}_lom.tif"
+MASK = f"{RESULTS}/masks/{{sample}}.tif"
+OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
+BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
+PREDICTION = "pred/{sample}.tif"  # under a run directory
+
+
+def under(results_dir: str | Path, pattern: str, **wildcards: object) -> Path:
+    """``pattern`` filled and re-rooted at ``results_dir``: how the report code (which takes
+    ``--results-dir``) finds the files the rules wrote at the same pattern under results/."""
+    relative = pattern.format(**wildcards).removeprefix(f"{RESULTS}/")
+    return Path(results_dir) / relative
 
 
 def tiles_stem(cv: bool) -> str:

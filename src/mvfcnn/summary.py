@@ -128,7 +128,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
                 f"a ferrite-like matrix, a degraded and displaced LOM view)")
     else:
         data = f"the sample sheet {samples}"
-    counts = "; ".join(p for p in (train_info(best_run.directory, best, "sem") if best_run
+    counts = "; ".join(p for p in (train_info(best_run.results_dir, best, "sem") if best_run
                                    else "", test_info(best_run) if best_run else "") if p)
     lines.append(f"- **Data**: ours: {data}" + (f" ({counts})" if counts else "")
                  + f". Paper: {setup.get('images', '?')} real LOM/SEM pairs of "

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn import layout
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
@@ -64,6 +65,8 @@ class Run:
     modality: str
     directory: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the results folder the run was found in (its tile index and trunk live there too)
+    results_dir: Path = Path(layout.RESULTS)
 
     @property
     def accuracy(self) -> float:
@@ -120,8 +123,10 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
     config = filled_config(config)
     results_dir = Path(results_dir)
     runs: dict[tuple, Run] = {}
-    wanted = [("mvfcnn", v, m, results_dir / "mvfcnn" / v / m) for v, m in mvfcnn_runs(config)]
-    wanted += [(b, None, m, results_dir / "baselines" / b / m) for b, m in baseline_runs(config)]
+    wanted = [("mvfcnn", v, m, layout.under(results_dir, layout.run_dir(False), variant=v,
+                                            modality=m)) for v, m in mvfcnn_runs(config)]
+    wanted += [(b, None, m, layout.under(results_dir, layout.BASELINE_DIR, method=b, modality=m))
+               for b, m in baseline_runs(config)]
     for method, variant, modality, directory in wanted:
         path = directory / "metrics.json"
         if not path.exists():
@@ -129,7 +134,7 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
                   file=sys.stderr)
             continue
         runs[(method, variant, modality)] = Run(method, variant, modality, directory,
-                                                read_json(path))
+                                                read_json(path), results_dir)
     return runs
 
 
@@ -239,11 +244,12 @@ def iterations_text(fcn: dict[str, Any]) -> str:
     return "/".join(str(fcn["iterations"][s]) for s in stages) + f" ({'/'.join(stages)})"
 
 
-def train_info(directory: Path, variant: str | None, modality: str) -> str:
+def train_info(results_dir: Path, variant: str | None, modality: str) -> str:
     """Training images and tile count, read from the tile index when it exists."""
     if variant is None:
         return ""
-    tiles = directory.parent.parent.parent / "tiles" / variant / f"{modality}.csv"
+    tiles = layout.under(results_dir, layout.tiles_stem(False) + ".csv", variant=variant,
+                         modality=modality)
     if not tiles.exists():
         return ""
     try:
@@ -289,7 +295,7 @@ def describe_run(run: Run | None, config: dict[str, Any]) -> str:
         parts.append(f"VGG16 width x{fcn['width']}, fc {fcn['fc_channels']}")
         parts.append(f"tile {config['tiles']['size']} px")
         parts.append(f"budget: {mvfcnn_budget(run, config)}")
-        parts.append(train_info(run.directory, run.variant, run.modality))
+        parts.append(train_info(run.results_dir, run.variant, run.modality))
     else:
         settings = baseline_settings(config, run.method)
         info = _read_info(run.directory)
@@ -331,7 +337,8 @@ def _pretrain_text(config: dict[str, Any], results_dir: Path, modality: str) -> 
     pretrain = config["pretrain"]
     text = (f"trunk pretraining {pretrain['iterations']} iterations x {pretrain['batch_size']} "
             f"patches")
-    seconds = _csv_seconds(results_dir / "pretrain" / modality / "pretrain.csv")
+    seconds = _csv_seconds(layout.under(results_dir, layout.trunk_dir(False), modality=modality)
+                           / "pretrain.csv")
     return text + (f" ({_seconds_text(seconds)})" if seconds is not None else "")
 
 
@@ -345,7 +352,7 @@ def mvfcnn_budget(run: Run, config: dict[str, Any]) -> str:
         text += f" ({_seconds_text(sum(t for t in times if t is not None))})"
     if run.variant is not None and str(variant_settings(config, run.variant)["pretrained"]) \
             == "patches":
-        text += " + " + _pretrain_text(config, run.directory.parents[2], run.modality)
+        text += " + " + _pretrain_text(config, run.results_dir, run.modality)
     return text
 
 
@@ -398,7 +405,7 @@ def baseline_budget(config: dict[str, Any], run: Run, info: dict[str, Any]) -> s
     if info.get("train_seconds") is not None:
         text += f" ({_seconds_text(float(info['train_seconds']))})"
     if method in ("vgg16", "vgg19_svm") and _uses_trunk(info, baseline_init(config, method)):
-        text += " + the FCN's " + _pretrain_text(config, run.directory.parents[2], run.modality)
+        text += " + the FCN's " + _pretrain_text(config, run.results_dir, run.modality)
     return text
 
 

@@ -20,9 +20,9 @@ rule crop_objects:
     """Crop every labelled object by its bbox, warp it to crop_size^2, add hand-crafted features."""
     input:
         images=lambda w: [_crop_source(w.modality, s) for s in samples_in(w.split)],
-        masks=lambda w: [f"results/masks/{s}.tif" for s in samples_in(w.split)],
+        masks=lambda w: [layout.MASK.format(sample=s) for s in samples_in(w.split)],
         tables=lambda w: [f"results/objects/{s}.csv" for s in samples_in(w.split)],
-        ids=lambda w: [f"results/objects/{s}.tif" for s in samples_in(w.split)],
+        ids=lambda w: [layout.OBJECT_IDS.format(sample=s) for s in samples_in(w.split)],
     output:
         "results/baselines/crops/{modality}_{split}.npz",
     params:
@@ -53,10 +53,10 @@ rule train_baseline:
         # `pretrained: patches` (or `match` with a patches variant): the FCN's own trunk
         trunk=_baseline_trunk,
     output:
-        metrics="results/baselines/{method}/{modality}/metrics.json",
-        objects="results/baselines/{method}/{modality}/objects.csv",
-        confusion="results/baselines/{method}/{modality}/confusion.csv",
-        info="results/baselines/{method}/{modality}/info.json",
+        metrics=os.path.join(layout.BASELINE_DIR, "metrics.json"),
+        objects=os.path.join(layout.BASELINE_DIR, "objects.csv"),
+        confusion=os.path.join(layout.BASELINE_DIR, "confusion.csv"),
+        info=os.path.join(layout.BASELINE_DIR, "info.json"),
     params:
         baselines=_train_baseline_params,
         trunk=_baseline_trunk_arg,
@@ -82,7 +82,7 @@ rule train_baseline:
 
 
 TARGETS["baselines"] = expand(
-    "results/baselines/{method}/{modality}/metrics.json",
+    os.path.join(layout.BASELINE_DIR, "metrics.json"),
     method=config["run"]["baselines"],
     modality=config["run"]["baseline_modalities"],
 )

@@ -48,7 +48,7 @@ rule classify:
     input:
         bundle=_classify_bundle,
         image=_classify_image,
-        mask="results/masks/{sample}.tif",
+        mask=layout.MASK,
     output:
         objects="results/classify/{sample}/objects.csv",
         summary=report(

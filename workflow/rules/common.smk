@@ -24,7 +24,7 @@ try:
     if config["samples"] == "synthetic":
         from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
 
-        SYNTHETIC_DIR = "results/synthetic"
+        SYNTHETIC_DIR = layout.SYNTHETIC
         SAMPLES = check_sample_sheet(
             _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
         )
@@ -145,7 +145,7 @@ def modality_image(modality, sample):
     """The image a network sees: the SEM, or the LOM registered onto the SEM grid."""
     if modality == "sem":
         return sem_file(sample)
-    return f"results/registration/{sample}_lom.tif"
+    return layout.REGISTERED_LOM.format(sample=sample)
 
 
 # Each rule file adds its final targets here; `rule all` collects them.
@@ -181,7 +181,7 @@ def _mask_inputs(wildcards):
     if has(wildcards.sample, "mask"):
         inputs["mask"] = SAMPLES.loc[wildcards.sample, "mask"]
     else:
-        inputs["lom"] = f"results/registration/{wildcards.sample}_lom.tif"
+        inputs["lom"] = layout.REGISTERED_LOM.format(sample=wildcards.sample)
     if has(wildcards.sample, "labels"):
         inputs["labels"] = labels_file(wildcards.sample)
     return inputs
@@ -305,17 +305,21 @@ def _train_baseline_params(wildcards):
 
 def _mvfcnn_files(name, modalities=("sem", "lom")):
     """results/mvfcnn/{variant}/{modality}/<name> of every configured MVFCNN run."""
-    return [f"results/mvfcnn/{v}/{m}/{name}" for v, m in mvfcnn_runs() if m in modalities]
+    run = layout.run_dir(False)
+    return [f"{run.format(variant=v, modality=m)}/{name}" for v, m in mvfcnn_runs()
+            if m in modalities]
 
 
 def _baseline_files(name):
     """results/baselines/{method}/{modality}/<name> of every configured baseline."""
-    return [f"results/baselines/{b}/{m}/{name}" for b, m in baseline_runs()]
+    return [f"{layout.BASELINE_DIR.format(method=b, modality=m)}/{name}"
+            for b, m in baseline_runs()]
 
 
 def _preds(modalities):
-    return [f"results/mvfcnn/{v}/{m}/pred/{s}.tif" for v, m in mvfcnn_runs() if m in modalities
-            for s in samples_in("test")]
+    run = layout.run_dir(False)
+    return [os.path.join(run.format(variant=v, modality=m), layout.PREDICTION.format(sample=s))
+            for v, m in mvfcnn_runs() if m in modalities for s in samples_in("test")]
 
 
 def _labels(split):
@@ -327,7 +331,7 @@ def _sem(split):
 
 
 def _lom(split):
-    return [f"results/registration/{s}_lom.tif" for s in samples_in(split) if has(s, "lom")]
+    return [layout.REGISTERED_LOM.format(sample=s) for s in samples_in(split) if has(s, "lom")]
 
 
 # --- classify (workflow/rules/classify.smk)

@@ -75,7 +75,7 @@ rule register:
         unpack(_registration_inputs),
     output:
         report="results/registration/{sample}.json",
-        lom="results/registration/{sample}_lom.tif",
+        lom=layout.REGISTERED_LOM,
     params:
         registration=cfg_json("registration"),
         truth=lambda wildcards, input: ["--truth", input.truth] if "truth" in input.keys() else [],
@@ -100,7 +100,7 @@ rule mask:
     input:
         unpack(_mask_inputs),
     output:
-        mask="results/masks/{sample}.tif",
+        mask=layout.MASK,
         report="results/masks/{sample}.json",
         masked_sem="results/masks/{sample}_masked_sem.tif",
     params:
@@ -134,7 +134,7 @@ rule objects:
         labels=sample_file("labels"),
     output:
         table="results/objects/{sample}.csv",
-        ids="results/objects/{sample}.tif",
+        ids=layout.OBJECT_IDS,
     params:
         classes=CLASSES_JSON,
         labels=lambda wildcards, input: ["--labels", input.labels] if input.labels else [],

@@ -135,7 +135,7 @@ rule predict:
         model=os.path.join(RUN, f"fcn{FINAL_STAGE}.pt"),
         image=lambda w: modality_image(w.modality, w.sample),
     output:
-        os.path.join(RUN, "pred/{sample}.tif"),
+        os.path.join(RUN, layout.PREDICTION),
     params:
         inference=cfg_json("inference"),
     log:
@@ -157,8 +157,8 @@ rule predict:
 rule vote:
     """Max-voting: each object takes the majority non-matrix class of its predicted pixels."""
     input:
-        pred=os.path.join(RUN, "pred/{sample}.tif"),
-        ids="results/objects/{sample}.tif",
+        pred=os.path.join(RUN, layout.PREDICTION),
+        ids=layout.OBJECT_IDS,
         objects="results/objects/{sample}.csv",
     output:
         os.path.join(RUN, "votes/{sample}.csv"),

@@ -81,7 +81,7 @@ rule figure_examples:
         sem=_sem("train"),
         lom=_lom("train"),
         labels=_labels("train"),
-        masks=[f"results/masks/{s}.tif" for s in samples_in("train")],
+        masks=[layout.MASK.format(sample=s) for s in samples_in("train")],
     output:
         report(
             "results/figures/fig4_examples.png",
@@ -140,7 +140,7 @@ rule figure_maxvoting:
         best=layout.BEST_RUN,
         metrics=_mvfcnn_files("metrics.json", ("sem",)),
         objects=_mvfcnn_files("objects.csv", ("sem",)),
-        ids=[f"results/objects/{s}.tif" for s in samples_in("test")],
+        ids=[layout.OBJECT_IDS.format(sample=s) for s in samples_in("test")],
         sem=_sem("test"),
     output:
         report(
