@@ -277,7 +277,7 @@ def _baseline_trunk(wildcards):
             "sample sheet has one pretrained trunk per fold and the baselines use the train/test "
             "split; set baselines.{vgg16,vgg19_svm}.pretrained to none, imagenet or a path"
         )
-    return os.path.join(layout.trunk_dir(False).format(modality=wildcards.modality), "trunk.pt")
+    return pretrained_trunk_file(wildcards)
 
 
 def _baseline_trunk_arg(wildcards):

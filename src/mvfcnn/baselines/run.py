@@ -26,10 +26,9 @@ any other file (the pretrained trunk, an FCN model) builds the FCN's VGG16 trunk
 * ``vgg19_svm``: the RBF SVM reads the trunk's globally pooled pool5 (C5 = 128 values at width
   0.25) instead of VGG19 fc7. Why not a VGG19 trunk pretrained the same way: VGG19 has three more
   3×3 convolutions (conv3_4, conv4_4, conv5_4), 1.27× the FLOPs of VGG16 on 64-px patches
-  (computed layer by layer), so its own ``pretrain_trunk`` would add an estimated ~23 s per
-  modality on the 2-core default (VGG16: 18 s measured; ~46 s for SEM + LOM on a demo that is
-  already over its 15-minute budget) plus a second trunk layout and rule; and it would *not* be
-  the MVFCNN's initialisation, which is the point of ``match``. Reusing the trunk costs one
+  (computed layer by layer), so its own ``pretrain_trunk`` would cost ~1.27× the VGG16 one per
+  modality (an estimate, not measured) plus a second trunk layout and rule; and it would *not*
+  be the MVFCNN's initialisation, which is the point of ``match``. Reusing the trunk costs one
   forward pass over the crops (no training). The table's row then reads "VGG16-trunk pool5 +
   SVM", named in its configuration text.
 
