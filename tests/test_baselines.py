@@ -218,6 +218,25 @@ def tiny_npz(tmp_path):
     return train, test
 
 
+def test_per_sample_crops_concatenate_in_order_and_disagreeing_files_are_refused(tmp_path):
+    first, second = _tiny_cropset(2, seed=1, split="sample"), _tiny_cropset(1, seed=2,
+                                                                            split="sample")
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    first.save(paths[0])
+    second.save(paths[1])
+    joined = CropSet.load_all(paths, split="train")
+    assert len(joined) == len(first) + len(second) == 9 and joined.split == "train"
+    assert np.array_equal(joined.images[len(first):], second.images)
+    assert np.array_equal(joined.true_class, np.concatenate([first.true_class,
+                                                             second.true_class]))
+    assert CropSet.load_all(paths[:1], split="test").split == "test"
+    from dataclasses import replace
+
+    replace(second, crop_size=64, images=np.zeros((3, 64, 64), np.uint8)).save(paths[1])
+    with pytest.raises(InputError, match="crops files disagree"):
+        CropSet.load_all(paths, split="train")
+
+
 @pytest.mark.parametrize("method", ["handcrafted_svm", "cifarnet"])
 def test_train_baseline_cli(tmp_path, tiny_npz, class_set, method):
     from mvfcnn.baselines.run import cli

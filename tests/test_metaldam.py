@@ -213,7 +213,9 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({
         "samples": str(sheet),
-        "run": {"variants": ["ft_balanced_aug"], "modalities": ["sem"], "baselines": []},
+        "run": {"variants": ["ft_balanced_aug"], "modalities": ["sem"],
+                "baselines": ["handcrafted_svm", "cifarnet", "vgg19_svm", "vgg16"],
+                "baseline_modalities": ["sem"]},
         "masking": {"min_object_area": 20},
         "prepare": {"upscale": 1},  # the committed 2x enlargement is tested on its own above
         "pretrain": {"patch_size": 32},
@@ -240,6 +242,24 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     for fold in ("a", "b"):
         run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
         assert json.loads((run / "metrics.json").read_text())["pixel"]["n_pixels"] == 2 * 160 * 192
+    # the object comparison: every baseline of a fold trained on the other fold's objects (its
+    # own trunk for the patch-initialised VGGs) and scored on the objects MVFCNN voted on
+    objects = pd.read_csv(work / "results" / "tables" / "crossval_objects.csv", dtype={"fold": str})
+    assert set(objects["method"]) == {"mvfcnn", "handcrafted_svm", "cifarnet", "vgg19_svm",
+                                      "vgg16", "majority"}
+    per_fold = objects[~objects["fold"].isin(["mean", "se"])]
+    assert per_fold.groupby("fold")["n_objects"].nunique().eq(1).all()
+    assert per_fold["object_accuracy"].between(0, 1).all()
+    for fold in ("a", "b"):
+        info = json.loads((work / "results" / "baselines" / "vgg16" / "sem" / f"fold{fold}"
+                           / "info.json").read_text())
+        assert info["init"].endswith(f"pretrain/sem/fold{fold}/trunk.pt")
+        test_objects = per_fold[(per_fold["fold"] == fold) & (per_fold["method"] == "mvfcnn")]
+        assert info["n_test"] == int(test_objects["n_objects"].iloc[0])
+    crops = work / "results" / "baselines" / "crops" / "sem"
+    assert sorted(p.name for p in crops.iterdir()) == ["m0.npz", "m1.npz", "m2.npz", "m26.npz"]
+    markdown = (work / "results" / "tables" / "crossval_objects.md").read_text()
+    assert "The paper's ordering" in markdown and "93.94" in markdown
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):

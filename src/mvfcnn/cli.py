@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "crop-objects": ("mvfcnn.baselines.crops", "Crop + warp objects for object-based baselines"),
     "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
     "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
+    "crossval-objects": ("mvfcnn.crossval_objects", "MVFCNN vs the object-based baselines on "
+                         "every fold: object accuracy, class recall, mean ± SE"),
     "crossval-figure": ("mvfcnn.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
     "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "

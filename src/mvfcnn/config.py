@@ -66,6 +66,11 @@ class ClassSet:
         """Indices of the second-phase classes (everything but the matrix, index 0)."""
         return self.indices[1:]
 
+    @property
+    def foreground_names(self) -> tuple[str, ...]:
+        """Names of the second-phase classes, in index order."""
+        return self.names[1:]
+
     def index_of(self, name: str) -> int:
         try:
             return self.names.index(name)

@@ -39,6 +39,20 @@ def under(results_dir: str | Path, pattern: str, **wildcards: object) -> Path:
     return Path(results_dir) / relative
 
 
+def baseline_dir(cv: bool) -> str:
+    """One object-based baseline run (trained on a fold's training objects when cross-validated,
+    like the MVFCNN run it is compared with)."""
+    return f"{BASELINE_DIR}/fold{{fold}}" if cv else BASELINE_DIR
+
+
+def crops(cv: bool) -> str:
+    """The warped object crops (``crop_objects``) of one modality and split, or, cross-validated,
+    of one sample: each sample trains five folds' baselines and tests one, so it is cropped once
+    and every fold's baseline reads the files of its own training and test samples."""
+    base = f"{RESULTS}/baselines/crops"
+    return f"{base}/{{modality}}/{{sample}}.npz" if cv else f"{base}/{{modality}}_{{split}}.npz"
+
+
 def tiles_stem(cv: bool) -> str:
     """The tile index of a run, without suffix (``.csv`` table, ``.json`` summary)."""
     base = f"{RESULTS}/tiles/{{variant}}/{{modality}}"
@@ -70,12 +84,15 @@ def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str,
 
 def crossval_table(name: str) -> dict[str, str]:
     """The cross-validation table of a dataset (``metaldam`` or ``crossval``), with its pooled
-    confusion and the phase-fraction errors (per class, and per test image and class)."""
+    confusion, the phase-fraction errors (per class, and per test image and class) and the
+    object comparison (MVFCNN and the object-based baselines, per fold)."""
     base = f"{RESULTS}/tables/{name}"
     return {"csv": f"{base}.csv", "md": f"{base}.md", "html": f"{base}.html",
             "confusion": f"{base}_confusion.csv",
             "phase_fractions": f"{base}_phase_fractions.csv",
-            "phase_fractions_per_image": f"{base}_phase_fractions_per_image.csv"}
+            "phase_fractions_per_image": f"{base}_phase_fractions_per_image.csv",
+            "objects_csv": f"{base}_objects.csv", "objects_md": f"{base}_objects.md",
+            "objects_html": f"{base}_objects.html"}
 
 
 def _job_name(cv: bool, run: bool, extra: str) -> str:

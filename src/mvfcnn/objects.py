@@ -60,6 +60,36 @@ def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0) -
     return ids
 
 
+def component_areas(labels: np.ndarray, classes: ClassSet) -> dict[str, np.ndarray]:
+    """Areas (px) of the 8-connected components of each second-phase class of a label map."""
+    labels = np.asarray(labels)
+    out = {}
+    for index, name in zip(classes.foreground, classes.foreground_names, strict=True):
+        component, count = ndimage.label(labels == index, structure=STRUCTURE)
+        out[name] = np.bincount(component.ravel(), minlength=count + 1)[1:].astype(np.int64)
+    return out
+
+
+def min_area_for_area_loss(areas: dict[str, np.ndarray], max_loss: float) -> int:
+    """The largest minimum object area (px) that drops at most ``max_loss`` of every class's
+    area: objects become the components that carry the phase, not one-pixel annotation speckle,
+    and no class loses more than that share of itself (a class of small objects, such as
+    MetalDAM's precipitates, bounds the choice). Components below the result are dropped."""
+    if not 0 <= max_loss < 1:
+        raise ValueError(f"max_loss must be in [0, 1), got {max_loss}")
+    bound = None
+    for values in areas.values():
+        values = np.sort(np.asarray(values, dtype=np.int64))
+        if not len(values):
+            continue
+        removable = int(np.searchsorted(np.cumsum(values), max_loss * values.sum(), side="right"))
+        if removable == len(values):
+            continue  # even dropping every component stays within the budget (never: loss < 1)
+        limit = int(values[removable])  # dropping "< limit" removes only the affordable ones
+        bound = limit if bound is None else min(bound, limit)
+    return 1 if bound is None else max(bound, 1)
+
+
 def count_objects(mask: np.ndarray) -> int:
     """Number of 8-connected components (without keeping the id image)."""
     return int(ndimage.label(np.asarray(mask) > 0, structure=STRUCTURE)[1])

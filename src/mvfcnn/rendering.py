@@ -211,7 +211,8 @@ def html_page(body: str) -> str:
             f"<body>{body}</body></html>\n")
 
 
-def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as :func:`cell` text (for pandas' HTML, which would print NaN and 0.1234)."""
     return frame.map(lambda v: cell(v, markdown=False))
 
 
@@ -226,7 +227,7 @@ def render_html(name: str, frame: pd.DataFrame, notes: str = "") -> str:
                       "<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in bullets) + "</ul>"]
     else:
         shown, under = shown_table(name, frame)
-        parts += [frame_html(_as_text(shown)), text_html(under)]
+        parts += [frame_html(as_text(shown)), text_html(under)]
     parts.append(text_html(notes))
     return html_page("".join(parts))
 

@@ -533,7 +533,7 @@ def _read_confusion(path: Path, classes: ClassSet) -> pd.DataFrame | None:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(f"cannot read confusion table ({err})", path=path) from err
     frame.index = frame.index.astype(str)
-    names = [classes.names[i] for i in classes.foreground]
+    names = list(classes.foreground_names)
     frame = frame.reindex(index=[*names, NOT_SEGMENTED_LABEL], columns=names)
     return frame.fillna(0).astype(np.int64)
 
@@ -580,7 +580,7 @@ def table4(runs: dict[tuple, Run], config: dict[str, Any], paper: dict[str, Any]
     ``object_accuracy`` (not-segmented counted wrong, Table 1); the last three put their single
     value in ``overall``.
     """
-    names = [classes.names[i] for i in classes.foreground]
+    names = list(classes.foreground_names)
     best, _ = best_variant(runs, "sem")
     run = runs.get(("mvfcnn", best, "sem")) if best else None
     rows: list[dict[str, Any]] = []

@@ -251,11 +251,36 @@ def _baseline_json(*keys):
 
 
 
+def _crop_samples(wildcards):
+    """The samples whose objects a crops file holds: a split, or (cross-validated) one sample."""
+    return [wildcards.sample] if CV else samples_in(wildcards.split)
+
+
+def _baseline_crops(role):
+    """Input function: the crops files a baseline trains (`role` train) or is tested on."""
+
+    def _get(wildcards):
+        if not CV:
+            return layout.crops(CV).format(modality=wildcards.modality, split=role)
+        return [layout.crops(CV).format(modality=wildcards.modality, sample=s)
+                for s in fold_samples(SAMPLES, fold_of(wildcards), role)]
+
+    return _get
+
+
 def _crop_source(modality, sample):
-    """§4.1: objects are cut from the masked SEM, or from the registered LOM (masked in the job)."""
-    if modality == "sem":
+    """§4.1: objects are cut from the masked SEM, or from the registered LOM (masked in the job);
+    a sample with objects from its labels alone (MetalDAM) from its SEM, masked in the job."""
+    if modality == "sem" and has_mask_source(sample):
         return f"results/masks/{sample}_masked_sem.tif"
     return modality_image(modality, sample)
+
+
+def _crop_mask(sample):
+    """The second-phase mask a crop is masked with: the mask rule's, or (objects from labels)
+    the object id image, whose non-zero pixels are the labelled second phase above min area."""
+    return layout.MASK.format(sample=sample) if has_mask_source(sample) else \
+        layout.OBJECT_IDS.format(sample=sample)
 
 
 def _baseline_init(method):
@@ -267,17 +292,11 @@ def _baseline_init(method):
 
 
 def _baseline_trunk(wildcards):
-    """train_baseline of a `patches` baseline depends on its modality's pretrained trunk (the
-    very file the FCN starts from); other methods and inits depend on nothing more."""
+    """train_baseline of a `patches` baseline depends on its modality's [and fold's] pretrained
+    trunk (the very file the FCN starts from); other methods and inits depend on nothing more."""
     if _baseline_init(wildcards.method) != PRETRAINED_PATCHES:
         return []
-    if CV:
-        raise WorkflowError(
-            f"baselines.{wildcards.method}.pretrained resolves to 'patches', but a cross-validated "
-            "sample sheet has one pretrained trunk per fold and the baselines use the train/test "
-            "split; set baselines.{vgg16,vgg19_svm}.pretrained to none, imagenet or a path"
-        )
-    return pretrained_trunk_file(wildcards)
+    return pretrained_trunk_file(wildcards)  # a fold's baseline: that fold's trunk
 
 
 def _baseline_trunk_arg(wildcards):
@@ -310,10 +329,12 @@ def _mvfcnn_files(name, modalities=("sem", "lom")):
             if m in modalities]
 
 
-def _baseline_files(name):
-    """results/baselines/{method}/{modality}/<name> of every configured baseline."""
-    return [f"{layout.BASELINE_DIR.format(method=b, modality=m)}/{name}"
-            for b, m in baseline_runs()]
+def _baseline_files(name, folds=None, method=None):
+    """results/baselines/{method}/{modality}[/fold{fold}]/<name> of every configured baseline
+    (every fold of a cross-validated sheet unless `folds` says which; one `method` if given)."""
+    return [f"{layout.baseline_dir(CV).format(method=b, modality=m, fold=f)}/{name}"
+            for b, m in baseline_runs() if method in (None, b)
+            for f in (folds or FOLDS or [None])]
 
 
 def _preds(modalities):
@@ -441,3 +462,25 @@ def _crossval_test_pairs(wildcards, input):
     for test in _crossval_tests():
         parts += ["--test-pair", *test]
     return parts
+
+
+
+def _crossval_object_runs():
+    """(method, fold, metrics.json) of MVFCNN and of every configured baseline (of the
+    cross-validated modality) on every fold: the runs the crossval objects table compares."""
+    modality = crossval_run()[1]
+    runs = []
+    for fold in FOLDS:
+        runs.append(("mvfcnn", fold, os.path.join(_crossval_run_dir(fold), "metrics.json")))
+        runs += [(method, fold, _baseline_files("metrics.json", [fold], method=method)[0])
+                 for method, m in baseline_runs() if m == modality]
+    return runs
+
+
+def _crossval_object_metrics(wildcards):
+    return [path for _, _, path in _crossval_object_runs()]
+
+
+def _crossval_object_args(wildcards):
+    """--run METHOD FOLD METRICS for every compared run (quoted by :q)."""
+    return [part for run in _crossval_object_runs() for part in ("--run", *run)]

@@ -9,13 +9,14 @@ the synthetic data are ~40-120 px across, and VGG16 training at 64 px is ~12x ch
 
 Because warping distorts shape and texture, the hand-crafted features are computed here, on the
 UNWARPED crop and the object's own mask (pixels of its id in the objects id image), and stored
-beside the crops. One compressed ``.npz`` per (modality, split) holds (N objects):
+beside the crops. One compressed ``.npz`` per (modality, split) -- or, cross-validated, per
+(modality, sample), concatenated per fold by ``train-baseline`` -- holds (N objects):
 
 * ``images`` (N, S, S) uint8, ``true_class`` (N,) int64, ``sample`` (N,) str,
   ``object_id`` (N,) int64, ``bbox`` (N, 4) int64 (y0, x0, y1, x1, half-open), ``area`` (N,);
 * ``handcrafted`` (N, F) float32 and ``handcrafted_names`` (F,) str
   (:mod:`mvfcnn.baselines.features`);
-* ``modality``, ``split`` (0-d str) and ``crop_size`` (0-d int).
+* ``modality``, ``split`` (0-d str: train, test or sample) and ``crop_size`` (0-d int).
 
 Whole images are never copied: crops are sliced from memory-mapped files, then masked and
 converted to grey one at a time.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,31 @@ class CropSet:
                 handcrafted=self.handcrafted, handcrafted_names=self.handcrafted_names,
                 modality=np.array(self.modality), split=np.array(self.split),
                 crop_size=np.array(self.crop_size))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[CropSet], *, split: str) -> CropSet:
+        """The objects of several crop files (e.g. one per sample) as one set, in order."""
+        if not parts:
+            raise InputError("no crops files given")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.modality, part.crop_size) != (first.modality, first.crop_size) or \
+                    list(part.handcrafted_names) != list(first.handcrafted_names):
+                raise InputError(f"crops files disagree: {first.modality}/{first.crop_size} px "
+                                 f"vs {part.modality}/{part.crop_size} px (or their hand-crafted "
+                                 "features); rerun crop-objects with one setting")
+        if len(parts) == 1:
+            return replace(first, split=split)
+        arrays = {name: np.concatenate([getattr(p, name) for p in parts])
+                  for name in ("images", "true_class", "sample", "object_id", "bbox", "area",
+                               "handcrafted")}
+        return cls(**arrays, handcrafted_names=first.handcrafted_names, modality=first.modality,
+                   split=split, crop_size=first.crop_size)
+
+    @classmethod
+    def load_all(cls, paths: Sequence[str | Path], *, split: str) -> CropSet:
+        """:meth:`load` each file and :meth:`concatenate` them."""
+        return cls.concatenate([cls.load(path) for path in paths], split=split)
 
     @classmethod
     def load(cls, path: str | Path) -> CropSet:
@@ -242,7 +268,9 @@ def cli(argv: list[str]) -> int:
                     "masked image, warp it to crop_size^2 and compute its hand-crafted "
                     "features; write one .npz per (modality, split).")
     parser.add_argument("--modality", required=True, help="sem | lom (recorded in the file)")
-    parser.add_argument("--split", required=True, choices=("train", "test"))
+    parser.add_argument("--split", required=True, choices=("train", "test", "sample"),
+                        help="the split the samples form, or 'sample' for one sample's objects "
+                        "(cross-validation: its fold decides where they train or test)")
     parser.add_argument("--samples", nargs="+", required=True, help="sample ids")
     parser.add_argument("--images", nargs="+", required=True,
                         help="masked SEM or registered LOM, one per sample")

@@ -192,8 +192,11 @@ def decaf_features(
     resolved = choose_precision(precision, device).precision
     resolved = resolved if resolved in ("fp32", "bf16") else "fp32"
     starts = range(0, len(images), batch_size)
+    # the progress line names what is extracted: VGG19 fc7, or the given extractor's features
+    what = "fc7" if out.shape[1] == FC7_DIM else f"{out.shape[1]}-d"
     with torch.inference_mode():
-        for start in _progress(starts, "DeCAF fc7", unit="batch", enabled=progress):
+        for start in _progress(starts, f"DeCAF {what} features", unit="batch",
+                               enabled=progress):
             batch = torch.from_numpy(images[start:start + batch_size][:, None]).to(device)
             with autocast(device, resolved):
                 feats = extractor(normalize_batch(batch))

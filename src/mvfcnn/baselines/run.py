@@ -403,8 +403,9 @@ def cli(argv: list[str]) -> int:
                     "crops and write objects.csv / metrics.json / confusion.csv.")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--modality", required=True, help="sem | lom")
-    parser.add_argument("--train", required=True, help="training crops (.npz, crop-objects)")
-    parser.add_argument("--test", required=True, help="test crops (.npz, crop-objects)")
+    parser.add_argument("--train", nargs="+", required=True,
+                        help="training crops (.npz of crop-objects; several are concatenated)")
+    parser.add_argument("--test", nargs="+", required=True, help="test crops (.npz, as --train)")
     parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
     parser.add_argument("--trunk-json", default=None,
@@ -421,7 +422,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     classes = classes_from_json(args.classes_json)
     params = json_arg(args.params_json, "--params-json")
-    train, test = CropSet.load(args.train), CropSet.load(args.test)
+    train = CropSet.load_all(args.train, split="train")
+    test = CropSet.load_all(args.test, split="test")
     _check_sets(train, test, args.modality)
     from mvfcnn.runtime import resolve_device
 

@@ -1,0 +1,276 @@
+"""The paper's central comparison on cross-validation folds: MVFCNN against the object-based
+baselines, on the same test objects of every fold (e.g. MetalDAM's 6 folds).
+
+Objects are the test images' second-phase objects (for MetalDAM the connected components of each
+non-matrix class of the labels, ``masking.min_object_area`` up). MVFCNN gives each the majority
+class of its predicted pixels (``vote``/``evaluate``); every baseline classifies the object's
+crop, trained on the crops of the fold's training images (``train_baseline``). Each run's
+``metrics.json`` (the shared evaluation format) gives its object accuracy and per-class recall.
+
+Per method: accuracy and mean class recall (balanced accuracy over the classes with test objects)
+per fold, their mean ± standard error (sample standard deviation / sqrt(folds)), and per-class
+recall (mean ± SE over the folds with objects of that class). Beside them: the accuracy of
+always answering the most frequent class (how much of "accuracy" a class imbalance gives away)
+and the paper's Table 1. The verdict on the paper's ordering uses the paired per-fold differences
+MVFCNN - baseline: it "holds beyond one SE" for a baseline when their mean exceeds their SE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mvfcnn.config import ClassSet
+from mvfcnn.errors import InputError
+
+MVFCNN = "mvfcnn"
+MAJORITY = "majority"
+LABELS = {MVFCNN: "MVFCNN", "handcrafted_svm": "hand-crafted features + SVM",
+          "cifarnet": "CIFARNet", "vgg19_svm": "VGG19 features + SVM", "vgg16": "VGG16",
+          MAJORITY: "always the most frequent class"}
+SUMMARY = ("mean", "se")
+
+
+def _recall(entry: dict[str, Any]) -> float:
+    value = entry.get("recall")
+    return float("nan") if value is None else float(value)
+
+
+def fold_rows(metrics: dict[tuple[str, str], dict[str, Any]], classes: ClassSet
+              ) -> pd.DataFrame:
+    """One row per (method, fold) from each run's ``metrics.json``: objects, accuracy, mean
+    class recall and per-class recall (NaN for a class without test objects in that fold)."""
+    names = list(classes.foreground_names)
+    rows = []
+    for (method, fold), report in metrics.items():
+        per_class = report.get("per_class", {})
+        missing = [n for n in names if n not in per_class]
+        if missing:
+            raise InputError(f"{method} fold {fold}: metrics lack class(es) {missing}")
+        recalls = {n: _recall(per_class[n]) for n in names}
+        present = [recalls[n] for n in names if int(per_class[n]["support"]) > 0]
+        row: dict[str, Any] = {
+            "method": method, "fold": str(fold), "n_objects": int(report["n_objects"]),
+            "n_correct": int(report["n_correct"]),
+            "object_accuracy": float(report["object_accuracy"]),
+            "mean_recall": float(np.mean(present)) if present else float("nan")}
+        row.update({f"recall_{n}": recalls[n] for n in names})
+        row.update({f"support_{n}": int(per_class[n]["support"]) for n in names})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def check_same_objects(rows: pd.DataFrame) -> None:
+    """Every method of a fold must be scored on the same objects (same count per class)."""
+    support = [c for c in rows.columns if c.startswith("support_")]
+    for fold, part in rows.groupby("fold", sort=False):
+        distinct = part[["n_objects", *support]].drop_duplicates()
+        if len(distinct) > 1:
+            counts = dict(zip(part["method"], part["n_objects"], strict=True))
+            raise InputError(f"fold {fold}: the methods were scored on different test objects "
+                             f"({counts}); rerun them on the same objects table")
+
+
+def add_majority(rows: pd.DataFrame, classes: ClassSet) -> pd.DataFrame:
+    """The reference rows: always answer the class with the most test objects over all folds."""
+    names = list(classes.foreground_names)
+    first = rows.drop_duplicates("fold")
+    totals = {n: int(first[f"support_{n}"].sum()) for n in names}
+    top = max(names, key=lambda n: totals[n])
+    extra = []
+    for row in first.to_dict("records"):
+        n = row["n_objects"]
+        present = [m for m in names if row[f"support_{m}"] > 0]
+        new = {**row, "method": MAJORITY, "n_correct": row[f"support_{top}"],
+               "object_accuracy": row[f"support_{top}"] / n if n else float("nan"),
+               "mean_recall": (1.0 if top in present else 0.0) / len(present) if present
+               else float("nan")}
+        new.update({f"recall_{m}": (float(m == top) if row[f"support_{m}"] else float("nan"))
+                    for m in names})
+        extra.append(new)
+    return pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
+
+
+def _mean_se(values: pd.Series) -> tuple[float, float]:
+    values = values.dropna().astype(float)
+    if not len(values):
+        return float("nan"), float("nan")
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Append, per method, a ``mean`` and an ``se`` row over its folds (counts are summed)."""
+    metric_columns = ["object_accuracy", "mean_recall",
+                      *[c for c in rows.columns if c.startswith("recall_")]]
+    count_columns = ["n_objects", "n_correct", *[c for c in rows.columns
+                                                  if c.startswith("support_")]]
+    out = []
+    for method, part in rows.groupby("method", sort=False):
+        out.append(part)
+        stats = {c: _mean_se(part[c]) for c in metric_columns}
+        mean = {"method": method, "fold": "mean", **{c: s[0] for c, s in stats.items()},
+                **{c: int(part[c].sum()) for c in count_columns}}
+        se = {"method": method, "fold": "se", **{c: s[1] for c, s in stats.items()}}
+        out.append(pd.DataFrame([mean, se]))
+    return pd.concat(out, ignore_index=True)[rows.columns]
+
+
+def paired_differences(rows: pd.DataFrame, metric: str = "object_accuracy") -> pd.DataFrame:
+    """MVFCNN minus each other method, paired by fold: mean ± SE of the differences, and whether
+    MVFCNN is ahead by more than one SE (the paper's ordering, within this study's noise)."""
+    per_fold = rows[~rows["fold"].isin(SUMMARY)]
+    ours = per_fold[per_fold["method"] == MVFCNN].set_index("fold")[metric]
+    out = []
+    for method in per_fold["method"].unique():
+        if method == MVFCNN:
+            continue
+        theirs = per_fold[per_fold["method"] == method].set_index("fold")[metric]
+        diff = (ours - theirs).dropna()
+        mean, se = _mean_se(diff)
+        out.append({"method": method, "metric": metric, "folds": len(diff),
+                    "mvfcnn_minus_method": mean, "se": se,
+                    "mvfcnn_ahead_beyond_1se": bool(mean > se) if not math.isnan(se)
+                    else bool(mean > 0),
+                    "folds_mvfcnn_ahead": int((diff > 0).sum())})
+    return pd.DataFrame(out)
+
+
+def _pct(value: Any, se: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{100 * float(value):.1f}"
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        text += f" ± {100 * float(se):.1f}"
+    return text
+
+
+def _stat(table: pd.DataFrame, method: str, which: str, column: str) -> Any:
+    part = table[(table["method"] == method) & (table["fold"] == which)]
+    return part.iloc[0][column] if len(part) else float("nan")
+
+
+def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: ClassSet, *,
+                    title: str, paper: dict[str, float], notes: list[str]) -> str:
+    """Accuracy and mean class recall per fold, mean ± SE; per-class recall; the verdict."""
+    names = list(classes.foreground_names)
+    methods = list(dict.fromkeys(table["method"]))
+    folds = [f for f in dict.fromkeys(table["fold"]) if f not in SUMMARY]
+    lines = [f"# {title}", ""]
+    for metric, heading in (("object_accuracy", "Object accuracy (%)"),
+                            ("mean_recall", "Mean class recall (%, balanced accuracy over the "
+                             "classes with test objects)")):
+        lines += [f"## {heading}", "", "| fold | objects | "
+                  + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+                  "|---|---:|" + "---:|" * len(methods)]
+        for fold in folds:
+            n = _stat(table, methods[0], fold, "n_objects")
+            lines.append(f"| {fold} | {int(n)} | "
+                         + " | ".join(_pct(_stat(table, m, fold, metric)) for m in methods)
+                         + " |")
+        n = _stat(table, methods[0], "mean", "n_objects")
+        lines.append(f"| **mean ± SE** | {int(n)} | " + " | ".join(
+            f"**{_pct(_stat(table, m, 'mean', metric), _stat(table, m, 'se', metric))}**"
+            for m in methods) + " |")
+        if metric == "object_accuracy" and paper:
+            lines.append("| paper, Table 1 (steel SEM) | 2262 | " + " | ".join(
+                f"{paper[m]:.2f}" if m in paper else "" for m in methods) + " |")
+        lines.append("")
+    lines += ["## Recall per class (%, mean ± SE over the folds with test objects of the class)",
+              "", "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for method in methods:
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(
+            _pct(_stat(table, method, "mean", f"recall_{n}"),
+                 _stat(table, method, "se", f"recall_{n}")) for n in names) + " |")
+    lines.append("| test objects (all folds) | " + " | ".join(
+        str(int(_stat(table, methods[0], "mean", f"support_{n}"))) for n in names) + " |")
+    lines += ["", "## MVFCNN minus each method, paired by fold (object accuracy)", "",
+              "| method | difference (pp) | folds MVFCNN ahead | ahead beyond 1 SE |",
+              "|---|---:|---:|---|"]
+    for row in differences.to_dict("records"):
+        lines.append(f"| {LABELS.get(row['method'], row['method'])} | "
+                     f"{_pct(row['mvfcnn_minus_method'], row['se'])} | "
+                     f"{row['folds_mvfcnn_ahead']} of {row['folds']} | "
+                     f"{'yes' if row['mvfcnn_ahead_beyond_1se'] else 'no'} |")
+    lines += ["", verdict(differences)]
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(differences: pd.DataFrame) -> str:
+    """One sentence: does MVFCNN beat every object-based method by more than one SE?"""
+    baselines = differences[differences["method"] != MAJORITY]
+    if not len(baselines):
+        return "No object-based baseline was run: the paper's ordering is not tested."
+    behind = [LABELS.get(m, m) for m in
+              baselines.loc[~baselines["mvfcnn_ahead_beyond_1se"], "method"]]
+    if not behind:
+        return ("The paper's ordering holds here: MVFCNN's object accuracy is above every "
+                "object-based method's by more than one standard error of the paired "
+                "per-fold differences.")
+    return ("The paper's ordering does not hold here: MVFCNN is not ahead by more than one "
+            f"standard error of the paired per-fold differences against {', '.join(behind)}.")
+
+
+def render_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -> str:
+    """The report page: the markdown as written, then the full per-fold table."""
+    from mvfcnn.rendering import as_text, frame_html, html_page, text_html
+
+    return html_page(text_html(markdown) + "<h4>Per fold and method</h4>"
+                     + frame_html(as_text(table)) + "<h4>Paired differences</h4>"
+                     + frame_html(as_text(differences)))
+
+
+def cli(argv: list[str]) -> int:
+    import yaml
+
+    from mvfcnn.config import classes_from_json
+    from mvfcnn.io import write_table, write_text
+
+    parser = argparse.ArgumentParser(prog="mvfcnn crossval-objects",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", nargs=3, default=[], required=True,
+                        metavar=("METHOD", "FOLD", "METRICS_JSON"),
+                        help="one method's metrics.json on one fold (repeat; MVFCNN as mvfcnn)")
+    parser.add_argument("--classes-json", required=True)
+    parser.add_argument("--paper", default=None, help="paper_tables.yaml: Table 1 beside ours")
+    parser.add_argument("--title", default="Object classification on the cross-validation folds")
+    parser.add_argument("--note", action="append", default=[], help="a note under the tables")
+    parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--out-md", required=True)
+    parser.add_argument("--out-html", required=True)
+    args = parser.parse_args(argv)
+    classes = classes_from_json(args.classes_json)
+    metrics: dict[tuple[str, str], dict[str, Any]] = {}
+    for method, fold, path in args.run:
+        if not Path(path).is_file():
+            raise InputError("metrics file not found", path=path)
+        try:
+            metrics[(method, fold)] = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"not valid JSON ({err})", path=path) from err
+    if MVFCNN not in {m for m, _ in metrics}:
+        raise InputError("no MVFCNN run given (--run mvfcnn FOLD METRICS_JSON)")
+    rows = fold_rows(metrics, classes)
+    check_same_objects(rows)
+    rows = add_majority(rows, classes)
+    table = summarize(rows)
+    differences = paired_differences(table)
+    paper: dict[str, float] = {}
+    if args.paper:
+        paper = {e["method"]: float(e["accuracy"])
+                 for e in yaml.safe_load(Path(args.paper).read_text())["table1"]}
+    markdown = render_markdown(table, differences, classes, title=args.title, paper=paper,
+                               notes=args.note)
+    write_table(args.out_csv, table)
+    write_text(args.out_md, markdown)
+    write_text(args.out_html, render_html(table, differences, markdown))
+    print("mvfcnn crossval-objects: " + verdict(differences), flush=True)
+    return 0

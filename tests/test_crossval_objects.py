@@ -1,0 +1,145 @@
+"""MVFCNN vs the object-based baselines on cross-validation folds (mvfcnn.crossval_objects), and
+the data-chosen minimum object area (mvfcnn.objects.min_area_for_area_loss)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mvfcnn.config import ClassSet
+from mvfcnn.crossval_objects import (
+    add_majority,
+    check_same_objects,
+    cli,
+    fold_rows,
+    paired_differences,
+    summarize,
+    verdict,
+)
+from mvfcnn.errors import InputError
+from mvfcnn.objects import component_areas, min_area_for_area_loss
+
+CLASSES = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
+
+
+def metrics(correct_a: int, support_a: int, correct_b: int, support_b: int) -> dict:
+    """A metrics.json in the shared evaluation format (recall None without objects)."""
+    n = support_a + support_b
+    return {"n_objects": n, "n_correct": correct_a + correct_b,
+            "object_accuracy": (correct_a + correct_b) / n,
+            "per_class": {"a": {"recall": correct_a / support_a if support_a else None,
+                                "support": support_a},
+                          "b": {"recall": correct_b / support_b if support_b else None,
+                                "support": support_b}}}
+
+
+RUNS = {
+    ("mvfcnn", "0"): metrics(8, 8, 1, 2),       # 90 %, recall a 1.0, b 0.5
+    ("mvfcnn", "1"): metrics(6, 8, 2, 2),       # 80 %, recall a 0.75, b 1.0
+    ("cifarnet", "0"): metrics(8, 8, 0, 2),     # 80 %
+    ("cifarnet", "1"): metrics(8, 8, 0, 2),     # 80 %
+}
+
+
+def test_rows_summary_and_majority_have_exact_values():
+    rows = add_majority(fold_rows(RUNS, CLASSES), CLASSES)
+    table = summarize(rows)
+    get = table.set_index(["method", "fold"])
+    assert get.loc[("mvfcnn", "0"), "object_accuracy"] == pytest.approx(0.9)
+    assert get.loc[("mvfcnn", "0"), "mean_recall"] == pytest.approx(0.75)
+    assert get.loc[("mvfcnn", "mean"), "object_accuracy"] == pytest.approx(0.85)
+    # SE of (0.9, 0.8): std 0.0707 / sqrt 2 = 0.05
+    assert get.loc[("mvfcnn", "se"), "object_accuracy"] == pytest.approx(0.05)
+    assert get.loc[("mvfcnn", "mean"), "recall_b"] == pytest.approx(0.75)
+    assert get.loc[("mvfcnn", "mean"), "n_objects"] == 20
+    assert get.loc[("cifarnet", "se"), "object_accuracy"] == pytest.approx(0.0)
+    # always "a" (16 of 20 test objects): 80 % accuracy, 50 % mean recall
+    assert get.loc[("majority", "0"), "object_accuracy"] == pytest.approx(0.8)
+    assert get.loc[("majority", "1"), "mean_recall"] == pytest.approx(0.5)
+    assert get.loc[("majority", "mean"), "recall_b"] == pytest.approx(0.0)
+
+
+def test_a_class_without_test_objects_is_left_out_of_its_recall_and_the_mean_recall():
+    runs = {("mvfcnn", "0"): metrics(3, 4, 0, 0), ("mvfcnn", "1"): metrics(1, 4, 1, 1)}
+    table = summarize(fold_rows(runs, CLASSES)).set_index(["method", "fold"])
+    assert table.loc[("mvfcnn", "0"), "mean_recall"] == pytest.approx(0.75)
+    assert np.isnan(table.loc[("mvfcnn", "0"), "recall_b"])
+    assert table.loc[("mvfcnn", "mean"), "recall_b"] == pytest.approx(1.0)
+    assert np.isnan(table.loc[("mvfcnn", "se"), "recall_b"])  # one fold only
+
+
+def test_paired_differences_and_the_verdict():
+    table = summarize(add_majority(fold_rows(RUNS, CLASSES), CLASSES))
+    diff = paired_differences(table).set_index("method")
+    # mvfcnn - cifarnet per fold: 0.1, 0.0 -> mean 0.05, SE 0.05: not beyond one SE
+    assert diff.loc["cifarnet", "mvfcnn_minus_method"] == pytest.approx(0.05)
+    assert diff.loc["cifarnet", "se"] == pytest.approx(0.05)
+    assert not diff.loc["cifarnet", "mvfcnn_ahead_beyond_1se"]
+    assert diff.loc["cifarnet", "folds_mvfcnn_ahead"] == 1
+    assert "does not hold" in verdict(paired_differences(table)) and "CIFARNet" in verdict(
+        paired_differences(table))
+    better = dict(RUNS)
+    better[("mvfcnn", "1")] = metrics(8, 8, 1, 2)  # 90 %, 90 %: +0.1 each fold, SE 0
+    table = summarize(fold_rows(better, CLASSES))
+    assert verdict(paired_differences(table)).startswith("The paper's ordering holds")
+
+
+def test_methods_scored_on_different_objects_are_refused():
+    runs = dict(RUNS)
+    runs[("cifarnet", "1")] = metrics(8, 9, 0, 2)
+    with pytest.raises(InputError, match="fold 1: the methods were scored on different"):
+        check_same_objects(fold_rows(runs, CLASSES))
+
+
+def test_cli_writes_the_three_files(tmp_path, capsys):
+    args = []
+    for (method, fold), report in RUNS.items():
+        path = tmp_path / f"{method}_{fold}.json"
+        path.write_text(json.dumps(report))
+        args += ["--run", method, fold, str(path)]
+    out = {ext: tmp_path / f"objects.{ext}" for ext in ("csv", "md", "html")}
+    assert cli([*args, "--classes-json", json.dumps(CLASSES.to_dict()),
+                "--out-csv", str(out["csv"]), "--out-md", str(out["md"]),
+                "--out-html", str(out["html"])]) == 0
+    table = pd.read_csv(out["csv"])
+    assert set(table["method"]) == {"mvfcnn", "cifarnet", "majority"}
+    markdown = out["md"].read_text()
+    assert "| **mean ± SE** | 20 | **85.0 ± 5.0** | **80.0 ± 0.0** | **80.0 ± 0.0** |" in markdown
+    assert "does not hold" in markdown
+    assert "<table>" in out["html"].read_text()
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputError, match="broken.json"):
+        cli(["--run", "mvfcnn", "0", str(tmp_path / "broken.json"), "--classes-json",
+             json.dumps(CLASSES.to_dict()), "--out-csv", str(out["csv"]),
+             "--out-md", str(out["md"]), "--out-html", str(out["html"])])
+
+
+def test_component_areas_per_class_are_8_connected():
+    labels = np.zeros((6, 6), np.uint8)
+    labels[0, 0] = labels[1, 1] = 1          # diagonal neighbours: one component of 2
+    labels[4:6, 4:6] = 1                     # 4
+    labels[0, 4:6] = 2                       # 2
+    areas = component_areas(labels, CLASSES)
+    assert sorted(areas["a"].tolist()) == [2, 4] and areas["b"].tolist() == [2]
+
+
+@pytest.mark.parametrize(("loss", "expected"), [
+    (0.0, 1),      # nothing may go: keep every component
+    (0.05, 5),     # a may lose its 1 px (0.9 % of 106), not also the 5 px one (5.7 %)
+    (0.10, 50),    # a may lose 1 + 5; b's 50 px components bound it (one would be 50 %)
+    (0.5, 50),     # b may lose one of its two 50s, but "< area" cannot drop one tie: keep both
+])
+def test_min_area_keeps_every_class_within_the_loss(loss, expected):
+    areas = {"a": np.array([100, 1, 5]), "b": np.array([50, 50])}
+    assert min_area_for_area_loss(areas, loss) == expected
+    kept = {k: v[v >= expected] for k, v in areas.items()}
+    for name, values in areas.items():
+        assert values.sum() - kept[name].sum() <= loss * values.sum() + 1e-9
+
+
+def test_min_area_rejects_a_loss_outside_0_1():
+    with pytest.raises(ValueError):
+        min_area_for_area_loss({"a": np.array([1])}, 1.0)
