@@ -87,6 +87,21 @@ def test_paired_differences_and_the_verdict():
     assert verdict(paired_differences(table)).startswith("The paper's ordering holds")
 
 
+def test_unsegmented_objects_count_as_missed_in_the_class_recall():
+    # MVFCNN left 2 of class a's 10 objects without any predicted second-phase pixel; of the 8
+    # segmented ones 6 are right: recall 6/10 over all of a's objects (Table 4's 6/8 is over
+    # the segmented ones), and the support is all 10, as for a baseline that crops all 10
+    report = metrics(6, 8, 2, 2)
+    report["per_class"]["a"]["not_segmented"] = 2
+    report["n_objects"], report["object_accuracy"] = 12, 8 / 12
+    rows = fold_rows({("mvfcnn", "0"): report, ("cifarnet", "0"): metrics(10, 10, 0, 2)},
+                     CLASSES).set_index("method")
+    assert rows.loc["mvfcnn", "recall_a"] == pytest.approx(0.6)
+    assert rows.loc["mvfcnn", "support_a"] == rows.loc["cifarnet", "support_a"] == 10
+    assert rows.loc["mvfcnn", "mean_recall"] == pytest.approx(0.8)
+    check_same_objects(rows.reset_index())  # the same 12 objects
+
+
 def test_methods_scored_on_different_objects_are_refused():
     runs = dict(RUNS)
     runs[("cifarnet", "1")] = metrics(8, 9, 0, 2)

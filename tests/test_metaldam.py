@@ -305,3 +305,16 @@ def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
     assert "crossval_table" in result.stdout and "train_fcn" in result.stdout
     # one model per fold: 6 folds x 3 stages
     assert "fold5" in result.stdout
+
+
+def test_a_lom_run_on_sem_only_data_is_a_clear_error(tmp_path):
+    overlay = tmp_path / "lom.yaml"
+    overlay.write_text(yaml.safe_dump({"metaldam": {"path": str(METALDAM)},
+                                       "run": {"baseline_modalities": ["sem", "lom"]}}))
+    command = [str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
+               str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--cores", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    message = "include lom, but 42 labelled sample(s) have no LOM image"
+    assert message in result.stdout + result.stderr

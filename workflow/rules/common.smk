@@ -169,6 +169,17 @@ def baseline_runs():
     return [(b, m) for b in config["run"]["baselines"] for m in config["run"]["baseline_modalities"]]
 
 
+# A LOM run needs a LOM image for every labelled sample: say so before the DAG does (it would
+# only report an empty input path of the register rule).
+_NO_LOM = [s for s in SAMPLES.index if SAMPLES.loc[s, "split"] in ("train", "test")
+           and not has(s, "lom")]
+if _NO_LOM and any(m == "lom" for _, m in mvfcnn_runs() + baseline_runs()):
+    raise WorkflowError(
+        f"run.modalities / run.baseline_modalities include lom, but {len(_NO_LOM)} labelled "
+        f"sample(s) have no LOM image (e.g. {_NO_LOM[0]!r}); run sem only or add their `lom` files"
+    )
+
+
 def _registration_inputs(wildcards):
     inputs = {"sem": sem_file(wildcards.sample), "lom": SAMPLES.loc[wildcards.sample, "lom"]}
     if SYNTHETIC_DIR is not None:
