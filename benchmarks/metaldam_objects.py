@@ -79,7 +79,7 @@ def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     from mvfcnn.config import ClassSet
     from mvfcnn.crossval_objects import paired_differences, verdict
 
-    paths = layout.crossval_table("metaldam")
+    paths = layout.crossval_table(layout.crossval_name(config["samples"]))
     table_path = layout.under(workdir / "results", paths["objects_csv"])
     if not table_path.is_file():
         raise SystemExit(f"{table_path}: no objects table; run the MetalDAM workflow with "

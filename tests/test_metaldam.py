@@ -260,6 +260,21 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     assert sorted(p.name for p in crops.iterdir()) == ["m0.npz", "m1.npz", "m2.npz", "m26.npz"]
     markdown = (work / "results" / "tables" / "crossval_objects.md").read_text()
     assert "The paper's ordering" in markdown and "93.94" in markdown
+    # the benchmark's summary of such a run (benchmarks/results/metaldam_objects.json)
+    out = tmp_path / "objects.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_objects.py"),
+                            "--workdir", str(work), "--configfile", str(ROOT / "tests" / "data"
+                                                                        / "mini.yaml"),
+                            str(overlay), "--out", str(out)], capture_output=True, text=True,
+                           timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["verdict"].startswith("The paper's ordering")
+    assert set(record["mean_se"]) >= {"mvfcnn", "vgg16", "majority"}
+    assert record["method_job_s"]["vgg16"] > 0 and record["min_object_area"] == 20
+    assert record["object_areas"]["label_maps"] == 4
+    chosen = record["object_areas"]["chosen"]["0.05"]
+    assert all(share <= 0.05 for share in chosen["area_dropped_share"].values())
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):

@@ -82,6 +82,12 @@ def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str,
                for path in (sem, labels))
 
 
+def crossval_name(samples: str) -> str:
+    """The cross-validation tables' name for the config's ``samples``: ``metaldam`` for the
+    MetalDAM release, ``crossval`` for any cross-validated sample sheet."""
+    return "metaldam" if samples == "metaldam" else "crossval"
+
+
 def crossval_table(name: str) -> dict[str, str]:
     """The cross-validation table of a dataset (``metaldam`` or ``crossval``), with its pooled
     confusion, the phase-fraction errors (per class, and per test image and class) and the

@@ -47,7 +47,7 @@ def _defaults(node: Mapping[str, Any]) -> Any:
             if key not in out:
                 out[key] = value
             elif isinstance(value, dict) and isinstance(out[key], dict):
-                out[key] = _merge(value, out[key])
+                out[key] = merge(value, out[key])
         return out
     return copy.deepcopy(node["default"]) if "default" in node else _MISSING
 
@@ -62,11 +62,12 @@ def defaults(*path: str) -> Any:
     return {} if value is _MISSING else value
 
 
-def _merge(base: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` deep-merged over ``base`` (a copy), as Snakemake layers ``--configfile``s."""
     out = copy.deepcopy(base)
     for key, value in given.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -76,7 +77,7 @@ def with_defaults(section: str | tuple[str, ...], given: Mapping[str, Any] | Non
                                                                                          Any]:
     """``given`` (a config section, possibly partial) over the schema's defaults, deep-merged."""
     path = (section,) if isinstance(section, str) else tuple(section)
-    return _merge(defaults(*path), given or {})
+    return merge(defaults(*path), given or {})
 
 
 #: config sections the report (tables, figures, best run) reads; the others (resources,

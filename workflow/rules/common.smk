@@ -50,7 +50,7 @@ CV = bool(FOLDS)
 #: results/mvfcnn/{variant}/{modality}[/fold{fold}]: one trained model and its predictions
 RUN = layout.run_dir(CV)
 #: name of the cross-validation table and figure (results/tables/<name>.csv, ...)
-CROSSVAL_NAME = "metaldam" if config["samples"] == "metaldam" else "crossval"
+CROSSVAL_NAME = layout.crossval_name(config["samples"])
 
 
 def crossval_run():
