@@ -109,14 +109,26 @@ def test_methods_scored_on_different_objects_are_refused():
         check_same_objects(fold_rows(runs, CLASSES))
 
 
-def test_cli_writes_the_three_files(tmp_path, capsys):
+def test_cli_writes_the_three_files_with_each_methods_budget(tmp_path, capsys):
+    from mvfcnn.settings import defaults
+
     args = []
     for (method, fold), report in RUNS.items():
-        path = tmp_path / f"{method}_{fold}.json"
-        path.write_text(json.dumps(report))
-        args += ["--run", method, fold, str(path)]
+        run = tmp_path / method / fold
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(report))
+        if method == "mvfcnn":  # each stage's training CSV: 10 s + 20 s + 30 s, then 20 + ...
+            for k, stage in enumerate(("32s", "16s", "8s")):
+                pd.DataFrame({"seconds": [5.0 * (k + 1) * (int(fold) + 1)] * 2}).to_csv(
+                    run / f"train_{stage}.csv", index=False)
+        else:
+            (run / "info.json").write_text(json.dumps({"train_seconds": 40.0 + 20 * int(fold)}))
+        args += ["--run", method, fold, str(run / "metrics.json")]
+    config = defaults()
+    config["baselines"]["cifarnet"]["epochs"] = 3
     out = {ext: tmp_path / f"objects.{ext}" for ext in ("csv", "md", "html")}
     assert cli([*args, "--classes-json", json.dumps(CLASSES.to_dict()),
+                "--config-json", json.dumps(config),
                 "--out-csv", str(out["csv"]), "--out-md", str(out["md"]),
                 "--out-html", str(out["html"])]) == 0
     table = pd.read_csv(out["csv"])
@@ -124,6 +136,10 @@ def test_cli_writes_the_three_files(tmp_path, capsys):
     markdown = out["md"].read_text()
     assert "| **mean ± SE** | 20 | **85.0 ± 5.0** | **80.0 ± 0.0** | **80.0 ± 0.0** |" in markdown
     assert "does not hold" in markdown
+    # MVFCNN trained 60 s (fold 0) and 120 s (fold 1); CIFARNet 40 s and 60 s
+    assert "- MVFCNN: FCN iterations" in markdown and "training 90 s per fold (mean)" in markdown
+    assert "- CIFARNet: 3 epochs, batch 16; init=none" in markdown
+    assert "training 50 s per fold (mean)" in markdown
     assert "<table>" in out["html"].read_text()
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(InputError, match="broken.json"):

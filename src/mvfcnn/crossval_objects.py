@@ -237,6 +237,52 @@ def render_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -
                      + frame_html(as_text(differences)))
 
 
+def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> list[str]:
+    """One note per method: its initialisation and training budget (iterations or epochs, the
+    SVM's grid) and the mean training wall time per fold, from the files each run wrote beside
+    its metrics.json (MVFCNN: the stages' training CSVs; a baseline: its info.json)."""
+    from mvfcnn.settings import with_defaults
+    from mvfcnn.tables import baseline_init_text, csv_seconds, iterations_text, seconds_text
+
+    by_method: dict[str, list[Path]] = {}
+    for method, _, path in runs:
+        by_method.setdefault(method, []).append(Path(path).parent)
+    baselines = with_defaults("baselines", config["baselines"])
+    notes = []
+    for method, directories in by_method.items():
+        seconds: list[float] = []
+        info: dict[str, Any] = {}
+        if method == MVFCNN:
+            fcn = config["fcn"]
+            text = (f"FCN iterations {iterations_text(fcn)}, batch {fcn['batch_size']} "
+                    f"{config['tiles']['size']} px tiles, from its fold's trunk (pretraining "
+                    f"{config['pretrain']['iterations']} iterations x "
+                    f"{config['pretrain']['batch_size']} patches)")
+            for directory in directories:
+                stages = [csv_seconds(directory / f"train_{s}.csv") for s in fcn["stages"]]
+                if all(t is not None for t in stages):
+                    seconds.append(sum(t for t in stages if t is not None))
+        else:
+            for directory in directories:
+                info_path = directory / "info.json"
+                if info_path.is_file():
+                    info = json.loads(info_path.read_text())
+                    if info.get("train_seconds") is not None:
+                        seconds.append(float(info["train_seconds"]))
+            if method in ("handcrafted_svm", "vgg19_svm"):
+                svm = baselines["svm"]
+                text = (f"RBF SVM grid {len(svm['C'])} C x {len(svm['gamma_factor'])} gamma, "
+                        f"{svm['folds']}-fold CV")
+            else:
+                text = (f"{baselines[method]['epochs']} epochs, batch "
+                        f"{baselines[method]['batch_size']}")
+            text += f"; {baseline_init_text(config, method, info)}"
+        if seconds:
+            text += f"; training {seconds_text(float(np.mean(seconds)))} per fold (mean)"
+        notes.append(f"{LABELS.get(method, method)}: {text}")
+    return notes
+
+
 def cli(argv: list[str]) -> int:
     import yaml
 
@@ -250,6 +296,8 @@ def cli(argv: list[str]) -> int:
                         help="one method's metrics.json on one fold (repeat; MVFCNN as mvfcnn)")
     parser.add_argument("--classes-json", required=True)
     parser.add_argument("--paper", default=None, help="paper_tables.yaml: Table 1 beside ours")
+    parser.add_argument("--config-json", default=None,
+                        help="the workflow config (report view): each method's budget as notes")
     parser.add_argument("--title", default="Object classification on the cross-validation folds")
     parser.add_argument("--note", action="append", default=[], help="a note under the tables")
     parser.add_argument("--out-csv", required=True)
@@ -276,8 +324,14 @@ def cli(argv: list[str]) -> int:
     if args.paper:
         paper = {e["method"]: float(e["accuracy"])
                  for e in yaml.safe_load(Path(args.paper).read_text())["table1"]}
+    notes = list(args.note)
+    if args.config_json:
+        from mvfcnn.config import json_arg
+
+        notes += budget_notes(json_arg(args.config_json, "--config-json"),
+                              [(m, f, Path(p)) for m, f, p in args.run])
     markdown = render_markdown(table, differences, classes, title=args.title, paper=paper,
-                               notes=args.note)
+                               notes=notes)
     write_table(args.out_csv, table)
     write_text(args.out_md, markdown)
     write_text(args.out_html, render_html(table, differences, markdown))

@@ -318,11 +318,11 @@ def _read_info(directory: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _seconds_text(seconds: float) -> str:
+def seconds_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
-def _csv_seconds(path: Path) -> float | None:
+def csv_seconds(path: Path) -> float | None:
     """Sum of the ``seconds`` column of a training CSV (the iterations' wall time)."""
     if not path.exists():
         return None
@@ -337,9 +337,9 @@ def _pretrain_text(config: dict[str, Any], results_dir: Path, modality: str) -> 
     pretrain = config["pretrain"]
     text = (f"trunk pretraining {pretrain['iterations']} iterations x {pretrain['batch_size']} "
             f"patches")
-    seconds = _csv_seconds(layout.under(results_dir, layout.trunk_dir(False), modality=modality)
+    seconds = csv_seconds(layout.under(results_dir, layout.trunk_dir(False), modality=modality)
                            / "pretrain.csv")
-    return text + (f" ({_seconds_text(seconds)})" if seconds is not None else "")
+    return text + (f" ({seconds_text(seconds)})" if seconds is not None else "")
 
 
 def mvfcnn_budget(run: Run, config: dict[str, Any]) -> str:
@@ -347,9 +347,9 @@ def mvfcnn_budget(run: Run, config: dict[str, Any]) -> str:
     training wall time summed from the stages' CSVs when they exist."""
     fcn = config["fcn"]
     text = f"FCN iterations {iterations_text(fcn)}, batch {fcn['batch_size']}"
-    times = [_csv_seconds(run.directory / f"train_{stage}.csv") for stage in fcn["stages"]]
+    times = [csv_seconds(run.directory / f"train_{stage}.csv") for stage in fcn["stages"]]
     if all(t is not None for t in times):
-        text += f" ({_seconds_text(sum(t for t in times if t is not None))})"
+        text += f" ({seconds_text(sum(t for t in times if t is not None))})"
     if run.variant is not None and str(variant_settings(config, run.variant)["pretrained"]) \
             == "patches":
         text += " + " + _pretrain_text(config, run.results_dir, run.modality)
@@ -403,7 +403,7 @@ def baseline_budget(config: dict[str, Any], run: Run, info: dict[str, Any]) -> s
     else:
         text = f"{settings[method]['epochs']} epochs, batch {settings[method]['batch_size']}"
     if info.get("train_seconds") is not None:
-        text += f" ({_seconds_text(float(info['train_seconds']))})"
+        text += f" ({seconds_text(float(info['train_seconds']))})"
     if method in ("vgg16", "vgg19_svm") and _uses_trunk(info, baseline_init(config, method)):
         text += " + the FCN's " + _pretrain_text(config, run.results_dir, run.modality)
     return text

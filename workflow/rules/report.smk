@@ -301,6 +301,7 @@ rule crossval_objects:
             CROSSVAL_NAME, *crossval_run(), len(FOLDS)
         ),
         min_area=config["masking"]["min_object_area"],
+        config=REPORT_CONFIG_JSON,
     log:
         "results/logs/report/crossval_objects.log",
     conda:
@@ -311,7 +312,7 @@ rule crossval_objects:
         runtime=10,
     shell:
         "mvfcnn crossval-objects {params.runs:q} --classes-json {params.classes:q}"
-        " --paper {input.paper:q} --title {params.title:q}"
+        " --paper {input.paper:q} --title {params.title:q} --config-json {params.config:q}"
         " --note 'objects: 8-connected components of each second-phase class of the test labels,"
         " {params.min_area} px and up; MVFCNN votes the majority class of its predicted pixels,"
         " each baseline classifies the object crop (trained on the fold training images)'"
