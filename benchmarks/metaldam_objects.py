@@ -38,8 +38,10 @@ METHOD_JOBS = {"mvfcnn": ("pretrain_trunk/", "tile_index/", "train_fcn/", "predi
 def method_seconds(job_s: dict[str, float], methods: list[str]) -> dict[str, float]:
     """Job seconds per method over all folds (the pretrained trunk counts for MVFCNN only,
     though the patch-initialised VGGs start from the same file)."""
+    from mvfcnn.crossval_objects import MAJORITY
+
     groups = {**METHOD_JOBS, **{m: (f"train_baseline/{m}_",) for m in methods
-                                if m not in METHOD_JOBS}}
+                                if m not in METHOD_JOBS and m != MAJORITY}}
     return {name: round(sum(s for job, s in job_s.items() if job.startswith(prefixes)), 1)
             for name, prefixes in groups.items()}
 
@@ -115,6 +117,8 @@ def main() -> int:
     parser.add_argument("--run", action="store_true", help="run the workflow in --workdir first")
     parser.add_argument("--configfile", nargs="*", default=[], help="extra config overlays")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--note", action="append", default=[],
+                        help="a remark recorded with the figures (e.g. where job times came from)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "metaldam_objects.json")
     args = parser.parse_args()
@@ -127,7 +131,8 @@ def main() -> int:
                               "machine": _common.machine_info(("torch", "sklearn")),
                               "workdir": str(args.workdir),
                               "configs": [str(Path(c).relative_to(ROOT)) if c.startswith(
-                                  str(ROOT)) else c for c in configs]}
+                                  str(ROOT)) else c for c in configs],
+                              "notes": args.note}
     if args.run:
         args.workdir.mkdir(parents=True, exist_ok=True)
         dataset = (ROOT.parent / "shared" / "data" / "metaldam").resolve()

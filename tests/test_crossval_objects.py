@@ -78,9 +78,17 @@ def test_paired_differences_and_the_verdict():
     assert diff.loc["cifarnet", "mvfcnn_minus_method"] == pytest.approx(0.05)
     assert diff.loc["cifarnet", "se"] == pytest.approx(0.05)
     assert not diff.loc["cifarnet", "mvfcnn_ahead_beyond_1se"]
+    assert diff.loc["cifarnet", "mvfcnn_standing"] == "within 1 SE"
     assert diff.loc["cifarnet", "folds_mvfcnn_ahead"] == 1
-    assert "does not hold" in verdict(paired_differences(table)) and "CIFARNet" in verdict(
-        paired_differences(table))
+    assert verdict(paired_differences(table)).endswith(
+        "MVFCNN's object accuracy is within one standard error of CIFARNet (paired per-fold "
+        "differences).")
+    worse = dict(RUNS)
+    worse[("mvfcnn", "0")] = metrics(5, 8, 0, 2)  # 50 % vs CIFARNet's 80 % on both folds:
+    worse[("mvfcnn", "1")] = metrics(5, 8, 0, 2)  # -0.3 ± 0.0, behind beyond one SE
+    table = summarize(fold_rows(worse, CLASSES))
+    assert paired_differences(table)["mvfcnn_standing"].tolist() == ["behind"]
+    assert "below CIFARNet by more than one standard error" in verdict(paired_differences(table))
     better = dict(RUNS)
     better[("mvfcnn", "1")] = metrics(8, 8, 1, 2)  # 90 %, 90 %: +0.1 each fold, SE 0
     table = summarize(fold_rows(better, CLASSES))

@@ -143,10 +143,11 @@ def paired_differences(rows: pd.DataFrame, metric: str = "object_accuracy") -> p
         theirs = per_fold[per_fold["method"] == method].set_index("fold")[metric]
         diff = (ours - theirs).dropna()
         mean, se = _mean_se(diff)
+        margin = 0.0 if math.isnan(se) else se
+        standing = "ahead" if mean > margin else "behind" if mean < -margin else "within 1 SE"
         out.append({"method": method, "metric": metric, "folds": len(diff),
                     "mvfcnn_minus_method": mean, "se": se,
-                    "mvfcnn_ahead_beyond_1se": bool(mean > se) if not math.isnan(se)
-                    else bool(mean > 0),
+                    "mvfcnn_ahead_beyond_1se": standing == "ahead", "mvfcnn_standing": standing,
                     "folds_mvfcnn_ahead": int((diff > 0).sum())})
     return pd.DataFrame(out)
 
@@ -200,13 +201,13 @@ def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: Cla
     lines.append("| test objects (all folds) | " + " | ".join(
         str(int(_stat(table, methods[0], "mean", f"support_{n}"))) for n in names) + " |")
     lines += ["", "## MVFCNN minus each method, paired by fold (object accuracy)", "",
-              "| method | difference (pp) | folds MVFCNN ahead | ahead beyond 1 SE |",
+              "| method | difference (pp, mean ± SE) | folds MVFCNN ahead | MVFCNN (beyond 1 SE) |",
               "|---|---:|---:|---|"]
     for row in differences.to_dict("records"):
         lines.append(f"| {LABELS.get(row['method'], row['method'])} | "
                      f"{_pct(row['mvfcnn_minus_method'], row['se'])} | "
                      f"{row['folds_mvfcnn_ahead']} of {row['folds']} | "
-                     f"{'yes' if row['mvfcnn_ahead_beyond_1se'] else 'no'} |")
+                     f"{row['mvfcnn_standing']} |")
     lines += ["", verdict(differences)]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
@@ -218,14 +219,20 @@ def verdict(differences: pd.DataFrame) -> str:
     baselines = differences[differences["method"] != MAJORITY]
     if not len(baselines):
         return "No object-based baseline was run: the paper's ordering is not tested."
-    behind = [LABELS.get(m, m) for m in
-              baselines.loc[~baselines["mvfcnn_ahead_beyond_1se"], "method"]]
-    if not behind:
+    groups = {standing: [LABELS.get(m, m) for m in
+                         baselines.loc[baselines["mvfcnn_standing"] == standing, "method"]]
+              for standing in ("behind", "within 1 SE")}
+    if not groups["behind"] and not groups["within 1 SE"]:
         return ("The paper's ordering holds here: MVFCNN's object accuracy is above every "
                 "object-based method's by more than one standard error of the paired "
                 "per-fold differences.")
-    return ("The paper's ordering does not hold here: MVFCNN is not ahead by more than one "
-            f"standard error of the paired per-fold differences against {', '.join(behind)}.")
+    parts = []
+    if groups["behind"]:
+        parts.append(f"below {', '.join(groups['behind'])} by more than one standard error")
+    if groups["within 1 SE"]:
+        parts.append(f"within one standard error of {', '.join(groups['within 1 SE'])}")
+    return ("The paper's ordering does not hold here: MVFCNN's object accuracy is "
+            + " and ".join(parts) + " (paired per-fold differences).")
 
 
 def render_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -> str:
