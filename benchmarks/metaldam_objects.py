@@ -79,7 +79,7 @@ def area_record(workdir: Path, classes: Any) -> dict[str, Any]:
 def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     from mvfcnn import layout
     from mvfcnn.config import ClassSet
-    from mvfcnn.crossval_objects import paired_differences, verdict
+    from mvfcnn.crossval_objects import SECONDARY, paired_differences, verdict
 
     paths = layout.crossval_table(layout.crossval_name(config["samples"]))
     table_path = layout.under(workdir / "results", paths["objects_csv"])
@@ -92,13 +92,17 @@ def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     job_s = _common.job_times(workdir)
     means = table[table["fold"] == "mean"].set_index("method")
     ses = table[table["fold"] == "se"].set_index("method")
+    metrics = ["object_accuracy", "mean_recall"]
+    if SECONDARY in table.columns:
+        metrics.append(SECONDARY)
     return {
         "table": json.loads(table.to_json(orient="records")),
-        "mean_se": {m: {"object_accuracy": [float(means.loc[m, "object_accuracy"]),
-                                            float(ses.loc[m, "object_accuracy"])],
-                        "mean_recall": [float(means.loc[m, "mean_recall"]),
-                                        float(ses.loc[m, "mean_recall"])]} for m in methods},
+        "secondary_exclude": config["crossval"]["secondary_mean_excludes"],
+        "mean_se": {m: {k: [float(means.loc[m, k]), float(ses.loc[m, k])] for k in metrics}
+                    for m in methods},
         "paired_differences": json.loads(differences.to_json(orient="records")),
+        "paired_differences_secondary": json.loads(paired_differences(
+            table, SECONDARY).to_json(orient="records")) if SECONDARY in table.columns else [],
         "verdict": verdict(differences),
         "method_job_s": method_seconds(job_s, methods),
         "job_s": job_s,

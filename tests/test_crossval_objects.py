@@ -62,6 +62,19 @@ def test_rows_summary_and_majority_have_exact_values():
     assert get.loc[("majority", "mean"), "recall_b"] == pytest.approx(0.0)
 
 
+def test_accuracy_without_a_class_counts_the_other_classes_objects_only():
+    from mvfcnn.crossval_objects import SECONDARY, add_accuracy_without
+
+    rows = add_accuracy_without(add_majority(fold_rows(RUNS, CLASSES), CLASSES), ("b",))
+    table = summarize(rows).set_index(["method", "fold"])
+    # without class b only a's 8 objects per fold: MVFCNN 8/8 and 6/8, CIFARNet 8/8 twice
+    assert table.loc[("mvfcnn", "0"), SECONDARY] == pytest.approx(1.0)
+    assert table.loc[("mvfcnn", "mean"), SECONDARY] == pytest.approx(0.875)
+    assert table.loc[("cifarnet", "mean"), SECONDARY] == pytest.approx(1.0)
+    assert table.loc[("majority", "1"), SECONDARY] == pytest.approx(1.0)
+    assert add_accuracy_without(rows, ()) is rows
+
+
 def test_a_class_without_test_objects_is_left_out_of_its_recall_and_the_mean_recall():
     runs = {("mvfcnn", "0"): metrics(3, 4, 0, 0), ("mvfcnn", "1"): metrics(1, 4, 1, 1)}
     table = summarize(fold_rows(runs, CLASSES)).set_index(["method", "fold"])
@@ -136,7 +149,7 @@ def test_cli_writes_the_three_files_with_each_methods_budget(tmp_path, capsys):
     config["baselines"]["cifarnet"]["epochs"] = 3
     out = {ext: tmp_path / f"objects.{ext}" for ext in ("csv", "md", "html")}
     assert cli([*args, "--classes-json", json.dumps(CLASSES.to_dict()),
-                "--config-json", json.dumps(config),
+                "--config-json", json.dumps(config), "--secondary-exclude", "b",
                 "--out-csv", str(out["csv"]), "--out-md", str(out["md"]),
                 "--out-html", str(out["html"])]) == 0
     table = pd.read_csv(out["csv"])
@@ -144,6 +157,9 @@ def test_cli_writes_the_three_files_with_each_methods_budget(tmp_path, capsys):
     markdown = out["md"].read_text()
     assert "| **mean ± SE** | 20 | **85.0 ± 5.0** | **80.0 ± 0.0** | **80.0 ± 0.0** |" in markdown
     assert "does not hold" in markdown
+    assert "## Object accuracy without b objects (%)" in markdown
+    assert "| **mean ± SE** | 16 | **87.5 ± 12.5** | **100.0 ± 0.0** |" in markdown
+    assert "Without b objects: CIFARNet -12.5 ± 12.5 pp (within 1 SE)" in markdown
     # MVFCNN trained 60 s (fold 0) and 120 s (fold 1); CIFARNet 40 s and 60 s
     assert "- MVFCNN: FCN iterations" in markdown and "training 90 s per fold (mean)" in markdown
     assert "- CIFARNet: 3 epochs, batch 16; init=none" in markdown

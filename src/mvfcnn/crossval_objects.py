@@ -106,6 +106,24 @@ def add_majority(rows: pd.DataFrame, classes: ClassSet) -> pd.DataFrame:
     return pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
 
 
+SECONDARY = "object_accuracy_secondary"
+
+
+def add_accuracy_without(rows: pd.DataFrame, exclude: tuple[str, ...]) -> pd.DataFrame:
+    """``object_accuracy_secondary``: the accuracy over the objects of the other classes (as
+    the pixel table's second mean IoU, e.g. without MetalDAM's mostly unannotated precipitate),
+    from each row's per-class recall over all objects and supports."""
+    if not exclude:
+        return rows
+    kept = [c.removeprefix("support_") for c in rows.columns
+            if c.startswith("support_") and c.removeprefix("support_") not in exclude]
+    hits = sum(rows[f"recall_{n}"].fillna(0.0) * rows[f"support_{n}"] for n in kept)
+    total = sum(rows[f"support_{n}"] for n in kept)
+    out = rows.copy()
+    out[SECONDARY] = (hits / total.where(total > 0)).astype(float)
+    return out
+
+
 def _mean_se(values: pd.Series) -> tuple[float, float]:
     values = values.dropna().astype(float)
     if not len(values):
@@ -117,7 +135,7 @@ def _mean_se(values: pd.Series) -> tuple[float, float]:
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Append, per method, a ``mean`` and an ``se`` row over its folds (counts are summed)."""
     metric_columns = ["object_accuracy", "mean_recall",
-                      *[c for c in rows.columns if c.startswith("recall_")]]
+                      *[c for c in rows.columns if c.startswith("recall_") or c == SECONDARY]]
     count_columns = ["n_objects", "n_correct", *[c for c in rows.columns
                                                   if c.startswith("support_")]]
     out = []
@@ -167,24 +185,37 @@ def _stat(table: pd.DataFrame, method: str, which: str, column: str) -> Any:
 
 
 def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: ClassSet, *,
-                    title: str, paper: dict[str, float], notes: list[str]) -> str:
-    """Accuracy and mean class recall per fold, mean ± SE; per-class recall; the verdict."""
+                    title: str, paper: dict[str, float], notes: list[str],
+                    secondary_exclude: tuple[str, ...] = ()) -> str:
+    """Accuracy (also without ``secondary_exclude``) and mean class recall per fold, mean ± SE;
+    per-class recall; MVFCNN's paired lead and the verdict."""
     names = list(classes.foreground_names)
     methods = list(dict.fromkeys(table["method"]))
     folds = [f for f in dict.fromkeys(table["fold"]) if f not in SUMMARY]
     lines = [f"# {title}", ""]
-    for metric, heading in (("object_accuracy", "Object accuracy (%)"),
-                            ("mean_recall", "Mean class recall (%, balanced accuracy over the "
-                             "classes with test objects)")):
+    blocks = [("object_accuracy", "Object accuracy (%)")]
+    if SECONDARY in table.columns:
+        blocks.append((SECONDARY, "Object accuracy without "
+                       f"{', '.join(secondary_exclude)} objects (%)"))
+    blocks.append(("mean_recall", "Mean class recall (%, balanced accuracy over the classes "
+                   "with test objects)"))
+    for metric, heading in blocks:
         lines += [f"## {heading}", "", "| fold | objects | "
                   + " | ".join(LABELS.get(m, m) for m in methods) + " |",
                   "|---|---:|" + "---:|" * len(methods)]
-        for fold in folds:
+        def objects(fold: str, metric: str = metric) -> int:
             n = _stat(table, methods[0], fold, "n_objects")
+            if metric == SECONDARY:
+                n -= sum(_stat(table, methods[0], fold, f"support_{c}")
+                         for c in secondary_exclude)
+            return int(n)
+
+        for fold in folds:
+            n = objects(fold)
             lines.append(f"| {fold} | {int(n)} | "
                          + " | ".join(_pct(_stat(table, m, fold, metric)) for m in methods)
                          + " |")
-        n = _stat(table, methods[0], "mean", "n_objects")
+        n = objects("mean")
         lines.append(f"| **mean ± SE** | {int(n)} | " + " | ".join(
             f"**{_pct(_stat(table, m, 'mean', metric), _stat(table, m, 'se', metric))}**"
             for m in methods) + " |")
@@ -208,6 +239,11 @@ def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: Cla
                      f"{_pct(row['mvfcnn_minus_method'], row['se'])} | "
                      f"{row['folds_mvfcnn_ahead']} of {row['folds']} | "
                      f"{row['mvfcnn_standing']} |")
+    if SECONDARY in table.columns:
+        second = paired_differences(table, SECONDARY).set_index("method")
+        lines += ["", f"Without {', '.join(secondary_exclude)} objects: " + "; ".join(
+            f"{LABELS.get(m, m)} {_pct(r['mvfcnn_minus_method'], r['se'])} pp "
+            f"({r['mvfcnn_standing']})" for m, r in second.iterrows()) + "."]
     lines += ["", verdict(differences)]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
@@ -305,6 +341,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--paper", default=None, help="paper_tables.yaml: Table 1 beside ours")
     parser.add_argument("--config-json", default=None,
                         help="the workflow config (report view): each method's budget as notes")
+    parser.add_argument("--secondary-exclude", nargs="*", default=[],
+                        help="classes left out of a second object accuracy (e.g. classes whose "
+                        "labels are unreliable)")
     parser.add_argument("--title", default="Object classification on the cross-validation folds")
     parser.add_argument("--note", action="append", default=[], help="a note under the tables")
     parser.add_argument("--out-csv", required=True)
@@ -324,7 +363,11 @@ def cli(argv: list[str]) -> int:
         raise InputError("no MVFCNN run given (--run mvfcnn FOLD METRICS_JSON)")
     rows = fold_rows(metrics, classes)
     check_same_objects(rows)
-    rows = add_majority(rows, classes)
+    unknown = sorted(set(args.secondary_exclude) - set(classes.foreground_names))
+    if unknown:
+        raise InputError(f"--secondary-exclude names unknown second-phase class(es) {unknown}")
+    secondary = tuple(args.secondary_exclude)
+    rows = add_accuracy_without(add_majority(rows, classes), secondary)
     table = summarize(rows)
     differences = paired_differences(table)
     paper: dict[str, float] = {}
@@ -338,7 +381,7 @@ def cli(argv: list[str]) -> int:
         notes += budget_notes(json_arg(args.config_json, "--config-json"),
                               [(m, f, Path(p)) for m, f, p in args.run])
     markdown = render_markdown(table, differences, classes, title=args.title, paper=paper,
-                               notes=notes)
+                               notes=notes, secondary_exclude=secondary)
     write_table(args.out_csv, table)
     write_text(args.out_md, markdown)
     write_text(args.out_html, render_html(table, differences, markdown))

@@ -302,6 +302,7 @@ rule crossval_objects:
         ),
         min_area=config["masking"]["min_object_area"],
         config=REPORT_CONFIG_JSON,
+        exclude=config["crossval"]["secondary_mean_excludes"],
     log:
         "results/logs/report/crossval_objects.log",
     conda:
@@ -313,6 +314,7 @@ rule crossval_objects:
     shell:
         "mvfcnn crossval-objects {params.runs:q} --classes-json {params.classes:q}"
         " --paper {input.paper:q} --title {params.title:q} --config-json {params.config:q}"
+        " --secondary-exclude {params.exclude:q}"
         " --note 'objects: 8-connected components of each second-phase class of the test labels,"
         " {params.min_area} px and up; MVFCNN votes the majority class of its predicted pixels,"
         " each baseline classifies the object crop (trained on the fold training images)'"
