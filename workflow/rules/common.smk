@@ -340,12 +340,11 @@ def _mvfcnn_files(name, modalities=("sem", "lom")):
             if m in modalities]
 
 
-def _baseline_files(name, folds=None, method=None):
+def _baseline_files(name):
     """results/baselines/{method}/{modality}[/fold{fold}]/<name> of every configured baseline
-    (every fold of a cross-validated sheet unless `folds` says which; one `method` if given)."""
+    (of every fold of a cross-validated sheet)."""
     return [f"{layout.baseline_dir(CV).format(method=b, modality=m, fold=f)}/{name}"
-            for b, m in baseline_runs() if method in (None, b)
-            for f in (folds or FOLDS or [None])]
+            for b, m in baseline_runs() for f in (FOLDS or [None])]
 
 
 def _preds(modalities):
@@ -475,7 +474,6 @@ def _crossval_test_pairs(wildcards, input):
     return parts
 
 
-
 def _crossval_object_runs():
     """(method, fold, metrics.json) of MVFCNN and of every configured baseline (of the
     cross-validated modality) on every fold: the runs the crossval objects table compares."""
@@ -483,7 +481,8 @@ def _crossval_object_runs():
     runs = []
     for fold in FOLDS:
         runs.append(("mvfcnn", fold, os.path.join(_crossval_run_dir(fold), "metrics.json")))
-        runs += [(method, fold, _baseline_files("metrics.json", [fold], method=method)[0])
+        runs += [(method, fold, os.path.join(layout.baseline_dir(CV).format(
+                     method=method, modality=modality, fold=fold), "metrics.json"))
                  for method, m in baseline_runs() if m == modality]
     return runs
 
