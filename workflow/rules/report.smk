@@ -300,7 +300,12 @@ rule crossval_objects:
         title=lambda w: "{} objects: MVFCNN ({} / {}) vs object-based baselines, {} folds".format(
             CROSSVAL_NAME, *crossval_run(), len(FOLDS)
         ),
-        min_area=config["masking"]["min_object_area"],
+        note=(
+            "objects: 8-connected components of each second-phase class of the test labels, "
+            f"{config['masking']['min_object_area']} px and up; MVFCNN votes the majority class "
+            "of its predicted pixels, each baseline classifies the object crop (trained on the "
+            "fold's training images)"
+        ),
         config=REPORT_CONFIG_JSON,
         exclude=config["crossval"]["secondary_mean_excludes"],
     log:
@@ -315,9 +320,7 @@ rule crossval_objects:
         "mvfcnn crossval-objects {params.runs:q} --classes-json {params.classes:q}"
         " --paper {input.paper:q} --title {params.title:q} --config-json {params.config:q}"
         " --secondary-exclude {params.exclude:q}"
-        " --note 'objects: 8-connected components of each second-phase class of the test labels,"
-        " {params.min_area} px and up; MVFCNN votes the majority class of its predicted pixels,"
-        " each baseline classifies the object crop (trained on the fold training images)'"
+        " --note {params.note:q}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-html {output.html:q} 2> {log:q}"
 
 
