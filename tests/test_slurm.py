@@ -276,10 +276,12 @@ CHECKPOINTS = f"{RUN}/checkpoints/32s"
 TRAIN_LOG = "results/logs/train_fcn/scratch_balanced_aug_sem_32s.log"
 # The config's 6000 MB x attempt may exceed a small CI machine; keep the attempt scaling.
 TRAIN_MEM = ["--set-resources", "train_fcn:mem_mb=1500*attempt"]
-ITERATIONS = 400
-# The first checkpoint comes early and the rest takes long enough (> 10 s even unloaded, at ~30
-# iterations/s) to cancel the job in between; the validation lines in the log ("iteration N:
-# loss ...", every 2) show which iterations a run computed.
+ITERATIONS = 1000
+# The first checkpoint comes early and the rest must outlast scancel's grace period: srun waits up
+# to KillWait (12 s here) for the step, and a training that finishes inside it cleans its
+# checkpoints, so the resubmitted job starts over (seen with 400 iterations, ~11 s on a Zen 5).
+# 1000 iterations take ~40 s unloaded. The validation lines in the log ("iteration N: loss ...",
+# every 2) show which iterations a run computed.
 PREEMPT_YAML = f"""\
 fcn:
   iterations: {{32s: {ITERATIONS}, 16s: 3, 8s: 3}}

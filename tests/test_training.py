@@ -295,6 +295,23 @@ def test_adam_option_and_unknown_optimizer():
         make_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=0.0, kind="rmsprop")
 
 
+def test_a_trunk_trained_from_scratch_is_never_frozen():
+    """fcn.freeze fixes a PRETRAINED trunk; a `pretrained: none` variant's random trunk must
+    learn, in FCN-32s and in the later stages (which inherit it from their parent)."""
+    from mvfcnn.training import build_stage_model, frozen_until
+
+    cfg = {"freeze": "pool4"}
+    assert frozen_until(cfg, {"pretrained": "none"}) == "none"
+    assert frozen_until(cfg, {}) == "none"
+    assert frozen_until(cfg, {"pretrained": "patches"}) == "pool4"
+    assert frozen_until(cfg, {"pretrained": "/models/trunk.pt"}) == "pool4"
+    classes = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
+    fcn = {"width": 0.0625, "fc_channels": 16, "dropout": 0.5, "freeze": "pool4"}
+    model = build_stage_model("32s", classes=classes, cfg=fcn, variant={"pretrained": "none"},
+                              parent=None)
+    assert all(p.requires_grad for p in model.trunk.parameters())
+
+
 @pytest.mark.parametrize("until", ["none", "pool1", "pool3", "pool4"])
 def test_freeze_keeps_the_trunk_prefix_fixed(until):
     """fcn.freeze: layers up to the pool do not move in a training step, all later ones do,

@@ -212,7 +212,7 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
         if parent is not None:
             raise InputError("FCN-32s is the first stage and takes no --parent")
         return freeze_trunk(build_fcn("32s", pretrained=variant.get("pretrained", "none"),
-                                      **kwargs), str(cfg["freeze"]))
+                                      **kwargs), frozen_until(cfg, variant))
     if parent is None:
         raise InputError(f"FCN-{stage} is initialised from the previous stage: give --parent")
     parent_model, meta = load_model(parent)
@@ -229,7 +229,13 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
                              f"{kwargs[key]}", path=parent)
     model = build_fcn(stage, pretrained="none", **kwargs)
     init_from_parent(model, parent_model)
-    return freeze_trunk(model, str(cfg["freeze"]))
+    return freeze_trunk(model, frozen_until(cfg, variant))
+
+
+def frozen_until(cfg: dict[str, Any], variant: dict[str, Any]) -> str:
+    """``fcn.freeze`` for a variant that starts from a pretrained trunk; "none" for one trained
+    from scratch (``pretrained: none``), whose random trunk must learn in every stage."""
+    return "none" if str(variant.get("pretrained", "none")) == "none" else str(cfg["freeze"])
 
 
 def freeze_trunk(model: nn.Module, until: str) -> nn.Module:
