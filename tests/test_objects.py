@@ -168,3 +168,27 @@ def test_cli_bad_inputs(tmp_path, uhcs):
     _assert_clean_failure(tmp_path, argv, "'s7'", "mask.tif", "not found")
     argv = _files(tmp_path, mask, None) + cj
     _assert_clean_failure(tmp_path, argv + ["--image-class", "bogus"], "'s7'", "bogus")
+
+
+def test_objects_from_labels_per_class_or_as_one_second_phase():
+    """Two touching objects of different classes: two pure objects per class, one object (of
+    the majority class) when cut as a binary second-phase mask would cut them; min area drops
+    small components either way."""
+    from mvfcnn.objects import label_objects
+
+    classes = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
+    labels = np.zeros((6, 8), np.uint8)
+    labels[1:4, 1:4] = 1          # 9 px of a
+    labels[1:4, 4:6] = 2          # 6 px of b, touching a
+    labels[5, 7] = 2              # 1 px speckle
+    per_class = label_objects(labels, classes, min_area=2)
+    assert sorted(np.bincount(per_class.ravel())[1:].tolist()) == [6, 9]
+    assert per_class[5, 7] == 0
+    joined = label_objects(labels, classes, min_area=2, mode="second_phase")
+    assert np.bincount(joined.ravel())[1:].tolist() == [15]
+    table = object_table(joined, labels, classes)
+    assert table["true_class"].tolist() == [1] and table["true_share"].iloc[0] == pytest.approx(
+        9 / 15)
+    assert label_objects(labels, classes, mode="second_phase")[5, 7] == 2  # no min area: kept
+    with pytest.raises(ValueError, match="mode"):
+        label_objects(labels, classes, mode="blobs")

@@ -37,14 +37,31 @@ def find_objects(mask: np.ndarray) -> np.ndarray:
     return ids
 
 
-def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0) -> np.ndarray:
-    """Objects from ground truth alone: the connected components of each second-phase class.
+LABEL_OBJECTS = ("per_class", "second_phase")
 
-    For datasets with neither LOM nor a second-phase mask (e.g. MetalDAM): two touching objects
-    of different classes stay two objects, each pure. Components smaller than ``min_area`` px
-    are dropped. Ids run 1.. over classes in index order, then raster order within a class.
+
+def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0,
+                  mode: str = "per_class") -> np.ndarray:
+    """Objects from ground truth alone, for datasets with neither LOM nor a second-phase mask
+    (e.g. MetalDAM).
+
+    ``per_class``: the connected components of each second-phase class; two touching objects of
+    different classes stay two objects, each pure. Ids run 1.. over classes in index order, then
+    raster order within a class. ``second_phase``: the components of all second-phase pixels
+    together, as a binary mask would cut them (their class is then the majority of their labels,
+    :func:`object_table`); ids in raster order. Components smaller than ``min_area`` px are
+    dropped either way.
     """
     labels = np.asarray(labels)
+    if mode not in LABEL_OBJECTS:
+        raise ValueError(f"mode must be one of {LABEL_OBJECTS}, got {mode!r}")
+    if mode == "second_phase":
+        ids = find_objects(np.isin(labels, classes.foreground))
+        keep = np.bincount(ids.ravel()) >= max(min_area, 1)
+        keep[0] = False
+        renumber = np.zeros(len(keep), dtype=np.uint32)
+        renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+        return renumber[ids]
     ids = np.zeros(labels.shape, dtype=np.uint32)
     next_id = 0
     for index in classes.foreground:
@@ -231,6 +248,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--labels", help="ground-truth label image on the SEM grid")
     parser.add_argument("--min-area", type=int, default=0,
                         help="objects from labels: drop components smaller than this (px)")
+    parser.add_argument("--label-objects", choices=LABEL_OBJECTS, default="per_class",
+                        help="objects from labels: components per class, or of all second-phase "
+                        "pixels together (majority class)")
     parser.add_argument("--image-class", help="class name every object of this image gets")
     parser.add_argument("--classes-json", required=True)
     parser.add_argument("--out-table", required=True)
@@ -255,7 +275,7 @@ def cli(argv: list[str]) -> int:
         check_labels(labels, classes, sample=sample, path=args.labels,
                      shape=None if mask is None else mask.shape)
     ids = find_objects(mask) if mask is not None else label_objects(
-        labels, classes, min_area=args.min_area)
+        labels, classes, min_area=args.min_area, mode=args.label_objects)
     del mask
     table = object_table(ids, labels, classes, image_class=args.image_class or None)
     write_image(args.out_ids, ids)

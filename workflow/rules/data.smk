@@ -140,6 +140,7 @@ rule objects:
         labels=lambda wildcards, input: ["--labels", input.labels] if input.labels else [],
         mask=lambda wildcards, input: ["--mask", input.mask] if input.mask else [],
         min_area=config["masking"]["min_object_area"],
+        label_objects=config["masking"]["label_objects"],
         image_class=lambda wildcards: (
             ["--image-class", SAMPLES.loc[wildcards.sample, "class"]]
             if has(wildcards.sample, "class")
@@ -157,7 +158,8 @@ rule objects:
         runtime=10,
     shell:
         "mvfcnn objects --sample {wildcards.sample:q} {params.mask:q} {params.labels:q}"
-        " --min-area {params.min_area:q} {params.image_class:q} --classes-json {params.classes:q}"
+        " --min-area {params.min_area:q} --label-objects {params.label_objects:q}"
+        " {params.image_class:q} --classes-json {params.classes:q}"
         " --out-table {output.table:q} --out-ids {output.ids:q} 2> {log:q}"
 
 
