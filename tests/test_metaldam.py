@@ -308,7 +308,8 @@ def test_needs_prepare_decides_from_the_sheet_and_upscale():
     assert needs_prepare("a.tif", "l.tif", "0", "", upscale=2)
 
 
-@pytest.mark.parametrize("overlays", [["metaldam.yaml"], ["metaldam.yaml", "metaldam_paper.yaml"]])
+@pytest.mark.parametrize("overlays", [["metaldam.yaml"], ["metaldam.yaml", "metaldam_paper.yaml"],
+                                      ["metaldam.yaml", "metaldam_second_phase.yaml"]])
 def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
     command = [str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
                str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
