@@ -62,14 +62,21 @@ def fold_rows(confusions: dict[str, np.ndarray], classes: ClassSet,
     return pd.DataFrame(rows)
 
 
-def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
-    """Append the mean and the standard error over folds (NaN folds, e.g. a class absent from a
-    fold's test images, are left out of that column's statistics)."""
-    values = per_fold.drop(columns=["fold", "n_pixels"])
+def mean_and_se(values: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per column: the mean over folds and its standard error (sample standard deviation /
+    sqrt(folds)); NaN folds are left out, and the SE is NaN with fewer than two folds."""
+    values = values.astype(float)
     counts = values.notna().sum()
     mean = values.mean(skipna=True)
     se = values.std(ddof=1, skipna=True) / np.sqrt(counts.clip(lower=1))
     se[counts < 2] = np.nan
+    return mean, se
+
+
+def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Append the mean and the standard error over folds (NaN folds, e.g. a class absent from a
+    fold's test images, are left out of that column's statistics)."""
+    mean, se = mean_and_se(per_fold.drop(columns=["fold", "n_pixels"]))
     extra = pd.DataFrame([{"fold": "mean", **mean.to_dict(),
                            "n_pixels": int(per_fold["n_pixels"].sum())},
                           {"fold": "se", **se.to_dict(), "n_pixels": np.nan}])
@@ -150,10 +157,14 @@ def phase_fraction_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pct(value: Any) -> str:
+def pct(value: Any, se: Any = None) -> str:
+    """A fraction as a percent cell (1 decimal, "–" when missing), with "± SE" when given."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{100 * float(value):.1f}"
+    text = f"{100 * float(value):.1f}"
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        text += f" ± {100 * float(se):.1f}"
+    return text
 
 
 def render_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[dict[str, Any]],
@@ -172,18 +183,18 @@ def render_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[dic
              "|" + "---|" + "---:|" * len(columns)]
     body = table[~table["fold"].isin(["mean", "se"])]
     for row in body.to_dict("records"):
-        lines.append("| " + " | ".join([str(row["fold"])] + [_pct(row[c]) for c in columns])
+        lines.append("| " + " | ".join([str(row["fold"])] + [pct(row[c]) for c in columns])
                      + " |")
     mean = table[table["fold"] == "mean"].iloc[0]
     se = table[table["fold"] == "se"].iloc[0]
-    cells = [f"**{_pct(mean[c])} ± {_pct(se[c])}**" for c in columns]
+    cells = [f"**{pct(mean[c])} ± {pct(se[c])}**" for c in columns]
     lines.append("| **mean ± SE** | " + " | ".join(cells) + " |")
     if literature:
         lines += ["", "Published results on the same data (as reported by each paper):", "",
                   "| source | method | metric | value | protocol |", "|---|---|---|---:|---|"]
         for entry in literature:
             lines.append(f"| {entry['source']} | {entry['method']} | {entry['metric']} | "
-                         f"{_pct(entry['value'])} | {entry.get('protocol', '')} |")
+                         f"{pct(entry['value'])} | {entry.get('protocol', '')} |")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -262,8 +273,8 @@ def cli(argv: list[str]) -> int:
     write_text(args.out_html, html)
     mean = table[table["fold"] == "mean"].iloc[0]
     se = table[table["fold"] == "se"].iloc[0]
-    print(f"mvfcnn crossval: {len(args.folds)} folds, mean IoU {_pct(mean['mean_iu'])} ± "
-          f"{_pct(se['mean_iu'])} %", flush=True)
+    print(f"mvfcnn crossval: {len(args.folds)} folds, mean IoU {pct(mean['mean_iu'])} ± "
+          f"{pct(se['mean_iu'])} %", flush=True)
     return 0
 
 
@@ -279,7 +290,7 @@ def render_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict
     shown = table.copy()
     for column in shown.columns:
         if column not in ("fold", "n_pixels"):
-            shown[column] = [_pct(v) for v in shown[column]]
+            shown[column] = [pct(v) for v in shown[column]]
     phase_html = ""
     if phase is not None:
         phase_shown = phase.drop(columns=["class"]).copy()

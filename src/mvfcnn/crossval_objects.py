@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.config import ClassSet
+from mvfcnn.crossval import mean_and_se, pct
 from mvfcnn.errors import InputError
 
 MVFCNN = "mvfcnn"
@@ -124,14 +125,6 @@ def add_accuracy_without(rows: pd.DataFrame, exclude: tuple[str, ...]) -> pd.Dat
     return out
 
 
-def _mean_se(values: pd.Series) -> tuple[float, float]:
-    values = values.dropna().astype(float)
-    if not len(values):
-        return float("nan"), float("nan")
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return float(values.mean()), se
-
-
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Append, per method, a ``mean`` and an ``se`` row over its folds (counts are summed)."""
     metric_columns = ["object_accuracy", "mean_recall",
@@ -141,11 +134,11 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for method, part in rows.groupby("method", sort=False):
         out.append(part)
-        stats = {c: _mean_se(part[c]) for c in metric_columns}
-        mean = {"method": method, "fold": "mean", **{c: s[0] for c, s in stats.items()},
-                **{c: int(part[c].sum()) for c in count_columns}}
-        se = {"method": method, "fold": "se", **{c: s[1] for c, s in stats.items()}}
-        out.append(pd.DataFrame([mean, se]))
+        mean, se = mean_and_se(part[metric_columns])
+        out.append(pd.DataFrame([
+            {"method": method, "fold": "mean", **mean.to_dict(),
+             **{c: int(part[c].sum()) for c in count_columns}},
+            {"method": method, "fold": "se", **se.to_dict()}]))
     return pd.concat(out, ignore_index=True)[rows.columns]
 
 
@@ -160,7 +153,8 @@ def paired_differences(rows: pd.DataFrame, metric: str = "object_accuracy") -> p
             continue
         theirs = per_fold[per_fold["method"] == method].set_index("fold")[metric]
         diff = (ours - theirs).dropna()
-        mean, se = _mean_se(diff)
+        means, ses = mean_and_se(diff.to_frame())
+        mean, se = float(means.iloc[0]), float(ses.iloc[0])
         margin = 0.0 if math.isnan(se) else se
         standing = "ahead" if mean > margin else "behind" if mean < -margin else "within 1 SE"
         out.append({"method": method, "metric": metric, "folds": len(diff),
@@ -168,15 +162,6 @@ def paired_differences(rows: pd.DataFrame, metric: str = "object_accuracy") -> p
                     "mvfcnn_ahead_beyond_1se": standing == "ahead", "mvfcnn_standing": standing,
                     "folds_mvfcnn_ahead": int((diff > 0).sum())})
     return pd.DataFrame(out)
-
-
-def _pct(value: Any, se: Any = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    text = f"{100 * float(value):.1f}"
-    if se is not None and not (isinstance(se, float) and math.isnan(se)):
-        text += f" ± {100 * float(se):.1f}"
-    return text
 
 
 def _stat(table: pd.DataFrame, method: str, which: str, column: str) -> Any:
@@ -213,11 +198,11 @@ def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: Cla
         for fold in folds:
             n = objects(fold)
             lines.append(f"| {fold} | {int(n)} | "
-                         + " | ".join(_pct(_stat(table, m, fold, metric)) for m in methods)
+                         + " | ".join(pct(_stat(table, m, fold, metric)) for m in methods)
                          + " |")
         n = objects("mean")
         lines.append(f"| **mean ± SE** | {int(n)} | " + " | ".join(
-            f"**{_pct(_stat(table, m, 'mean', metric), _stat(table, m, 'se', metric))}**"
+            f"**{pct(_stat(table, m, 'mean', metric), _stat(table, m, 'se', metric))}**"
             for m in methods) + " |")
         if metric == "object_accuracy" and paper:
             lines.append("| paper, Table 1 (steel SEM) | 2262 | " + " | ".join(
@@ -227,7 +212,7 @@ def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: Cla
               "", "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for method in methods:
         lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(
-            _pct(_stat(table, method, "mean", f"recall_{n}"),
+            pct(_stat(table, method, "mean", f"recall_{n}"),
                  _stat(table, method, "se", f"recall_{n}")) for n in names) + " |")
     lines.append("| test objects (all folds) | " + " | ".join(
         str(int(_stat(table, methods[0], "mean", f"support_{n}"))) for n in names) + " |")
@@ -236,13 +221,13 @@ def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: Cla
               "|---|---:|---:|---|"]
     for row in differences.to_dict("records"):
         lines.append(f"| {LABELS.get(row['method'], row['method'])} | "
-                     f"{_pct(row['mvfcnn_minus_method'], row['se'])} | "
+                     f"{pct(row['mvfcnn_minus_method'], row['se'])} | "
                      f"{row['folds_mvfcnn_ahead']} of {row['folds']} | "
                      f"{row['mvfcnn_standing']} |")
     if SECONDARY in table.columns:
         second = paired_differences(table, SECONDARY).set_index("method")
         lines += ["", f"Without {', '.join(secondary_exclude)} objects: " + "; ".join(
-            f"{LABELS.get(m, m)} {_pct(r['mvfcnn_minus_method'], r['se'])} pp "
+            f"{LABELS.get(m, m)} {pct(r['mvfcnn_minus_method'], r['se'])} pp "
             f"({r['mvfcnn_standing']})" for m, r in second.iterrows()) + "."]
     lines += ["", verdict(differences)]
     if notes:
@@ -284,13 +269,17 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
     """One note per method: its initialisation and training budget (iterations or epochs, the
     SVM's grid) and the mean training wall time per fold, from the files each run wrote beside
     its metrics.json (MVFCNN: the stages' training CSVs; a baseline: its info.json)."""
-    from mvfcnn.settings import with_defaults
-    from mvfcnn.tables import baseline_init_text, csv_seconds, iterations_text, seconds_text
+    from mvfcnn.tables import (
+        baseline_budget_words,
+        baseline_init_text,
+        csv_seconds,
+        iterations_text,
+        seconds_text,
+    )
 
     by_method: dict[str, list[Path]] = {}
     for method, _, path in runs:
         by_method.setdefault(method, []).append(Path(path).parent)
-    baselines = with_defaults("baselines", config["baselines"])
     notes = []
     for method, directories in by_method.items():
         seconds: list[float] = []
@@ -312,14 +301,8 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
                     info = json.loads(info_path.read_text())
                     if info.get("train_seconds") is not None:
                         seconds.append(float(info["train_seconds"]))
-            if method in ("handcrafted_svm", "vgg19_svm"):
-                svm = baselines["svm"]
-                text = (f"RBF SVM grid {len(svm['C'])} C x {len(svm['gamma_factor'])} gamma, "
-                        f"{svm['folds']}-fold CV")
-            else:
-                text = (f"{baselines[method]['epochs']} epochs, batch "
-                        f"{baselines[method]['batch_size']}")
-            text += f"; {baseline_init_text(config, method, info)}"
+            text = (f"{baseline_budget_words(config, method)}; "
+                    f"{baseline_init_text(config, method, info)}")
         if seconds:
             text += f"; training {seconds_text(float(np.mean(seconds)))} per fold (mean)"
         notes.append(f"{LABELS.get(method, method)}: {text}")

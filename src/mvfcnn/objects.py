@@ -56,12 +56,9 @@ def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0,
     if mode not in LABEL_OBJECTS:
         raise ValueError(f"mode must be one of {LABEL_OBJECTS}, got {mode!r}")
     if mode == "second_phase":
-        ids = find_objects(np.isin(labels, classes.foreground))
-        keep = np.bincount(ids.ravel()) >= max(min_area, 1)
-        keep[0] = False
-        renumber = np.zeros(len(keep), dtype=np.uint32)
-        renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-        return renumber[ids]
+        from mvfcnn.masking import remove_small  # masking imports this module
+
+        return find_objects(remove_small(np.isin(labels, classes.foreground), min_area))
     ids = np.zeros(labels.shape, dtype=np.uint32)
     next_id = 0
     for index in classes.foreground:

@@ -391,17 +391,21 @@ def _uses_trunk(info: dict[str, Any], init: str) -> bool:
     return init == "patches"
 
 
+def baseline_budget_words(config: dict[str, Any], method: str) -> str:
+    """What a baseline trains for: its epochs and batch, or the SVM's grid search."""
+    settings = with_defaults("baselines", config["baselines"])
+    if method in ("handcrafted_svm", "vgg19_svm"):
+        svm = settings["svm"]
+        return (f"RBF SVM grid {len(svm['C'])} C x {len(svm['gamma_factor'])} gamma, "
+                f"{svm['folds']}-fold CV, no network training")
+    return f"{settings[method]['epochs']} epochs, batch {settings[method]['batch_size']}"
+
+
 def baseline_budget(config: dict[str, Any], run: Run, info: dict[str, Any]) -> str:
     """Epochs (networks) or the SVM's grid search, the training wall time info.json records
     (``train_seconds``), and the shared trunk pretraining when the network starts from it."""
     method = run.method
-    settings = with_defaults("baselines", config["baselines"])
-    if method in ("handcrafted_svm", "vgg19_svm"):
-        svm = settings["svm"]
-        text = (f"RBF SVM grid {len(svm['C'])} C x {len(svm['gamma_factor'])} gamma, "
-                f"{svm['folds']}-fold CV, no network training")
-    else:
-        text = f"{settings[method]['epochs']} epochs, batch {settings[method]['batch_size']}"
+    text = baseline_budget_words(config, method)
     if info.get("train_seconds") is not None:
         text += f" ({seconds_text(float(info['train_seconds']))})"
     if method in ("vgg16", "vgg19_svm") and _uses_trunk(info, baseline_init(config, method)):
