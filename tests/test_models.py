@@ -6,6 +6,7 @@ forwards use a width-1/16 trunk except one small forward of the real VGG16 layou
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 
 import numpy as np
@@ -36,7 +37,15 @@ from mvfcnn.models import (
     to_input_tensor,
     trunk_state_from_torchvision,
 )
-from mvfcnn.models.fcn import CROPS, UPSAMPLERS, _crop, _upsampler
+from mvfcnn.models.fcn import (
+    CROPS,
+    UPSAMPLERS,
+    BilinearUpsample,
+    ScoreConv,
+    _crop,
+    _upsampler,
+    bilinear_filter,
+)
 from mvfcnn.models.vgg_trunk import CONV_INDICES
 
 SMALL = {"width": 1 / 16, "fc_channels": 16}  # channels 4, 8, 16, 32, 32
@@ -151,14 +160,72 @@ def test_cpu_forward_sizes_and_fresh_model_outputs_zeros(size):
 # --------------------------------------------------------------------------- upsamplers
 
 
-def test_bilinear_kernel_k4_exact_and_diagonal():
+def test_bilinear_kernel_k4_exact_per_channel():
     weight = bilinear_kernel(3, 4)
     ramp = torch.tensor([0.25, 0.75, 0.75, 0.25])
-    assert weight.shape == (3, 3, 4, 4)
+    assert weight.shape == (3, 1, 4, 4)
     for i in range(3):
-        for j in range(3):
-            expected = torch.outer(ramp, ramp) if i == j else torch.zeros(4, 4)
-            assert torch.equal(weight[i, j], expected)
+        assert torch.equal(weight[i, 0], torch.outer(ramp, ramp))
+
+
+def dense_caffe_upsampler(channels, kernel_size, stride):
+    """The Caffe FCN's C x C deconvolution with the bilinear kernel on its diagonal."""
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=stride, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        for c in range(channels):
+            layer.weight[c, c] = bilinear_filter(kernel_size)
+    return layer.requires_grad_(False)
+
+
+@pytest.mark.parametrize("name", list(UPSAMPLERS))
+def test_depthwise_upsampler_equals_the_dense_caffe_deconvolution(name):
+    kernel_size, stride = UPSAMPLERS[name]
+    layer = _upsampler(5, kernel_size, stride)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(5, kernel_size))
+    x = torch.randn(2, 5, 11, 13, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = dense_caffe_upsampler(5, kernel_size, stride)(x)
+        got = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = layer(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    scale = float(expected.max() - expected.min())
+    assert float((got - expected).abs().max()) <= 1e-5 * scale
+    assert under_autocast.dtype == torch.float32  # computed in fp32 whatever the autocast
+    torch.testing.assert_close(under_autocast, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_logits_equal_the_dense_caffe_upsamplers(stage):
+    """Every stage's logits, before and after the depthwise upsamplers, within fp32 rounding."""
+    model = randomize_scores(small(stage, num_classes=4)).eval()
+    dense = copy.deepcopy(model)
+    for name in [n for n, _ in dense.named_children() if n in UPSAMPLERS]:
+        setattr(dense, name, dense_caffe_upsampler(4, *UPSAMPLERS[name]))
+    for size in [(37, 41), (64, 64), (97, 130)]:
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(sum(size)))
+        with torch.no_grad():
+            new, old = model(x), dense(x)
+        assert new.shape == old.shape == (1, 4, *size)
+        scale = float(old.max() - old.min())
+        assert float((new - old).abs().max()) <= 1e-5 * scale, (stage, size)
+
+
+def test_model_file_with_dense_upsampler_weights_loads(tmp_path):
+    """A model saved before the depthwise form (C x C upsampler weights) still loads."""
+    model = randomize_scores(small("8s", num_classes=3)).eval()
+    state = model.state_dict()
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        state[f"{name}.weight"] = dense_caffe_upsampler(3, *UPSAMPLERS[name]).weight.detach()
+    fresh = small("8s", num_classes=3)
+    fresh.load_state_dict(state, strict=True)
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        assert torch.equal(getattr(fresh, name).weight, getattr(model, name).weight)
+    x = torch.randn(1, 3, 40, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), model(x), rtol=0, atol=0)
 
 
 def test_upsamplers_frozen_bias_free_bilinear_and_score_layers_zero():
@@ -167,7 +234,8 @@ def test_upsamplers_frozen_bias_free_bilinear_and_score_layers_zero():
         ups = {n: m for n, m in model.named_children() if n.startswith("upscore")}
         assert ups
         for name, layer in ups.items():
-            assert isinstance(layer, nn.ConvTranspose2d) and layer.bias is None
+            assert isinstance(layer, BilinearUpsample)
+            assert layer.weight.shape[1] == 1  # depthwise
             assert (layer.kernel_size[0], layer.stride[0]) == UPSAMPLERS[name]
             assert not layer.weight.requires_grad
             assert torch.equal(layer.weight, bilinear_kernel(3, layer.kernel_size[0]))
@@ -499,3 +567,27 @@ def test_channels_last_and_bf16_autocast(stage):
     assert all(p.grad is not None for p in trainable(model_cl).values())
     assert all(m.weight.grad is None for n, m in model_cl.named_children()
                if n.startswith("upscore"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_head_computes_in_fp32_under_bf16_autocast(stage):
+    """Score layers and upsamplers leave autocast: bf16 there was a slow path (the k64
+    upsampler) or a heap corruption (a 4096 -> 5 score layer's weight gradient) on Intel AMX."""
+    model = randomize_scores(small(stage, num_classes=4)).train()
+    seen = {}
+
+    def record(name):
+        def hook(module, args, out):
+            seen[name] = out.dtype
+        return hook
+
+    for name, module in model.named_children():
+        if name.startswith(("score_", "upscore")):
+            module.register_forward_hook(record(name))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(1, 3, 48, 52))
+    assert logits.dtype == torch.float32
+    assert seen and set(seen.values()) == {torch.float32}, seen
+    assert all(isinstance(getattr(model, n), ScoreConv) for n in seen if n.startswith("score_"))
+    logits.sum().backward()
+    assert model.score_fr.weight.grad.dtype == torch.float32

@@ -276,15 +276,73 @@ CHECKPOINTS = f"{RUN}/checkpoints/32s"
 TRAIN_LOG = "results/logs/train_fcn/scratch_balanced_aug_sem_32s.log"
 # The config's 6000 MB x attempt may exceed a small CI machine; keep the attempt scaling.
 TRAIN_MEM = ["--set-resources", "train_fcn:mem_mb=1500*attempt"]
-ITERATIONS = 1000
-# The first checkpoint comes early and the rest must outlast scancel's grace period: srun waits up
-# to KillWait (12 s here) for the step, and a training that finishes inside it cleans its
-# checkpoints, so the resubmitted job starts over (seen with 400 iterations, ~11 s on a Zen 5).
-# 1000 iterations take ~40 s unloaded. The validation lines in the log ("iteration N: loss ...",
-# every 2) show which iterations a run computed.
-PREEMPT_YAML = f"""\
+#: seconds of FCN-32s training the pre-empted job is sized for. The first checkpoint comes early
+#: and the rest must outlast scancel's grace period: srun waits up to KillWait (12 s here) for
+#: the step, and a training that finishes inside it cleans its checkpoints, so the resubmitted
+#: job starts over (seen with 400 iterations, ~11 s on a Zen 5). A fixed count does not fit every
+#: CPU: 1000 iterations took ~40 s on a Zen 5 and ~11 min on an Intel AMX Xeon while FCN-32s's
+#: upsampler ran on a bf16 slow path (issue 23), so the count comes from a measured step.
+TRAIN_SECONDS = 45.0
+ITERATION_BOUNDS = (100, 5000)
+
+
+def measured_iterations(seconds: float = TRAIN_SECONDS) -> int:
+    """Iterations of the mini config's FCN-32s that take about ``seconds`` on this machine.
+
+    Times what one iteration of the pre-empted job costs: a training step on a batch of two
+    mini tiles in the precision ``auto`` picks here, plus half a checkpoint save and half a
+    validation forward (both come every 2 iterations).
+    """
+    import io
+
+    import torch
+
+    from mvfcnn.models.fcn import fcn32s
+    from mvfcnn.runtime import choose_precision
+    from mvfcnn.training import autocast, make_optimizer, pixel_loss
+
+    torch.manual_seed(0)
+    precision = choose_precision("auto", "cpu").precision
+    model = fcn32s(num_classes=5, width=0.0625, fc_channels=16).to(
+        memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 5, (2, 96, 96))
+
+    def iteration() -> None:
+        model.train()
+        with autocast("cpu", precision):
+            logits = model(x)
+        loss = pixel_loss(logits, labels, ignore_index=255, reduction="mean")[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def checkpoint_and_validation() -> None:
+        model.eval()
+        with torch.no_grad(), autocast("cpu", precision):
+            model(x)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                   io.BytesIO())
+
+    iteration()
+    checkpoint_and_validation()
+    start = time.perf_counter()
+    for _ in range(5):
+        iteration()
+        iteration()
+        checkpoint_and_validation()
+    per_iteration = (time.perf_counter() - start) / 10
+    low, high = ITERATION_BOUNDS
+    return int(min(high, max(low, round(seconds / per_iteration))))
+
+
+def preempt_yaml(iterations: int) -> str:
+    """The overlay of the pre-emption test. The validation lines in the log ("iteration N:
+    loss ...", every 2) show which iterations a run computed."""
+    return f"""\
 fcn:
-  iterations: {{32s: {ITERATIONS}, 16s: 3, 8s: 3}}
+  iterations: {{32s: {iterations}, 16s: 3, 8s: 3}}
   checkpoint_every: 2
   validate_every: 2
   val_max_tiles: 2
@@ -316,8 +374,9 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
         pytest.skip("tests/data/mini.yaml (the miniature workflow config) does not exist yet")
     if not (ROOT / "src" / "mvfcnn" / "training.py").exists():
         pytest.skip("src/mvfcnn/training.py (mvfcnn train-fcn) does not exist yet")
+    iterations = measured_iterations()
     preempt = tmp_path / "preempt.yaml"
-    preempt.write_text(PREEMPT_YAML)
+    preempt.write_text(preempt_yaml(iterations))
     config = ["--snakefile", str(ROOT / "Snakefile"), "--configfile",
               str(ROOT / "config" / "config.yaml"), str(MINI), str(preempt)]
     local_args = [*config, "--cores", "2", "--resources", "gpu=1"]
@@ -358,7 +417,8 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
             stop(proc)
     (attempts,) = assert_all_through_sbatch(text).values()
     assert attempts[0] == job_id and len(attempts) == 2, (
-        f"SLURM jobs {attempts}: the training job was not cancelled mid-way (ended too soon?)"
+        f"SLURM jobs {attempts}: the training job was not cancelled mid-way (ended too soon? "
+        f"{iterations} iterations sized for {TRAIN_SECONDS:.0f} s)"
     )
     cancelled, resubmitted = slurm_job(attempts[0]), slurm_job(attempts[1])
     assert cancelled["JobState"] == "CANCELLED", cancelled
@@ -368,11 +428,11 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
     resumed = re.search(r"resuming from iteration (\d+)", log)
     assert resumed, f"the resubmitted job did not resume:\n{log}"
     resumed_at = int(resumed.group(1))
-    assert first_ckpt <= resumed_at < ITERATIONS, (first_ckpt, resumed_at)
+    assert first_ckpt <= resumed_at < iterations, (first_ckpt, resumed_at)
     computed = [int(i) for i in re.findall(r"iteration (\d+): loss", log[resumed.end():])]
-    assert computed and computed[0] > resumed_at and computed[-1] == ITERATIONS, computed
+    assert computed and computed[0] > resumed_at and computed[-1] == iterations, computed
     rows = (cluster_dir / RUN / "train_32s.csv").read_text().splitlines()[1:]
-    assert [int(r.split(",")[0]) for r in rows] == list(range(1, ITERATIONS + 1))
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, iterations + 1))
 
     # 3. Resumed == uninterrupted (the local run): identical weights and loss curve.
     import torch

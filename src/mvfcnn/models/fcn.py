@@ -13,13 +13,17 @@ every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its p
                   -> upscore8 (k16 s8) -> crop 31
 
 Score layers start at zero (a fresh model outputs all zeros; a fresh child reproduces its
-parent); upsamplers are bias-free ConvTranspose2d set to a bilinear kernel and frozen
-(``requires_grad=False``: optimisers must only get ``p.requires_grad`` parameters).
+parent) and compute in fp32 (:class:`ScoreConv`); upsamplers are fixed bilinear kernels, frozen
+(``requires_grad=False``: optimisers must only get ``p.requires_grad`` parameters) and computed
+per channel in fp32 (:class:`BilinearUpsample`). Under bf16 autocast the trunk runs in bf16 and
+everything after it in fp32: the head is a negligible share of the FLOPs, and bf16 there was
+either a slow path or a crash on Intel AMX (issue 23).
 With conv1_1 padding 100 and ceil-mode pooling the output is (B, num_classes, H, W) for any H, W.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -48,24 +52,102 @@ CROPS = {"upscore": 19, "score_pool4": 5, "upscore16": 27, "score_pool3": 9, "up
 IMAGENET_LAYOUT = {"width": 1.0, "fc_channels": 4096}
 
 
-def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
-    """(C, C, k, k) ConvTranspose2d weight: a 2-D bilinear kernel on the diagonal (c -> c).
+def bilinear_filter(kernel_size: int) -> Tensor:
+    """(k, k) 2-D bilinear interpolation kernel.
 
     Same formula as Caffe's ``bilinear`` filler / pytorch-fcn ``get_upsampling_weight``.
     """
     factor = (kernel_size + 1) // 2
     center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
     ramp = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
-    kernel = torch.outer(ramp, ramp).to(torch.float32)
-    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
-    weight[range(channels), range(channels)] = kernel
-    return weight
+    return torch.outer(ramp, ramp).to(torch.float32)
 
 
-def _upsampler(channels: int, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
-    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=stride, bias=False)
-    layer.weight.requires_grad_(False)
-    return layer
+def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
+    """(C, 1, k, k) weight of :class:`BilinearUpsample`: channel c is upsampled from c alone.
+
+    The Caffe FCN's C x C deconvolution weight is this kernel on its diagonal and zero
+    elsewhere, so the two compute the same scores.
+    """
+    return bilinear_filter(kernel_size).expand(channels, 1, kernel_size, kernel_size).clone()
+
+
+def fp32_region(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off for the layers on ``x`` (none to switch off on the meta device)."""
+    kind = x.device.type
+    if kind != "meta" and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def widened(x: Tensor) -> Tensor:
+    """``x`` in fp32 unless it already is fp32 or fp64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class ScoreConv(nn.Conv2d):
+    """A 1x1 class-score layer (``score_fr``, ``score_pool4``, ``score_pool3``), in fp32.
+
+    Its few output channels make it nearly free in any precision, and bf16 breaks it: on
+    2 Intel Xeon AMX cores (torch 2.14.1, oneDNN) the weight gradient of a bf16 1x1 convolution
+    from >= 3072 channels to < 16 corrupts the heap ("corrupted size vs. prev_size"), which
+    killed every bf16 training step of the real VGG16 FCN (score_fr: 4096 -> 5).
+    ``benchmarks/precision_traps.py`` probes that crash in a child process.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with fp32_region(x):
+            return super().forward(widened(x))
+
+
+class BilinearUpsample(nn.Module):
+    """The FCN's fixed bilinear upsampler as a depthwise transposed convolution, in fp32.
+
+    Caffe writes it as a C x C ``Deconvolution`` whose weight is zero off the diagonal. As a
+    dense layer it costs C times the work, and under bf16 autocast oneDNN runs the large
+    kernels on a slow path: forward + backward of the k64 s32 FCN-32s upsampler on a 19x19
+    map took 1055 ms in bf16 against 21 ms in fp32 on 2 Intel Xeon AMX cores (issue 23). Per
+    channel and in fp32 it took 3 ms there, and its output (the logits) is then fp32 whatever
+    the autocast around it; ``benchmarks/precision_traps.py`` times it in every precision.
+    Old model files with the C x C weight load through :meth:`_load_from_state_dict`.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.kernel_size = (int(kernel_size), int(kernel_size))
+        self.stride = (int(stride), int(stride))
+        self.weight = nn.Parameter(torch.empty(self.channels, 1, *self.kernel_size),
+                                   requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with fp32_region(x):
+            x = widened(x)
+            return nn.functional.conv_transpose2d(x, self.weight.to(x.dtype),
+                                                  stride=self.stride, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                "depthwise, fp32")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        key = prefix + "weight"
+        weight = state_dict.get(key)
+        dense = (self.channels, self.channels, *self.kernel_size)
+        if isinstance(weight, Tensor) and tuple(weight.shape) == dense and self.channels > 1:
+            # a model file from before the depthwise form: keep the diagonal
+            state_dict = dict(state_dict)
+            index = torch.arange(self.channels)
+            state_dict[key] = weight[index, index].unsqueeze(1).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _upsampler(channels: int, kernel_size: int, stride: int) -> BilinearUpsample:
+    return BilinearUpsample(channels, kernel_size, stride)
 
 
 def _crop(x: Tensor, offset: int, height: int, width: int) -> Tensor:
@@ -98,17 +180,17 @@ class FCN(nn.Module):
         self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout)
         c3, c4, _ = self.trunk.pool_channels
         nc = self.num_classes
-        self.score_fr = nn.Conv2d(fc_channels, nc, 1)
+        self.score_fr = ScoreConv(fc_channels, nc)
         if stage == "32s":
             self.upscore = _upsampler(nc, *UPSAMPLERS["upscore"])
         else:
             self.upscore2 = _upsampler(nc, *UPSAMPLERS["upscore2"])
-            self.score_pool4 = nn.Conv2d(c4, nc, 1)
+            self.score_pool4 = ScoreConv(c4, nc)
             if stage == "16s":
                 self.upscore16 = _upsampler(nc, *UPSAMPLERS["upscore16"])
             else:
                 self.upscore_pool4 = _upsampler(nc, *UPSAMPLERS["upscore_pool4"])
-                self.score_pool3 = nn.Conv2d(c3, nc, 1)
+                self.score_pool3 = ScoreConv(c3, nc)
                 self.upscore8 = _upsampler(nc, *UPSAMPLERS["upscore8"])
         self._kwargs = {"num_classes": self.num_classes, "width": float(width),
                         "fc_channels": int(fc_channels), "dropout": float(dropout)}
