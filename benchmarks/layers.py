@@ -84,8 +84,14 @@ def time_layers(model: Any, x: Any, precision: str, repeats: int) -> tuple[dict[
     starts: dict[str, float] = {}
     spent: dict[str, float] = {}
     handles = []
+    fused: set[str] = set()  # a ConvReLU is timed as one layer (its conv never runs alone)
+    from mvfcnn.models.vgg_trunk import ConvReLU
+
     for fqn, module in model.named_modules():
-        if list(module.children()):
+        inside_fused = any(fqn.startswith(f + ".") for f in fused)
+        if isinstance(module, ConvReLU):
+            fused.add(fqn)
+        elif list(module.children()) or inside_fused:
             continue
 
         def pre(_m: Any, _i: Any, fqn: str = fqn) -> None:
@@ -117,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="thin network, small window")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="time the plain model, not the conv + ReLU fused one that "
+                             "mvfcnn.inference.predict_image runs on a CPU")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -133,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS / ("layers_quick.json" if args.quick else "layers.json"))
     peaks = {dt: matmul_peak(dt, size=1024 if args.quick else 4096) for dt in ("fp32", "bf16")}
     model = random_fcn8s(layout).to(memory_format=torch.channels_last)
+    if not args.no_fuse:
+        from mvfcnn.models.vgg_trunk import fuse_conv_relu
+
+        model = fuse_conv_relu(model)
     x = torch.randn(1, 3, height, width).contiguous(memory_format=torch.channels_last)
     load_before = loadavg()
     seconds, total = time_layers(model, x, args.precision, args.repeats)
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "per-layer time vs FLOPs of one FCN-8s inference window",
         "quick": args.quick, "network": {"arch": "fcn8s", **layout, "weights": "random"},
         "precision": args.precision, "channels_last": True, "window": [height, width],
+        "conv_relu_fused": not args.no_fuse,
         "threads": threads, "machine": machine_info(("torch",)), "matmul_peak_tflops": peaks,
         "loadavg_before": load_before, "loadavg_after": loadavg(),
         "forward_s": round(total, 3), "gflop": round(total_gflop, 1),

@@ -39,7 +39,10 @@ def test_random_model_predicts_several_classes(bench) -> None:
     from mvfcnn.inference import predict_image
 
     torch.set_num_threads(1)
-    model = bench.random_fcn8s(bench.QUICK_LAYOUT)
+    # seed 1: the thin quick network's seed 0 happens to favour one class on this small image
+    # (5 of seeds 0-5 give 3-4 classes; the RNG stream moved when the upsamplers stopped
+    # drawing a random init that reset_head overwrote anyway)
+    model = bench.random_fcn8s(bench.QUICK_LAYOUT, seed=1)
     sem, ids, n_objects = bench.synthetic_sem(96, 128, seed=3)
     assert sem.dtype == np.uint8 and ids.shape == sem.shape and n_objects == ids.max()
     pred = predict_image(model, sem, tile_size=64, overlap=8, batch_size=2, progress=False)

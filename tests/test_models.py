@@ -591,3 +591,37 @@ def test_head_computes_in_fp32_under_bf16_autocast(stage):
     assert all(isinstance(getattr(model, n), ScoreConv) for n in seen if n.startswith("score_"))
     logits.sum().backward()
     assert model.score_fr.weight.grad.dtype == torch.float32
+    # inference: score layers keep bf16 (fastest there, no weight gradient to break)
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.eval()(torch.randn(1, 3, 48, 52)).dtype == torch.float32
+    assert {seen[n] for n in seen if n.startswith("score_")} == {torch.bfloat16}
+    assert {seen[n] for n in seen if n.startswith("upscore")} == {torch.float32}
+
+
+def test_fused_conv_relu_scores_equal_the_plain_model_and_share_its_weights():
+    """predict_image's CPU network: every VGG conv + ReLU as one oneDNN op, same scores."""
+    from mvfcnn.models.vgg_trunk import ConvReLU, fuse_conv_relu
+
+    model = randomize_scores(small("8s", num_classes=4)).eval()
+    model = model.to(memory_format=torch.channels_last)
+    fused = fuse_conv_relu(model)
+    assert fused is not model and fused.trunk is not model.trunk
+    assert sum(isinstance(m, ConvReLU) for m in fused.modules()) == 15  # 13 convs + fc6 + fc7
+    assert not any(isinstance(m, ConvReLU) for m in model.modules())  # the model is untouched
+    assert fused.trunk.fc6.conv.weight is model.trunk.fc6.weight  # shared, not copied
+    x = torch.randn(2, 3, 61, 70).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain, fast = model(x), fused(x)
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-6)
+        with torch.no_grad():  # a weight update reaches the fused copy (cast cache refreshed)
+            model.trunk.features[0].weight.mul_(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-6)
+    fused.train()
+    loss = fused(x).sum()  # with gradients: the plain path, which autograd can differentiate
+    loss.backward()
+    assert model.trunk.features[0].weight.grad is not None
+    assert fuse_conv_relu(nn.Conv2d(3, 3, 1)).__class__ is nn.Conv2d  # no VGG trunk: unchanged

@@ -172,6 +172,7 @@ def predict_image(
     """
     import torch
 
+    from mvfcnn.models.vgg_trunk import fuse_conv_relu
     from mvfcnn.progress import progress as _progress
     from mvfcnn.runtime import autocast, choose_precision
 
@@ -196,6 +197,8 @@ def predict_image(
 
     model.eval()
     model.to(device=device, memory_format=memory_format)
+    # convolution + ReLU as one oneDNN op on CPU: the same scores, one pass less over memory
+    net = fuse_conv_relu(model) if device == "cpu" else model
     choice = choose_precision(precision, device)
     # no_grad, not inference_mode: autocast caches its weight casts only outside inference mode
     amp = autocast(device, choice.precision, cpu_fp16=True)
@@ -215,13 +218,13 @@ def predict_image(
             clock["read"] += time.perf_counter() - tick
             tick = time.perf_counter()
             if tta_rotations:
-                scores = sum(torch.rot90(torch.softmax(model(torch.rot90(batch, r, (2, 3)))
+                scores = sum(torch.rot90(torch.softmax(net(torch.rot90(batch, r, (2, 3)))
                                                        .float(), dim=1), -r, (2, 3))
                              for r in range(4)) / 4.0
             elif return_probs:
-                scores = torch.softmax(model(batch).float(), dim=1)
+                scores = torch.softmax(net(batch).float(), dim=1)
             else:
-                scores = model(batch)
+                scores = net(batch)
             _check_scores(scores, len(group), shape)
             labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
             clock["forward"] += time.perf_counter() - tick

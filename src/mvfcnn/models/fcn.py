@@ -13,11 +13,11 @@ every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its p
                   -> upscore8 (k16 s8) -> crop 31
 
 Score layers start at zero (a fresh model outputs all zeros; a fresh child reproduces its
-parent) and compute in fp32 (:class:`ScoreConv`); upsamplers are fixed bilinear kernels, frozen
+parent) and train in fp32 (:class:`ScoreConv`); upsamplers are fixed bilinear kernels, frozen
 (``requires_grad=False``: optimisers must only get ``p.requires_grad`` parameters) and computed
 per channel in fp32 (:class:`BilinearUpsample`). Under bf16 autocast the trunk runs in bf16 and
-everything after it in fp32: the head is a negligible share of the FLOPs, and bf16 there was
-either a slow path or a crash on Intel AMX (issue 23).
+the head in fp32 (score layers in inference excepted): the head is a negligible share of the
+FLOPs, and bf16 there was a slow path or a crash on Intel AMX (issue 23).
 With conv1_1 padding 100 and ceil-mode pooling the output is (B, num_classes, H, W) for any H, W.
 """
 
@@ -86,19 +86,23 @@ def widened(x: Tensor) -> Tensor:
 
 
 class ScoreConv(nn.Conv2d):
-    """A 1x1 class-score layer (``score_fr``, ``score_pool4``, ``score_pool3``), in fp32.
+    """A 1x1 class-score layer (``score_fr``, ``score_pool4``, ``score_pool3``), trained in fp32.
 
-    Its few output channels make it nearly free in any precision, and bf16 breaks it: on
-    2 Intel Xeon AMX cores (torch 2.14.1, oneDNN) the weight gradient of a bf16 1x1 convolution
-    from >= 3072 channels to < 16 corrupts the heap ("corrupted size vs. prev_size"), which
-    killed every bf16 training step of the real VGG16 FCN (score_fr: 4096 -> 5).
-    ``benchmarks/precision_traps.py`` probes that crash in a child process.
+    Its few output channels make it nearly free in any precision, and a bf16 backward breaks
+    it: on 2 Intel Xeon AMX cores (torch 2.14.1, oneDNN) the weight gradient of a bf16 1x1
+    convolution from >= 3072 channels to < 16 corrupts the heap ("corrupted size vs.
+    prev_size"), which killed every bf16 training step of the real VGG16 FCN (score_fr:
+    4096 -> 5). Without gradients (inference) it keeps the autocast precision: there bf16 is
+    the fastest (score_fr on a 47x45 map: 0.38 ms bf16, 0.89 ms fp32, 1.67 ms fp32 from the
+    bf16 trunk output). ``benchmarks/precision_traps.py`` probes the crash in a child process.
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__(in_channels, num_classes, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
         with fp32_region(x):
             return super().forward(widened(x))
 
