@@ -26,7 +26,8 @@ from typing import Any
 import _common
 
 ROOT = _common.ROOT
-TARGET_WALL_MIN = 15.0
+#: issue 23: <= 10 min where the CPU computes bf16 natively, <= 12 min under the AVX2 cap
+TARGET_WALL_MIN = {"native": 10.0, "avx2_emulated": 12.0}
 TARGET_SEM_ACCURACY = 0.95
 
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [str(ROOT / "config" / "config.yaml"),
                *[str(Path(c).resolve()) for c in args.configfile]]
     os.environ.update(env)  # the recorded machine (precision auto) sees the same cap
+    limit = TARGET_WALL_MIN["avx2_emulated" if args.emulate_avx2 else "native"]
     load_before = _common.loadavg()
     proc, wall = _common.run_workflow(workdir, configs, cores=args.cores, env=env)
     if proc.returncode != 0:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": len(job_s), "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
         "job_s_sum": round(sum(job_s.values()), 1), "rule_s": per_rule(job_s),
         "object_accuracy": acc,
-        "targets": {"wall_le_15_min": wall / 60 <= TARGET_WALL_MIN,
+        "targets": {f"wall_le_{limit:g}_min": wall / 60 <= limit,
                     "sem_accuracy_ge_95pct": sem is not None and sem >= TARGET_SEM_ACCURACY},
         "job_s": job_s}
     cpu = "avx2_emulated" if args.emulate_avx2 else report["machine"]["precision_auto"]

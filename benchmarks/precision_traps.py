@@ -176,6 +176,11 @@ def time_layer(module: Any, shape: tuple[int, ...], dtype: Any, precision: str, 
     return min(times)
 
 
+def is_trap(fp32_s: float, chosen_s: float) -> bool:
+    """The chosen precision is > FLAG_RATIO x fp32's time and > FLAG_MIN_MS slower."""
+    return chosen_s > FLAG_RATIO * fp32_s and (chosen_s - fp32_s) * 1e3 > FLAG_MIN_MS
+
+
 def crash_probe(threads: int) -> dict[str, Any]:
     """The bf16 1x1 4096 -> 5 convolution's weight gradient in a child process."""
     proc = subprocess.run([sys.executable, "-c", CRASH_PROBE.format(threads=threads)],
@@ -235,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 "input": list(ref["shape"]), "input_dtype": str(mine["dtype"]).split(".")[-1],
                 "backward": ref["backward"], "fp32_ms": round(fp32_s * 1e3, 3),
                 f"{chosen}_ms": round(chosen_s * 1e3, 3), "ratio": round(ratio, 2),
-                "flagged": bool(ratio > FLAG_RATIO
-                                and (chosen_s - fp32_s) * 1e3 > FLAG_MIN_MS),
+                "flagged": is_trap(fp32_s, chosen_s),
                 "cases": [name]}
         del model
     report["layers"] = sorted(measured.values(), key=lambda r: -r["ratio"])

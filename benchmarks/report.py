@@ -121,7 +121,7 @@ def demo_table(reports: list[dict[str, Any]]) -> list[str]:
     """README command 1 per CPU kind (``demo_*.json`` from benchmarks/demo.py)."""
     lines = ["README command 1 (the default study, 2 cores):", "",
              "| CPU | precision (auto) | wall time | timed jobs | train_fcn | pretrain_trunk | "
-             "train_baseline | MVFCNN SEM | MVFCNN LOM | ≤ 15 min and SEM ≥ 95 % |",
+             "train_baseline | MVFCNN SEM | MVFCNN LOM | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         machine, rules = r["machine"], r["rule_s"]
@@ -153,14 +153,31 @@ def scaling_table(report: dict[str, Any]) -> list[str]:
 
 
 def training_tables(step: dict[str, Any] | None, tiles: dict[str, Any] | None) -> list[str]:
+    """Seconds per training iteration by network, stage and precision (train_step.json), and
+    the loader against the fastest step (tiles.json)."""
     lines = []
     if step:
-        lines += ["Training iteration of FCN-8s (real layout, batch 1; forward, loss, backward, "
-                  "SGD step):", "",
-                  "| tile | fp32 s/iter | bf16 s/iter | bf16 speed-up |", "|---|---|---|---|"]
-        for size, v in step["summary"].items():
-            lines.append(f"| {size} | {v['fp32_seconds_per_iter']:.2f} | "
-                         f"{v['bf16_seconds_per_iter']:.2f} | {v['bf16_speedup']:.1f}× |")
+        networks = step.get("networks", {})
+        lines += ["Training iteration per FCN stage (batch 1; forward, loss, backward, SGD step; "
+                  "seconds, best of 3 after a warm-up, fresh process each):", "",
+                  "| network, tile | stage | fp32 | bf16 | auto | bf16 speed-up |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for key, v in step["summary"].items():
+            network = key.rsplit("_", 1)[0]
+            info = networks.get(network, {})
+            name = (f"{network} (width {info.get('width')}, fc {info.get('fc_channels')}, "
+                    f"frozen to {info.get('freeze')}), {key.rsplit('_', 1)[1]} px")
+            for stage, times in v["seconds_per_iter"].items():
+                auto = next((f"{t:.3f} ({label[5:-1]})" for label, t in times.items()
+                             if label.startswith("auto")), "–")
+                speedup = v.get("bf16_speedup", {}).get(stage)
+                lines.append(f"| {name} | {stage} | {times.get('fp32', float('nan')):.3f} | "
+                             f"{times.get('bf16', float('nan')):.3f} | {auto} | "
+                             f"{f'{speedup:.1f}×' if speedup else '–'} |")
+                name = ""
+            ratios = ", ".join(f"{label} {r:.2f}" for label, r in
+                               v.get("fcn32s_over_fcn8s", {}).items())
+            lines.append(f"| | FCN-32s / FCN-8s | {ratios} | | | |")
         lines.append("")
     if tiles:
         lines += ["Training loader (tile index → memory-mapped TIFFs, rotations, DataLoader with "
@@ -172,6 +189,29 @@ def training_tables(step: dict[str, Any] | None, tiles: dict[str, Any] | None) -
             lines.append(f"| {size} | {v['loader_tiles_per_s_worst']:.0f} | {need:.3f} | "
                          f"{v['loader_over_consumption']}× |")
     return lines
+
+
+def traps_table(report: dict[str, Any]) -> list[str]:
+    """precision_traps.json: how many layers were timed, which are flagged, the worst ratios
+    and the crash probe."""
+    chosen = report["precision_auto"]
+    lines = [f"Precision traps (`benchmarks/precision_traps.py`): {len(report['layers'])} "
+             f"distinct layers of the demo and real training steps (all three stages) and of "
+             f"the inference window, {chosen} (auto) against fp32; flagged above "
+             f"{report['flag_ratio']}× and {report['flag_min_ms']} ms: "
+             f"**{len(report['flagged'])}**. The five worst ratios:", "",
+             f"| layer | input | backward | fp32 ms | {chosen} ms | ratio |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in report["layers"][:5]:
+        lines.append(f"| {r['layer']} | {'×'.join(map(str, r['input']))} {r['input_dtype']} | "
+                     f"{'yes' if r['backward'] else 'no'} | {r['fp32_ms']:.2f} | "
+                     f"{r[f'{chosen}_ms']:.2f} | {r['ratio']:.2f} |")
+    probe = report.get("crash_probe")
+    if probe:
+        lines += ["", f"Crash probe ({probe['what']}, {probe['threads']} threads): "
+                      f"{'crashed' if probe['crashed'] else 'ran'} (exit {probe['returncode']}"
+                      f"{', ' + probe['last_line'] if probe['last_line'] else ''})."]
+    return lines + ["", machine_line(report), ""]
 
 
 def compile_line(report: dict[str, Any]) -> list[str]:
@@ -206,7 +246,8 @@ def layers_table(report: dict[str, Any]) -> list[str]:
         b[0] += v["seconds"]
         b[1] += v["gflop"]
     h, w = report["window"]
-    lines = [f"One {h}×{w} window ({report['precision']}, channels_last): "
+    fused = {True: ", conv + ReLU fused", False: ""}.get(report.get("conv_relu_fused"), "")
+    lines = [f"One {h}×{w} window ({report['precision']}, channels_last{fused}): "
              f"{report['forward_s']:.1f} s, {report['gflop']:.0f} GFLOP, "
              f"{report['tflops']:.3f} TFLOP/s = {100 * report['ratio_to_peak']:.0f} % of the "
              f"{report['precision']} matmul peak measured in the same run ({peak:.3f}; load "
@@ -230,8 +271,8 @@ def main() -> int:
     inference = _load("inference")
     if inference:
         out += inference_tables(inference, _load("layers")) + [machine_line(inference), ""]
-    precision = [r for r in (_load("inference_precision"), _load("inference_precision_avx2"))
-                 if r]
+    precision = [r for r in (_load("inference_precision_amx"), _load("inference_precision"),
+                             _load("inference_precision_avx2")) if r]
     if precision:
         out += precision_table(precision)
     compiled = _load("inference_compile")
@@ -240,6 +281,13 @@ def main() -> int:
     layers = _load("layers")
     if layers:
         out += layers_table(layers) + [machine_line(layers), ""]
+    unfused = _load("layers_unfused")
+    if unfused:
+        out += ["Without the conv + ReLU fusion (`layers.py --no-fuse`), same machine:", ""]
+        out += layers_table(unfused) + [machine_line(unfused), ""]
+    traps = _load("precision_traps")
+    if traps:
+        out += traps_table(traps)
     scaling = _load("scaling")
     if scaling:
         out += scaling_table(scaling) + [machine_line(scaling), ""]

@@ -155,6 +155,7 @@ def test_layer_flops_add_up_and_names(bench) -> None:
     ("tiles.py", ["--workers", "0"]),
     ("scaling.py", ["--sizes", "100x100,200x200"]),
     ("layers.py", ["--repeats", "1"]),
+    ("precision_traps.py", ["--repeats", "1"]),
 ])
 def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None:
     out = tmp_path / "result.json"
@@ -163,6 +164,15 @@ def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    if script == "precision_traps.py":  # per layer, not a suite: its own keys
+        assert report["quick"] is True and report["precision_auto"] in ("fp32", "bf16")
+        assert set(report["cases"]) == {"train_quick_32s", "train_quick_16s",
+                                        "train_quick_8s", "inference"}
+        names = {r["layer"] for r in report["layers"]}
+        assert {"conv1_1", "fc6", "upscore", "upscore8", "score_fr", "pool1"} <= names
+        assert all(r["fp32_ms"] > 0 for r in report["layers"])
+        assert report["flagged"] == [r for r in report["layers"] if r["flagged"]]
+        return
     if script == "layers.py":  # one window, not a suite: its own keys
         assert report["quick"] is True and report["forward_s"] > 0
         assert sum(v["gflop"] for v in report["layers"].values()) == pytest.approx(
@@ -181,3 +191,33 @@ def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None
             "bf16_agreement_ge_99_5pct"}
     if script == "scaling.py":
         assert [r["megapixels"] for r in report["summary"]] == [0.01, 0.04]
+
+
+def test_precision_trap_rule_and_tables(bench) -> None:
+    import precision_traps
+    import report
+
+    assert precision_traps.is_trap(0.010, 0.016)  # 1.6x and 6 ms slower
+    assert not precision_traps.is_trap(0.010, 0.014)  # 1.4x
+    assert not precision_traps.is_trap(0.0002, 0.0006)  # 3x, but 0.4 ms: noise
+    traps = {"precision_auto": "bf16", "flag_ratio": 1.5, "flag_min_ms": 0.5, "flagged": [],
+             "machine": {"cpu_model": "Xeon"},
+             "layers": [{"layer": "pool2", "input": [1, 32, 9, 9], "input_dtype": "bfloat16",
+                         "backward": False, "fp32_ms": 0.4, "bf16_ms": 0.5, "ratio": 1.25}],
+             "crash_probe": {"what": "probe", "threads": 2, "crashed": True,
+                             "returncode": -11, "last_line": ""}}
+    lines = report.traps_table(traps)
+    assert lines[0].startswith("Precision traps (`benchmarks/precision_traps.py`): 1 distinct")
+    assert "**0**" in lines[0]
+    assert lines[4] == "| pool2 | 1×32×9×9 bfloat16 | no | 0.40 | 0.50 | 1.25 |"
+    assert lines[6] == "Crash probe (probe, 2 threads): crashed (exit -11)."
+    step = {"networks": {"demo": {"width": 0.25, "fc_channels": 512, "freeze": "pool4"}},
+            "summary": {"demo_384": {
+                "seconds_per_iter": {"32s": {"fp32": 0.07, "bf16": 0.03, "auto(bf16)": 0.031},
+                                     "8s": {"fp32": 0.08, "bf16": 0.04, "auto(bf16)": 0.032}},
+                "fcn32s_over_fcn8s": {"auto(bf16)": 0.97}, "bf16_speedup": {"32s": 2.33}}}}
+    lines = report.training_tables(step, None)
+    assert lines[4] == ("| demo (width 0.25, fc 512, frozen to pool4), 384 px | 32s | 0.070 | "
+                        "0.030 | 0.031 (bf16) | 2.3× |")
+    assert lines[5] == "|  | 8s | 0.080 | 0.040 | 0.032 (bf16) | – |"
+    assert lines[6] == "| | FCN-32s / FCN-8s | auto(bf16) 0.97 | | | |"

@@ -16,6 +16,15 @@ same choice. Only when the CPU cannot be described (no /proc/cpuinfo, another ar
 short cached measurement decides: a small conv timed in fp32 and under bf16 autocast, bf16
 only if it is clearly faster. The same measurement sizes the one warning given when ``bf16`` is
 requested explicitly on a CPU without native bf16.
+
+The precision is chosen per network, but a CPU that is fast in bf16 on the whole can be slow,
+or wrong, on one layer shape, so ``benchmarks/precision_traps.py`` times every distinct layer
+of the training steps and the inference window in the chosen precision against fp32. What it
+found on 2 Intel Xeon AMX cores (torch 2.14.1) is built into the FCN's head, which therefore
+leaves autocast whatever this module picks: the fixed bilinear upsamplers run per channel in
+fp32 (the dense k64 s32 FCN-32s upsampler took 1055 ms in bf16 against 21 ms in fp32,
+``mvfcnn.models.fcn.BilinearUpsample``), and the score layers train in fp32 (a bf16 weight
+gradient of a 4096 -> 5 1x1 convolution corrupted the heap, ``mvfcnn.models.fcn.ScoreConv``).
 """
 
 from __future__ import annotations
