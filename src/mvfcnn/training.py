@@ -263,15 +263,22 @@ def split_validation(tiles: pd.DataFrame, every: int,
     """(training tiles, validation tiles): every ``every``-th position held out (all rotations).
 
     Positions are (sample, y, x) in order of first appearance; the validation tiles are their
-    rot = 0 rows, thinned to at most ``max_tiles`` evenly spaced ones.
+    rot = 0 rows, thinned to at most ``max_tiles`` evenly spaced ones. Windows centred on a rare
+    class (:func:`mvfcnn.tiling.add_rare_tiles`) always train, so validation sees the same
+    windows with or without them.
     """
+    from mvfcnn.tiling import is_centred
+
     if every <= 1:
         return tiles, tiles.iloc[:0]
+    centred = is_centred(tiles) if "class" in tiles.columns else np.zeros(len(tiles), bool)
     keys = list(zip(tiles["sample"].astype(str), tiles["y"], tiles["x"], strict=True))
     ordinal: dict[tuple[str, int, int], int] = {}
-    for key in keys:
-        ordinal.setdefault(key, len(ordinal))
-    held = np.array([ordinal[k] % every == every - 1 for k in keys], dtype=bool)
+    for key, extra in zip(keys, centred, strict=True):
+        if not extra:
+            ordinal.setdefault(key, len(ordinal))
+    held = np.array([not extra and ordinal[k] % every == every - 1
+                     for k, extra in zip(keys, centred, strict=True)], dtype=bool)
     if not held.any() or held.all():
         return tiles, tiles.iloc[:0]
     train = tiles.loc[~held].reset_index(drop=True)

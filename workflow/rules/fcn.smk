@@ -32,6 +32,7 @@ rule tile_index:
         balanced=lambda w: str(variant_cfg(w.variant)["balanced"]).lower(),
         augment=lambda w: str(variant_cfg(w.variant)["augment"]).lower(),
         class_set=CLASSES_JSON,
+        seed=config["seed"],
     log:
         layout.log_path("tile_index", CV),
     benchmark:
@@ -46,7 +47,7 @@ rule tile_index:
         "mvfcnn tile-index --samples {params.samples:q} --images {input.images:q}"
         " --labels {input.labels:q} --classes {params.classes} --classes-json {params.class_set:q}"
         " --params-json {params.tiles:q} --balanced {params.balanced:q} --augment {params.augment:q}"
-        " --out {output.table:q} --out-summary {output.summary:q} 2> {log:q}"
+        " --seed {params.seed:q} --out {output.table:q} --out-summary {output.summary:q} 2> {log:q}"
 
 
 rule pretrain_trunk:
