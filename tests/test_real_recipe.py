@@ -163,3 +163,93 @@ def test_tile_index_cli_adds_rare_tiles(real_crops, classes, tmp_path):
     summary = json.loads((tmp_path / "tiles.json").read_text())
     assert summary["rare"]["defect"]["rows"] == int((tiles["class"] == "centred:defect").sum())
     assert summary["n_tiles"] == len(tiles)
+
+
+# --------------------------------------------------------------------------- 2. rare-class loss
+
+#: a tiny FCN (width 1/16, fc 16) for short runs on 2 shared cores
+TINY = {"width": 1 / 16, "fc_channels": 16, "iterations": {"32s": 6}, "batch_size": 2,
+        "lr": {"32s": 1e-3}, "optimizer": "adam", "precision": "fp32", "checkpoint_every": 0,
+        "validate_every": 3, "device": "cpu", "progress": False}
+
+
+@pytest.fixture()
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_soft_dice_loss_values():
+    import torch
+
+    from mvfcnn.training import soft_dice_loss
+
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    perfect = torch.nn.functional.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2) * 50.0
+    assert soft_dice_loss(perfect, labels, ignore_index=255).item() == pytest.approx(0, abs=1e-6)
+    # uniform scores over 3 classes, one labelled pixel each: Dice_c = (2/3 + 1) / (1 + 1 + 1)
+    uniform = torch.zeros(1, 3, 2, 2)
+    assert soft_dice_loss(uniform, labels, ignore_index=255).item() == pytest.approx(
+        1 - (2 / 3 + 1) / 3, abs=1e-6)
+    # the ignored pixel changes nothing
+    other = uniform.clone()
+    other[0, :, 1, 1] = torch.tensor([9.0, -9.0, 0.0])
+    assert soft_dice_loss(other, labels, ignore_index=255).item() == pytest.approx(
+        soft_dice_loss(uniform, labels, ignore_index=255).item())
+
+
+def test_dice_term_keeps_sum_equal_n_times_mean():
+    import torch
+
+    from mvfcnn.training import pixel_loss
+
+    logits = torch.randn(2, 5, 6, 6)
+    labels = torch.randint(0, 5, (2, 6, 6))
+    labels[0, 0] = 255
+    s, logged_s, n = pixel_loss(logits, labels, ignore_index=255, reduction="sum",
+                                dice_weight=0.5)
+    m, logged_m, _ = pixel_loss(logits, labels, ignore_index=255, reduction="mean",
+                                dice_weight=0.5)
+    plain, logged, _ = pixel_loss(logits, labels, ignore_index=255, reduction="mean")
+    assert n == 66 and s.item() == pytest.approx(n * m.item(), rel=1e-5)
+    assert logged_s == logged_m == logged  # the logged loss stays the plain cross-entropy
+    assert m.item() > plain.item()
+
+
+@needs_metaldam
+def test_capped_class_weights_on_real_crops(real_crops, classes):
+    from mvfcnn.data import TileDataset
+    from mvfcnn.training import class_balance_weights
+
+    table, _ = real_crops
+    data = TileDataset(_index(table, augment=False).tiles)
+    raw = class_balance_weights(data, classes.num_classes, ignore_index=255)
+    capped = class_balance_weights(data, classes.num_classes, ignore_index=255, cap=3.0)
+    precipitate = classes.index_of("precipitate")
+    assert raw[precipitate] > 10  # the weight that drove FCN-32s to "precipitate everywhere"
+    assert capped.max().item() == pytest.approx(3.0) and capped.min().item() >= 1 / 3 - 1e-6
+    kept = (raw >= 1 / 3) & (raw <= 3)
+    assert np.allclose(raw[kept].numpy(), capped[kept].numpy())
+
+
+@needs_metaldam
+def test_dice_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_path,
+                                                     one_torch_thread):
+    from mvfcnn.training import split_validation, train_stage
+
+    table, _ = real_crops
+    train, val = split_validation(_index(table).tiles, 4, 4)
+    cfg = {**TINY, "dice_weight": 1.0, "class_weighting": "median_frequency",
+           "class_weight_cap": 3.0}
+    summary = train_stage(stage="32s", tiles=train, classes=classes, cfg=cfg,
+                          variant={"pretrained": "none", "balanced": True, "augment": True},
+                          parent=None, out_model=tmp_path / "fcn32s.pt",
+                          out_csv=tmp_path / "train_32s.csv", out_png=tmp_path / "train_32s.png",
+                          checkpoint_dir=tmp_path / "ckpt", seed=0, device="cpu", val_tiles=val)
+    frame = pd.read_csv(tmp_path / "train_32s.csv")
+    assert summary["iterations"] == 6 and np.isfinite(frame["loss"]).all()
+    assert frame["mean_iu"].notna().sum() == 2
