@@ -253,3 +253,111 @@ def test_dice_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_pa
     frame = pd.read_csv(tmp_path / "train_32s.csv")
     assert summary["iterations"] == 6 and np.isfinite(frame["loss"]).all()
     assert frame["mean_iu"].notna().sum() == 2
+
+
+# --------------------------------------------------------------------------- 3. augmentation
+
+
+@pytest.fixture(scope="module")
+def real_tile(real_crops):
+    """One 96 px tile of a real micrograph and its labels (several classes)."""
+    from mvfcnn.data import TileDataset
+
+    table, _ = real_crops
+    return TileDataset(_index(table, augment=False).tiles).read(4)
+
+
+def _draw(img, lab, params, position=0, seed=0):
+    from mvfcnn.data import augment_tile
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, position]))
+    return augment_tile(img, lab, rng, params)
+
+
+@needs_metaldam
+def test_augmentation_off_is_the_identity_and_defaults_off(real_tile):
+    from mvfcnn.data import augmentation_enabled
+    from mvfcnn.settings import defaults
+
+    params = defaults("fcn")["augmentation"]
+    assert not augmentation_enabled(params)
+    img, lab = real_tile
+    out, out_lab = _draw(img, lab, params)
+    np.testing.assert_array_equal(out, img)
+    np.testing.assert_array_equal(out_lab, lab)
+
+
+@needs_metaldam
+def test_flips_move_image_and_labels_together(real_tile):
+    img, lab = real_tile
+    seen = set()
+    for position in range(16):
+        out, out_lab = _draw(img, lab, {"flips": True}, position)
+        for name, (fi, fl) in {"id": (img, lab), "lr": (img[:, ::-1], lab[:, ::-1]),
+                               "ud": (img[::-1], lab[::-1]),
+                               "both": (img[::-1, ::-1], lab[::-1, ::-1])}.items():
+            if np.array_equal(out, fi):
+                np.testing.assert_array_equal(out_lab, fl)
+                seen.add(name)
+    assert seen == {"id", "lr", "ud", "both"}
+
+
+@needs_metaldam
+@pytest.mark.parametrize("key, value, check", [
+    ("brightness", 0.2, lambda a, b: abs(float(b.mean()) - float(a.mean())) > 2),
+    ("contrast", 0.5, lambda a, b: abs(float(b.std()) - float(a.std())) > 1),
+    ("gamma", 0.5, lambda a, b: abs(float(b.mean()) - float(a.mean())) > 1),
+    ("blur_sigma", 3.0, lambda a, b: _roughness(b) < _roughness(a)),
+    ("noise_std", 0.1, lambda a, b: _roughness(b) > _roughness(a)),
+])
+def test_each_sem_contrast_augmentation_on_a_real_tile(real_tile, key, value, check):
+    img, lab = real_tile
+    hits = 0
+    for position in range(6):
+        out, out_lab = _draw(img, lab, {key: value}, position)
+        assert out.dtype == np.uint8 and out.shape == img.shape
+        np.testing.assert_array_equal(out_lab, lab)  # grey-level changes keep the labels
+        hits += bool(check(img, out))
+        a, _ = _draw(img, lab, {key: value}, position)
+        np.testing.assert_array_equal(a, out)  # a function of (seed, position) alone
+    assert hits >= 4  # some draws are near the identity (U(-v, v) close to 0)
+
+
+def _roughness(img: np.ndarray) -> float:
+    x = img.astype(np.float64)
+    return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
+
+
+@needs_metaldam
+def test_augmented_training_resumes_bit_identically_on_real_crops(real_crops, classes, tmp_path,
+                                                                 one_torch_thread):
+    """Each visit's draw depends on its position in the visiting order, so a run resumed from a
+    checkpoint takes the draws the uninterrupted run took."""
+    import torch
+
+    from mvfcnn.models.io import load_model
+    from mvfcnn.training import train_stage
+
+    table, _ = real_crops
+    tiles = _index(table).tiles
+    cfg = {**TINY, "validate_every": 0, "checkpoint_every": 3, "keep_checkpoints": True,
+           "augmentation": {"flips": True, "brightness": 0.1, "contrast": 0.2, "gamma": 0.2,
+                            "blur_sigma": 1.0, "noise_std": 0.03}}
+    variant = {"pretrained": "none", "balanced": True, "augment": True}
+
+    def run(out: Path, ckpt: Path, config: dict) -> tuple[dict, int]:
+        out.mkdir()
+        summary = train_stage(stage="32s", tiles=tiles, classes=classes, cfg=config,
+                              variant=variant, parent=None, out_model=out / "m.pt",
+                              out_csv=out / "t.csv", out_png=out / "t.png", checkpoint_dir=ckpt,
+                              seed=4, device="cpu")
+        return load_model(out / "m.pt")[0].state_dict(), summary["resumed_from"]
+
+    whole, start = run(tmp_path / "a", tmp_path / "ckpt", cfg)  # leaves ckpt_3.pt behind
+    resumed, restart = run(tmp_path / "b", tmp_path / "ckpt", cfg)
+    assert (start, restart) == (0, 3)
+    assert pd.read_csv(tmp_path / "b" / "t.csv")["iteration"].tolist() == list(range(1, 7))
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
+    plain, _ = run(tmp_path / "c", tmp_path / "ckpt_plain", {**cfg, "augmentation": {}})
+    assert any(not torch.equal(value, plain[key]) for key, value in whole.items())

@@ -55,6 +55,10 @@ Rare classes (issue 22): ``fcn.dice_weight`` adds a soft-Dice term to the cross-
 (:func:`soft_dice_loss`) and ``fcn.class_weight_cap`` clips median-frequency class weights
 (``fcn.class_weighting``) to [1/cap, cap]; both leave the sum/mean conventions above intact.
 
+SEM contrast augmentation (``fcn.augmentation``: flips, gamma, contrast, brightness, blur,
+noise; :func:`mvfcnn.data.augment_tile`) applies to variants with ``augment: true``, beside the
+tile index's rotations, so a variant's ``augment`` switches all augmentation on or off.
+
 Optional ``fcn`` keys (defaults: the config schema, :mod:`mvfcnn.settings`): dropout,
 bias_lr_mult, bias_decay_mult, num_workers, val_holdout_every, val_max_tiles, keep_checkpoints,
 progress.
@@ -83,7 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
-from mvfcnn.data import TileDataset, sample_order
+from mvfcnn.data import AugmentedTiles, TileDataset, augmentation_enabled, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, write_table
 from mvfcnn.progress import progress
@@ -486,8 +490,8 @@ def _write_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Non
 # --------------------------------------------------------------------------- training
 
 
-def _loader(dataset: TileDataset, batches: list[list[int]], *, seed: int, num_workers: int,
-            pin: bool) -> torch.utils.data.DataLoader:
+def _loader(dataset: torch.utils.data.Dataset, batches: list[list[Any]], *, seed: int,
+            num_workers: int, pin: bool) -> torch.utils.data.DataLoader:
     # an own generator: creating the iterator must not draw from the global torch RNG, or a
     # resumed run (which restores that RNG) would diverge from an uninterrupted one
     generator = torch.Generator().manual_seed(int(seed))
@@ -594,7 +598,16 @@ def train_stage(
                  "lr %g, device %s", stage, iterations, batch_size, train_set.size,
                  len(train_set), f"parent {parent}" if parent else
                  f"pretrained {variant.get('pretrained', 'none')}", precision, loss_kind, lr, dev)
-        loader = _loader(train_set, order[start:].tolist(), seed=seed,
+        batches: list[list[Any]] = order[start:].tolist()
+        loader_set: torch.utils.data.Dataset = train_set
+        augmentation = cfg["augmentation"]
+        if variant.get("augment") and augmentation_enabled(augmentation):
+            # (position in the visiting order, tile): each visit draws its own augmentation
+            loader_set = AugmentedTiles(train_set, augmentation, seed)
+            batches = [[((start + r) * batch_size + j, i) for j, i in enumerate(batch)]
+                       for r, batch in enumerate(batches)]
+            log.info("augmentation: %s", json.dumps(augmentation))
+        loader = _loader(loader_set, batches, seed=seed,
                          num_workers=int(cfg["num_workers"]), pin=dev.type == "cuda")
         recent: deque[float] = deque(maxlen=20)
         recent.extend(float(r["loss"]) for r in rows[-20:])
