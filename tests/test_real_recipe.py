@@ -361,3 +361,56 @@ def test_augmented_training_resumes_bit_identically_on_real_crops(real_crops, cl
         assert torch.equal(value, resumed[key]), key
     plain, _ = run(tmp_path / "c", tmp_path / "ckpt_plain", {**cfg, "augmentation": {}})
     assert any(not torch.equal(value, plain[key]) for key, value in whole.items())
+
+
+# --------------------------------------------------------------------------- 5. learning curves
+
+
+@needs_metaldam
+def test_learning_curve_of_two_stages_trained_on_real_crops(real_crops, classes, tmp_path,
+                                                           one_torch_thread):
+    """train_32s.csv and train_16s.csv of a short run on real crops become one curve of
+    validation mean IU per stage (CSV + PNG) through the `mvfcnn learning-curve` verb."""
+    from mvfcnn.cli import main
+    from mvfcnn.training import CURVE_COLUMNS, split_validation, train_stage
+
+    table, _ = real_crops
+    train, val = split_validation(_index(table).tiles, 4, 4)
+    cfg = {**TINY, "iterations": {"32s": 4, "16s": 4}, "lr": {"32s": 1e-3, "16s": 1e-4},
+           "validate_every": 2}
+    parent = None
+    for stage in ("32s", "16s"):
+        train_stage(stage=stage, tiles=train, classes=classes, cfg=cfg,
+                    variant={"pretrained": "none", "balanced": True, "augment": True},
+                    parent=parent, out_model=tmp_path / f"fcn{stage}.pt",
+                    out_csv=tmp_path / f"train_{stage}.csv",
+                    out_png=tmp_path / f"train_{stage}.png", checkpoint_dir=tmp_path / stage,
+                    seed=0, device="cpu", val_tiles=val)
+        parent = tmp_path / f"fcn{stage}.pt"
+    assert main(["learning-curve", "--stages", "32s", "16s", "--csvs",
+                 str(tmp_path / "train_32s.csv"), str(tmp_path / "train_16s.csv"),
+                 "--out-csv", str(tmp_path / "curve.csv"),
+                 "--out-png", str(tmp_path / "curve.png")]) == 0
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert list(curve.columns) == CURVE_COLUMNS
+    assert curve["stage"].tolist() == ["32s", "32s", "16s", "16s"]
+    assert curve["iteration"].tolist() == [2, 4, 2, 4]
+    assert curve["step"].tolist() == [2, 4, 6, 8]
+    assert curve["mean_iu"].between(0, 1).all() and curve["train_loss"].notna().all()
+    # the gain is per stage: NaN at each stage's first validation
+    assert curve["mean_iu_gain"].isna().tolist() == [True, False, True, False]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learning_curve_from_training_rows():
+    from mvfcnn.training import learning_curve
+
+    rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0],
+                         "lr": 1e-3, "seconds": 0.1,
+                         "pixel_accuracy": [None, 0.5, None, 0.7],
+                         "mean_iu": [None, 0.2, None, 0.35]})
+    curve = learning_curve({"32s": rows, "16s": rows.iloc[:2]})
+    assert curve["step"].tolist() == [2, 4, 6]
+    assert curve["train_loss"].tolist() == [3.0, 2.5, 3.0]
+    assert curve["mean_iu_gain"].iloc[1] == pytest.approx(0.15)
+    assert learning_curve({}).empty

@@ -30,6 +30,9 @@ MASK = f"{RESULTS}/masks/{{sample}}.tif"
 OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
 BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
 PREDICTION = "pred/{sample}.tif"  # under a run directory
+#: a run's validation mean IU per stage on one step axis (under a run directory)
+LEARNING_CURVE = "learning_curve.csv"
+LEARNING_CURVE_PNG = "learning_curve.png"
 
 
 def under(results_dir: str | Path, pattern: str, **wildcards: object) -> Path:

@@ -130,6 +130,36 @@ rule train_fcn:
         " --threads {threads} 2> {log:q}"
 
 
+rule learning_curve:
+    """Validation mean IU of every stage of a run on one axis, so saturation is visible."""
+    input:
+        csvs=expand(os.path.join(RUN, "train_{stage}.csv"), stage=STAGES, allow_missing=True),
+    output:
+        csv=os.path.join(RUN, layout.LEARNING_CURVE),
+        png=report(
+            os.path.join(RUN, layout.LEARNING_CURVE_PNG),
+            category="Training",
+            subcategory="{variant} / {modality}",
+            caption="../report/learning_curve.rst",
+        ),
+    params:
+        stages=STAGES,
+        title=lambda w: " / ".join(str(v) for v in w),
+    log:
+        layout.log_path("learning_curve", CV),
+    benchmark:
+        layout.benchmark_path("learning_curve", CV),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "mvfcnn learning-curve --stages {params.stages:q} --csvs {input.csvs:q}"
+        " --title {params.title:q} --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"
+
+
 rule predict:
     """Sliding-window FCN-8s inference over one whole image, stitched into a class map."""
     input:
@@ -214,4 +244,5 @@ rule evaluate:
         " --out-pixel-confusion {output.pixel_confusion:q} 2> {log:q}"
 
 
-TARGETS["mvfcnn"] = [f"{run}/metrics.json" for run in run_dirs()]
+TARGETS["mvfcnn"] = [f"{run}/{name}" for run in run_dirs()
+                     for name in ("metrics.json", layout.LEARNING_CURVE, layout.LEARNING_CURVE_PNG)]
