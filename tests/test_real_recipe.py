@@ -414,3 +414,27 @@ def test_learning_curve_from_training_rows():
     assert curve["train_loss"].tolist() == [3.0, 2.5, 3.0]
     assert curve["mean_iu_gain"].iloc[1] == pytest.approx(0.15)
     assert learning_curve({}).empty
+
+
+def test_crossval_learning_curves_of_every_fold(tmp_path):
+    """`mvfcnn crossval-curves`: the folds' curves in one table (fold column) and one figure."""
+    from mvfcnn.cli import main
+    from mvfcnn.training import CURVE_COLUMNS, learning_curve
+
+    rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0], "lr": 1e-3,
+                         "seconds": 0.1, "pixel_accuracy": [None, 0.5, None, 0.7],
+                         "mean_iu": [None, 0.2, None, 0.35]})
+    paths = []
+    for fold in ("0", "1"):
+        path = tmp_path / f"fold{fold}.csv"
+        learning_curve({"32s": rows, "16s": rows}).to_csv(path, index=False)
+        paths.append(str(path))
+    assert main(["crossval-curves", "--folds", "0", "1", "--curves", *paths,
+                 "--out-csv", str(tmp_path / "curves.csv"),
+                 "--out-png", str(tmp_path / "curves.png")]) == 0
+    frame = pd.read_csv(tmp_path / "curves.csv", dtype={"fold": str})
+    assert list(frame.columns) == ["fold", *CURVE_COLUMNS]
+    assert frame["fold"].tolist() == ["0"] * 4 + ["1"] * 4
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["crossval-curves", "--folds", "0", "--curves", str(tmp_path / "none.csv"),
+                 "--out-csv", str(tmp_path / "x.csv"), "--out-png", str(tmp_path / "x.png")]) == 1

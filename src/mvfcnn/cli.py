@@ -33,6 +33,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
     "crossval-objects": ("mvfcnn.crossval_objects", "MVFCNN vs the object-based baselines on "
                          "every fold: object accuracy, class recall, mean ± SE"),
+    "crossval-curves": ("mvfcnn.crossval:learning_curves_cli",
+                        "Every fold's validation mean IU per stage (CSV + figure)"),
     "crossval-figure": ("mvfcnn.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
     "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "
