@@ -438,3 +438,63 @@ def test_crossval_learning_curves_of_every_fold(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["crossval-curves", "--folds", "0", "--curves", str(tmp_path / "none.csv"),
                  "--out-csv", str(tmp_path / "x.csv"), "--out-png", str(tmp_path / "x.png")]) == 1
+
+
+# --------------------------------------------------------------------------- config + real TTA
+
+
+def _readme_overlay() -> dict:
+    """The trial overlay of README "Training levers for real micrographs"."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("tiles: {rare_share:")
+    return yaml.safe_load(text[start:text.index("```", start)])
+
+
+def test_lever_defaults_and_the_readme_overlay_validate():
+    """Defaults keep today's behaviour; the README's overlay on config/metaldam.yaml passes the
+    schema; out-of-range values fail it."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from mvfcnn.settings import defaults, merge
+
+    assert defaults("tiles")["rare_share"] == 0 and defaults("tiles")["rare_classes"] is None
+    assert defaults("fcn")["dice_weight"] == 0 and defaults("fcn")["class_weight_cap"] is None
+    assert not any(defaults("fcn")["augmentation"].values())
+    assert not defaults("inference")["tta_flips"] and not defaults("inference")["tta_rotations"]
+    schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    base = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())
+    config = merge(base, _readme_overlay())
+    validate(config, schema)
+    assert config["fcn"]["augmentation"]["flips"] is True
+    for bad in ({"tiles": {"rare_share": 1.0}}, {"fcn": {"class_weight_cap": 0.5}},
+                {"fcn": {"augmentation": {"flip": True}}}, {"fcn": {"dice_weight": -1}}):
+        with pytest.raises(WorkflowError):
+            validate(merge(base, bad), schema)
+
+
+@needs_metaldam
+def test_tta_on_a_real_crop(real_crops, one_torch_thread):
+    """The 8-view TTA through predict_image on a real micrograph crop with a small FCN-8s:
+    a valid class map and probabilities, not the plain map bit for bit."""
+    import torch
+
+    from mvfcnn.inference import predict_image
+    from mvfcnn.io import read_image
+    from mvfcnn.models.fcn import build_fcn
+
+    table, _ = real_crops
+    image = np.asarray(read_image(table["image"].iloc[0]))
+    torch.manual_seed(0)
+    model = build_fcn("8s", pretrained="none", num_classes=5, width=1 / 16, fc_channels=16)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("score") and name.endswith("weight"):
+                torch.nn.init.normal_(param, std=0.5)
+    kwargs = {"tile_size": 128, "overlap": 32, "batch_size": 2, "precision": "fp32",
+              "device": "cpu", "progress": False, "return_probs": True}
+    plain, p_plain = predict_image(model, image, **kwargs)
+    tta, p_tta = predict_image(model, image, tta_rotations=True, tta_flips=True, **kwargs)
+    assert tta.shape == plain.shape == image.shape and tta.max() < 5
+    np.testing.assert_allclose(p_tta.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    assert not np.array_equal(p_tta, p_plain)
