@@ -487,3 +487,16 @@ def test_cli_precision_auto_is_resolved_and_recorded(files, tmp_path, capsys, mo
     assert run["precision_choice"] == {"precision": "fp32", "channels_last": True,
                                        "reason": reason, "requested": "auto"}
     assert f"precision fp32 (requested auto; {reason})" in capsys.readouterr().err
+
+
+def test_cli_tta_switch_overrides_the_bundle(files, tmp_path):
+    """--tta averages the 8 flips/rotations (recorded in run.json); --no-tta restores plain."""
+    runs = {}
+    for flag in ("--tta", "--no-tta"):
+        out = tmp_path / flag.strip("-")
+        assert classify_cli([str(files["sem"]), "--model", str(files["bundle"]), "--mask",
+                             str(files["mask"]), "--out", str(out), "--names", "a", flag,
+                             "--no-progress"]) == 0
+        runs[flag] = json.loads((out / "a" / "run.json").read_text())["inference"]
+    assert runs["--tta"]["tta_rotations"] and runs["--tta"]["tta_flips"]
+    assert not runs["--no-tta"]["tta_rotations"] and not runs["--no-tta"]["tta_flips"]

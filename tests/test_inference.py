@@ -224,6 +224,58 @@ def test_tta_rotations_with_rotation_equivariant_model() -> None:
     np.testing.assert_allclose(p_plain.astype(np.float32), p_tta.astype(np.float32), atol=2e-3)
 
 
+def _d4_symmetric_conv() -> nn.Module:
+    """3x3 convolutions whose kernels are symmetric under all 8 flips/rotations of the square
+    (centre, edge and corner weights), zero-padded: equivariant to the dihedral group D4."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        centre, edge, corner = (torch.randn(4, 3) * 0.05 for _ in range(3))
+        kernel = torch.empty(4, 3, 3, 3)
+        kernel[..., 1, 1] = centre
+        for y, x in ((0, 1), (1, 0), (1, 2), (2, 1)):
+            kernel[..., y, x] = edge
+        for y, x in ((0, 0), (0, 2), (2, 0), (2, 2)):
+            kernel[..., y, x] = corner
+        model.weight.copy_(kernel)
+    return model
+
+
+@pytest.mark.parametrize("rotations, flips", [(False, True), (True, True)])
+def test_tta_flips_and_rotations_equal_plain_for_an_equivariant_model(rotations, flips) -> None:
+    """The 8 views of issue 22 item 6: a D4-equivariant model gives its plain softmax back."""
+    image = np.random.default_rng(7).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    model = _d4_symmetric_conv()
+    kwargs = {"tile_size": 32, "overlap": 8, "batch_size": 2, "return_probs": True,
+              "progress": False, "preprocess": _float_input}
+    plain, p_plain = predict_image(model, image, **kwargs)
+    tta, p_tta = predict_image(model, image, tta_rotations=rotations, tta_flips=flips, **kwargs)
+    assert (plain == tta).mean() > 0.999
+    np.testing.assert_allclose(p_plain.astype(np.float32), p_tta.astype(np.float32), atol=2e-3)
+
+
+def test_tta_views_average_a_non_equivariant_model() -> None:
+    """For a direction-sensitive model TTA differs from the plain map and equals the mean of
+    the 8 views computed by hand, each mapped back to the image frame."""
+    from mvfcnn.inference import tta_scores, tta_transforms
+
+    assert len(tta_transforms(True, True)) == 8 and tta_transforms(False, False) == [(False, 0)]
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 4, 3, padding=1).eval()
+    batch = torch.rand(2, 3, 20, 24)
+    with torch.no_grad():
+        averaged = tta_scores(model, batch, rotations=True, flips=True)
+        by_hand = torch.zeros_like(averaged)
+        for flip in (False, True):
+            for r in range(4):
+                x = torch.rot90(torch.flip(batch, (3,)) if flip else batch, r, (2, 3))
+                p = torch.rot90(torch.softmax(model(x), 1), -r, (2, 3))
+                by_hand += (torch.flip(p, (3,)) if flip else p) / 8
+        plain = torch.softmax(model(batch), 1)
+    torch.testing.assert_close(averaged, by_hand)
+    assert (averaged - plain).abs().max() > 1e-3
+
+
 def test_uint16_image_is_rescaled_to_8_bit() -> None:
     seen: list[torch.Tensor] = []
 

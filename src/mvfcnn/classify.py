@@ -423,6 +423,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                         help="override the bundle's inference precision (auto: bf16 where the "
                              "device computes it natively, else fp32)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time augmentation: average the softmax over the 8 flips and "
+                             "rotations of each window (8x the network time); --no-tta turns "
+                             "it off (default: the bundle's inference.tta_rotations/tta_flips)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; an inherited "
@@ -465,6 +469,8 @@ def cli(argv: list[str]) -> int:
     overrides = {k: v for k, v in {"tile_size": args.tile_size, "overlap": args.overlap,
                                    "batch_size": args.batch_size,
                                    "precision": args.precision}.items() if v is not None}
+    if args.tta is not None:
+        overrides.update(tta_rotations=args.tta, tta_flips=args.tta)
     inference = {**loaded.inference, **overrides}
     if inference["tile_size"] < 32 or not 0 <= inference["overlap"] < inference["tile_size"]:
         raise InputError(f"need tile size >= 32 and 0 <= overlap < tile size, got "

@@ -23,6 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain-trunk": ("mvfcnn.pretraining", "Pretrain the VGG trunk on labelled patches "
                        "(pretrained: patches)"),
     "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s)"),
+    "learning-curve": ("mvfcnn.training:learning_curve_cli",
+                       "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
     "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),
     "vote": ("mvfcnn.voting", "Max-vote predicted pixels inside each object"),
     "evaluate": ("mvfcnn.evaluate", "Pixel and object metrics over a test set"),
@@ -31,6 +33,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
     "crossval-objects": ("mvfcnn.crossval_objects", "MVFCNN vs the object-based baselines on "
                          "every fold: object accuracy, class recall, mean ± SE"),
+    "crossval-curves": ("mvfcnn.crossval:learning_curves_cli",
+                        "Every fold's validation mean IU per stage (CSV + figure)"),
     "crossval-figure": ("mvfcnn.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
     "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "

@@ -360,3 +360,71 @@ def figure_cli(argv: list[str]) -> int:
                      labels[best], np.asarray(read_image(pred_path, sample=sample))))
     save_figure(examples_figure(rows, classes, title=args.title), args.out)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# learning curves of every fold (issue 22: saturation visible, not assumed)
+
+
+def fold_learning_curves(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every fold's ``learning_curve.csv`` (:func:`mvfcnn.training.learning_curve`) in one
+    table with a leading ``fold`` column."""
+    from mvfcnn.training import CURVE_COLUMNS
+
+    frames = [curve.assign(fold=str(fold))[["fold", *CURVE_COLUMNS]]
+              for fold, curve in curves.items() if len(curve)]
+    if not frames:
+        return pd.DataFrame(columns=["fold", *CURVE_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def learning_curves_figure(frame: pd.DataFrame, *, title: str):
+    """Validation mean IU against training steps, one line per fold, stage ends marked: where
+    the folds' curves still rise at the end of a stage, more iterations would pay."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+    for i, (fold, part) in enumerate(frame.groupby("fold", sort=False)):
+        for j, (_, stage) in enumerate(part.groupby("stage", sort=False)):
+            ax.plot(stage["step"], stage["mean_iu"], "o-", ms=2.5, lw=1, color=f"C{i % 10}",
+                    label=f"fold {fold}" if j == 0 else None)
+    if len(frame):
+        first = frame[frame["fold"] == frame["fold"].iloc[0]]
+        for stage, part in first.groupby("stage", sort=False):
+            end = part["step"].max()
+            ax.axvline(end, color="0.75", lw=0.8, zorder=0)
+            ax.annotate(f"end of FCN-{stage}", (end, 0.98), rotation=90, va="top", ha="right",
+                        fontsize=7, color="0.4")
+    ax.set(xlabel="training step (stages in order)", ylabel="validation mean IU (held-out tiles)",
+           ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=3)
+    return fig
+
+
+def learning_curves_cli(argv: list[str]) -> int:
+    """`mvfcnn crossval-curves`: every fold's learning curve in one CSV and one figure."""
+    from mvfcnn.figures import save_figure
+    from mvfcnn.io import write_table
+
+    parser = argparse.ArgumentParser(prog="mvfcnn crossval-curves",
+                                     description=learning_curves_cli.__doc__)
+    parser.add_argument("--folds", nargs="+", required=True)
+    parser.add_argument("--curves", nargs="+", required=True,
+                        help="each fold's learning_curve.csv, in the order of --folds")
+    parser.add_argument("--title", default="Learning curves, every fold")
+    parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--out-png", required=True)
+    args = parser.parse_args(argv)
+    if len(args.folds) != len(args.curves):
+        raise InputError(f"{len(args.folds)} folds but {len(args.curves)} learning curves")
+    curves = {}
+    for fold, path in zip(args.folds, args.curves, strict=True):
+        if not Path(path).is_file():
+            raise InputError("learning curve not found", path=path)
+        curves[fold] = pd.read_csv(path)
+    frame = fold_learning_curves(curves)
+    write_table(args.out_csv, frame)
+    save_figure(learning_curves_figure(frame, title=args.title), args.out_png)
+    return 0

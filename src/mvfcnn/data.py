@@ -3,6 +3,13 @@
 The dataset returns raw ``uint8`` tiles; normalisation (grey → 3 channels, ImageNet mean/std)
 happens on the whole batch on the training device (``mvfcnn.models.preprocess.normalize_batch``),
 which is cheaper than converting every tile to float on the loader side.
+
+SEM contrast augmentation (:class:`AugmentedTiles`, ``fcn.augmentation``): micrographs of one
+steel differ in brightness, contrast, detector gamma, focus and noise from session to session,
+so the network should not key on absolute grey levels. Each visit of a tile draws its own
+flips and photometric changes from a generator seeded with (run seed, position in the visiting
+order), so a run is a function of its seed alone and a resumed run draws what the uninterrupted
+one would have.
 """
 
 from __future__ import annotations
@@ -109,6 +116,76 @@ class TileDataset(Dataset):
         img, lab = self.read(int(i))
         chw = img[None] if img.ndim == 2 else np.ascontiguousarray(img.transpose(2, 0, 1))
         return torch.from_numpy(chw), torch.from_numpy(lab)
+
+
+#: ``fcn.augmentation`` keys, in the order they are applied (flips first: geometry, then grey)
+AUGMENTATIONS = ("flips", "gamma", "contrast", "brightness", "blur_sigma", "noise_std")
+
+
+def augmentation_enabled(params: dict[str, Any] | None) -> bool:
+    """Whether any ``fcn.augmentation`` setting changes a tile (all off = the plain dataset)."""
+    return bool(params) and any(bool(params.get(k)) for k in AUGMENTATIONS)
+
+
+def augment_tile(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+                 params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One random draw of the enabled augmentations on a uint8 tile (h, w[, C]) and its labels.
+
+    ``flips``: left-right and up-down, each with probability 1/2 (with the index's 90°
+    rotations: all 8 symmetries of the square). On intensities x in [0, 1]: ``gamma`` g →
+    x ** exp(U(-g, g)); ``contrast`` c → mean + (x - mean) · U(1 - c, 1 + c); ``brightness`` b
+    → x + U(-b, b); ``blur_sigma`` s → Gaussian blur with σ ~ U(0, s) px; ``noise_std`` n →
+    Gaussian noise of σ ~ U(0, n). Labels only follow the flips. Every draw is taken whether
+    or not its setting is on, so enabling one setting does not shift the others' draws.
+    """
+    draws = rng.random(8)
+    if params.get("flips"):
+        if draws[0] < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        if draws[1] < 0.5:
+            img, lab = img[::-1], lab[::-1]
+    grey = [params.get(k) for k in AUGMENTATIONS[1:]]
+    if not any(grey):
+        return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+    gamma, contrast, brightness, blur, noise = (float(v or 0.0) for v in grey)
+    x = img.astype(np.float32) / 255.0
+    if gamma:
+        x = x ** np.float32(np.exp(gamma * (2 * draws[2] - 1)))
+    if contrast:
+        mean = x.mean()
+        x = mean + (x - mean) * np.float32(1 + contrast * (2 * draws[3] - 1))
+    if brightness:
+        x = x + np.float32(brightness * (2 * draws[4] - 1))
+    if blur and draws[5] * blur > 0.1:
+        from scipy.ndimage import gaussian_filter
+
+        sigma = draws[5] * blur
+        x = gaussian_filter(x, sigma=(sigma, sigma) + (0,) * (x.ndim - 2), mode="reflect")
+    if noise:
+        std = np.float32(noise * draws[6])
+        x = x + std * rng.standard_normal(x.shape, dtype=np.float32)
+    out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+    return out, np.ascontiguousarray(lab)
+
+
+class AugmentedTiles(Dataset):
+    """A :class:`TileDataset` whose items are ``(position, tile)`` pairs, each augmented by
+    :func:`augment_tile` with a generator seeded by (``seed``, position): position is the
+    sample's place in the visiting order, so a tile visited twice is augmented twice anew."""
+
+    def __init__(self, tiles: TileDataset, params: dict[str, Any], seed: int) -> None:
+        self.tiles, self.params, self.seed = tiles, dict(params), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        position, index = (int(v) for v in item)
+        img, lab = self.tiles.read(index)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, position]))
+        img, lab = augment_tile(img, lab, rng, self.params)
+        chw = img[None] if img.ndim == 2 else np.ascontiguousarray(img.transpose(2, 0, 1))
+        return torch.from_numpy(np.ascontiguousarray(chw)), torch.from_numpy(lab)
 
 
 def sample_order(n_tiles: int, iterations: int, batch_size: int, seed: int) -> np.ndarray:

@@ -148,6 +148,7 @@ def predict_image(
     precision: str = "fp32",
     device: str = "cpu",
     tta_rotations: bool = False,
+    tta_flips: bool = False,
     return_probs: bool = False,
     progress: bool = True,
     preprocess: Callable | None = None,
@@ -165,7 +166,9 @@ def predict_image(
     a np.memmap. ``precision`` "auto" is resolved by :func:`mvfcnn.runtime.choose_precision`;
     "bf16"/"fp16" run under one torch.autocast context for the whole image, so the
     low-precision weight copies are made once, not once per batch.
-    ``tta_rotations`` averages the softmax over the 4 right-angle rotations. ``fit_tiles``
+    ``tta_rotations`` averages the softmax over the 4 right-angle rotations, ``tta_flips`` over
+    the image and its mirror image; both: over all 8 symmetries of the square (each costs one
+    forward pass per window, so 8x the network time; :func:`tta_scores`). ``fit_tiles``
     shrinks the windows to fit the image (see the module docstring). ``timings``, if given,
     receives the seconds spent reading, in the network and stitching, plus the window count
     and shape (for benchmarks).
@@ -217,10 +220,8 @@ def predict_image(
             batch = batch.contiguous(memory_format=memory_format)
             clock["read"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            if tta_rotations:
-                scores = sum(torch.rot90(torch.softmax(net(torch.rot90(batch, r, (2, 3)))
-                                                       .float(), dim=1), -r, (2, 3))
-                             for r in range(4)) / 4.0
+            if tta_rotations or tta_flips:
+                scores = tta_scores(net, batch, rotations=tta_rotations, flips=tta_flips)
             elif return_probs:
                 scores = torch.softmax(net(batch).float(), dim=1)
             else:
@@ -249,6 +250,42 @@ def predict_image(
     if return_probs:
         return out, probs
     return out
+
+
+def tta_transforms(rotations: bool, flips: bool) -> list[tuple[bool, int]]:
+    """(mirror left-right, quarter turns) of each test-time view; (False, 0) is the image."""
+    return [(f, r) for f in ((False, True) if flips else (False,))
+            for r in (range(4) if rotations else (0,))]
+
+
+def tta_scores(model, batch, *, rotations: bool, flips: bool):
+    """Softmax probabilities (B, K, h, w) averaged over the test-time views of ``batch``.
+
+    Each view is mirrored and/or rotated, scored, and mapped back before averaging, so a model
+    that is equivariant to those symmetries gives exactly its plain softmax, and one that is not
+    (a CNN's padding, its stride grid, texture direction) gets the consensus of the views.
+    Views of a non-square window are still valid: the scores come back to the window's shape.
+    """
+    import torch
+
+    views = tta_transforms(rotations, flips)
+    total = None
+    for flip, quarter in views:
+        x = torch.flip(batch, (3,)) if flip else batch
+        x = torch.rot90(x, quarter, (2, 3)) if quarter else x
+        p = torch.softmax(model(x.contiguous(memory_format=_memory_format(batch))).float(),
+                          dim=1)
+        p = torch.rot90(p, -quarter, (2, 3)) if quarter else p
+        p = torch.flip(p, (3,)) if flip else p
+        total = p if total is None else total + p
+    return total / float(len(views))
+
+
+def _memory_format(batch):
+    import torch
+
+    return (torch.channels_last if batch.dim() == 4 and batch.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def _check_scores(scores, batch: int, tile: tuple[int, int]) -> None:
@@ -285,6 +322,7 @@ def inference_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "batch_size": int(params["batch_size"]),
         "precision": str(params["precision"]),
         "tta_rotations": bool(params["tta_rotations"]),
+        "tta_flips": bool(params["tta_flips"]),
         "fit_tiles": bool(params["fit_tiles"]),
     }
 
@@ -299,7 +337,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--params-json", required=True,
                         help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
-                             "precision (auto|fp32|bf16|fp16), tta_rotations, fit_tiles")
+                             "precision (auto|fp32|bf16|fp16), tta_rotations, tta_flips, "
+                             "fit_tiles")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")

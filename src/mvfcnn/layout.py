@@ -30,6 +30,9 @@ MASK = f"{RESULTS}/masks/{{sample}}.tif"
 OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
 BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
 PREDICTION = "pred/{sample}.tif"  # under a run directory
+#: a run's validation mean IU per stage on one step axis (under a run directory)
+LEARNING_CURVE = "learning_curve.csv"
+LEARNING_CURVE_PNG = "learning_curve.png"
 
 
 def under(results_dir: str | Path, pattern: str, **wildcards: object) -> Path:
@@ -90,15 +93,18 @@ def crossval_name(samples: str) -> str:
 
 def crossval_table(name: str) -> dict[str, str]:
     """The cross-validation table of a dataset (``metaldam`` or ``crossval``), with its pooled
-    confusion, the phase-fraction errors (per class, and per test image and class) and the
-    object comparison (MVFCNN and the object-based baselines, per fold)."""
+    confusion, the phase-fraction errors (per class, and per test image and class), the
+    object comparison (MVFCNN and the object-based baselines, per fold) and every fold's
+    learning curve."""
     base = f"{RESULTS}/tables/{name}"
     return {"csv": f"{base}.csv", "md": f"{base}.md", "html": f"{base}.html",
             "confusion": f"{base}_confusion.csv",
             "phase_fractions": f"{base}_phase_fractions.csv",
             "phase_fractions_per_image": f"{base}_phase_fractions_per_image.csv",
             "objects_csv": f"{base}_objects.csv", "objects_md": f"{base}_objects.md",
-            "objects_html": f"{base}_objects.html"}
+            "objects_html": f"{base}_objects.html",
+            "learning_curves": f"{base}_learning_curves.csv",
+            "learning_curves_png": f"{RESULTS}/figures/{name}_learning_curves.png"}
 
 
 def _job_name(cv: bool, run: bool, extra: str) -> str:

@@ -20,6 +20,14 @@ tolerance is reported (``BalanceResult.within_tolerance``) and, with ``strict=Tr
 
 Augmentation adds rows with ``rot`` = 1, 2, 3 (90°, 180°, 270° counter-clockwise, ``np.rot90``
 convention) beside ``rot`` = 0; the rotation is applied when the tile is read.
+
+Rare-class centring (:func:`add_rare_tiles`, ``tiles.rare_share`` > 0): stride balancing works per
+*image* class, which says nothing about pixels when every image holds several classes (MetalDAM),
+so a rare class (M/A, defects) lands in few tiles and mostly near their borders. For each rare
+class a share ``rare_share`` of the final index is added as windows centred on pixels of that
+class, drawn uniformly over its labelled pixels of all training images by a generator seeded
+with the run's seed. Their ``class`` column reads ``centred:<class>``; they always train (never
+held out for validation), so the validation tiles are those of the plain index.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ IMAGE_COLUMNS = ["sample", "height", "width", "class", "image", "labels"]
 #: columns of the tile index file (tiles.csv) that tile_index writes
 TILE_INDEX_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "class", "image", "labels"]
 ROTATIONS = (0, 1, 2, 3)
+#: ``class`` prefix of the rows :func:`add_rare_tiles` adds (windows centred on a rare class)
+CENTRED = "centred:"
 
 
 @dataclass
@@ -75,6 +85,7 @@ class TileIndex:
     augment: bool
     tolerance: float
     classes: dict[str, ClassBalance] = field(default_factory=dict)
+    rare: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def strides(self) -> dict[str, int]:
@@ -100,6 +111,7 @@ class TileIndex:
             "within_tolerance": self.within_tolerance,
             "classes": {name: {**c.to_dict(), "rows": self.counts[name]}
                         for name, c in self.classes.items()},
+            **({"rare": self.rare} if self.rare else {}),
         }
 
 
@@ -213,6 +225,104 @@ def tile_index(images: pd.DataFrame, *, size: int, stride: int, balanced: bool, 
     return TileIndex(tiles, size, stride, bool(balanced), bool(augment), float(tolerance), balance)
 
 
+def is_centred(tiles: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of the rows :func:`add_rare_tiles` added (kept out of validation)."""
+    return tiles["class"].astype(str).str.startswith(CENTRED).to_numpy()
+
+
+def class_pixel_counts(label_maps: Sequence[np.ndarray], classes: ClassSet) -> np.ndarray:
+    """Labelled pixels per class over ``label_maps`` (ignore pixels and unknown values left out)."""
+    counts = np.zeros(classes.num_classes, dtype=np.int64)
+    for labels in label_maps:
+        flat = np.asarray(labels).ravel().astype(np.int64, copy=False)
+        counts += np.bincount(flat[flat < classes.num_classes], minlength=classes.num_classes)
+    return counts
+
+
+def rare_classes(counts: np.ndarray, classes: ClassSet, *, names: Sequence[str] | None,
+                 max_frequency: float) -> list[str]:
+    """The classes to centre tiles on: ``names`` if given, else every class present in the
+    training labels whose pixel share is below ``max_frequency`` (absent ones cannot be centred).
+    """
+    if names is not None:
+        for name in names:
+            classes.index_of(name)
+        return [n for n in classes.names if n in set(names)]
+    freq = counts / max(int(counts.sum()), 1)
+    return [classes.names[c] for c in range(classes.num_classes)
+            if counts[c] > 0 and freq[c] < max_frequency]
+
+
+def add_rare_tiles(index: TileIndex, label_maps: Sequence[np.ndarray], classes: ClassSet, *,
+                   share: float, names: Sequence[str] | None = None, max_frequency: float = 0.1,
+                   seed: int = 0) -> TileIndex:
+    """``index`` plus windows centred on pixels of each rare class, ``share`` of the result each.
+
+    ``label_maps`` are the label images in the order of the index's samples (first appearance).
+    With k rare classes and N plain rows, each class gets ``round(share * N / (1 - k * share))``
+    rows (whole positions times the rotations the index uses); the centres are uniform over the
+    class's pixels of all images, drawn from ``seed`` alone, and a window is shifted inside the
+    image where the centre lies near a border. ``share`` 0 returns ``index`` unchanged.
+    """
+    if share <= 0:
+        return index
+    tiles = index.tiles
+    samples = list(dict.fromkeys(tiles["sample"].astype(str)))
+    if len(samples) != len(label_maps):
+        raise InputError(f"{len(label_maps)} label maps for {len(samples)} tiled images")
+    first = tiles.drop_duplicates("sample")
+    first = first.set_index(first["sample"].astype(str), drop=False)
+    counts = class_pixel_counts(label_maps, classes)
+    rare = rare_classes(counts, classes, names=names, max_frequency=max_frequency)
+    rare = [n for n in rare if counts[classes.index_of(n)] > 0]
+    if not rare:
+        log.info("rare-class tiles: no rare class in the training labels")
+        return index
+    if share * len(rare) >= 1:
+        raise InputError(f"tiles.rare_share {share} x {len(rare)} rare classes must stay below 1")
+    rotations = sorted(int(r) for r in tiles["rot"].unique())
+    wanted = round(share * len(tiles) / (1 - share * len(rare)))
+    positions = max(1, round(wanted / len(rotations)))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 22]))
+    frames, report = [], {}
+    for name in rare:
+        value = classes.index_of(name)
+        per_image = np.array([int((np.asarray(m) == value).sum()) for m in label_maps])
+        picks = np.sort(rng.integers(0, int(per_image.sum()), positions))
+        bounds = np.cumsum(per_image)
+        image_of = np.searchsorted(bounds, picks, side="right")
+        ys, xs, owners = [], [], []
+        for i in np.unique(image_of):
+            where = np.flatnonzero(np.asarray(label_maps[i]).ravel() == value)
+            offset = int(bounds[i] - per_image[i])
+            py, px = np.divmod(where[picks[image_of == i] - offset], label_maps[i].shape[1])
+            ys.append(py)
+            xs.append(px)
+            owners += [i] * len(py)
+        py, px, owner = np.concatenate(ys), np.concatenate(xs), np.asarray(owners)
+        for i in np.unique(owner):
+            row = first.loc[samples[i]]
+            height, width = label_maps[i].shape
+            h, w = min(index.size, height), min(index.size, width)
+            sel = owner == i
+            y = np.clip(py[sel] - index.size // 2, 0, height - h)
+            x = np.clip(px[sel] - index.size // 2, 0, width - w)
+            frames.append(pd.DataFrame({
+                "sample": row["sample"], "y": np.tile(y, len(rotations)),
+                "x": np.tile(x, len(rotations)), "h": h, "w": w,
+                "rot": np.repeat(np.asarray(rotations, dtype=np.int64), len(y)),
+                "class": f"{CENTRED}{name}", "image": row["image"], "labels": row["labels"]}))
+        report[name] = {"pixel_share": float(counts[value] / counts.sum()),
+                        "positions": positions, "rows": positions * len(rotations)}
+    extra = pd.concat(frames, ignore_index=True)[TILE_INDEX_COLUMNS]
+    for info in report.values():
+        info["share"] = info["rows"] / (len(tiles) + len(extra))
+    log.info("rare-class tiles: %s", json.dumps(report))
+    out = pd.concat([tiles, extra], ignore_index=True)
+    return TileIndex(out, index.size, index.common_stride, index.balanced, index.augment,
+                     index.tolerance, index.classes, report)
+
+
 def image_class_from_labels(labels: np.ndarray, classes: ClassSet) -> str:
     """Majority non-matrix class of a label image (for images without an image-level class).
 
@@ -304,6 +414,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--augment", type=_bool, required=True)
     parser.add_argument("--strict", action="store_true",
                         help="fail if a class cannot be balanced within the tolerance")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws the rare-class centres (tiles.rare_share > 0)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--out-summary", default=None, help="JSON: strides and counts per class")
     args = parser.parse_args(argv)
@@ -317,6 +429,14 @@ def cli(argv: list[str]) -> int:
     index = tile_index(table, size=int(params["size"]), stride=int(params["stride"]),
                        balanced=args.balanced, augment=args.augment,
                        tolerance=float(params["balance_tolerance"]), strict=args.strict)
+    if float(params["rare_share"]) > 0:
+        from mvfcnn.io import read_labels
+
+        maps = [np.asarray(read_labels(p, sample=s))
+                for s, p in zip(table["sample"], table["labels"], strict=True)]
+        index = add_rare_tiles(index, maps, classes, share=float(params["rare_share"]),
+                               names=params["rare_classes"],
+                               max_frequency=float(params["rare_max_frequency"]), seed=args.seed)
     write_table(args.out, index.tiles)
     summary = index.summary()
     if args.out_summary:

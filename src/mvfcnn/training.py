@@ -51,6 +51,14 @@ their rot = 0 tiles, at most ``fcn.val_max_tiles``, evenly spaced) or takes a se
 (``--val-tiles``). Held-out windows overlap neighbouring training windows, so these numbers track
 fitting within the training images; they are never computed on test images.
 
+Rare classes (issue 22): ``fcn.dice_weight`` adds a soft-Dice term to the cross-entropy
+(:func:`soft_dice_loss`) and ``fcn.class_weight_cap`` clips median-frequency class weights
+(``fcn.class_weighting``) to [1/cap, cap]; both leave the sum/mean conventions above intact.
+
+SEM contrast augmentation (``fcn.augmentation``: flips, gamma, contrast, brightness, blur,
+noise; :func:`mvfcnn.data.augment_tile`) applies to variants with ``augment: true``, beside the
+tile index's rotations, so a variant's ``augment`` switches all augmentation on or off.
+
 Optional ``fcn`` keys (defaults: the config schema, :mod:`mvfcnn.settings`): dropout,
 bias_lr_mult, bias_decay_mult, num_workers, val_holdout_every, val_max_tiles, keep_checkpoints,
 progress.
@@ -79,7 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
-from mvfcnn.data import TileDataset, sample_order
+from mvfcnn.data import AugmentedTiles, TileDataset, augmentation_enabled, sample_order
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, write_table
 from mvfcnn.progress import progress
@@ -113,13 +121,17 @@ def lr_sum_to_mean(lr_sum: float, weight_decay_sum: float, n_pixels: int) -> tup
 
 
 def pixel_loss(logits: Tensor, labels: Tensor, *, ignore_index: int, reduction: str,
-               class_weights: Tensor | None = None) -> tuple[Tensor, float, int]:
+               class_weights: Tensor | None = None,
+               dice_weight: float = 0.0) -> tuple[Tensor, float, int]:
     """(objective to minimise, mean loss per labelled pixel, N labelled pixels).
 
     ``reduction`` "sum" or "mean" (see the module docstring); a batch without any labelled
     pixel gives a zero objective (no NaN), so weight decay and momentum still step as usual.
     ``class_weights`` scales each pixel's loss by its true class's weight; the normalisation
     stays "per labelled pixel" so the sum/mean learning-rate mapping is unchanged.
+    ``dice_weight`` adds that multiple of :func:`soft_dice_loss` (per batch, every class
+    counted alike, so a rare class weighs as much as the matrix) to the mean objective, and N
+    times it to the summed one: "sum" stays N x "mean", so :func:`lr_sum_to_mean` still holds.
     """
     if reduction not in LOSSES:
         raise InputError(f"fcn.loss must be one of {LOSSES}, got {reduction!r}")
@@ -133,16 +145,37 @@ def pixel_loss(logits: Tensor, labels: Tensor, *, ignore_index: int, reduction: 
                                     weight=class_weights.to(logits.device))
         total = per_pixel.sum()
     objective = total if reduction == "sum" else total / max(n, 1)
+    if dice_weight and n:
+        dice = soft_dice_loss(logits, labels, ignore_index=ignore_index)
+        objective = objective + dice_weight * (n if reduction == "sum" else 1) * dice
     return objective, float(plain.detach().item()) / max(n, 1), n
 
 
+def soft_dice_loss(logits: Tensor, labels: Tensor, *, ignore_index: int,
+                   smooth: float = 1.0) -> Tensor:
+    """1 - mean over classes of the soft Dice (2 sum p g + s) / (sum p + sum g + s) on the
+    batch's labelled pixels (Milletari et al. 2016). Cross-entropy weighs classes by their pixel
+    count; Dice weighs each class's overlap alike, so M/A islands and defects count as much as
+    the matrix. ``smooth`` keeps a class absent from the batch and not predicted at Dice 1."""
+    probs = torch.softmax(logits.float(), dim=1)
+    valid = (labels != ignore_index).unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(torch.where(labels == ignore_index, 0, labels),
+                       probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype) * valid
+    probs = probs * valid
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    return 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
+
+
 def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_index: int,
-                          max_tiles: int = 256) -> Tensor:
+                          max_tiles: int = 256, cap: float | None = None) -> Tensor:
     """Median-frequency balancing (Eigen & Fergus 2015): weight_c = median(freq) / freq_c.
 
     Frequencies are counted on up to ``max_tiles`` evenly spaced tiles. The matrix covers most
     pixels of a micrograph, so without weights a short training run learns "matrix" and little
-    about the constituents it has to tell apart; absent classes get weight 0.
+    about the constituents it has to tell apart; absent classes get weight 0. ``cap`` clips the
+    weights of present classes to [1/cap, cap]: uncapped, MetalDAM's precipitate (0.24 % of the
+    pixels) got weight 30 and FCN-32s predicted it everywhere.
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     step = max(1, len(dataset) // max_tiles)
@@ -154,6 +187,10 @@ def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_inde
     present = freq > 0
     weights = np.zeros(num_classes, dtype=np.float32)
     weights[present] = np.median(freq[present]) / freq[present]
+    if cap is not None:
+        if cap < 1:
+            raise InputError(f"fcn.class_weight_cap must be >= 1, got {cap}")
+        weights[present] = np.clip(weights[present], 1.0 / cap, cap)
     return torch.from_numpy(weights)
 
 
@@ -263,15 +300,22 @@ def split_validation(tiles: pd.DataFrame, every: int,
     """(training tiles, validation tiles): every ``every``-th position held out (all rotations).
 
     Positions are (sample, y, x) in order of first appearance; the validation tiles are their
-    rot = 0 rows, thinned to at most ``max_tiles`` evenly spaced ones.
+    rot = 0 rows, thinned to at most ``max_tiles`` evenly spaced ones. Windows centred on a rare
+    class (:func:`mvfcnn.tiling.add_rare_tiles`) always train, so validation sees the same
+    windows with or without them.
     """
+    from mvfcnn.tiling import is_centred
+
     if every <= 1:
         return tiles, tiles.iloc[:0]
+    centred = is_centred(tiles) if "class" in tiles.columns else np.zeros(len(tiles), bool)
     keys = list(zip(tiles["sample"].astype(str), tiles["y"], tiles["x"], strict=True))
     ordinal: dict[tuple[str, int, int], int] = {}
-    for key in keys:
-        ordinal.setdefault(key, len(ordinal))
-    held = np.array([ordinal[k] % every == every - 1 for k in keys], dtype=bool)
+    for key, extra in zip(keys, centred, strict=True):
+        if not extra:
+            ordinal.setdefault(key, len(ordinal))
+    held = np.array([not extra and ordinal[k] % every == every - 1
+                     for k, extra in zip(keys, centred, strict=True)], dtype=bool)
     if not held.any() or held.all():
         return tiles, tiles.iloc[:0]
     train = tiles.loc[~held].reset_index(drop=True)
@@ -439,6 +483,88 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], *, tit
         fig.savefig(tmp, format="png", dpi=100)
 
 
+#: columns of a run's learning curve (validation rows of every stage, in training order)
+CURVE_COLUMNS = ["stage", "iteration", "step", "train_loss", "pixel_accuracy", "mean_iu",
+                 "mean_iu_gain"]
+
+
+def learning_curve(stage_rows: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The validation rows of every stage's ``train_<stage>.csv`` on one axis of training steps.
+
+    ``step`` counts iterations over the stages in order (32s, then 16s on top, ...);
+    ``train_loss`` is the running mean of the last 20 training losses up to that row;
+    ``mean_iu_gain`` is the change of validation mean IU since the stage's previous
+    validation, so a stage still rising when it stopped (gain clearly > 0 on its last row) is
+    visible rather than assumed saturated.
+    """
+    frames, offset = [], 0
+    for stage, rows in stage_rows.items():
+        rows = rows.reset_index(drop=True)
+        loss = rows["loss"].astype(float).rolling(20, min_periods=1).mean()
+        val = rows[rows["mean_iu"].notna()]
+        frames.append(pd.DataFrame({
+            "stage": stage, "iteration": val["iteration"].astype(int),
+            "step": val["iteration"].astype(int) + offset, "train_loss": loss[val.index],
+            "pixel_accuracy": val["pixel_accuracy"].astype(float),
+            "mean_iu": val["mean_iu"].astype(float),
+            "mean_iu_gain": val["mean_iu"].astype(float).diff()}))
+        offset += int(rows["iteration"].max()) if len(rows) else 0
+    if not frames:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
+
+
+def plot_learning_curve(curve: pd.DataFrame, path: str | os.PathLike[str], *,
+                        title: str) -> None:
+    """Validation mean IU and pixel accuracy over all stages' steps, one colour per stage."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (stage, part) in enumerate(curve.groupby("stage", sort=False)):
+        ax.plot(part["step"], part["mean_iu"], "o-", color=f"C{i}", label=f"FCN-{stage} mean IU")
+        ax.plot(part["step"], part["pixel_accuracy"], "s--", color=f"C{i}", alpha=0.5, ms=3,
+                label=f"FCN-{stage} pixel acc.")
+        last = part.iloc[-1]
+        ax.annotate(f"{last['mean_iu']:.3f}", (last["step"], last["mean_iu"]),
+                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.axvline(part["step"].iloc[-1], color="0.8", lw=0.8, zorder=0)
+    ax.set(xlabel="training step (stages in order)", ylabel="validation (held-out tiles)",
+           ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def learning_curve_cli(argv: list[str]) -> int:
+    """`mvfcnn learning-curve`: a run's validation mean IU per stage (CSV + PNG)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mvfcnn learning-curve",
+                                     description=learning_curve_cli.__doc__)
+    parser.add_argument("--stages", nargs="+", required=True, choices=STAGES)
+    parser.add_argument("--csvs", nargs="+", required=True, help="train_<stage>.csv, same order")
+    parser.add_argument("--title", default="learning curve")
+    parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--out-png", required=True)
+    args = parser.parse_args(argv)
+    if len(args.stages) != len(args.csvs):
+        raise InputError(f"{len(args.stages)} stages but {len(args.csvs)} training CSVs")
+    frames = {}
+    for stage, path in zip(args.stages, args.csvs, strict=True):
+        if not Path(path).is_file():
+            raise InputError("training CSV not found", path=path)
+        frames[stage] = pd.read_csv(path)
+    curve = learning_curve(frames)
+    write_table(args.out_csv, curve)
+    plot_learning_curve(curve, args.out_png, title=args.title)
+    return 0
+
+
 def _write_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
     write_table(path, pd.DataFrame(rows, columns=CSV_COLUMNS))
 
@@ -446,8 +572,8 @@ def _write_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Non
 # --------------------------------------------------------------------------- training
 
 
-def _loader(dataset: TileDataset, batches: list[list[int]], *, seed: int, num_workers: int,
-            pin: bool) -> torch.utils.data.DataLoader:
+def _loader(dataset: torch.utils.data.Dataset, batches: list[list[Any]], *, seed: int,
+            num_workers: int, pin: bool) -> torch.utils.data.DataLoader:
     # an own generator: creating the iterator must not draw from the global torch RNG, or a
     # resumed run (which restores that RNG) would diverge from an uninterrupted one
     generator = torch.Generator().manual_seed(int(seed))
@@ -520,8 +646,10 @@ def train_stage(
         order = sample_order(len(train_set), iterations, batch_size, seed)
         class_weights = None
         if cfg["class_weighting"] == "median_frequency":
+            cap = cfg["class_weight_cap"]
             class_weights = class_balance_weights(train_set, classes.num_classes,
-                                                  ignore_index=classes.ignore_index)
+                                                  ignore_index=classes.ignore_index,
+                                                  cap=None if cap is None else float(cap))
             log.info("class weights (median frequency): %s", class_weights.tolist())
         elif cfg["class_weighting"] != "none":
             raise InputError("fcn.class_weighting must be 'none' or 'median_frequency', got "
@@ -552,7 +680,16 @@ def train_stage(
                  "lr %g, device %s", stage, iterations, batch_size, train_set.size,
                  len(train_set), f"parent {parent}" if parent else
                  f"pretrained {variant.get('pretrained', 'none')}", precision, loss_kind, lr, dev)
-        loader = _loader(train_set, order[start:].tolist(), seed=seed,
+        batches: list[list[Any]] = order[start:].tolist()
+        loader_set: torch.utils.data.Dataset = train_set
+        augmentation = cfg["augmentation"]
+        if variant.get("augment") and augmentation_enabled(augmentation):
+            # (position in the visiting order, tile): each visit draws its own augmentation
+            loader_set = AugmentedTiles(train_set, augmentation, seed)
+            batches = [[((start + r) * batch_size + j, i) for j, i in enumerate(batch)]
+                       for r, batch in enumerate(batches)]
+            log.info("augmentation: %s", json.dumps(augmentation))
+        loader = _loader(loader_set, batches, seed=seed,
                          num_workers=int(cfg["num_workers"]), pin=dev.type == "cuda")
         recent: deque[float] = deque(maxlen=20)
         recent.extend(float(r["loss"]) for r in rows[-20:])
@@ -567,7 +704,8 @@ def train_stage(
                 logits = model(x)
             objective, mean_loss, _ = pixel_loss(logits, labels, reduction=loss_kind,
                                                  ignore_index=classes.ignore_index,
-                                                 class_weights=class_weights)
+                                                 class_weights=class_weights,
+                                                 dice_weight=float(cfg["dice_weight"]))
             if not math.isfinite(mean_loss):
                 raise InputError(f"FCN-{stage} training loss is {mean_loss} at iteration "
                                  f"{iteration + 1}: lower fcn.lr.{stage} (loss {loss_kind})")

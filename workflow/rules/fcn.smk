@@ -32,6 +32,7 @@ rule tile_index:
         balanced=lambda w: str(variant_cfg(w.variant)["balanced"]).lower(),
         augment=lambda w: str(variant_cfg(w.variant)["augment"]).lower(),
         class_set=CLASSES_JSON,
+        seed=config["seed"],
     log:
         layout.log_path("tile_index", CV),
     benchmark:
@@ -46,7 +47,7 @@ rule tile_index:
         "mvfcnn tile-index --samples {params.samples:q} --images {input.images:q}"
         " --labels {input.labels:q} --classes {params.classes} --classes-json {params.class_set:q}"
         " --params-json {params.tiles:q} --balanced {params.balanced:q} --augment {params.augment:q}"
-        " --out {output.table:q} --out-summary {output.summary:q} 2> {log:q}"
+        " --seed {params.seed:q} --out {output.table:q} --out-summary {output.summary:q} 2> {log:q}"
 
 
 rule pretrain_trunk:
@@ -127,6 +128,36 @@ rule train_fcn:
         " --variant-json {params.variant:q} --seed {params.seed:q} --out {output.model:q}"
         " --out-csv {output.csv:q} --out-png {output.png:q} --checkpoint-dir {params.checkpoints:q}"
         " --threads {threads} 2> {log:q}"
+
+
+rule learning_curve:
+    """Validation mean IU of every stage of a run on one axis, so saturation is visible."""
+    input:
+        csvs=expand(os.path.join(RUN, "train_{stage}.csv"), stage=STAGES, allow_missing=True),
+    output:
+        csv=os.path.join(RUN, layout.LEARNING_CURVE),
+        png=report(
+            os.path.join(RUN, layout.LEARNING_CURVE_PNG),
+            category="Training",
+            subcategory="{variant} / {modality}",
+            caption="../report/learning_curve.rst",
+        ),
+    params:
+        stages=STAGES,
+        title=lambda w: " / ".join(str(v) for v in w),
+    log:
+        layout.log_path("learning_curve", CV),
+    benchmark:
+        layout.benchmark_path("learning_curve", CV),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "mvfcnn learning-curve --stages {params.stages:q} --csvs {input.csvs:q}"
+        " --title {params.title:q} --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"
 
 
 rule predict:
@@ -213,4 +244,5 @@ rule evaluate:
         " --out-pixel-confusion {output.pixel_confusion:q} 2> {log:q}"
 
 
-TARGETS["mvfcnn"] = [f"{run}/metrics.json" for run in run_dirs()]
+TARGETS["mvfcnn"] = [f"{run}/{name}" for run in run_dirs()
+                     for name in ("metrics.json", layout.LEARNING_CURVE, layout.LEARNING_CURVE_PNG)]

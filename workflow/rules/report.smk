@@ -353,9 +353,39 @@ rule crossval_figure:
         " --out {output:q} 2> {log:q}"
 
 
+rule crossval_learning_curves:
+    """Every fold's validation mean IU per stage on one figure: saturation visible per fold."""
+    input:
+        curves=lambda w: [os.path.join(_crossval_run_dir(f), layout.LEARNING_CURVE) for f in FOLDS],
+    output:
+        csv=CROSSVAL["learning_curves"],
+        png=report(
+            CROSSVAL["learning_curves_png"],
+            category="Training",
+            caption="../report/crossval_learning_curves.rst",
+        ),
+    params:
+        folds=FOLDS,
+        title="{} learning curves, {} / {}, {} folds".format(
+            CROSSVAL_NAME, *crossval_run(), len(FOLDS)
+        ),
+    log:
+        "results/logs/report/crossval_learning_curves.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "mvfcnn crossval-curves --folds {params.folds:q} --curves {input.curves:q}"
+        " --title {params.title:q} --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"
+
+
 TARGETS["report"] = [
     CROSSVAL[key]
-    for key in ("csv", "md", "html", "phase_fractions", "phase_fractions_per_image")
+    for key in ("csv", "md", "html", "phase_fractions", "phase_fractions_per_image",
+                "learning_curves", "learning_curves_png")
 ] + [CROSSVAL_FIGURE] + [
     CROSSVAL[key] for key in ("objects_csv", "objects_md", "objects_html") if baseline_runs()
 ] if CV else (

@@ -185,6 +185,10 @@ def _pointwise_conv_available() -> bool:
                 and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
+#: dtypes the fused op refused in this process (asked once, then the plain path)
+_UNFUSABLE: set[object] = set()
+
+
 class ConvReLU(nn.Module):
     """``relu(conv(x))`` as one oneDNN convolution with a ReLU post-op, for CPU inference.
 
@@ -218,10 +222,19 @@ class ConvReLU(nn.Module):
             return nn.functional.relu(conv(x))
         dtype = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
                  else x.dtype)
+        if dtype in _UNFUSABLE:
+            return nn.functional.relu(conv(x))
         weight, bias = self._weights(dtype)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), weight, bias, list(conv.padding), list(conv.stride),
-            list(conv.dilation), conv.groups, "relu", [None], "")
+        try:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x.to(dtype), weight, bias, list(conv.padding), list(conv.stride),
+                list(conv.dilation), conv.groups, "relu", [None], "")
+        except RuntimeError:
+            # oneDNN has no kernel for this dtype here (bf16 under an AVX2 cap: "bf16 path
+            # needs the cpu support avx_ne_convert or avx512bw..."); autocast's conv emulates it
+            _UNFUSABLE.add(dtype)
+            self._cast = None
+            return nn.functional.relu(conv(x))
 
 
 def fuse_conv_relu(model: nn.Module) -> nn.Module:
