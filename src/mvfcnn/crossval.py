@@ -406,7 +406,7 @@ def learning_curves_figure(frame: pd.DataFrame, *, title: str):
 def learning_curves_cli(argv: list[str]) -> int:
     """`mvfcnn crossval-curves`: every fold's learning curve in one CSV and one figure."""
     from mvfcnn.figures import save_figure
-    from mvfcnn.io import write_table
+    from mvfcnn.io import read_tables, write_table
 
     parser = argparse.ArgumentParser(prog="mvfcnn crossval-curves",
                                      description=learning_curves_cli.__doc__)
@@ -417,13 +417,7 @@ def learning_curves_cli(argv: list[str]) -> int:
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-png", required=True)
     args = parser.parse_args(argv)
-    if len(args.folds) != len(args.curves):
-        raise InputError(f"{len(args.folds)} folds but {len(args.curves)} learning curves")
-    curves = {}
-    for fold, path in zip(args.folds, args.curves, strict=True):
-        if not Path(path).is_file():
-            raise InputError("learning curve not found", path=path)
-        curves[fold] = pd.read_csv(path)
+    curves = read_tables(args.folds, args.curves, what="learning curve")
     frame = fold_learning_curves(curves)
     write_table(args.out_csv, frame)
     save_figure(learning_curves_figure(frame, title=args.title), args.out_png)

@@ -91,6 +91,21 @@ def write_table(path: str | os.PathLike[str], frame: Any) -> None:
         frame.to_csv(tmp, index=False, sep=sep)
 
 
+def read_tables(names: list[str], paths: list[str], *, what: str) -> dict[str, Any]:
+    """``{name: DataFrame}`` of CSVs given as two parallel command-line lists (one per fold or
+    stage); the error names the missing file, or the lists' lengths when they differ."""
+    import pandas as pd
+
+    if len(names) != len(paths):
+        raise InputError(f"{len(names)} names but {len(paths)} {what}s")
+    tables = {}
+    for name, path in zip(names, paths, strict=True):
+        if not Path(path).is_file():
+            raise InputError(f"{what} not found", path=path)
+        tables[name] = pd.read_csv(path)
+    return tables
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -89,7 +89,7 @@ from torch import Tensor, nn
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.data import AugmentedTiles, TileDataset, augmentation_enabled, sample_order
 from mvfcnn.errors import InputError
-from mvfcnn.io import atomic_path, write_table
+from mvfcnn.io import atomic_path, read_tables, write_table
 from mvfcnn.progress import progress
 from mvfcnn.runtime import (
     announce,
@@ -552,14 +552,7 @@ def learning_curve_cli(argv: list[str]) -> int:
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-png", required=True)
     args = parser.parse_args(argv)
-    if len(args.stages) != len(args.csvs):
-        raise InputError(f"{len(args.stages)} stages but {len(args.csvs)} training CSVs")
-    frames = {}
-    for stage, path in zip(args.stages, args.csvs, strict=True):
-        if not Path(path).is_file():
-            raise InputError("training CSV not found", path=path)
-        frames[stage] = pd.read_csv(path)
-    curve = learning_curve(frames)
+    curve = learning_curve(read_tables(args.stages, args.csvs, what="training CSV"))
     write_table(args.out_csv, curve)
     plot_learning_curve(curve, args.out_png, title=args.title)
     return 0
