@@ -498,3 +498,21 @@ def test_tta_on_a_real_crop(real_crops, one_torch_thread):
     assert tta.shape == plain.shape == image.shape and tta.max() < 5
     np.testing.assert_allclose(p_tta.astype(np.float32).sum(0), 1.0, atol=5e-3)
     assert not np.array_equal(p_tta, p_plain)
+
+
+@pytest.mark.parametrize("overlay", sorted((ROOT / "benchmarks" / "overlays").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_benchmark_overlays_validate_on_metaldam(overlay):
+    """The lever overlays the MetalDAM ablation runs with pass the schema on config/metaldam.yaml
+    and each switches at least one lever on."""
+    from snakemake.utils import validate
+
+    from mvfcnn.settings import merge
+
+    schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    base = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())
+    config = merge(base, yaml.safe_load(overlay.read_text()))
+    validate(config, schema)
+    fcn, tiles = config["fcn"], config["tiles"]
+    assert (tiles["rare_share"] > 0 or fcn["dice_weight"] > 0
+            or any(fcn["augmentation"].values()))
