@@ -8,7 +8,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from mvfcnn.config import check_config_keys
+from mvfcnn.config import check_config_fields, check_config_keys
 from mvfcnn.errors import InputError
 
 min_version("9.0")
@@ -24,6 +24,10 @@ try:
 except InputError as err:
     raise WorkflowError(str(err)) from None  # one line, no traceback into the package
 validate(config, "workflow/schemas/config.schema.yaml")
+try:  # rules between keys (overlap < window, ignore_index, defined variants, weights files)
+    check_config_fields(config)
+except InputError as err:
+    raise WorkflowError(f"config: {err}") from None
 
 
 include: "workflow/rules/common.smk"

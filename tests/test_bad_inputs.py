@@ -564,3 +564,48 @@ def test_learning_curve_clis_name_the_missing_csv_and_mismatched_lists(tmp_path)
     with pytest.raises(InputError, match="learning curve not found"):
         learning_curves_cli(["--folds", "0", "--curves", str(tmp_path / "none.csv"), *out])
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 21 item 3: rules between keys, checked when the DAG is built
+
+
+CROSS_FIELD = [
+    ("inference: {overlap: 200, tile_size: 128}\n",
+     "config: inference.overlap (200) must be smaller than inference.tile_size (128)"),
+    ("tiles: {size: 96, stride: 128}\n", "config: tiles.stride (128) must not exceed tiles.size"),
+    ("ignore_index: 1\n", "config: ignore_index 1 is also the index of class 'martensite'"),
+    ("run: {variants: [ft_balanced_agu]}\n",
+     "config: run.variants names 'ft_balanced_agu', which is not defined under variants "
+     "(did you mean 'ft_balanced_aug'?)"),
+    ("run: {combinations: [{variant: nope, modality: sem}]}\n",
+     "config: run.combinations names 'nope', which is not defined under variants"),
+    ("variants: {ft_balanced_aug: {pretrained: no/such/weights.pt, balanced: true, "
+     "augment: true}}\n",
+     "config: variants.ft_balanced_aug.pretrained: 'no/such/weights.pt' is none of"),
+    ("baselines: {vgg16: {pretrained: results}}\n",
+     "config: baselines.vgg16.pretrained: 'results' is none of ['none', 'imagenet', 'patches', "
+     "'match'] and no existing weights file (it is a directory)"),
+]
+
+
+@pytest.mark.parametrize(("overlay", "message"), CROSS_FIELD,
+                         ids=["overlap", "stride", "ignore_index", "variant", "combination",
+                              "pretrained_file", "pretrained_dir"])
+def test_cross_field_config_errors_stop_the_dag_build(tmp_path, overlay, message):
+    """One line naming the key, exit code != 0, no job and nothing written."""
+    (tmp_path / "results").mkdir()  # a directory where a weights file is expected
+    path = tmp_path / "overlay.yaml"
+    path.write_text(overlay)
+    snakemake = Path(sys.executable).with_name("snakemake")
+    result = subprocess.run(
+        [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(ROOT / "config" / "config.yaml"), str(path), "-n", "--cores", "1"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-2000:]
+    assert "Traceback" not in output
+    assert not any((tmp_path / "results").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".snakemake") == [
+        "overlay.yaml", "results"]

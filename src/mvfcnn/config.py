@@ -53,9 +53,13 @@ class ClassSet:
         names = tuple(c["name"] for c in entries)
         if len(set(names)) != len(names):
             raise InputError(f"class names must be unique, got {list(names)}")
-        return cls(indices, names, tuple(c["color"] for c in entries),
-                   int(config["ignore_index"] if "ignore_index" in config
-                       else defaults("ignore_index")))
+        ignore = int(config["ignore_index"] if "ignore_index" in config
+                     else defaults("ignore_index"))
+        if ignore in indices:
+            raise InputError(f"ignore_index {ignore} is also the index of class "
+                             f"{names[indices.index(ignore)]!r}: its pixels would never be "
+                             "learned or scored; use a value outside 0..K such as 255")
+        return cls(indices, names, tuple(c["color"] for c in entries), ignore)
 
     @property
     def num_classes(self) -> int:
@@ -121,6 +125,43 @@ def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             _check_keys(item, schema["items"], f"{where}[{i}]")
+
+
+#: `pretrained` words that are not a file (`match`: the baselines' "as the compared variant")
+PRETRAINED_WORDS = ("none", "imagenet", "patches", "match")
+
+
+def check_config_fields(config: dict[str, Any]) -> None:
+    """Rules between keys that the schema cannot state, checked when the DAG is built.
+
+    ``config`` is schema-validated (defaults filled). The one message names the key; a relative
+    ``pretrained`` path is resolved against the working directory, as the jobs resolve it.
+    """
+    ClassSet.from_config(config)  # indices 0..K, unique names, ignore_index not a class
+    window, overlap = config["inference"]["tile_size"], config["inference"]["overlap"]
+    if overlap >= window:
+        raise InputError(f"inference.overlap ({overlap}) must be smaller than "
+                         f"inference.tile_size ({window}): windows would not advance")
+    size, stride = config["tiles"]["size"], config["tiles"]["stride"]
+    if stride > size:
+        raise InputError(f"tiles.stride ({stride}) must not exceed tiles.size ({size}): the "
+                         "pixels between two training tiles would never be trained on")
+    variants = config.get("variants") or {}
+    run = config["run"]
+    named = [("run.variants", v) for v in run["variants"]]
+    named += [("run.combinations", c["variant"]) for c in run.get("combinations") or []]
+    for key, name in named:
+        if name not in variants:
+            raise InputError(f"{key} names {name!r}, which is not defined under variants"
+                             f"{did_you_mean(name, variants)}; defined: {sorted(variants)}")
+    pretrained = [(f"variants.{n}.pretrained", v["pretrained"]) for n, v in variants.items()]
+    pretrained += [(f"baselines.{n}.pretrained", config["baselines"][n]["pretrained"])
+                   for n in ("vgg16", "vgg19_svm") if n in config.get("baselines", {})]
+    for key, value in pretrained:
+        if value not in PRETRAINED_WORDS and not Path(value).is_file():
+            raise InputError(f"{key}: {value!r} is none of {list(PRETRAINED_WORDS)} and no "
+                             "existing weights file" + (" (it is a directory)"
+                                                        if Path(value).is_dir() else ""))
 
 
 def json_arg(text: str, flag: str) -> Any:
