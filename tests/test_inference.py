@@ -463,3 +463,26 @@ def test_progress_lines_when_stderr_is_a_log(monkeypatch, capsys) -> None:
     assert lines[0] == f"predict: 0/{n} window"
     assert lines[1].startswith(f"predict: {n}/{n} window (100%), ") and "ETA 0s" in lines[1]
     assert lines[2].startswith(f"predict: done {n}/{n} window in ")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (16, 400), (400, 5)])
+@pytest.mark.parametrize("fit", [True, False])
+def test_images_smaller_or_thinner_than_a_window_run_as_one_padded_window(shape, fit):
+    """Issue 21 item 5: an image under the window (or under the overlap) is predicted at its
+    own size, not refused with a message about settings the user never touched."""
+    import torch
+
+    from mvfcnn.inference import predict_image, tile_grid
+    from mvfcnn.models.fcn import fcn8s
+
+    torch.manual_seed(0)
+    model = fcn8s(num_classes=3, width=1 / 16, fc_channels=8)
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    out = predict_image(model, image, tile_size=128, overlap=100, batch_size=1,
+                        progress=False, fit_tiles=fit)
+    assert out.shape == shape and out.dtype == np.uint8
+    tiles = tile_grid(*shape, 128, 100, fit=fit)
+    covered = np.zeros(shape, dtype=int)
+    for t in tiles:
+        covered[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] += 1
+    assert (covered == 1).all()  # the keep regions still partition the image

@@ -58,13 +58,18 @@ def axis_windows(length: int, tile_size: int, overlap: int) -> list[tuple[int, i
     Neighbouring windows split their common pixels at the midpoint, which is where a pixel's
     distance to the two window borders is equal.
     """
-    if tile_size < 1 or overlap < 0 or overlap >= tile_size:
-        raise InputError(f"need 0 <= overlap < tile_size, got tile_size={tile_size}, "
-                         f"overlap={overlap}")
     if length < 1:
         raise InputError(f"image axis of length {length}")
+    if tile_size < 1 or overlap < 0:
+        raise InputError(f"need tile_size >= 1 and overlap >= 0, got tile_size={tile_size}, "
+                         f"overlap={overlap}")
     if length <= tile_size:
+        # one window: no neighbour to overlap, so a window fitted to a small or thin image
+        # (smaller than the configured overlap) is fine
         return [(0, 0, length)]
+    if overlap >= tile_size:
+        raise InputError(f"need overlap < tile_size, got tile_size={tile_size}, "
+                         f"overlap={overlap}")
     starts = window_starts(length, tile_size, tile_size - overlap)
     cuts = [0] + [(a + tile_size + b) // 2 for a, b in zip(starts, starts[1:], strict=False)]
     cuts.append(length)
