@@ -243,3 +243,34 @@ def test_data_stage_with_hostile_file_names(tmp_path, default_config):
     objects = pd.read_csv(tmp_path / "results" / "objects" / "s1.csv")
     assert len(objects) > 0 and set(objects["true_class_name"]) <= {"martensite", "matrix"}
     assert len(pd.read_csv(tmp_path / "results" / "objects" / "s2.csv")) > 0
+
+
+@pytest.mark.slow
+def test_labels_only_sheet_runs_the_default_target(tmp_path, default_config):
+    """Issue 21 item 1: a sheet with SEM + labels only (no lom, mask or fold column) goes
+    through the default target; objects then come from the labels, Fig. 4 shows no mask."""
+    from mvfcnn.config import ClassSet
+    from mvfcnn.io import write_image
+    from mvfcnn.synthetic import render_sample
+
+    classes = ClassSet.from_config(default_config)
+    cfg = {**default_config["synthetic"], "height": 256, "width": 256, "object_count": [4, 6],
+           "object_radius_px": [18, 30]}
+    rows = ["sample\tsplit\tsem\tlabels\tclass"]
+    for split in ("train", "test"):
+        for index, name in enumerate(classes.names[1:]):
+            sample = render_sample(f"{split}_{name}_0", cfg, classes, 10 * index + len(split))
+            write_image(tmp_path / f"{split}_{name}.tif", sample.sem)
+            write_image(tmp_path / f"{split}_{name}_labels.tif", sample.labels)
+            rows.append(f"{split}_{name}\t{split}\t{split}_{name}.tif\t"
+                        f"{split}_{name}_labels.tif\t{name}")
+    (tmp_path / "samples.tsv").write_text("\n".join(rows) + "\n")
+    overlay = tmp_path / "labels_only.yaml"
+    overlay.write_text("samples: samples.tsv\nrun: {modalities: [sem], baseline_modalities: "
+                       "[sem]}\n")
+    snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", overlays=(overlay,))
+    assert not (tmp_path / "results" / "masks").exists()  # no mask source, none made
+    for name in ("results/tables/summary.md", "results/tables/table1.csv",
+                 "results/figures/fig4_examples.png",
+                 "results/mvfcnn/ft_balanced_aug/sem/metrics.json"):
+        assert (tmp_path / name).is_file(), name

@@ -81,7 +81,7 @@ rule figure_examples:
         sem=_sem("train"),
         lom=_lom("train"),
         labels=_labels("train"),
-        masks=[layout.MASK.format(sample=s) for s in samples_in("train")],
+        masks=[layout.MASK.format(sample=s) for s in samples_in("train") if has_mask_source(s)],
     output:
         report(
             "results/figures/fig4_examples.png",
