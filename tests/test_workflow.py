@@ -274,3 +274,27 @@ def test_labels_only_sheet_runs_the_default_target(tmp_path, default_config):
                  "results/figures/fig4_examples.png",
                  "results/mvfcnn/ft_balanced_aug/sem/metrics.json"):
         assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overlay", "reruns", "keeps"), [
+    # masks -> objects -> votes and the baselines' crops; the FCN and its tiles stay
+    ("masking:\n  closing_radius: 3\n", {"mask", "objects", "vote"},
+     {"train_fcn", "tile_index", "pretrain_trunk", "predict"}),
+    # windows -> predictions -> votes; no training job
+    ("inference:\n  overlap: 40\n", {"predict", "vote"},
+     {"train_fcn", "tile_index", "pretrain_trunk", "mask", "objects"}),
+    # the tile index -> the FCN stages -> predictions; masks and objects stay
+    ("tiles:\n  stride: 48\n", {"tile_index", "train_fcn", "predict", "vote"},
+     {"mask", "objects", "pretrain_trunk", "register"}),
+], ids=["masking", "inference", "tiles"])
+def test_a_settings_change_reruns_only_what_reads_it(mini_run, tmp_path, overlay, reruns,
+                                                     keeps):
+    """Issue 21 item 8: a dry run after a masking.*, inference.* or tiles.* edit plans the jobs
+    that read the changed section and what depends on them, and nothing upstream."""
+    path = tmp_path / "change.yaml"
+    path.write_text(overlay)
+    planned = {rule for rule, _ in planned_jobs(
+        snakemake(mini_run, "-n", "--cores", "2", overlays=(path,)).stdout)}
+    assert reruns <= planned, planned
+    assert not keeps & planned, planned & keeps
