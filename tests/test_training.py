@@ -26,6 +26,7 @@ from mvfcnn.models.preprocess import normalize_batch
 from mvfcnn.tiling import tile_index
 from mvfcnn.training import (
     checkpoint_files,
+    lr_factor,
     lr_sum_to_mean,
     make_optimizer,
     pixel_loss,
@@ -338,3 +339,38 @@ def test_freeze_keeps_the_trunk_prefix_fixed(until):
         key = f"trunk.features.{index}.weight"
         assert torch.equal(before[key], after[key]) == (index in frozen), key
     assert not torch.equal(before["score_fr.weight"], after["score_fr.weight"])
+
+
+def test_lr_factor_schedules_exact():
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert lr_factor("poly", 0, 10) == 1.0
+    assert lr_factor("poly", 5, 10) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor("poly", 9, 10) == pytest.approx(0.1 ** 0.9)
+    assert lr_factor("cosine", 0, 10) == 1.0
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+    with pytest.raises(InputError, match="fcn.lr_schedule"):
+        lr_factor("step", 1, 10)
+
+
+def test_poly_schedule_lr_column_and_keep_best_weights(tmp_path, tiles):
+    """The CSV's lr is each step's decayed rate; keep_best's model is bit-equal to a run
+    stopped at the best validated iteration (a prefix of the same batches)."""
+    train, val = split_validation(tiles, every=4)
+    cfg = {**CFG, "iterations": {**CFG["iterations"], "32s": 16}, "validate_every": 4}
+    _run(tmp_path / "poly", train, val=val, cfg={**cfg, "lr_schedule": "poly"})
+    rows = pd.read_csv(tmp_path / "poly" / "train_32s.csv")
+    expected = [1e-2 * lr_factor("poly", i, 16) for i in range(16)]
+    np.testing.assert_allclose(rows["lr"].to_numpy(), expected, rtol=1e-12)
+
+    best_path, _ = _run(tmp_path / "best", train, val=val, cfg={**cfg, "keep_best": True})
+    rows = pd.read_csv(tmp_path / "best" / "train_32s.csv").dropna(subset=["mean_iu"])
+    best_it = int(rows["iteration"].iloc[int(np.argmax(rows["mean_iu"].to_numpy()))])
+    assert best_it < 16  # the choice is exercised: not simply the last iteration
+    meta = load_model(best_path)[1]["extra"]
+    assert meta["kept_iteration"] == best_it and meta["lr_schedule"] == "constant"
+    prefix = {**cfg, "iterations": {**cfg["iterations"], "32s": best_it}, "validate_every": 0}
+    reference, _ = _run(tmp_path / "prefix", train, cfg=prefix)
+    kept, expected_state = _state(best_path), _state(reference)
+    for key, value in expected_state.items():
+        assert torch.equal(kept[key], value), key

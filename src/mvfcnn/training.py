@@ -51,6 +51,11 @@ their rot = 0 tiles, at most ``fcn.val_max_tiles``, evenly spaced) or takes a se
 (``--val-tiles``). Held-out windows overlap neighbouring training windows, so these numbers track
 fitting within the training images; they are never computed on test images.
 
+Within a stage the learning rate is constant (the paper's) or decays (``fcn.lr_schedule``:
+``poly``, ``cosine``; :func:`lr_factor`); the CSV's ``lr`` column is the rate of each step.
+``fcn.keep_best`` makes each stage's model the weights of its best validation mean IU rather
+than the last iteration's (kept in the checkpoints, so a resumed stage keeps the same best).
+
 Rare classes (issue 22): ``fcn.dice_weight`` adds a soft-Dice term to the cross-entropy
 (:func:`soft_dice_loss`) and ``fcn.class_weight_cap`` clips median-frequency class weights
 (``fcn.class_weighting``) to [1/cap, cap]; both leave the sum/mean conventions above intact.
@@ -192,6 +197,27 @@ def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_inde
             raise InputError(f"fcn.class_weight_cap must be >= 1, got {cap}")
         weights[present] = np.clip(weights[present], 1.0 / cap, cap)
     return torch.from_numpy(weights)
+
+
+#: learning-rate schedules within one stage (``fcn.lr_schedule``)
+LR_SCHEDULES = ("constant", "poly", "cosine")
+
+
+def lr_factor(schedule: str, step: int, iterations: int) -> float:
+    """Multiplier of a stage's learning rate at 0-based ``step`` of ``iterations``.
+
+    ``poly`` is DeepLab's (1 - step/iterations)^0.9 and ``cosine`` half a cosine to 0: both end
+    a stage with small steps, so its last weights are not one noisy step of a constant rate.
+    A function of the step alone, so a resumed stage continues the same schedule.
+    """
+    if schedule == "constant" or iterations <= 0:
+        return 1.0
+    progress = min(max(step / iterations, 0.0), 1.0)
+    if schedule == "poly":
+        return (1.0 - progress) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise InputError(f"fcn.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
@@ -634,6 +660,9 @@ def train_stage(
                                    bias_decay_mult=float(cfg["bias_decay_mult"]),
                                    kind=str(cfg["optimizer"]))
         scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+        schedule, keep_best = str(cfg["lr_schedule"]), bool(cfg["keep_best"])
+        lr_factor(schedule, 0, iterations)  # validates the name before any work
+        base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
 
         train_set = TileDataset(tiles, ignore_index=classes.ignore_index)
         order = sample_order(len(train_set), iterations, batch_size, seed)
@@ -659,6 +688,8 @@ def train_stage(
                                       seed=seed)
         _remove_stale_temporaries(checkpoint_dir)
         start, rows = 0, []
+        # keep_best: (validation mean IU, iteration, weights) of the best validated iteration
+        best: dict[str, Any] | None = None
         ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint, max_iteration=iterations)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -666,8 +697,12 @@ def train_stage(
             scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             start, rows = int(ckpt["iteration"]), list(ckpt["rows"])
+            best = ckpt.get("best")
             log.info("resuming from iteration %d (%s)", start, checkpoint_dir)
         del ckpt
+        if keep_best and val_loader is None:
+            log.warning("fcn.keep_best is set but FCN-%s has no validation tiles: the last "
+                        "iteration's weights are kept", stage)
 
         log.info("FCN-%s: %d iterations x %d tiles of %d px from %d tiles, %s, %s, loss %s, "
                  "lr %g, device %s", stage, iterations, batch_size, train_set.size,
@@ -690,6 +725,10 @@ def train_stage(
                        enabled=bool(cfg["progress"]))
         iteration, tick = start, time.perf_counter()
         for images, labels in loader:
+            factor = lr_factor(schedule, iteration, iterations)
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * factor
+            step_lr = lr * factor
             x = normalize_batch(images.to(dev, non_blocking=True))
             x = x.contiguous(memory_format=memory_format)
             labels = labels.to(dev, non_blocking=True)
@@ -707,7 +746,7 @@ def train_stage(
             scaler.step(optimizer)
             scaler.update()
             iteration += 1
-            row: dict[str, Any] = {"iteration": iteration, "loss": mean_loss, "lr": lr,
+            row: dict[str, Any] = {"iteration": iteration, "loss": mean_loss, "lr": step_lr,
                                    "seconds": time.perf_counter() - tick,
                                    "pixel_accuracy": None, "mean_iu": None}
             recent.append(mean_loss)
@@ -717,6 +756,10 @@ def train_stage(
                                           classes=classes))
                 log.info("iteration %d: loss %.4f, validation pixel accuracy %.4f, mean IU "
                          "%.4f", iteration, mean_loss, row["pixel_accuracy"], row["mean_iu"])
+                if keep_best and (best is None or row["mean_iu"] > best["mean_iu"]):
+                    best = {"mean_iu": row["mean_iu"], "iteration": iteration,
+                            "model": {k: v.detach().clone()
+                                      for k, v in model.state_dict().items()}}
             rows.append(row)
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             bar.update(1)
@@ -726,16 +769,23 @@ def train_stage(
                     "fingerprint": fingerprint, "iteration": iteration,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "rng": _rng_state(), "rows": rows,
-                    "precision_choice": choice.as_dict()})
+                    "best": best, "precision_choice": choice.as_dict()})
                 _write_rows(checkpoint_dir / "progress.csv", rows)
             tick = time.perf_counter()
         bar.close()
+        kept = iterations
+        if keep_best and best is not None:
+            model.load_state_dict(best["model"])
+            kept = int(best["iteration"])
+            log.info("keep_best: FCN-%s keeps iteration %d (validation mean IU %.4f)", stage,
+                     kept, best["mean_iu"])
 
     final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
     extra = {
         "classes": classes.to_dict(), "stage": stage, "iterations": iterations,
         "variant": dict(variant), "normalisation": "imagenet", "tile_size": int(train_set.size),
-        "batch_size": batch_size, "loss": loss_kind, "lr": lr, "precision": precision,
+        "batch_size": batch_size, "loss": loss_kind, "lr": lr, "lr_schedule": schedule,
+        "kept_iteration": kept, "precision": precision,
         "precision_choice": choice.as_dict(),
         "seed": int(seed), "parent": str(parent) if parent is not None else None,
         "n_tiles": int(len(train_set)), "final_loss": final_loss,
