@@ -586,12 +586,17 @@ CROSS_FIELD = [
     ("baselines: {vgg16: {pretrained: results}}\n",
      "config: baselines.vgg16.pretrained: 'results' is none of ['none', 'imagenet', 'patches', "
      "'match'] and no existing weights file (it is a directory)"),
+    ("fcn: {stages: [32s, 8s]}\n",
+     "config: fcn.stages ['32s', '8s'] must be the staged chain from 32s in order"),
+    ("fcn: {stages: [32s, 16s, 8s, 4s]}\n",
+     "config: fcn.iterations needs an entry for every stage in fcn.stages; missing ['4s']"),
 ]
 
 
 @pytest.mark.parametrize(("overlay", "message"), CROSS_FIELD,
                          ids=["overlap", "stride", "ignore_index", "variant", "combination",
-                              "pretrained_file", "pretrained_dir"])
+                              "pretrained_file", "pretrained_dir", "stage_chain",
+                              "stage_iterations"])
 def test_cross_field_config_errors_stop_the_dag_build(tmp_path, overlay, message):
     """One line naming the key, exit code != 0, no job and nothing written."""
     (tmp_path / "results").mkdir()  # a directory where a weights file is expected

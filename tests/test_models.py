@@ -45,6 +45,8 @@ from mvfcnn.models.fcn import (
     _crop,
     _upsampler,
     bilinear_filter,
+    fcn2s_from,
+    fcn4s_from,
 )
 from mvfcnn.models.vgg_trunk import CONV_INDICES
 
@@ -104,7 +106,7 @@ def test_trunk_channel_widths(width, expected):
     assert all(trunk.features[i].padding == (1, 1) for i in CONV_INDICES[1:])
     pools = [m for m in trunk.features if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 5 and all(p.ceil_mode for p in pools)
-    assert trunk.pool_channels == (expected[2], expected[3], expected[4])
+    assert trunk.pool_channels == tuple(expected)
     assert trunk.fc6.kernel_size == (7, 7) and trunk.fc7.kernel_size == (1, 1)
     assert isinstance(trunk.drop6, nn.Dropout2d) and trunk.drop6.p == 0.5
 
@@ -135,7 +137,7 @@ def test_output_size_equals_input_for_every_size_meta():
     wrong = []
     with torch.no_grad():
         for size in range(32, 2049):
-            features = trunk(torch.empty(1, 3, size, 2080 - size, device="meta"))
+            features = trunk(torch.empty(1, 3, size, 2080 - size, device="meta"), early=True)
             for stage, model in models.items():
                 out = model.head(features, size, 2080 - size)
                 if tuple(out.shape) != (1, 5, size, 2080 - size):
@@ -241,7 +243,7 @@ def test_upsamplers_frozen_bias_free_bilinear_and_score_layers_zero():
             assert torch.equal(layer.weight, bilinear_kernel(3, layer.kernel_size[0]))
             assert not any(n.startswith(name) for n in trainable(model))
         scores = [m for n, m in model.named_children() if n.startswith("score_")]
-        assert len(scores) == {"32s": 1, "16s": 2, "8s": 3}[stage]
+        assert len(scores) == {"32s": 1, "16s": 2, "8s": 3, "4s": 4, "2s": 5}[stage]
         assert all(torch.count_nonzero(m.weight) == 0 and torch.count_nonzero(m.bias) == 0
                    for m in scores)
 
@@ -275,6 +277,45 @@ def test_stage_upsampling_chains_align_on_affine_score_maps():
     inner = (slice(None), slice(None), slice(48, -48), slice(48, -48))
     torch.testing.assert_close(p16[inner], p32[inner], rtol=0, atol=1e-5)
     torch.testing.assert_close(p8[inner], p32[inner], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("stage", "skip"), [("8s", "score_pool3"), ("4s", "score_pool3"),
+                                             ("4s", "score_pool2"), ("2s", "score_pool2"),
+                                             ("2s", "score_pool1")])
+@pytest.mark.parametrize("size", [(150, 161), (176, 176)])
+def test_skip_outputs_centre_on_their_own_input_pixel(stage, skip, size):
+    """Each output pixel of a skip path is centred on the input pixel it labels.
+
+    With average pools (max pooling's geometry), positive weights and a positive input the
+    network is linear and every receptive field symmetric, so the centroid of d out[y, x] /
+    d input is where the crops put it: exactly (y, x) when they are right, a whole pixel or more
+    off when one crop is wrong."""
+    torch.manual_seed(0)
+    model = small(stage, num_classes=1).eval()
+    trunk = model.trunk
+    with torch.no_grad():
+        for index, layer in enumerate(trunk.features):
+            if isinstance(layer, nn.MaxPool2d):
+                trunk.features[index] = nn.AvgPool2d(2, 2, ceil_mode=True)
+            elif isinstance(layer, nn.Conv2d):
+                layer.weight.fill_(1.0 / layer.weight[0].numel())
+                layer.bias.zero_()
+        getattr(model, skip).weight.fill_(1.0)
+    x = torch.ones(1, 3, *size, requires_grad=True)
+    out = model(x)
+    height, width = size
+    for y, xx in [(height // 2, width // 2), (height // 2 - 3, width // 2 + 2),
+                  (height // 2 + 5, width // 2 - 6)]:
+        (grad,) = torch.autograd.grad(out[0, 0, y, xx], x, retain_graph=True)
+        weight = grad[0].sum(0)
+        assert float(weight.min()) >= 0 and float(weight.sum()) > 0
+        assert float(weight[0].sum() + weight[-1].sum() + weight[:, 0].sum()
+                     + weight[:, -1].sum()) == 0, "receptive field reaches the image border"
+        rows = torch.arange(height, dtype=torch.float64)[:, None]
+        cols = torch.arange(width, dtype=torch.float64)[None, :]
+        w = weight.double() / weight.double().sum()
+        assert float((w * rows).sum()) == pytest.approx(y, abs=1e-3), (stage, skip, y, xx)
+        assert float((w * cols).sum()) == pytest.approx(xx, abs=1e-3), (stage, skip, y, xx)
 
 
 # --------------------------------------------------------------------------- stage init
@@ -313,8 +354,11 @@ def test_fresh_child_reproduces_parent():
         parent.score_fr.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
     child = fcn16s_from(parent).eval()
     grandchild = fcn8s_from(child).eval()
+    fcn4s = fcn4s_from(grandchild).eval()
+    fcn2s = fcn2s_from(fcn4s).eval()
+    assert (fcn4s.stage, fcn2s.stage) == ("4s", "2s")
     with torch.no_grad():
-        outs = [m(x) for m in (parent, child, grandchild)]
+        outs = [m(x) for m in (parent, child, grandchild, fcn4s, fcn2s)]
     inner = (slice(None), slice(None), slice(32, -16), slice(32, -16))
     for out in outs[1:]:
         torch.testing.assert_close(out[inner], outs[0][inner], rtol=0, atol=1e-5)
@@ -599,11 +643,12 @@ def test_head_computes_in_fp32_under_bf16_autocast(stage):
     assert {seen[n] for n in seen if n.startswith("upscore")} == {torch.float32}
 
 
-def test_fused_conv_relu_scores_equal_the_plain_model_and_share_its_weights():
+@pytest.mark.parametrize("stage", ["8s", "4s"])
+def test_fused_conv_relu_scores_equal_the_plain_model_and_share_its_weights(stage):
     """predict_image's CPU network: every VGG conv + ReLU as one oneDNN op, same scores."""
     from mvfcnn.models.vgg_trunk import ConvReLU, fuse_conv_relu
 
-    model = randomize_scores(small("8s", num_classes=4)).eval()
+    model = randomize_scores(small(stage, num_classes=4)).eval()
     model = model.to(memory_format=torch.channels_last)
     fused = fuse_conv_relu(model)
     assert fused is not model and fused.trunk is not model.trunk

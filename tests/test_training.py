@@ -374,3 +374,16 @@ def test_poly_schedule_lr_column_and_keep_best_weights(tmp_path, tiles):
     kept, expected_state = _state(best_path), _state(reference)
     for key, value in expected_state.items():
         assert torch.equal(kept[key], value), key
+
+
+def test_finer_stages_train_from_their_parents_only(tmp_path, tiles):
+    """FCN-4s and 2s continue the chain (issue 22): each from the stage before it."""
+    cfg = {**CFG, "stages": ["32s", "16s", "8s", "4s", "2s"],
+           "iterations": {"32s": 2, "16s": 2, "8s": 2, "4s": 2, "2s": 2},
+           "lr": {s: 1e-3 for s in ("32s", "16s", "8s", "4s", "2s")}, "validate_every": 0}
+    parent = None
+    for stage in cfg["stages"]:
+        parent, _ = _run(tmp_path, tiles, stage=stage, parent=parent, cfg=cfg)
+        assert load_model(parent)[1]["arch"] == f"fcn{stage}"
+    with pytest.raises(InputError, match="FCN-4s needs a fcn8s parent, got fcn16s"):
+        _run(tmp_path / "wrong", tiles, stage="4s", parent=tmp_path / "fcn16s.pt", cfg=cfg)

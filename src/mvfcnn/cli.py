@@ -22,7 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tile-index": ("mvfcnn.tiling", "Stride-balanced sliding-window tile table"),
     "pretrain-trunk": ("mvfcnn.pretraining", "Pretrain the VGG trunk on labelled patches "
                        "(pretrained: patches)"),
-    "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s)"),
+    "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s/4s/2s)"),
     "learning-curve": ("mvfcnn.training:learning_curve_cli",
                        "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
     "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),

@@ -131,6 +131,10 @@ def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
 PRETRAINED_WORDS = ("none", "imagenet", "patches", "match")
 
 
+#: the FCN stages in training order; each starts from the one before it (FCN-32s from the trunk)
+FCN_STAGES = ("32s", "16s", "8s", "4s", "2s")
+
+
 def check_config_fields(config: dict[str, Any]) -> None:
     """Rules between keys that the schema cannot state, checked when the DAG is built.
 
@@ -146,6 +150,17 @@ def check_config_fields(config: dict[str, Any]) -> None:
     if stride > size:
         raise InputError(f"tiles.stride ({stride}) must not exceed tiles.size ({size}): the "
                          "pixels between two training tiles would never be trained on")
+    fcn = config["fcn"]
+    stages = list(fcn["stages"])
+    if stages != list(FCN_STAGES[:len(stages)]):
+        raise InputError(f"fcn.stages {stages} must be the staged chain from 32s in order, "
+                         f"e.g. {list(FCN_STAGES[:max(len(stages), 3)])}: each stage starts "
+                         "from the one before it")
+    for key in ("iterations", "lr"):
+        missing = [stage for stage in stages if stage not in fcn[key]]
+        if missing:
+            raise InputError(f"fcn.{key} needs an entry for every stage in fcn.stages; missing "
+                             f"{missing}")
     variants = config.get("variants") or {}
     run = config["run"]
     named = [("run.variants", v) for v in run["variants"]]

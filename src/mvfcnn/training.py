@@ -91,6 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvfcnn.config import FCN_STAGES as STAGES
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.data import AugmentedTiles, TileDataset, augmentation_enabled, sample_order
 from mvfcnn.errors import InputError
@@ -108,7 +109,6 @@ from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
-STAGES = ("32s", "16s", "8s")
 LOSSES = ("mean", "sum")
 CSV_COLUMNS = ["iteration", "loss", "lr", "seconds", "pixel_accuracy", "mean_iu"]
 #: config keys that do not change the trained weights (left out of the checkpoint fingerprint)
@@ -265,8 +265,8 @@ def deterministic() -> Iterator[None]:
 
 def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
                       variant: dict[str, Any], parent: str | os.PathLike[str] | None) -> nn.Module:
-    """32s from the variant's pretrained trunk; 16s/8s from the trained parent stage."""
-    from mvfcnn.models.fcn import build_fcn, init_from_parent
+    """32s from the variant's pretrained trunk; every later stage from its trained parent."""
+    from mvfcnn.models.fcn import PARENT_STAGE, build_fcn, init_from_parent
     from mvfcnn.models.io import load_model
 
     kwargs = {"num_classes": classes.num_classes, "width": float(cfg["width"]),
@@ -279,7 +279,7 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     if parent is None:
         raise InputError(f"FCN-{stage} is initialised from the previous stage: give --parent")
     parent_model, meta = load_model(parent)
-    expected = {"16s": "fcn32s", "8s": "fcn16s"}[stage]
+    expected = f"fcn{PARENT_STAGE[stage]}"
     if meta["arch"] != expected:
         raise InputError(f"FCN-{stage} needs a {expected} parent, got {meta['arch']}",
                          path=parent)

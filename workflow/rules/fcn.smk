@@ -9,7 +9,7 @@ FINAL_STAGE = STAGES[-1]
 wildcard_constraints:
     variant="[A-Za-z0-9_]+",
     modality="sem|lom",
-    stage="32s|16s|8s",
+    stage="32s|16s|8s|4s|2s",
     fold="[A-Za-z0-9_]+",
 
 TILES = layout.tiles_stem(CV)

@@ -1,7 +1,7 @@
-"""FCN-32s / FCN-16s / FCN-8s (Long et al. 2015, Caffe "staged" form) on one VGG16 trunk.
+"""FCN-32s / 16s / 8s (Long et al. 2015, Caffe "staged" form) and 4s / 2s on one VGG16 trunk.
 
-One class, :class:`FCN`, with a ``stage`` parameter; :class:`FCN32s`, :class:`FCN16s` and
-:class:`FCN8s` only fix it. Layer names follow the Caffe prototxts, so a child stage shares
+One class, :class:`FCN`, with a ``stage`` parameter; :class:`FCN32s` … :class:`FCN2s` only
+fix it. Layer names follow the Caffe prototxts, so a child stage shares
 every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its parent and
 :func:`init_from_parent` copies by name::
 
@@ -11,6 +11,16 @@ every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its p
     8s:  score_fr -> upscore2 (k4 s2) + crop5(score_pool4(pool4))
                   -> upscore_pool4 (k4 s2) + crop9(score_pool3(pool3))
                   -> upscore8 (k16 s8) -> crop 31
+    4s:  ... 8s's sum -> upscore_pool3 (k4 s2) + crop17(score_pool2(pool2))
+                  -> upscore4 (k8 s4) -> crop 33
+    2s:  ... 4s's sum before upscore4 -> upscore_pool2 (k4 s2) + crop33(score_pool1(pool1))
+                  -> upscore_pool1 (k4 s2) -> crop 34
+
+FCN-4s and 2s continue the paper's refinement past 8s, the same way (issue 22): structures
+narrower than the 8-px output stride (MetalDAM's matrix walls) need no enlarged input. Their
+crops follow from each blob's map to input pixels, x_in = stride * i + a (conv1_1 pad 100:
+pool1 2i - 98.5, pool2 4i - 97.5, pool3 8i - 95.5, score_fr 32i + 12.5; a k4 s2 upsampler
+maps j to (j - 1.5) / 2), and are tested by where each skip's gradient centres.
 
 Score layers start at zero (a fresh model outputs all zeros; a fresh child reproduces its
 parent) and train in fp32 (:class:`ScoreConv`); upsamplers are fixed bilinear kernels, frozen
@@ -32,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mvfcnn.config import FCN_STAGES
 from mvfcnn.errors import InputError
 from mvfcnn.models.vgg_trunk import (
     TrunkFeatures,
@@ -41,13 +52,18 @@ from mvfcnn.models.vgg_trunk import (
 )
 from mvfcnn.models.weights import read_weights_file
 
-STAGES = ("32s", "16s", "8s")
-#: (kernel, stride) of each upsampler and the crop offset of each cropped blob (Caffe values).
+STAGES = FCN_STAGES
+#: (kernel, stride) of each upsampler and the crop offset of each cropped blob (Caffe values
+#: for 32s-8s; 4s/2s derived the same way, see the module docstring).
 UPSAMPLERS: dict[str, tuple[int, int]] = {
     "upscore": (64, 32), "upscore2": (4, 2), "upscore16": (32, 16),
     "upscore_pool4": (4, 2), "upscore8": (16, 8),
+    "upscore_pool3": (4, 2), "upscore4": (8, 4), "upscore_pool2": (4, 2), "upscore_pool1": (4, 2),
 }
-CROPS = {"upscore": 19, "score_pool4": 5, "upscore16": 27, "score_pool3": 9, "upscore8": 31}
+CROPS = {"upscore": 19, "score_pool4": 5, "upscore16": 27, "score_pool3": 9, "upscore8": 31,
+         "score_pool2": 17, "upscore4": 33, "score_pool1": 33, "upscore_pool1": 34}
+#: each stage's parent in the staged training (32s starts from the trunk)
+PARENT_STAGE = {"16s": "32s", "8s": "16s", "4s": "8s", "2s": "4s"}
 #: the real VGG16 layout, the only one ImageNet weights fit
 IMAGENET_LAYOUT = {"width": 1.0, "fc_channels": 4096}
 
@@ -182,20 +198,31 @@ class FCN(nn.Module):
         self.stage = stage
         self.num_classes = int(num_classes)
         self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout)
-        c3, c4, _ = self.trunk.pool_channels
+        c1, c2, c3, c4, _ = self.trunk.pool_channels
         nc = self.num_classes
+        depth = STAGES.index(stage)  # 0 = 32s ... 4 = 2s
         self.score_fr = ScoreConv(fc_channels, nc)
         if stage == "32s":
             self.upscore = _upsampler(nc, *UPSAMPLERS["upscore"])
         else:
             self.upscore2 = _upsampler(nc, *UPSAMPLERS["upscore2"])
             self.score_pool4 = ScoreConv(c4, nc)
-            if stage == "16s":
-                self.upscore16 = _upsampler(nc, *UPSAMPLERS["upscore16"])
-            else:
-                self.upscore_pool4 = _upsampler(nc, *UPSAMPLERS["upscore_pool4"])
-                self.score_pool3 = ScoreConv(c3, nc)
-                self.upscore8 = _upsampler(nc, *UPSAMPLERS["upscore8"])
+        if stage == "16s":
+            self.upscore16 = _upsampler(nc, *UPSAMPLERS["upscore16"])
+        if depth >= 2:
+            self.upscore_pool4 = _upsampler(nc, *UPSAMPLERS["upscore_pool4"])
+            self.score_pool3 = ScoreConv(c3, nc)
+        if stage == "8s":
+            self.upscore8 = _upsampler(nc, *UPSAMPLERS["upscore8"])
+        if depth >= 3:
+            self.upscore_pool3 = _upsampler(nc, *UPSAMPLERS["upscore_pool3"])
+            self.score_pool2 = ScoreConv(c2, nc)
+        if stage == "4s":
+            self.upscore4 = _upsampler(nc, *UPSAMPLERS["upscore4"])
+        if stage == "2s":
+            self.upscore_pool2 = _upsampler(nc, *UPSAMPLERS["upscore_pool2"])
+            self.score_pool1 = ScoreConv(c1, nc)
+            self.upscore_pool1 = _upsampler(nc, *UPSAMPLERS["upscore_pool1"])
         self._kwargs = {"num_classes": self.num_classes, "width": float(width),
                         "fc_channels": int(fc_channels), "dropout": float(dropout)}
         self.reset_head()
@@ -221,11 +248,12 @@ class FCN(nn.Module):
                 module.weight.copy_(bilinear_kernel(self.num_classes, module.kernel_size[0]))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.trunk(x), x.shape[-2], x.shape[-1])
+        features = self.trunk(x, early=self.stage in ("4s", "2s"))
+        return self.head(features, x.shape[-2], x.shape[-1])
 
     def head(self, features: TrunkFeatures, height: int, width: int) -> Tensor:
         """(B, num_classes, height, width) scores from the trunk outputs of an H x W input."""
-        pool3, pool4, _, fc7 = features
+        pool3, pool4, _, fc7, pool1, pool2 = features
         score = self.score_fr(fc7)
         if self.stage == "32s":
             return _crop(self.upscore(score), CROPS["upscore"], height, width)
@@ -235,7 +263,18 @@ class FCN(nn.Module):
             return _crop(self.upscore16(score), CROPS["upscore16"], height, width)
         score = self.upscore_pool4(score)
         score = score + _crop(self.score_pool3(pool3), CROPS["score_pool3"], *score.shape[-2:])
-        return _crop(self.upscore8(score), CROPS["upscore8"], height, width)
+        if self.stage == "8s":
+            return _crop(self.upscore8(score), CROPS["upscore8"], height, width)
+        if pool2 is None or (self.stage == "2s" and pool1 is None):
+            raise RuntimeError(f"FCN-{self.stage} needs the trunk's early pools "
+                               "(trunk(x, early=True))")
+        score = self.upscore_pool3(score)
+        score = score + _crop(self.score_pool2(pool2), CROPS["score_pool2"], *score.shape[-2:])
+        if self.stage == "4s":
+            return _crop(self.upscore4(score), CROPS["upscore4"], height, width)
+        score = self.upscore_pool2(score)
+        score = score + _crop(self.score_pool1(pool1), CROPS["score_pool1"], *score.shape[-2:])
+        return _crop(self.upscore_pool1(score), CROPS["upscore_pool1"], height, width)
 
 
 class FCN32s(FCN):
@@ -253,7 +292,18 @@ class FCN8s(FCN):
         super().__init__(stage="8s", **kwargs)
 
 
-_CLASSES: dict[str, type[FCN]] = {"32s": FCN32s, "16s": FCN16s, "8s": FCN8s}
+class FCN4s(FCN):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(stage="4s", **kwargs)
+
+
+class FCN2s(FCN):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(stage="2s", **kwargs)
+
+
+_CLASSES: dict[str, type[FCN]] = {"32s": FCN32s, "16s": FCN16s, "8s": FCN8s, "4s": FCN4s,
+                                   "2s": FCN2s}
 
 
 # --------------------------------------------------------------------------- pretrained trunks
@@ -334,7 +384,7 @@ def build_fcn(
     pretrained: Pretrained = "none",
     progress: bool = True,
 ) -> FCN:
-    """FCN of ``stage`` ("32s", "16s", "8s"); ``pretrained`` initialises the trunk only.
+    """FCN of ``stage`` (one of :data:`STAGES`); ``pretrained`` initialises the trunk only.
 
     ``pretrained``: "none" (He-normal trunk, see ``VGGTrunk.reset_parameters``), "imagenet"
     (torchvision ``VGG16_Weights.IMAGENET1K_V1``; width 1.0 and fc_channels 4096 only) or a
@@ -385,7 +435,22 @@ def fcn8s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
                      dropout=dropout, pretrained=pretrained, progress=progress)
 
 
-BUILDERS: dict[str, Callable[..., FCN]] = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s}
+def fcn4s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+    """FCN-4s (pool4 + pool3 + pool2 skips); normally initialised from a trained 8s."""
+    return build_fcn("4s", num_classes=num_classes, width=width, fc_channels=fc_channels,
+                     dropout=dropout, pretrained=pretrained, progress=progress)
+
+
+def fcn2s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
+          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+    """FCN-2s (skips from pool4 down to pool1); normally initialised from a trained 4s."""
+    return build_fcn("2s", num_classes=num_classes, width=width, fc_channels=fc_channels,
+                     dropout=dropout, pretrained=pretrained, progress=progress)
+
+
+BUILDERS: dict[str, Callable[..., FCN]] = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s,
+                                           "fcn4s": fcn4s, "fcn2s": fcn2s}
 
 
 # --------------------------------------------------------------------------- staged training
@@ -424,3 +489,13 @@ def fcn16s_from(parent: FCN) -> FCN:
 def fcn8s_from(parent: FCN) -> FCN:
     """A new FCN-8s with the same layout as ``parent`` (a 16s), initialised from it."""
     return _child_of(parent, "8s")
+
+
+def fcn4s_from(parent: FCN) -> FCN:
+    """A new FCN-4s with the same layout as ``parent`` (an 8s), initialised from it."""
+    return _child_of(parent, "4s")
+
+
+def fcn2s_from(parent: FCN) -> FCN:
+    """A new FCN-2s with the same layout as ``parent`` (a 4s), initialised from it."""
+    return _child_of(parent, "2s")

@@ -1,4 +1,4 @@
-"""The one VGG16 trunk shared by FCN-32s/16s/8s (and reusable by the VGG baselines).
+"""The one VGG16 trunk shared by FCN-32s … 2s (and reusable by the VGG baselines).
 
 Differences from torchvision's ``vgg16().features``, all taken from Long et al.'s Caffe FCN:
 
@@ -19,7 +19,8 @@ Parameter names map 1:1 onto torchvision's ``vgg16`` state dict (see
     classifier.3.bias                            -> fc7.bias
     classifier.6 (the 1000-class ImageNet layer) -> not used
 
-Pool outputs: pool3 = ``features[16]``, pool4 = ``features[23]``, pool5 = ``features[30]``.
+Pool outputs: pool1 = ``features[4]``, pool2 = ``features[9]``, pool3 = ``features[16]``,
+pool4 = ``features[23]``, pool5 = ``features[30]``.
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ def scaled_channels(channels: int, width: float) -> int:
 
 
 class TrunkFeatures(NamedTuple):
-    """Outputs of :class:`VGGTrunk`: strides 8, 16, 32 and the fc7 activation (stride 32)."""
+    """Outputs of :class:`VGGTrunk`: strides 8, 16, 32 and the fc7 activation (stride 32);
+    pool1 and pool2 (strides 2, 4) only when asked for (FCN-4s/2s), as they are large."""
 
     pool3: Tensor
     pool4: Tensor
     pool5: Tensor
     fc7: Tensor
+    pool1: Tensor | None = None
+    pool2: Tensor | None = None
 
 
 class VGGTrunk(nn.Module):
@@ -97,11 +101,10 @@ class VGGTrunk(nn.Module):
         self.reset_parameters()
 
     @property
-    def pool_channels(self) -> tuple[int, int, int]:
-        """Channels of pool3, pool4 and pool5 (the skip-layer inputs)."""
+    def pool_channels(self) -> tuple[int, ...]:
+        """Channels of pool1 .. pool5 (the skip-layer inputs)."""
         # features[P - 2] is the last convolution before the pool at index P (conv, ReLU, pool)
-        return (self.features[POOL3 - 2].out_channels,
-                self.features[POOL4 - 2].out_channels, self.out_channels)
+        return tuple(self.features[p - 2].out_channels for p in POOL_INDICES)
 
     def reset_parameters(self) -> None:
         """Random init for training from scratch.
@@ -116,21 +119,27 @@ class VGGTrunk(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
-    def forward_pools(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """pool3, pool4, pool5 (strides 8, 16, 32 relative to the padded input)."""
-        taps: list[Tensor] = []
+    def forward_pools(self, x: Tensor, taps: tuple[int, ...] = (POOL3, POOL4)
+                      ) -> tuple[Tensor, ...]:
+        """The outputs of the pools at feature indices ``taps``, then pool5 (default: pool3,
+        pool4, pool5; strides 8, 16, 32 relative to the padded input)."""
+        out: list[Tensor] = []
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index in (POOL3, POOL4):
-                taps.append(x)
-        return taps[0], taps[1], x
+            if index in taps:
+                out.append(x)
+        return (*out, x)
 
     def forward_fc(self, pool5: Tensor) -> Tensor:
         """fc6 -> fc7 on pool5 (valid 7x7 convolution: 6 cells smaller than pool5)."""
         x = self.drop6(self.relu6(self.fc6(pool5)))
         return self.drop7(self.relu7(self.fc7(x)))
 
-    def forward(self, x: Tensor) -> TrunkFeatures:
+    def forward(self, x: Tensor, *, early: bool = False) -> TrunkFeatures:
+        """Trunk outputs; ``early`` also keeps pool1 and pool2."""
+        if early:
+            pool1, pool2, pool3, pool4, pool5 = self.forward_pools(x, POOL_INDICES[:4])
+            return TrunkFeatures(pool3, pool4, pool5, self.forward_fc(pool5), pool1, pool2)
         pool3, pool4, pool5 = self.forward_pools(x)
         return TrunkFeatures(pool3, pool4, pool5, self.forward_fc(pool5))
 
