@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from mvfcnn.io import write_image
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
 from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
-from mvfcnn.pretraining import PatchSampler, pretrain_trunk
+from mvfcnn.pretraining import SSL_BLOCK, PatchSampler, block_mask, pretrain_trunk
 
 CLASSES = ClassSet.from_config({"classes": [
     {"index": 0, "name": "matrix", "color": "#000000"},
@@ -150,3 +151,65 @@ def test_fc7_head_pretrains_fc6_and_fc7():
     pooled = patch_classifier(num_classes=3, width=0.125, fc_channels=32, head="pool5")
     pooled(torch.randn(2, 3, 64, 64)).sum().backward()
     assert pooled.trunk.fc6.weight.grad is None
+
+
+def test_block_mask_masks_whole_blocks_at_the_ratio():
+    mask = block_mask(3, 128, 0.6, np.random.default_rng(0))
+    assert mask.shape == (3, 1, 128, 128)
+    blocks = mask[:, 0, ::SSL_BLOCK, ::SSL_BLOCK]
+    assert blocks.sum(dim=(1, 2)).tolist() == [10.0, 10.0, 10.0]  # round(0.6 * 16)
+    # constant on every 32-px block
+    assert torch.equal(mask, blocks.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, None])
+
+
+def test_ssl_phase_loss_decreases_and_its_trunk_loads_into_an_fcn(tmp_path):
+    """Masked-image modelling on a handful of label-free crops (issue 22 item 1)."""
+    images, labels = _toy_images(tmp_path, size=128)
+    cfg = {"patch_size": 32, "iterations": 0, "ssl_iterations": 60, "ssl_patch_size": 64,
+           "batch_size": 8, "lr": 3e-3, "precision": "fp32", "progress": False}
+    out = tmp_path / "ssl.pt"
+    summary = pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg,
+                             fcn_cfg=FCN_CFG, seed=5, out_model=out, out_csv=tmp_path / "p.csv",
+                             out_png=tmp_path / "p.png")
+    assert summary["ssl_iterations"] == 60 and summary["iterations"] == 0
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert frame["phase"].tolist() == ["ssl"] * 60
+    # measured: 0.71 over the first 10 steps, 0.60-0.62 from step 30 on (what 2 visible
+    # blocks of a 64-px crop leave unpredictable)
+    first, last = frame["loss"].head(10).mean(), frame["loss"].tail(20).mean()
+    assert last < 0.92 * first, (first, last)
+    trunk = load_model(out)[0].trunk.state_dict()
+    fcn = build_fcn("32s", num_classes=3, pretrained=str(out), **FCN_CFG)
+    assert torch.equal(fcn.trunk.state_dict()["features.28.weight"], trunk["features.28.weight"])
+
+    # the trunk itself learns (without BatchNorm, whose folding would change it anyway)
+    plain = {**cfg, "batch_norm": False}
+    conv1 = []
+    for steps in (1, 4):
+        pretrain_trunk(images=images, labels=labels, classes=CLASSES,
+                       cfg={**plain, "ssl_iterations": steps}, fcn_cfg=FCN_CFG, seed=5,
+                       out_model=tmp_path / f"s{steps}.pt")
+        conv1.append(load_model(tmp_path / f"s{steps}.pt")[0].trunk.features[0].weight)
+    assert not torch.equal(*conv1)
+
+    # then the patch classification continues from it, numbered after the SSL rows
+    both = pretrain_trunk(images=images, labels=labels, classes=CLASSES,
+                          cfg={**cfg, "iterations": 5, "ssl_iterations": 3}, fcn_cfg=FCN_CFG,
+                          seed=5, out_model=tmp_path / "both.pt", out_csv=tmp_path / "b.csv")
+    rows = pd.read_csv(tmp_path / "b.csv")
+    assert rows["phase"].tolist() == ["ssl"] * 3 + ["patches"] * 5
+    assert rows["iteration"].tolist() == list(range(1, 9)) and both["final_accuracy"] >= 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"iterations": 0, "ssl_iterations": 0}, "both 0"),
+    ({"ssl_iterations": 2, "ssl_patch_size": 48}, "multiple of 32"),
+])
+def test_ssl_settings_that_cannot_work(tmp_path, change, message):
+    images, labels = _toy_images(tmp_path, count=1)
+    cfg = {"patch_size": 32, "iterations": 2, "batch_size": 4, "precision": "fp32",
+           "progress": False, **change}
+    with pytest.raises(InputError, match=message):
+        pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg, fcn_cfg=FCN_CFG,
+                       seed=0, out_model=tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()

@@ -15,6 +15,13 @@ costlier per patch and reached only ~43 % batch accuracy in 200 steps on the syn
 The FCN stages then fine-tune from it exactly as from ImageNet. Nothing from the test split is
 used.
 
+Self-supervised first phase (``pretrain.ssl_iterations`` > 0, issue 22): before the patch
+classification the same BatchNorm trunk learns masked-image modelling on label-free crops of the
+training images (SimMIM, Xie et al. 2022: random 32-px blocks of each crop set to the mean, a
+1x1 convolution + pixel shuffle from pool5 predicts the pixels, L1 on the masked pixels only).
+It needs no labels, so it sees every pixel of every training image, not only labelled centres;
+``pretrain.iterations: 0`` then keeps the SSL trunk alone. The reconstruction head is discarded.
+
 Patch centres are taken on a grid (step ``patch_size // 16``), at most :data:`MAX_CENTRES` per
 class and image, so the candidate list stays small for 7000×8000 images; images are read
 memory-mapped.
@@ -41,9 +48,64 @@ from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ["iteration", "loss", "accuracy", "seconds"]
+CSV_COLUMNS = ["iteration", "loss", "accuracy", "seconds", "phase"]
 #: candidate patch centres kept per class and image (a grid of step patch_size // 16)
 MAX_CENTRES = 20_000
+#: side of a masked block (px) in the SSL phase: one pool5 cell, as in SimMIM
+SSL_BLOCK = 32
+
+
+def random_crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator, *,
+                 augment: bool) -> torch.Tensor:
+    """(n, C, size, size) uint8 crops at uniform positions of uniformly drawn images (no labels
+    needed); images smaller than ``size`` are padded by reflection."""
+    crops = []
+    for pick in rng.integers(0, len(images), n):
+        image = images[int(pick)]
+        height, width = image.shape[:2]
+        y = int(rng.integers(0, max(1, height - size + 1)))
+        x = int(rng.integers(0, max(1, width - size + 1)))
+        crop = to_uint8(np.asarray(image[y:y + size, x:x + size]))
+        if crop.shape[0] < size or crop.shape[1] < size:
+            pad = [(0, size - crop.shape[0]), (0, size - crop.shape[1])] + [(0, 0)] * (
+                crop.ndim - 2)
+            crop = np.pad(crop, pad, mode="reflect" if min(crop.shape[:2]) > 1 else "edge")
+        if augment:
+            crop = np.rot90(crop, int(rng.integers(0, 4)))
+        crop = np.ascontiguousarray(crop)
+        crops.append(crop[None] if crop.ndim == 2 else crop.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(crops))
+
+
+def block_mask(n: int, size: int, ratio: float, rng: np.random.Generator) -> torch.Tensor:
+    """(n, 1, size, size) float mask, 1 on exactly round(ratio x blocks) random
+    :data:`SSL_BLOCK`-px blocks of each crop (at least one block, never all)."""
+    cells = size // SSL_BLOCK
+    total = cells * cells
+    masked = min(max(1, round(ratio * total)), total - 1) if total > 1 else 1
+    grid = np.zeros((n, total), np.float32)
+    for row in grid:
+        row[rng.choice(total, masked, replace=False)] = 1.0
+    grid = grid.reshape(n, 1, cells, cells).repeat(SSL_BLOCK, 2).repeat(SSL_BLOCK, 3)
+    return torch.from_numpy(grid)
+
+
+class MaskedReconstruction(nn.Module):
+    """SimMIM's head: pool5 -> 1x1 convolution -> pixel shuffle x32 = the input's pixels."""
+
+    def __init__(self, in_channels: int, image_channels: int) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(in_channels, image_channels * SSL_BLOCK * SSL_BLOCK, 1)
+        self.shuffle = nn.PixelShuffle(SSL_BLOCK)
+
+    def forward(self, pool5: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.project(pool5))
+
+
+def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the masked pixels (all channels)."""
+    error = (prediction - target).abs() * mask
+    return error.sum() / (mask.sum() * target.shape[1]).clamp_min(1.0)
 
 
 class PatchSampler:
@@ -146,6 +208,13 @@ def pretrain_trunk(
     wanted = list(range(classes.num_classes)) if cfg["include_matrix"] else list(
         classes.foreground)
     iterations, batch_size = int(cfg["iterations"]), int(cfg["batch_size"])
+    ssl_iterations, ssl_size = int(cfg["ssl_iterations"]), int(cfg["ssl_patch_size"])
+    if iterations + ssl_iterations == 0:
+        raise InputError("pretrain.iterations and pretrain.ssl_iterations are both 0: nothing "
+                         "would train the trunk")
+    if ssl_size % SSL_BLOCK:
+        raise InputError(f"pretrain.ssl_patch_size must be a multiple of {SSL_BLOCK} (one "
+                         f"masked block per pool5 cell), got {ssl_size}")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with deterministic():
@@ -159,6 +228,9 @@ def pretrain_trunk(
                                  fc_channels=int(fcn_cfg["fc_channels"]),
                                  batch_norm=bool(cfg["batch_norm"]), head=str(cfg["head"]))
         model.to(dev, memory_format=memory_format).train()
+        if ssl_iterations:
+            rows += _masked_image_modelling(model, arrays, cfg=cfg, rng=rng, device=dev,
+                                            precision=precision, memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
         bar = progress(iterations, "pretrain", enabled=bool(cfg["progress"]))
@@ -174,15 +246,17 @@ def pretrain_trunk(
             loss.backward()
             optimizer.step()
             accuracy = float((scores.argmax(1) == y).float().mean())
-            rows.append({"iteration": iteration, "loss": loss.item(), "accuracy": accuracy,
-                         "seconds": time.perf_counter() - tick})
+            rows.append({"iteration": ssl_iterations + iteration, "loss": loss.item(),
+                         "accuracy": accuracy, "seconds": time.perf_counter() - tick,
+                         "phase": "patches"})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{accuracy:.2f}")
             bar.update(1)
         bar.close()
         model.eval()
         fold_batch_norm(model)
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    tail = frame.tail(max(1, min(50, len(frame) // 4)))
+    patches = frame[frame["phase"] == "patches"]
+    tail = (patches if len(patches) else frame).tail(max(1, min(50, len(frame) // 4)))
     extra = {"classes": classes.to_dict(), "purpose": "trunk pretraining (pretrained: patches)",
              "pretrain": {k: v for k, v in cfg.items() if k != "progress"},
              "precision_choice": choice.as_dict(),
@@ -195,8 +269,50 @@ def pretrain_trunk(
         write_table(out_csv, frame)
     if out_png is not None:
         plot_pretraining(frame, out_png)
-    return {"iterations": iterations, "seconds": time.perf_counter() - t0,
+    return {"iterations": iterations, "ssl_iterations": ssl_iterations,
+            "seconds": time.perf_counter() - t0,
             "final_loss": extra["final_loss"], "final_accuracy": extra["final_accuracy"]}
+
+
+def _masked_image_modelling(model: nn.Module, images: list[np.ndarray], *, cfg: dict[str, Any],
+                            rng: np.random.Generator, device: torch.device, precision: str,
+                            memory_format: torch.memory_format) -> list[dict[str, Any]]:
+    """The SSL phase (see the module docstring): trains ``model.trunk`` in place; CSV rows."""
+    from mvfcnn.models.preprocess import normalize_batch
+    from mvfcnn.progress import progress
+    from mvfcnn.runtime import autocast
+
+    iterations, size = int(cfg["ssl_iterations"]), int(cfg["ssl_patch_size"])
+    ratio, batch_size = float(cfg["ssl_mask_ratio"]), int(cfg["batch_size"])
+    channels = model.trunk.features[0]
+    channels = (channels[0] if isinstance(channels, nn.Sequential) else channels).in_channels
+    head = MaskedReconstruction(model.trunk.out_channels, channels).to(device)
+    params = [*model.trunk.features.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=float(cfg["lr"]),
+                                 weight_decay=float(cfg["weight_decay"]))
+    log.info("SSL: %d iterations of masked-image modelling, %d-px crops, %.0f %% of %d-px "
+             "blocks masked", iterations, size, 100 * ratio, SSL_BLOCK)
+    rows: list[dict[str, Any]] = []
+    bar = progress(iterations, "ssl", enabled=bool(cfg["progress"]))
+    for iteration in range(1, iterations + 1):
+        tick = time.perf_counter()
+        x = random_crops(images, batch_size, size, rng, augment=bool(cfg["augment"]))
+        target = normalize_batch(x.to(device))
+        mask = block_mask(batch_size, size, ratio, rng).to(device)
+        masked = (target * (1.0 - mask)).contiguous(memory_format=memory_format)
+        with autocast(device, precision):
+            pool5 = model.trunk.features(masked)
+        prediction = head(pool5.float())[..., :size, :size]
+        loss = masked_l1(prediction, target, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        rows.append({"iteration": iteration, "loss": loss.item(), "accuracy": float("nan"),
+                     "seconds": time.perf_counter() - tick, "phase": "ssl"})
+        bar.set_postfix(l1=f"{rows[-1]['loss']:.3f}")
+        bar.update(1)
+    bar.close()
+    return rows
 
 
 def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
@@ -208,12 +324,16 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
     window = max(1, min(25, len(frame) // 10))
-    for ax, col, label in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "accuracy", "accuracy")):
-        if len(frame):
-            ax.plot(frame["iteration"], frame[col], lw=0.6, alpha=0.4, color="C0")
-            ax.plot(frame["iteration"], frame[col].rolling(window, min_periods=1).mean(),
-                    color="C0", label=f"running mean ({window})")
-            ax.legend(fontsize=8)
+    phases = frame["phase"] if "phase" in frame else pd.Series("patches", index=frame.index)
+    for ax, col, label in ((ax_loss, "loss", "cross-entropy (SSL: masked L1)"),
+                           (ax_acc, "accuracy", "accuracy")):
+        for colour, phase in (("C1", "ssl"), ("C0", "patches")):
+            part = frame[phases == phase].dropna(subset=[col])
+            if len(part):
+                ax.plot(part["iteration"], part[col], lw=0.6, alpha=0.4, color=colour)
+                ax.plot(part["iteration"], part[col].rolling(window, min_periods=1).mean(),
+                        color=colour, label=f"{phase}: running mean ({window})")
+                ax.legend(fontsize=8)
         ax.set(xlabel="iteration", ylabel=label)
         ax.grid(alpha=0.3)
     ax_acc.set_ylim(0, 1)
