@@ -293,6 +293,53 @@ def test_stated_float_range_is_rescaled(tmp_path):
         read_image(path, value_range=(0, 100))
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint32, np.int8])
+def test_signed_and_wide_integer_micrographs_are_refused_unless_their_range_is_stated(
+        tmp_path, capsys, dtype):
+    """Issue 21 item 2: an int16 SEM holding -128..127 was read as flat grey (0 objects, exit 0);
+    a uint32 holding 0..255000 from values near 0.006 of its range."""
+    sem = _sem().astype(np.int64)
+    values = sem - 128 if np.issubdtype(dtype, np.signedinteger) else sem * 1000
+    values = np.clip(values, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    path = _write(tmp_path / "sem_wide.tif", values)
+    code, err = _run("mask", _mask_argv(tmp_path, path, mask=_write(
+        tmp_path / "m.tif", _blobs().astype(np.uint8))), capsys)
+    assert code != 0 and f"{np.dtype(dtype)} micrograph" in err and "no fixed white level" in err
+    assert "sem_wide.tif" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    lo, hi = float(values.min()), float(values.max())
+    image = read_image(path, value_range=(lo, hi), micrograph=True)
+    assert image.dtype == np.float32 and image.min() == 0 and image.max() == 1
+    np.testing.assert_allclose(image, (values - lo) / (hi - lo), atol=1e-6)
+    with pytest.raises(InputError, match="outside the stated range"):
+        read_image(path, value_range=(lo + 1, hi), micrograph=True)
+    # labels and object ids are not micrographs: any integer type stays valid there
+    assert read_image(path).dtype == dtype
+
+
+def test_a_micrograph_using_little_of_its_bit_depth_warns_once(tmp_path, caplog,
+                                                                default_config):
+    values = _sem().astype(np.uint16) * 8
+    values[0, :2] = (0, 2040)  # 0..2040 of 65535: 3.1 %
+    dark = _write(tmp_path / "dark16.tif", values)
+    with caplog.at_level("WARNING", logger="mvfcnn.io"):
+        image = read_image(dark, sample="s1", micrograph=True)
+    assert image.dtype == np.uint16  # read by bit depth, like every image: one scale per dataset
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "uses 3.1 % of its bit depth" in warnings[0]
+    assert "sample s1" in warnings[0] and "dark16.tif" in warnings[0]
+    from mvfcnn.prepare import prepare_sample
+
+    record = prepare_sample("s1", dark, None, ClassSet.from_config(default_config))[2]
+    assert record.intensity_warning == warnings[0]  # and in prepare's JSON
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mvfcnn.io"):
+        read_image(_write(tmp_path / "ok16.tif", _sem().astype(np.uint16) * 256),
+                   micrograph=True)
+        read_image(dark)  # not a micrograph: no intensity rule
+    assert not caplog.records
+
+
 def test_grey_rgb_reads_as_its_channel_and_any_rgb_as_luminance(tmp_path):
     sem = _sem()
     grey_rgb = _write(tmp_path / "sem_rgb.png", np.stack([sem] * 3, axis=-1))
@@ -373,7 +420,8 @@ SHEETS = [
      "\t\t\t\n", None),
     ("indented-comment-line", "  # note\n" + HEADER + "a\tpredict\ts.tif\tl.tif\t\t\t\n", None),
     ("class-without-lom-column",  # class 5: crashed with AttributeError '_6'
-     "sample\tsplit\tsem\tmask\tlabels\tclass\na\ttest\ts.tif\tm.tif\tl.tif\tpearlite\n", None),
+     "sample\tsplit\tsem\tmask\tlabels\tclass\na\ttest\ts.tif\tm.tif\tl.tif\tpearlite\n"
+     "b\ttrain\ts.tif\tm.tif\tl.tif\tpearlite\n", None),
     ("quotes-and-spaces-in-path",
      HEADER + "a\tpredict\tmy dir/it's \"a\" file.tif\tx;touch y.tif\t\t\t\n", None),
     ("bad-sample-id",  # class 7: was reported as a "config file" error
@@ -402,7 +450,12 @@ SHEETS = [
     ("comma-separated", "sample,split,sem,lom\na,predict,s.tif,l.tif\n",
      ["samples.tsv", "unknown column"]),
     # real releases: labels-only objects, folds, information band, scale bar
-    ("labels-only-objects", "sample\tsplit\tsem\tlabels\na\ttest\ts.jpg\tl.png\n", None),
+    ("labels-only-objects", "sample\tsplit\tsem\tlabels\na\ttest\ts.jpg\tl.png\n"
+     "b\ttrain\ts.jpg\tl.png\n", None),
+    # issue 21 item 3: empty work is an error when the DAG is built
+    ("header-only", HEADER, ["samples.tsv", "sample sheet has no samples"]),
+    ("test-without-train", "sample\tsplit\tsem\tlabels\na\ttest\ts.jpg\tl.png\n",
+     ["samples.tsv", "test samples but no training sample"]),
     ("fold-on-a-train-row", "sample\tsplit\tsem\tlabels\tfold\na\ttrain\ts.jpg\tl.png\t1\n"
      "b\ttest\ts.jpg\tl.png\t2\n", ["sample 'a'", "needs split 'test', not 'train'"]),
     ("single-fold", "sample\tsplit\tsem\tlabels\tfold\na\ttest\ts.jpg\tl.png\t1\n",
@@ -436,6 +489,19 @@ def test_sample_sheet(tmp_path, classes, text: str, fragments: list[str] | None)
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+def test_sheet_paths_that_are_directories_or_padded(tmp_path, classes, caplog):
+    path = tmp_path / "samples.tsv"
+    path.write_text(f"sample\tsplit\tsem\tlabels\na\ttrain\t{tmp_path}\tl.png\n")
+    with pytest.raises(InputError, match=r"sample 'a'.*'sem' .* is a directory, not an image"):
+        load_sample_sheet(path, classes)
+    path.write_text("sample\tsplit\tsem\tlabels\na\ttrain\ts.tif \t l.png\n")
+    with caplog.at_level("WARNING", logger="mvfcnn.config"):
+        frame = load_sample_sheet(path, classes)
+    assert frame.loc["a", "sem"] == "s.tif" and frame.loc["a", "labels"] == "l.png"
+    assert "whitespace removed from column 'sem' of sample(s) ['a']" in caplog.text
+    assert "column 'labels'" in caplog.text
 
 
 def test_sheet_not_utf8(tmp_path, classes):

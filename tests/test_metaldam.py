@@ -84,6 +84,7 @@ def test_prepare_crops_the_band_and_counts_match_the_metadata(image_id, classes,
     assert image.shape == (row["height"], row["width"]) == labels.shape
     assert record.class_pixels == [int(row[f"label{i}"]) for i in range(5)]
     assert sum(record.class_pixels) == row["total"]
+    assert record.intensity_warning is None  # real 8-bit SEMs use their range
 
 
 def test_rgb_label_map_is_read_as_grey():

@@ -79,14 +79,15 @@ class Classification:
 def read_micrograph(path: str | Path, *, gray: bool = False,
                     value_range: tuple[float, float] | None = None) -> np.ndarray:
     """A micrograph as (H, W) or (H, W, 3); unsupported formats and pixel values are InputErrors
-    (accepted pixel values: :func:`mvfcnn.io.check_pixels`; ``value_range`` of a float image)."""
+    (accepted pixel values: :func:`mvfcnn.io.check_pixels` and
+    :func:`mvfcnn.io.check_micrograph_integers`; ``value_range`` rescales to [0, 1])."""
     from mvfcnn.io import read_image
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"unsupported image format {path.suffix or '(no suffix)'!r} "
                          f"(expected one of {list(IMAGE_SUFFIXES)})", path=path)
-    image = read_image(path, gray=gray, value_range=value_range)
+    image = read_image(path, gray=gray, value_range=value_range, micrograph=True)
     if image.dtype == bool:
         raise InputError("unsupported pixel type bool (a 1-bit image is a mask, not a "
                          "micrograph; expected 8/16-bit or float)", path=path)
@@ -113,7 +114,7 @@ def read_lom_for(path: str | Path, shape: tuple[int, int],
     from mvfcnn.masking import gray_strips
     from mvfcnn.registration import footprint, read_warp_metadata
 
-    lom = gray_strips(read_image(path))
+    lom = gray_strips(read_image(path, micrograph=True))
     if lom.shape[:2] != tuple(shape):
         raise InputError(f"LOM size {lom.shape[0]}x{lom.shape[1]} differs from the image size "
                          f"{shape[0]}x{shape[1]} ({image_path}); register it onto the image "
@@ -407,8 +408,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--names", nargs="+", help="output sub-folder per image "
                                                    "(default: the image file name)")
     parser.add_argument("--float-range", type=float, nargs=2, metavar=("LO", "HI"),
-                        help="value range of float images (default: floats must be in [0, 1]; "
-                             "integer images always use their bit depth)")
+                        help="value range of the images, rescaled to [0, 1] (default: floats "
+                             "must be in [0, 1], 8/16-bit integers use their bit depth, other "
+                             "integer types are refused)")
     parser.add_argument("--pixel-size", type=float, default=None,
                         help="µm per pixel (default: the bundle's pixel size, else none)")
     parser.add_argument("--low-confidence", type=float, default=0.6,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,16 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
         if column not in frame.columns:
             frame[column] = ""
     frame = frame.fillna("").astype(str)
+    if frame.empty:
+        raise InputError("sample sheet has no samples (a header line only)", path=source)
+    for column in SAMPLE_COLUMNS:  # an invisible space would become part of a file name
+        stripped = frame[column].str.strip()
+        changed = frame.loc[stripped != frame[column], "sample"].str.strip().tolist()
+        if changed:
+            logging.getLogger(__name__).warning(
+                "%s: leading/trailing whitespace removed from column %r of sample(s) %s",
+                source, column, changed[:5])
+            frame[column] = stripped
     for row in frame.to_dict("records"):
         if not SAMPLE_ID.fullmatch(row["sample"]):
             raise InputError(f"sample sheet: invalid sample id {row['sample']!r} (letters, "
@@ -289,10 +300,18 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
         if unfolded:
             raise InputError(f"the sheet cross-validates (it has a 'fold' column) but test "
                              f"sample(s) {unfolded[:5]} have no fold", path=source)
+    if not folds and "test" in set(frame["split"]) and "train" not in set(frame["split"]):
+        raise InputError("the sheet has test samples but no training sample (split 'train'): "
+                         "nothing would train the networks they test", path=source)
     if base is not None:
         for column in ("sem", "lom", "mask", "labels"):
             frame[column] = [str(base / v) if v and not Path(v).is_absolute() else v
                              for v in frame[column]]
+    for row in frame.to_dict("records"):
+        for column in ("sem", "lom", "mask", "labels"):
+            if row[column] and Path(row[column]).is_dir():
+                raise InputError(f"'{column}' {row[column]!r} is a directory, not an image "
+                                 "file", sample=row["sample"], path=source)
     return frame.set_index("sample", drop=False)
 
 

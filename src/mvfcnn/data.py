@@ -77,8 +77,10 @@ class TileDataset(Dataset):
         key = (kind, path)
         array = self._cache.get(key)
         if array is None:
-            read = read_labels if kind == "labels" else read_image
-            array = read(path, sample=sample, mmap=True)
+            if kind == "labels":
+                array = read_labels(path, sample=sample, mmap=True)
+            else:
+                array = read_image(path, sample=sample, mmap=True, micrograph=True)
             self._cache[key] = array
         return array
 

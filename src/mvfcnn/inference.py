@@ -359,7 +359,7 @@ def cli(argv: list[str]) -> int:
     params = _parse_params(args.params_json)
     device = resolve_device(args.device)
     announce(f"predict {args.sample}", choose_precision(params["precision"], device), device)
-    image = read_image(args.image, sample=args.sample)
+    image = read_image(args.image, sample=args.sample, micrograph=True)
     model, _meta = _load_model(args.model)
     start = time.perf_counter()
     try:

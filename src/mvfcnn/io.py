@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -145,6 +146,58 @@ def write_image(
 #: almost all white) unless the caller states the range; NaN and inf are never valid.
 FLOAT_RANGE = (0.0, 1.0)
 _STRIP_ROWS = 1024
+#: Micrographs (``read_image(..., micrograph=True)``) are intensities, and the networks read an
+#: integer micrograph by its bit depth (:func:`mvfcnn.data.to_uint8`). That has a fixed white
+#: level only for unsigned 8/16-bit data: signed and 32/64-bit integer micrographs are refused
+#: (an int16 SEM holding -128..127 would be read as flat grey) unless their range is stated
+#: (``value_range``, e.g. ``mvfcnn classify --float-range``), which rescales them to [0, 1].
+MICROGRAPH_INTEGER_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+#: an 8/16-bit micrograph whose values span less than this share of its bit depth is read as
+#: it is (bit depth, so every image of a dataset keeps one scale) with one warning line
+LOW_RANGE_SHARE = 0.05
+
+
+def _value_span(array: np.ndarray) -> tuple[float, float, bool]:
+    """(min, max, all finite) in strips (bounded memory on a memory map)."""
+    vmin, vmax = np.inf, -np.inf
+    for r0 in range(0, array.shape[0], _STRIP_ROWS):
+        strip = np.asarray(array[r0:r0 + _STRIP_ROWS])
+        if np.issubdtype(strip.dtype, np.floating) and not np.isfinite(strip).all():
+            return vmin, vmax, False
+        vmin, vmax = min(vmin, float(strip.min())), max(vmax, float(strip.max()))
+    return vmin, vmax, True
+
+
+def check_micrograph_integers(array: np.ndarray, *, value_range: tuple[float, float] | None,
+                              sample: str | None = None, path: object = None) -> str | None:
+    """The integer rules of a micrograph (see MICROGRAPH_INTEGER_DTYPES): an InputError for a
+    signed or wide integer type without a stated range, or values outside the stated range;
+    the warning (logged, and returned) for an 8/16-bit image using < 5 % of its bit depth."""
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        return None
+    vmin, vmax, _ = _value_span(array)
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if vmin < lo or vmax > hi:
+            raise InputError(f"{array.dtype} pixel values span [{vmin:g}, {vmax:g}], outside "
+                             f"the stated range [{lo:g}, {hi:g}]", sample=sample, path=path)
+        return None
+    if array.dtype not in MICROGRAPH_INTEGER_DTYPES:
+        raise InputError(f"{array.dtype} micrograph (values {vmin:g}..{vmax:g}): signed and "
+                         "32/64-bit integers have no fixed white level; store it as 8/16-bit "
+                         "unsigned integers, or state its range (mvfcnn classify --float-range "
+                         "LO HI)", sample=sample, path=path)
+    full = float(np.iinfo(array.dtype).max)
+    share = (vmax - vmin) / full
+    if share >= LOW_RANGE_SHARE:
+        return None
+    where = " ".join(str(x) for x in ((f"sample {sample}:" if sample else None), path) if x)
+    message = (f"{where} {array.dtype} micrograph uses {100 * share:.1f} % of its bit depth "
+               f"(values {vmin:g}..{vmax:g} of 0..{full:g}); read by bit depth as every "
+               "image is, so it looks nearly flat to the network: rescale the file, or state "
+               "its range (mvfcnn classify --float-range LO HI)").strip()
+    logging.getLogger(__name__).warning(message)
+    return message
 
 
 def check_pixels(array: np.ndarray, *, value_range: tuple[float, float] | None = None,
@@ -158,13 +211,7 @@ def check_pixels(array: np.ndarray, *, value_range: tuple[float, float] | None =
                          path=path)
     lo, hi = FLOAT_RANGE if value_range is None else (float(value_range[0]),
                                                       float(value_range[1]))
-    vmin, vmax, finite = np.inf, -np.inf, True
-    for r0 in range(0, array.shape[0], _STRIP_ROWS):  # bounded memory on a memory map
-        strip = np.asarray(array[r0:r0 + _STRIP_ROWS])
-        if not np.isfinite(strip).all():
-            finite = False
-            break
-        vmin, vmax = min(vmin, float(strip.min())), max(vmax, float(strip.max()))
+    vmin, vmax, finite = _value_span(array)
     if not finite:
         raise InputError("pixel values include NaN or inf", sample=sample, path=path)
     if vmin < lo or vmax > hi:
@@ -182,6 +229,7 @@ def read_image(
     gray: bool = False,
     mmap: bool = True,
     value_range: tuple[float, float] | None = None,
+    micrograph: bool = False,
 ) -> np.ndarray:
     """Read a 2-D (or RGB) image; memory-mapped when the TIFF is uncompressed and contiguous.
 
@@ -189,7 +237,9 @@ def read_image(
     (a grey SEM saved as RGB, e.g. a JPEG export), else the luminance in the file's dtype range.
     A single channel with or without alpha (H, W, 1|2) becomes (H, W). Pixel values are checked
     by :func:`check_pixels`; a float image in a stated ``value_range`` is rescaled to [0, 1].
-    Any failure is re-raised as :class:`InputError` naming the sample and the file.
+    ``micrograph=True`` (intensities, not labels or ids) adds :func:`check_micrograph_integers`,
+    and an integer image in a stated ``value_range`` is rescaled to [0, 1] too. Any failure
+    is re-raised as :class:`InputError` naming the sample and the file.
     """
     path = Path(path)
     if not path.exists():
@@ -231,7 +281,10 @@ def read_image(
     if array.size == 0:
         raise InputError(f"empty image of shape {array.shape}", sample=sample, path=path)
     check_pixels(array, value_range=value_range, sample=sample, path=path)
-    if value_range is not None and np.issubdtype(array.dtype, np.floating):
+    if micrograph:
+        check_micrograph_integers(array, value_range=value_range, sample=sample, path=path)
+    if value_range is not None and (np.issubdtype(array.dtype, np.floating) or (
+            micrograph and np.issubdtype(array.dtype, np.integer) and array.dtype != bool)):
         lo, hi = float(value_range[0]), float(value_range[1])
         array = ((np.asarray(array, dtype=np.float32) - lo) / np.float32(hi - lo))
     return array

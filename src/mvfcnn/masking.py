@@ -200,9 +200,9 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     sample = args.sample
     params = _params(args.params_json, sample)
-    sem = read_image(args.sem, sample=sample, gray=True)
+    sem = read_image(args.sem, sample=sample, gray=True, micrograph=True)
     src_path = args.lom or args.mask
-    image = gray_strips(read_image(src_path, sample=sample))
+    image = gray_strips(read_image(src_path, sample=sample, micrograph=bool(args.lom)))
     if image.shape[:2] != sem.shape[:2]:
         what = "registered LOM" if args.lom else "mask"
         raise InputError(f"{what} size {image.shape[0]}x{image.shape[1]} differs from the SEM "

@@ -49,6 +49,7 @@ class Prepared:
     scale_bar_px: int | None
     pixel_size_um: float | None
     class_pixels: list[int] | None
+    intensity_warning: str | None = None
 
 
 def scale_bar_pixels(band: np.ndarray) -> int | None:
@@ -91,10 +92,13 @@ def prepare_sample(
 
     ``class_pixels`` counts the labels before enlarging (comparable with a release's counts).
     """
-    from mvfcnn.io import read_image, read_labels
+    from mvfcnn.io import check_micrograph_integers, read_image, read_labels
     from mvfcnn.objects import check_labels
 
     image = np.asarray(read_image(image_path, sample=sample, gray=True, mmap=False))
+    # the micrograph rules, with the warning kept for the record
+    intensity_warning = check_micrograph_integers(image, value_range=None, sample=sample,
+                                                  path=image_path)
     if crop_bottom < 0 or crop_bottom >= image.shape[0]:
         raise InputError(f"crop_bottom {crop_bottom} must be in [0, {image.shape[0]}) for an "
                          f"image of {image.shape[0]} rows", sample=sample, path=image_path)
@@ -123,7 +127,8 @@ def prepare_sample(
             labels = np.repeat(np.repeat(labels, upscale, axis=0), upscale, axis=1)
     record = Prepared(sample, str(image_path), str(labels_path) if labels_path else None,
                       int(image.shape[0]), int(image.shape[1]), int(crop_bottom), int(upscale),
-                      float(scale_bar_um) if scale_bar_um else None, bar_px, pixel_size, counts)
+                      float(scale_bar_um) if scale_bar_um else None, bar_px, pixel_size, counts,
+                      intensity_warning)
     return image, labels, record
 
 

@@ -203,7 +203,7 @@ def pretrain_trunk(
     autocast(dev, precision)  # validates before any work
     announce("pretrain-trunk", choice, dev)
     memory_format = choice.memory_format()
-    arrays = [read_image(p) for p in images]
+    arrays = [read_image(p, micrograph=True) for p in images]
     label_arrays = [read_labels(p) for p in labels]
     wanted = list(range(classes.num_classes)) if cfg["include_matrix"] else list(
         classes.foreground)

@@ -620,8 +620,8 @@ def cli(argv: list[str]) -> int:
     _setup_logging()
     sample = args.sample
     params = _params(args.params_json, sample)
-    sem = read_image(args.sem, sample=sample, gray=True)
-    lom = read_image(args.lom, sample=sample)
+    sem = read_image(args.sem, sample=sample, gray=True, micrograph=True)
+    lom = read_image(args.lom, sample=sample, micrograph=True)
     truth = read_truth(args.truth, sample) if args.truth else None
     if min(lom.shape[:2]) < 16 or min(sem.shape[:2]) < 16:
         raise InputError(f"image too small to register (SEM {sem.shape}, LOM {lom.shape})",

@@ -240,7 +240,7 @@ def crop_objects(
             raise InputError(f"cannot read objects table ({err})", sample=sample,
                              path=table_path) from err
         _check_table(table, sample, table_path)
-        image = read_image(images[index], sample=sample)
+        image = read_image(images[index], sample=sample, micrograph=True)
         ids = read_image(objects_ids[index], sample=sample)
         mask = read_image(masks[index], sample=sample) if masks is not None else None
         part = crop_sample(image, ids, table, size=size, sample=sample, mask=mask,
