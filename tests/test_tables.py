@@ -327,3 +327,36 @@ def test_cli_writes_every_file(results, default_config, repo_root, capsys):
     assert "Missing runs" in summary and "vgg16/-/lom" in summary
     assert "<table>" in (out / "table4.html").read_text()
     assert "no metrics.json" not in capsys.readouterr().out     # warnings go to stderr
+
+
+def test_a_dataset_with_other_classes_gets_no_paper_comparison(tmp_path, default_config,
+                                                                 repo_root):
+    """Issue 21 item 6: background/oxide/crack printed the steel paper's rows and an
+    'ours - paper' column, comparing unrelated tasks."""
+    config = _config(default_config)
+    config["classes"] = [{"index": 0, "name": "background", "color": "#000000"},
+                         {"index": 1, "name": "oxide", "color": "#ff00ff"},
+                         {"index": 2, "name": "crack", "color": "#00ffff"}]
+    classes = ClassSet.from_config(config)
+    _write_run(tmp_path, classes, "mvfcnn", "ft_balanced_aug", "sem", 6, 1, 1,
+               _pixel_confusion(3, 90, 10))
+    _write_run(tmp_path, classes, "cifarnet", None, "sem", 5, 3, 0)
+    paper = T.load_paper(repo_root / PAPER_YAML)
+    assert not T.paper_classes_match(classes, paper)
+    assert T.paper_classes_match(ClassSet.from_config(default_config), paper)
+    out = tmp_path / "tables"
+    assert T.cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
+                  "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
+    table1 = pd.read_csv(out / "table1.csv")
+    assert "paper" not in table1.columns
+    assert sorted(table1["method"]) == ["cifarnet", "mvfcnn"]  # only what this run measured
+    assert not [c for c in pd.read_csv(out / "table5.csv").columns if c.endswith("_paper")]
+    assert list(pd.read_csv(out / "table5.csv")["variant"]) == ["ft_balanced_aug"]
+    assert set(pd.read_csv(out / "table4.csv")["source"]) == {"ours"}
+    summary = (out / "summary.md").read_text()
+    assert "ours - paper" not in summary and "93.94" not in summary
+    assert "are not this dataset's (background, oxide, crack)" in summary
+    assert "| MVFCNN | 75.00% |" in summary
+    for name in T.TABLE_NAMES:
+        text = (out / f"{name}.md").read_text()
+        assert "(paper)" not in text and "Paper (Azimi" not in text, name

@@ -82,7 +82,10 @@ def _configuration_notes(frame: pd.DataFrame, key: list[str]) -> str:
 
 
 def _pretty(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    return frame[list(columns)].rename(columns=columns)
+    """The shown columns that the frame has (a dataset that is not the paper's has no paper
+    columns)."""
+    present = {k: v for k, v in columns.items() if k in frame.columns}
+    return frame[list(present)].rename(columns=present)
 
 
 def _pair_columns(frame: pd.DataFrame, keys: list[str], labels: dict[str, str]
@@ -110,8 +113,9 @@ def shown_table(name: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if name == "table3":
         return (_pretty(frame, _pair_columns(frame, ["label", "input", "strategy"],
                                              {"lom": "LOM", "sem": "SEM"})),
-                "Paper SEM values of the object-based methods are from Table 1 (Table 3 "
-                "prints only MVFCNN on SEM).\n\n" + _configuration_notes(frame, ["method"]))
+                ("Paper SEM values of the object-based methods are from Table 1 (Table 3 "
+                 "prints only MVFCNN on SEM).\n\n" if "sem_paper" in frame.columns else "")
+                + _configuration_notes(frame, ["method"]))
     if name == "table5":
         labels = PIXEL_LABELS
     else:
@@ -131,6 +135,8 @@ def _t4_blocks(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame, list[str], 
     blocks = []
     for source in ("ours", "paper"):
         block = frame[frame["source"] == source]
+        if block.empty:  # no paper block when the dataset is not the paper's
+            continue
         title = "Ours" if source == "ours" else "Paper (Azimi et al. 2018, Table 4)"
         rows = []
         for name in names:

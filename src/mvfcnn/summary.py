@@ -29,6 +29,7 @@ from mvfcnn.tables import (
     filled_config,
     iterations_text,
     mvfcnn_runs,
+    paper_classes_match,
     test_info,
     train_info,
     variant_settings,
@@ -77,6 +78,29 @@ def _hms(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{sec:02d}"
 
 
+def _summary_without_paper(tables: dict[str, pd.DataFrame], classes: ClassSet,
+                           paper: dict[str, Any], class_text: str, why: str,
+                           best: str | None) -> str:
+    """The summary of a dataset that is not the paper's: our numbers only, and why."""
+    paper_classes = ", ".join(paper.get("table6_classes", []))
+    lines = ["# MVFCNN on this dataset", "", class_text, "",
+             f"The paper's numbers (Azimi et al. 2018) are left out: its classes ({paper_classes})"
+             f" are not this dataset's ({', '.join(classes.names)}), so a difference would "
+             "compare unrelated tasks.", "",
+             "## Object classification accuracy (Table 1 layout, SEM)", "",
+             "| method | ours |", "|---|---:|"]
+    lines += [f"| {row['label']} | {_fmt(row['ours'])} |"
+              for _, row in tables["table1"].iterrows()]
+    lines += ["", f"MVFCNN row = {why}.", "", "## Best MVFCNN pixel metrics (Table 5 layout)", "",
+              "| metric | ours |", "|---|---:|"]
+    t5 = tables["table5"]
+    ours_rows = t5[(t5["variant"] == best) & (t5["modality"] == "sem")] if best else t5.iloc[:0]
+    for metric in PIXEL_METRICS:
+        ours = ours_rows[f"{metric}_ours"].iloc[0] if len(ours_rows) else math.nan
+        lines.append(f"| {PIXEL_LABELS[metric]} | {_fmt(ours)} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
                      classes: ClassSet, config: dict[str, Any], paper: dict[str, Any], *,
                      runs: dict[tuple, Run] | None = None) -> str:
@@ -87,11 +111,15 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
     best, why = best_variant(runs, "sem")
     setup = paper.get("setup", {})
     fcn = config["fcn"]
+    compare = "paper" in tables["table1"].columns  # False: not the paper's classes
+    class_text = "Classes (from config): " + ", ".join(
+        f"{i} {n} ({c})" for i, n, c in zip(classes.indices, classes.names, classes.colors,
+                                            strict=True))
+    if not compare:
+        return _summary_without_paper(tables, classes, paper, class_text, why, best)
     lines = ["# MVFCNN reproduction: ours vs Azimi et al. (2018)", ""]
     lines += [f"Paper numbers: {paper.get('source', 'paper_tables.yaml').strip()}", "",
-              "Classes (from config): " + ", ".join(
-                  f"{i} {n} ({c})" for i, n, c in zip(classes.indices, classes.names,
-                                                      classes.colors, strict=True)), ""]
+              class_text, ""]
     lines += ["## Object classification accuracy (Table 1, SEM)", "",
               "| method | ours | paper | ours - paper |", "|---|---:|---:|---:|"]
     for _, row in tables["table1"].iterrows():
@@ -195,6 +223,11 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
 
 def class_match_notes(paper: dict[str, Any], classes: ClassSet) -> dict[str, str]:
     """How the paper's class-wise columns (Tables 4 and 6) map onto the configured classes."""
+    if not paper_classes_match(classes, paper):
+        theirs = ", ".join(paper.get("table6_classes", []))
+        note = (f"No paper columns: the paper's classes ({theirs}) are not the configured ones "
+                f"({', '.join(classes.names)}).\n")
+        return {"table4": note, "table6": note}
     notes = {}
     for name, paper_names, ours in (
             ("table4", paper["table4"].get("classes", []),

@@ -8,6 +8,10 @@ that this configuration did not make (or that has not produced its metrics yet) 
 ``ours`` and the paper's value; runs the paper does not have (e.g. ``scratch_balanced_aug``)
 are appended with an empty ``paper``.
 
+The paper's numbers appear only when the configured classes are the paper's by name
+(:func:`paper_classes_match`; ``_`` = space, any case): on another dataset (e.g.
+background/oxide/crack) ``mvfcnn tables`` drops every paper column, Table 4's paper block and the
+rows only the paper fills (:func:`without_paper`), and summary.md says why.
 Class-wise paper numbers (Tables 4 and 6) are matched to the configured classes BY INDEX
 (paper's matrix/martensite/tempered martensite/bainite/pearlite = our indices 0..4); with a
 different number of classes the paper's class-wise cells stay empty.
@@ -89,6 +93,33 @@ def load_paper(path: str | Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"paper tables file lacks {missing}", path=path)
     return data
+
+
+def _class_words(name: str) -> str:
+    return str(name).lower().replace("_", " ").strip()
+
+
+def paper_classes_match(classes: ClassSet, paper: dict[str, Any]) -> bool:
+    """Whether this run classifies the paper's classes (matrix, martensite, tempered martensite,
+    bainite, pearlite, by name in the paper's order): only then do its numbers compare."""
+    return ([_class_words(n) for n in classes.names]
+            == [_class_words(n) for n in paper.get("table6_classes", [])])
+
+
+def without_paper(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables of a dataset that is not the paper's: no paper columns, no paper block in
+    Table 4, and no row that only the paper fills (e.g. a variant this run did not train)."""
+    out = {}
+    for name, frame in tables.items():
+        if name == "table4":
+            out[name] = frame[frame["source"] != "paper"].reset_index(drop=True)
+            continue
+        ours = [c for c in frame.columns if c == "ours" or c.endswith("_ours")]
+        kept = frame[frame[ours].notna().any(axis=1)] if ours else frame
+        out[name] = kept.drop(columns=[c for c in frame.columns
+                                       if c == "paper" or c.endswith("_paper")]
+                              ).reset_index(drop=True)
+    return out
 
 
 def filled_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -753,6 +784,8 @@ def cli(argv: list[str]) -> int:
     paper = load_paper(args.paper)
     runs = collect_runs(args.results_dir, config)
     tables = build_tables(args.results_dir, classes, config, paper, runs=runs)
+    if not paper_classes_match(classes, paper):
+        tables = without_paper(tables)
     written = write_tables(tables, args.outdir, html=not args.no_html,
                            notes=class_match_notes(paper, classes))
     summary = summary_markdown(tables, args.results_dir, classes, config, paper, runs=runs)
