@@ -8,7 +8,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from mvfcnn.config import check_config_fields, check_config_keys
+from mvfcnn.config import check_config_fields, check_config_files, check_config_keys
 from mvfcnn.errors import InputError
 
 min_version("9.0")
@@ -17,9 +17,13 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-# Unknown keys first: the message names the key and the closest valid one (a typo must not
-# silently leave the default in place), then the schema's types/ranges and defaults.
+# Keys given twice in one file, then unknown keys: the message names the key and the closest
+# valid one (a typo must not silently leave the default in place), then the schema's
+# types/ranges and defaults.
 try:
+    check_config_files(
+        [os.path.join(workflow.basedir, "config", "config.yaml"), *workflow.overwrite_configfiles]
+    )
     check_config_keys(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 except InputError as err:
     raise WorkflowError(str(err)) from None  # one line, no traceback into the package

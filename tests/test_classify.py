@@ -500,3 +500,12 @@ def test_cli_tta_switch_overrides_the_bundle(files, tmp_path):
         runs[flag] = json.loads((out / "a" / "run.json").read_text())["inference"]
     assert runs["--tta"]["tta_rotations"] and runs["--tta"]["tta_flips"]
     assert not runs["--no-tta"]["tta_rotations"] and not runs["--no-tta"]["tta_flips"]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", "", "..", "x/y"])
+def test_output_names_refuse_control_characters_and_paths(name):
+    from mvfcnn.classify import output_names
+
+    with pytest.raises(InputError, match="invalid output name"):
+        output_names(["one.tif"], [name])
+    assert output_names(["one.tif"], ["ok name.v2"]) == ["ok name.v2"]

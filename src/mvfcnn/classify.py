@@ -368,7 +368,8 @@ def output_names(images: list[str], names: list[str] | None) -> list[str]:
     dupes = sorted({n for n in chosen if chosen.count(n) > 1})
     if dupes:
         raise InputError(f"two images would write to the same folder {dupes}; give --names")
-    bad = [n for n in chosen if not n or "/" in n or n in (".", "..")]
+    bad = [n for n in chosen if not n or "/" in n or n in (".", "..")
+           or any(ord(c) < 32 or ord(c) == 127 for c in n)]  # a newline names no folder
     if bad:
         raise InputError(f"invalid output name(s) {bad}")
     return chosen

@@ -132,6 +132,37 @@ def _check_keys(value: Any, schema: dict[str, Any], where: str) -> None:
 PRETRAINED_WORDS = ("none", "imagenet", "patches", "match")
 
 
+def check_config_files(paths: list[str | Path]) -> None:
+    """Each config file (the default and every ``--configfile`` overlay) once more, for what
+    Snakemake's own reading lets pass: a key given twice in one mapping, whose last value
+    would silently win. (A file that is not YAML, empty, or a list never gets here: Snakemake
+    stops on it first, with its own message.)"""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise InputError(f"key {key!r} appears twice (lines {first[key]} and {line}); "
+                                 "the last would silently win: keep one")
+            first[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506
+        except InputError as err:
+            raise InputError(f"config file: {err}", path=path) from None
+        except (OSError, yaml.YAMLError):
+            continue  # Snakemake reported these already
+
+
 #: the FCN stages in training order; each starts from the one before it (FCN-32s from the trunk)
 FCN_STAGES = ("32s", "16s", "8s", "4s", "2s")
 
