@@ -221,3 +221,43 @@ def test_precision_trap_rule_and_tables(bench) -> None:
                         "0.030 | 0.031 (bf16) | 2.3× |")
     assert lines[5] == "|  | 8s | 0.080 | 0.040 | 0.032 (bf16) | – |"
     assert lines[6] == "| | FCN-32s / FCN-8s | auto(bf16) 0.97 | | | |"
+
+
+def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
+    """Issue 22's ablation: folds of one lever from several runs, mean ± SE, the table."""
+    import metaldam_ablation as ablation
+
+    machine = {"cpu_model": "test CPU", "cpu_flags": [], "precision_auto": "fp32"}
+
+    def per_fold(ma: float, defect: float | None) -> dict:
+        return {"mean_iu": 0.5, "per_class_iu": {
+            "matrix": 0.6, "austenite": 0.8, "martensite_austenite": ma, "precipitate": 0.0,
+            "defect": defect}}
+
+    base = ["config/config.yaml", "config/metaldam.yaml"]
+    runs = {
+        "metaldam_fold0_rare_amx.json": (["0"], {"0": per_fold(0.3, None)}, 7.0,
+                                         base + ["/tmp/lev_rare.yaml"]),
+        "metaldam_folds12_rare_amx.json": (["1", "2"], {"1": per_fold(0.4, 0.2),
+                                                        "2": per_fold(0.5, 0.4)}, 12.0,
+                                           base + ["benchmarks/overlays/x.yaml"]),
+        "metaldam_folds12_odd_amx.json": (["1"], {"1": per_fold(0.1, 0.1)}, 5.0,
+                                          ["config/config.yaml"]),
+    }
+    for name, (folds, metrics, wall, configs) in runs.items():
+        (tmp_path / name).write_text(json.dumps({
+            "folds": folds, "per_fold": metrics, "wall_min": wall, "configs": configs,
+            "machine": machine}))
+    summary = ablation.summarize(ablation.collect(tmp_path))
+    rare = summary["rare"]
+    assert rare["folds"] == ["0", "1", "2"]
+    ma = rare["stats"]["iu_martensite_austenite"]
+    assert ma["mean"] == pytest.approx(0.4) and ma["n"] == 3
+    assert ma["se"] == pytest.approx(0.1 / 3 ** 0.5)  # sd 0.1 over 3 folds
+    assert rare["stats"]["iu_defect"]["n"] == 2  # fold 0: neither labelled nor predicted
+    # without precipitate: nan-mean of matrix, austenite, M/A (and defect where present)
+    assert rare["per_fold"]["0"]["mean_iu_without_precipitate"] == pytest.approx(1.7 / 3)
+    assert rare["minutes_per_fold"] == pytest.approx((7.0 + 6.0) / 2)
+    table = ablation.markdown(summary)
+    assert "| rare: tiles.rare_share 0.1" in table and "| 0,1,2 | 0.500 ± 0.000 |" in table
+    assert "0.400 ± 0.058" in table

@@ -1,0 +1,160 @@
+"""Issue 22's ablation table: each training lever on MetalDAM folds 0-2, mean ± SE.
+
+Usage: ``python benchmarks/metaldam_ablation.py [--out benchmarks/results/metaldam_ablation.json]``.
+
+Reads what ``benchmarks/metaldam.py --folds ...`` wrote for each lever (the overlay in
+``benchmarks/overlays/metaldam_lever_<lever>.yaml``; ``baseline`` = ``config/metaldam.yaml``
+alone) from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean
+IoU as the workflow's metrics.json computes it (Long et al.: a class neither labelled nor
+predicted in a fold's test images is left out, one predicted but absent counts 0), the 4-class
+mean without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
+the run / its folds, so shared steps are spread). Folds come from several runs of the same
+lever (fold 0 earlier, then 1 and 2) only when they used the same configs. Writes the JSON and
+prints the README's markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import _common
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FOLDS = ("0", "1", "2")
+#: lever -> (what it changes, in the committed default?)
+LEVERS = {
+    "baseline": "config/metaldam.yaml alone (FCN-8s on 2x images, patch pretraining)",
+    "rare": "tiles.rare_share 0.1 (rare-class-centred tiles)",
+    "dice": "fcn.dice_weight 0.5 (cross-entropy + soft Dice)",
+    "aug": "fcn.augmentation (flips, brightness, contrast, gamma, blur, noise)",
+    "levers": "rare + Dice + augmentation (the first fold-0 trial)",
+    "rare_dice": "rare-class tiles + Dice",
+    "schedule": "rare + Dice + poly learning rate + keep best validated weights",
+    "fcn4s": "rare + Dice + FCN-4s at native scale (no 2x enlargement)",
+    "ssl": "rare + Dice + SSL (masked-image modelling) before the patch pretraining",
+}
+_NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
+
+
+def _nan_mean(values: list[float]) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def fold_record(metrics: dict[str, Any]) -> dict[str, float]:
+    """The figures of one fold from benchmarks/metaldam.py's ``per_fold`` entry."""
+    per_class = {k: (math.nan if v is None else float(v))
+                 for k, v in metrics["per_class_iu"].items()}
+    return {"mean_iu": float(metrics["mean_iu"]),
+            "mean_iu_without_precipitate": _nan_mean(
+                [v for k, v in per_class.items() if k != "precipitate"]),
+            **{f"iu_{k}": v for k, v in per_class.items()}}
+
+
+def mean_se(values: list[float]) -> tuple[float, float, int]:
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return math.nan, math.nan, 0
+    mean = sum(kept) / len(kept)
+    if len(kept) < 2:
+        return mean, math.nan, len(kept)
+    var = sum((v - mean) ** 2 for v in kept) / (len(kept) - 1)
+    return mean, math.sqrt(var / len(kept)), len(kept)
+
+
+def collect(results: Path) -> dict[str, dict[str, Any]]:
+    levers: dict[str, dict[str, Any]] = {}
+    for path in sorted(results.glob("metaldam_fold*_*.json")):
+        match = _NAME.search(path.name)
+        if not match:
+            continue
+        lever = match.group(2)
+        report = json.loads(path.read_text())
+        entry = levers.setdefault(lever, {"folds": {}, "minutes_per_fold": [], "sources": [],
+                                          "configs": None, "machine": None})
+        # the committed configs must agree; an overlay's file name may differ (fold 0 of the
+        # first levers ran from copies in /tmp before the overlays were committed)
+        configs = [str(c) for c in report["configs"]]
+        base = [c for c in configs if c.startswith("config/")]
+        if entry["configs"] is not None and [c for c in entry["configs"]
+                                             if c.startswith("config/")] != base:
+            print(f"{path.name}: other committed configs than the lever's first file; skipped",
+                  file=sys.stderr)
+            continue
+        entry["configs"] = configs
+        entry["machine"] = entry["machine"] or {k: report["machine"].get(k) for k in
+                                                ("cpu_model", "cpu_flags", "precision_auto")}
+        entry["sources"].append(path.name)
+        folds = [f for f in report["folds"] if f in report["per_fold"]]
+        for fold in folds:
+            entry["folds"][fold] = fold_record(report["per_fold"][fold])
+        if folds:
+            entry["minutes_per_fold"].append(report["wall_min"] / len(report["folds"]))
+    return levers
+
+
+def summarize(levers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for lever, entry in levers.items():
+        folds = {f: entry["folds"][f] for f in FOLDS if f in entry["folds"]}
+        keys = sorted({k for record in folds.values() for k in record})
+        stats = {}
+        for key in keys:
+            mean, se, n = mean_se([record.get(key, math.nan) for record in folds.values()])
+            stats[key] = {"mean": mean, "se": se, "n": n}
+        minutes = entry["minutes_per_fold"]
+        out[lever] = {"what": LEVERS.get(lever, lever), "folds": sorted(folds),
+                      "per_fold": folds, "stats": stats,
+                      "minutes_per_fold": sum(minutes) / len(minutes) if minutes else math.nan,
+                      "configs": entry["configs"], "machine": entry["machine"],
+                      "sources": entry["sources"]}
+    return out
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    if not stat or math.isnan(stat["mean"]):
+        return "–"
+    if math.isnan(stat["se"]):
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ± {stat['se']:.3f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["| lever | folds | 5-class mIoU | 4-class (no precipitate) | M/A IoU | defect IoU "
+             "| precipitate IoU | min / fold |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    order = [k for k in LEVERS if k in summary] + [k for k in summary if k not in LEVERS]
+    for lever in order:
+        entry = summary[lever]
+        stats = entry["stats"]
+        lines.append(
+            f"| {lever}: {entry['what']} | {','.join(entry['folds'])} | "
+            f"{_cell(stats.get('mean_iu'))} | {_cell(stats.get('mean_iu_without_precipitate'))}"
+            f" | {_cell(stats.get('iu_martensite_austenite'))} | "
+            f"{_cell(stats.get('iu_defect'))} | {_cell(stats.get('iu_precipitate'))} | "
+            f"{entry['minutes_per_fold']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "metaldam_ablation.json")
+    args = parser.parse_args()
+    summary = summarize(collect(args.results))
+    table = markdown(summary)
+    _common.write_result(args.out, {"benchmark": "metaldam_ablation", "levers": summary,
+                                    "markdown": table})
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
