@@ -167,6 +167,11 @@ def test_match_resolves_to_the_compared_variants_init():
     assert T.variant_settings(T.filled_config(paper), T.compared_variant(paper))[
         "pretrained"] == "imagenet"
     assert (paper["fcn"]["width"], paper["fcn"]["fc_channels"]) == (1.0, 4096)
+    # layered on config.yaml (as users run it), the demo's speed settings do not leak in
+    demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    layered = {**demo["fcn"], **paper["fcn"]}
+    assert demo["fcn"]["freeze"] == "pool4" and layered["freeze"] == "none"
+    assert (layered["width"], layered["batch_size"]) == (1.0, 1)
     # the schema default is `match` (mvfcnn.settings fills it)
     from mvfcnn.settings import defaults
 

@@ -105,13 +105,6 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: int, *,
     return [Tile(y, x, ky0, kx0, ky1, kx1) for (y, ky0, ky1) in rows for (x, kx0, kx1) in cols]
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu' (see :func:`mvfcnn.runtime.resolve_device`)."""
-    from mvfcnn.runtime import resolve_device as _resolve
-
-    return str(_resolve(device))
-
-
 def _default_preprocess() -> Callable:
     from mvfcnn.models.preprocess import normalize_batch
 
@@ -182,7 +175,7 @@ def predict_image(
 
     from mvfcnn.models.vgg_trunk import fuse_conv_relu
     from mvfcnn.progress import progress as _progress
-    from mvfcnn.runtime import autocast, choose_precision
+    from mvfcnn.runtime import autocast, choose_precision, resolve_device
 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -196,7 +189,7 @@ def predict_image(
         raise InputError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
     if preprocess is None:
         preprocess = _default_preprocess()
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     height, width = image.shape[:2]
     shape = tile_shape(height, width, tile_size, overlap, fit_tiles)
     tiles = tile_grid(height, width, tile_size, overlap, fit=fit_tiles)
@@ -353,11 +346,11 @@ def cli(argv: list[str]) -> int:
                              "inherited OMP_NUM_THREADS=1 would cut to one core)")
     args = parser.parse_args(argv)
     from mvfcnn.io import read_image, write_image
-    from mvfcnn.runtime import announce, choose_precision, set_threads
+    from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads
 
     set_threads(args.threads)
     params = _parse_params(args.params_json)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     announce(f"predict {args.sample}", choose_precision(params["precision"], device), device)
     image = read_image(args.image, sample=args.sample, micrograph=True)
     model, _meta = _load_model(args.model)
