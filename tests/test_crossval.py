@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
-from mvfcnn.crossval import fold_rows, render_markdown, summarize
+from mvfcnn.crossval import crossval_markdown, fold_rows, summarize
 
 CLASSES = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
 
@@ -38,7 +38,7 @@ def test_fold_rows_and_mean_se_exact():
 
 def test_markdown_names_the_folds_mean_and_literature():
     rows = fold_rows({"0": np.eye(3, dtype=int) * 5, "1": np.eye(3, dtype=int) * 5}, CLASSES)
-    markdown = render_markdown(summarize(rows), CLASSES,
+    markdown = crossval_markdown(summarize(rows), CLASSES,
                                [{"source": "X (2023)", "method": "U-Net", "metric": "mean IoU",
                                  "value": 0.677, "protocol": "their split"}],
                                title="T", notes=["note one"])

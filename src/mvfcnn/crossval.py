@@ -167,7 +167,7 @@ def pct(value: Any, se: Any = None) -> str:
     return text
 
 
-def render_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[dict[str, Any]],
+def crossval_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[dict[str, Any]],
                     *, title: str, notes: list[str], secondary_exclude: tuple[str, ...] = ()
                     ) -> str:
     """Ours per fold and mean ± SE (percent), then the published results and the notes."""
@@ -256,7 +256,7 @@ def cli(argv: list[str]) -> int:
     pooled = sum(confusions.values())
     pooled_frame = pd.DataFrame(pooled, index=pd.Index(classes.names, name="true"),
                                 columns=classes.names).reset_index()
-    markdown = render_markdown(table, classes, literature, title=args.title, notes=notes,
+    markdown = crossval_markdown(table, classes, literature, title=args.title, notes=notes,
                                secondary_exclude=secondary)
     phase = None
     if args.test_pair:
@@ -265,7 +265,7 @@ def cli(argv: list[str]) -> int:
         write_table(args.out_phase_fractions_per_image, per_image.round(4))
         write_table(args.out_phase_fractions, phase.round(4))
         markdown += "\n" + phase_fraction_markdown(phase)
-    html = render_html(table, pooled_frame, literature, title=args.title, notes=notes,
+    html = crossval_html(table, pooled_frame, literature, title=args.title, notes=notes,
                        phase=phase)
     write_table(args.out_csv, table)
     write_table(args.out_confusion, pooled_frame)
@@ -278,7 +278,7 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def render_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict[str, Any]],
+def crossval_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[dict[str, Any]],
                 *, title: str, notes: list[str], phase: pd.DataFrame | None = None) -> str:
     """The report page: ours per fold (percent), the published results, the pooled confusion,
     the phase-fraction errors (when given) and the notes, as tables by the shared

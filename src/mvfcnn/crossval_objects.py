@@ -169,7 +169,7 @@ def _stat(table: pd.DataFrame, method: str, which: str, column: str) -> Any:
     return part.iloc[0][column] if len(part) else float("nan")
 
 
-def render_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: ClassSet, *,
+def objects_markdown(table: pd.DataFrame, differences: pd.DataFrame, classes: ClassSet, *,
                     title: str, paper: dict[str, float], notes: list[str],
                     secondary_exclude: tuple[str, ...] = ()) -> str:
     """Accuracy (also without ``secondary_exclude``) and mean class recall per fold, mean ± SE;
@@ -256,7 +256,7 @@ def verdict(differences: pd.DataFrame) -> str:
             + " and ".join(parts) + " (paired per-fold differences).")
 
 
-def render_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -> str:
+def objects_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -> str:
     """The report page: the markdown as written, then the full per-fold table."""
     from mvfcnn.rendering import as_text, frame_html, html_page, text_html
 
@@ -363,10 +363,10 @@ def cli(argv: list[str]) -> int:
 
         notes += budget_notes(json_arg(args.config_json, "--config-json"),
                               [(m, f, Path(p)) for m, f, p in args.run])
-    markdown = render_markdown(table, differences, classes, title=args.title, paper=paper,
+    markdown = objects_markdown(table, differences, classes, title=args.title, paper=paper,
                                notes=notes, secondary_exclude=secondary)
     write_table(args.out_csv, table)
     write_text(args.out_md, markdown)
-    write_text(args.out_html, render_html(table, differences, markdown))
+    write_text(args.out_html, objects_html(table, differences, markdown))
     print("mvfcnn crossval-objects: " + verdict(differences), flush=True)
     return 0
