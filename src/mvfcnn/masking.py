@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from mvfcnn.errors import InputError, warn
-from mvfcnn.objects import STRUCTURE, count_objects
+from mvfcnn.objects import count_objects, remove_small
 from mvfcnn.settings import with_defaults
 
 #: a mask covering more than this share of the image is suspicious (an inverted threshold,
@@ -118,30 +118,6 @@ def make_mask(lom_gray: np.ndarray, *, threshold: float | None, dark_is_foregrou
     if valid is not None:
         mask &= valid  # closing/hole filling must not reach into the no-data border either
     return mask, threshold
-
-
-def remove_small(mask: np.ndarray, min_area: int, *, connectivity: int = 8,
-                 keep_border: bool = False) -> np.ndarray:
-    """Drop components smaller than ``min_area`` px; ``keep_border`` spares those at the edge.
-
-    Applied to the inverted mask with 4-connectivity (the dual of the objects' 8), it fills the
-    small holes: background touching the image edge is the matrix, never a hole.
-    """
-    structure = STRUCTURE if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
-    ids, n = ndimage.label(mask, structure=structure)
-    if n == 0:
-        return mask
-    area = np.bincount(ids.ravel(), minlength=n + 1)
-    small = area < min_area
-    small[0] = False
-    if keep_border:
-        edge = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
-        small[edge] = False
-    if not small.any():
-        return mask
-    out = mask.copy()
-    out[small[ids]] = False
-    return out
 
 
 def mask_iou(mask: np.ndarray, labels: np.ndarray, ignore_index: int = 255,

@@ -24,6 +24,32 @@ from mvfcnn.errors import InputError
 
 CONNECTIVITY = 8
 STRUCTURE = np.ones((3, 3), dtype=bool)  # 8-connectivity
+
+
+def remove_small(mask: np.ndarray, min_area: int, *, connectivity: int = 8,
+                 keep_border: bool = False) -> np.ndarray:
+    """Drop components smaller than ``min_area`` px; ``keep_border`` spares those at the edge.
+
+    Applied to the inverted mask with 4-connectivity (the dual of the objects' 8), it fills the
+    small holes: background touching the image edge is the matrix, never a hole.
+    """
+    structure = STRUCTURE if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
+    ids, n = ndimage.label(mask, structure=structure)
+    if n == 0:
+        return mask
+    area = np.bincount(ids.ravel(), minlength=n + 1)
+    small = area < min_area
+    small[0] = False
+    if keep_border:
+        edge = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
+        small[edge] = False
+    if not small.any():
+        return mask
+    out = mask.copy()
+    out[small[ids]] = False
+    return out
+
+
 COLUMNS = ["object_id", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "centroid_y",
            "centroid_x", "true_class", "true_class_name", "true_share"]
 UNKNOWN = (-1, "unknown")
@@ -56,8 +82,6 @@ def label_objects(labels: np.ndarray, classes: ClassSet, *, min_area: int = 0,
     if mode not in LABEL_OBJECTS:
         raise ValueError(f"mode must be one of {LABEL_OBJECTS}, got {mode!r}")
     if mode == "second_phase":
-        from mvfcnn.masking import remove_small  # masking imports this module
-
         return find_objects(remove_small(np.isin(labels, classes.foreground), min_area))
     ids = np.zeros(labels.shape, dtype=np.uint32)
     next_id = 0
