@@ -516,3 +516,59 @@ def test_benchmark_overlays_validate_on_metaldam(overlay):
     fcn, tiles = config["fcn"], config["tiles"]
     assert (tiles["rare_share"] > 0 or fcn["dice_weight"] > 0
             or any(fcn["augmentation"].values()))
+
+
+# --------------------------------------------------------------------------- schedule, 4s, SSL
+
+
+@needs_metaldam
+def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tmp_path,
+                                                         one_torch_thread):
+    """The session-7 levers on real crops: the chain to FCN-4s with a decaying rate and each
+    stage's best validated weights; the 4s output is the input size, finite everywhere."""
+    import torch
+
+    from mvfcnn.models.io import load_model
+    from mvfcnn.training import lr_factor, split_validation, train_stage
+
+    table, _ = real_crops
+    train, val = split_validation(_index(table).tiles, 4, 4)
+    stages = ["32s", "16s", "8s", "4s"]
+    cfg = {**TINY, "stages": stages, "iterations": dict.fromkeys(stages, 4),
+           "lr": dict.fromkeys(stages, 1e-3), "validate_every": 2, "lr_schedule": "poly",
+           "keep_best": True}
+    parent = None
+    for stage in stages:
+        out = tmp_path / f"fcn{stage}.pt"
+        train_stage(stage=stage, tiles=train, classes=classes, cfg=cfg,
+                    variant={"pretrained": "none", "balanced": True, "augment": True},
+                    parent=parent, out_model=out, out_csv=tmp_path / f"train_{stage}.csv",
+                    out_png=tmp_path / f"train_{stage}.png", checkpoint_dir=tmp_path / stage,
+                    seed=0, device="cpu", val_tiles=val)
+        rows = pd.read_csv(tmp_path / f"train_{stage}.csv")
+        np.testing.assert_allclose(rows["lr"], [1e-3 * lr_factor("poly", i, 4) for i in range(4)])
+        kept = load_model(out)[1]["extra"]["kept_iteration"]
+        best = rows.dropna(subset=["mean_iu"])
+        assert kept == int(best["iteration"].iloc[int(np.argmax(best["mean_iu"]))])
+        parent = out
+    model = load_model(parent)[0].eval()
+    x = torch.rand(1, 3, 75, 90)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, classes.num_classes, 75, 90) and torch.isfinite(y).all()
+
+
+@needs_metaldam
+def test_ssl_pretraining_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
+    from mvfcnn.pretraining import pretrain_trunk
+
+    table, maps = real_crops
+    summary = pretrain_trunk(
+        images=list(table["image"]), labels=list(table["labels"]), classes=classes,
+        cfg={"patch_size": 32, "iterations": 2, "ssl_iterations": 6, "ssl_patch_size": 64,
+             "batch_size": 4, "precision": "fp32", "progress": False},
+        fcn_cfg={"width": 1 / 16, "fc_channels": 16}, seed=0, out_model=tmp_path / "trunk.pt",
+        out_csv=tmp_path / "pretrain.csv")
+    rows = pd.read_csv(tmp_path / "pretrain.csv")
+    assert rows["phase"].tolist() == ["ssl"] * 6 + ["patches"] * 2
+    assert np.isfinite(rows["loss"]).all() and summary["ssl_iterations"] == 6
