@@ -363,7 +363,8 @@ def test_poly_schedule_lr_column_and_keep_best_weights(tmp_path, tiles):
     expected = [1e-2 * lr_factor("poly", i, 16) for i in range(16)]
     np.testing.assert_allclose(rows["lr"].to_numpy(), expected, rtol=1e-12)
 
-    best_path, _ = _run(tmp_path / "best", train, val=val, cfg={**cfg, "keep_best": True})
+    best_cfg = {**cfg, "keep_best": True, "checkpoint_every": 4, "keep_checkpoints": True}
+    best_path, _ = _run(tmp_path / "best", train, val=val, cfg=best_cfg)
     rows = pd.read_csv(tmp_path / "best" / "train_32s.csv").dropna(subset=["mean_iu"])
     best_it = int(rows["iteration"].iloc[int(np.argmax(rows["mean_iu"].to_numpy()))])
     assert best_it < 16  # the choice is exercised: not simply the last iteration
@@ -374,6 +375,12 @@ def test_poly_schedule_lr_column_and_keep_best_weights(tmp_path, tiles):
     kept, expected_state = _state(best_path), _state(reference)
     for key, value in expected_state.items():
         assert torch.equal(kept[key], value), key
+    # a run resumed after the best iteration keeps the same best (it is in the checkpoint)
+    _, summary = _run(tmp_path / "best", train, val=val, cfg=best_cfg)
+    assert summary["resumed_from"] == 12
+    resumed = _state(best_path)
+    for key, value in expected_state.items():
+        assert torch.equal(resumed[key], value), key
 
 
 def test_finer_stages_train_from_their_parents_only(tmp_path, tiles):

@@ -757,8 +757,9 @@ def train_stage(
                 log.info("iteration %d: loss %.4f, validation pixel accuracy %.4f, mean IU "
                          "%.4f", iteration, mean_loss, row["pixel_accuracy"], row["mean_iu"])
                 if keep_best and (best is None or row["mean_iu"] > best["mean_iu"]):
+                    # a CPU copy: on a GPU the real VGG16's weights would double its memory
                     best = {"mean_iu": row["mean_iu"], "iteration": iteration,
-                            "model": {k: v.detach().clone()
+                            "model": {k: v.detach().to("cpu", copy=True)
                                       for k, v in model.state_dict().items()}}
             rows.append(row)
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
