@@ -182,7 +182,8 @@ def pretrain_trunk(
     out_csv: str | os.PathLike[str] | None = None,
     out_png: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the patch classifier, fold its BatchNorm, save it (a ``pretrained:`` file)."""
+    """Train the patch classifier, fold its BatchNorm unless the FCN keeps one
+    (``fcn.batch_norm``), save it (a ``pretrained:`` file)."""
     from mvfcnn.models.io import save_model
     from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
     from mvfcnn.models.preprocess import normalize_batch
@@ -253,7 +254,8 @@ def pretrain_trunk(
             bar.update(1)
         bar.close()
         model.eval()
-        fold_batch_norm(model)
+        if not fcn_cfg.get("batch_norm", False):
+            fold_batch_norm(model)  # a plain trunk for the paper's BN-free FCN
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     patches = frame[frame["phase"] == "patches"]
     tail = (patches if len(patches) else frame).tail(max(1, min(50, len(frame) // 4)))

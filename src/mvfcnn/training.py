@@ -269,8 +269,10 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     from mvfcnn.models.fcn import PARENT_STAGE, build_fcn, init_from_parent
     from mvfcnn.models.io import load_model
 
+    cfg = with_defaults("fcn", cfg)
     kwargs = {"num_classes": classes.num_classes, "width": float(cfg["width"]),
-              "fc_channels": int(cfg["fc_channels"]), "dropout": float(cfg["dropout"])}
+              "fc_channels": int(cfg["fc_channels"]), "dropout": float(cfg["dropout"]),
+              "batch_norm": bool(cfg["batch_norm"])}
     if stage == "32s":
         if parent is not None:
             raise InputError("FCN-32s is the first stage and takes no --parent")
@@ -286,9 +288,10 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     parent_classes = meta.get("extra", {}).get("classes")
     if parent_classes is not None and parent_classes != classes.to_dict():
         raise InputError("parent model was trained with other classes", path=parent)
-    for key in ("num_classes", "width", "fc_channels"):
-        if key in meta["kwargs"] and meta["kwargs"][key] != kwargs[key]:
-            raise InputError(f"parent model has {key}={meta['kwargs'][key]}, the config says "
+    parent_kwargs = {"batch_norm": False, **meta["kwargs"]}
+    for key in ("num_classes", "width", "fc_channels", "batch_norm"):
+        if key in parent_kwargs and parent_kwargs[key] != kwargs[key]:
+            raise InputError(f"parent model has {key}={parent_kwargs[key]}, the config says "
                              f"{kwargs[key]}", path=parent)
     model = build_fcn(stage, pretrained="none", **kwargs)
     init_from_parent(model, parent_model)
@@ -306,6 +309,8 @@ def freeze_trunk(model: nn.Module, until: str) -> nn.Module:
 
     With nothing before them trainable, autograd computes no backward pass for them at all,
     so each frozen early layer (the largest feature maps) saves its whole backward cost.
+    A frozen BatchNorm stays in eval mode (its running statistics, not the batch's), so the
+    frozen layers are one fixed function.
     """
     from mvfcnn.models.vgg_trunk import POOL_INDICES
 
@@ -315,7 +320,18 @@ def freeze_trunk(model: nn.Module, until: str) -> nn.Module:
     for layer in list(model.trunk.features)[:last + 1]:
         for param in layer.parameters():
             param.requires_grad_(False)
+        for module in layer.modules():
+            if type(module) is nn.BatchNorm2d:
+                module.__class__ = FrozenBatchNorm2d
+                module.eval()
     return model
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm that ``train()`` leaves in eval mode (the state dict is a BatchNorm2d's)."""
+
+    def train(self, mode: bool = True) -> FrozenBatchNorm2d:
+        return super().train(False)
 
 
 # --------------------------------------------------------------------------- validation

@@ -230,6 +230,8 @@ def pretrained_trunk_file(wildcards):
 def trunk_layout_json():
     """The `fcn` keys that shape the trunk (what pretraining needs), as compact JSON."""
     layout = {key: config["fcn"][key] for key in ("width", "fc_channels")}
+    if config["fcn"].get("batch_norm"):  # only when on: the paper's runs keep their params
+        layout["batch_norm"] = True
     return json.dumps(layout, separators=(",", ":"), sort_keys=True)
 
 

@@ -47,6 +47,7 @@ from mvfcnn.errors import InputError
 from mvfcnn.models.vgg_trunk import (
     TrunkFeatures,
     VGGTrunk,
+    adapt_trunk_state,
     is_torchvision_vgg_state,
     trunk_state_from_torchvision,
 )
@@ -189,6 +190,7 @@ class FCN(nn.Module):
         width: float = 1.0,
         fc_channels: int = 4096,
         dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -197,7 +199,8 @@ class FCN(nn.Module):
             raise InputError(f"num_classes must be >= 1, got {num_classes}")
         self.stage = stage
         self.num_classes = int(num_classes)
-        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout)
+        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout,
+                              batch_norm=batch_norm)
         c1, c2, c3, c4, _ = self.trunk.pool_channels
         nc = self.num_classes
         depth = STAGES.index(stage)  # 0 = 32s ... 4 = 2s
@@ -225,6 +228,8 @@ class FCN(nn.Module):
             self.upscore_pool1 = _upsampler(nc, *UPSAMPLERS["upscore_pool1"])
         self._kwargs = {"num_classes": self.num_classes, "width": float(width),
                         "fc_channels": int(fc_channels), "dropout": float(dropout)}
+        if batch_norm:  # absent = False: model files written before the option load unchanged
+            self._kwargs["batch_norm"] = True
         self.reset_head()
 
     @property
@@ -331,10 +336,12 @@ def load_trunk_weights(trunk: VGGTrunk, pretrained: Pretrained, *, progress: boo
         from mvfcnn.models.weights import imagenet_state_dict
 
         state = trunk_state_from_torchvision(imagenet_state_dict("vgg16", progress=progress))
-        _load_checked(trunk, state, source="ImageNet vgg16")
+        _load_checked(trunk, adapt_trunk_state(state, batch_norm=trunk.batch_norm),
+                      source="ImageNet vgg16")
         return
     path = Path(pretrained)
-    _load_checked(trunk, _trunk_state_from_file(path), source=path)
+    _load_checked(trunk, adapt_trunk_state(_trunk_state_from_file(path),
+                                           batch_norm=trunk.batch_norm), source=path)
 
 
 def _trunk_state_from_file(path: Path) -> dict[str, Tensor]:
@@ -381,6 +388,7 @@ def build_fcn(
     width: float = 1.0,
     fc_channels: int = 4096,
     dropout: float = 0.5,
+    batch_norm: bool = False,
     pretrained: Pretrained = "none",
     progress: bool = True,
 ) -> FCN:
@@ -393,7 +401,7 @@ def build_fcn(
     if stage not in _CLASSES:
         raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
     kwargs = {"num_classes": num_classes, "width": width, "fc_channels": fc_channels,
-              "dropout": dropout}
+              "dropout": dropout, "batch_norm": batch_norm}
     if pretrained is None or (isinstance(pretrained, str) and pretrained == "none"):
         return _CLASSES[stage](**kwargs)
     # every trunk tensor will be overwritten: skip its random init (~1 s for the real layout)
@@ -415,38 +423,48 @@ def uninitialized(cls: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
 
 
 def fcn32s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+           dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
+           progress: bool = True) -> FCN:
     """FCN-32s (single-stream, stride 32)."""
     return build_fcn("32s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, pretrained=pretrained, progress=progress)
+                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
+                     progress=progress)
 
 
 def fcn16s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+           dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
+           progress: bool = True) -> FCN:
     """FCN-16s (pool4 skip); normally initialised from a trained 32s via :func:`fcn16s_from`."""
     return build_fcn("16s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, pretrained=pretrained, progress=progress)
+                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
+                     progress=progress)
 
 
 def fcn8s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
+          progress: bool = True) -> FCN:
     """FCN-8s (pool4 + pool3 skips); normally initialised from a trained 16s via fcn8s_from."""
     return build_fcn("8s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, pretrained=pretrained, progress=progress)
+                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
+                     progress=progress)
 
 
 def fcn4s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
+          progress: bool = True) -> FCN:
     """FCN-4s (pool4 + pool3 + pool2 skips); normally initialised from a trained 8s."""
     return build_fcn("4s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, pretrained=pretrained, progress=progress)
+                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
+                     progress=progress)
 
 
 def fcn2s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, pretrained: Pretrained = "none", progress: bool = True) -> FCN:
+          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
+          progress: bool = True) -> FCN:
     """FCN-2s (skips from pool4 down to pool1); normally initialised from a trained 4s."""
     return build_fcn("2s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, pretrained=pretrained, progress=progress)
+                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
+                     progress=progress)
 
 
 BUILDERS: dict[str, Callable[..., FCN]] = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s,

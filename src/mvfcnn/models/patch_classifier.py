@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mvfcnn.models.vgg_trunk import VGGTrunk
+from mvfcnn.models.vgg_trunk import VGGTrunk, fold_trunk_batch_norm
 
 __all__ = ["HEADS", "PatchClassifier", "fold_batch_norm", "patch_classifier"]
 
@@ -44,13 +44,9 @@ class PatchClassifier(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head = head
         # conv1_1 padding 1: patches are classified as a whole, no FCN crop alignment needed
-        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, conv1_padding=1)
+        self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, conv1_padding=1,
+                              batch_norm=batch_norm)
         self.batch_norm = bool(batch_norm)
-        if batch_norm:
-            features = self.trunk.features
-            for index, module in enumerate(list(features)):
-                if isinstance(module, nn.Conv2d):
-                    features[index] = nn.Sequential(module, nn.BatchNorm2d(module.out_channels))
         features_out = self.trunk.fc_channels if head == "fc7" else self.trunk.out_channels
         self.classifier = nn.Linear(features_out, num_classes)
         self._kwargs = {"num_classes": int(num_classes), "width": float(width),
@@ -77,18 +73,11 @@ def fold_batch_norm(model: PatchClassifier) -> PatchClassifier:
 
     ``conv → bn`` becomes one convolution with ``w' = w·γ/σ`` and ``b' = (b − μ)·γ/σ + β``
     (σ = sqrt(running_var + eps)), so the trunk becomes a plain VGG16 trunk with identical
-    eval-mode outputs.
+    eval-mode outputs. (An FCN with ``fcn.batch_norm`` takes the trunk unfolded instead.)
     """
     if not model.batch_norm:
         return model
-    features = model.trunk.features
-    for index, module in enumerate(list(features)):
-        if isinstance(module, nn.Sequential):
-            conv, bn = module[0], module[1]
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
-            conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
-            features[index] = conv
+    fold_trunk_batch_norm(model.trunk)
     model.batch_norm = False
     model._kwargs["batch_norm"] = False
     return model

@@ -7,6 +7,11 @@ Differences from torchvision's ``vgg16().features``, all taken from Long et al.'
   every input size (torchvision's floor pooling breaks many sizes).
 * fc6/fc7 are convolutions (``Conv2d(C5, fc, 7)``, ``Conv2d(fc, fc, 1)``), each + ReLU + Dropout2d.
 * ``width`` scales every channel count (1.0 = the real VGG16), for fast CPU experiments.
+* ``batch_norm`` puts a BatchNorm after every convolution (``features.N`` becomes
+  ``Sequential(conv, bn)``, so every index stays put), for training from scratch: a BN-free
+  13-layer VGG barely moves in the few thousand steps a CPU affords (He et al. 2019 found
+  normalisation is what lets detectors train from scratch). :func:`fold_trunk_batch_norm` turns
+  it back into a plain trunk with the same eval-mode outputs.
 
 Parameter names map 1:1 onto torchvision's ``vgg16`` state dict (see
 :func:`trunk_state_from_torchvision`)::
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 #: VGG16 configuration ("M" = max-pool); the layer indices equal torchvision's ``features.N``.
@@ -69,6 +75,7 @@ class VGGTrunk(nn.Module):
         dropout: float = 0.5,
         conv1_padding: int = FCN_CONV1_PADDING,
         in_channels: int = 3,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if width <= 0:
@@ -79,6 +86,7 @@ class VGGTrunk(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.width = float(width)
         self.fc_channels = int(fc_channels)
+        self.batch_norm = bool(batch_norm)
         layers: list[nn.Module] = []
         channels = in_channels
         for item in VGG16_CFG:
@@ -87,8 +95,9 @@ class VGGTrunk(nn.Module):
                 continue
             out = scaled_channels(int(item), width)
             padding = conv1_padding if not layers else 1
-            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=padding),
-                       nn.ReLU(inplace=True)]
+            conv = nn.Conv2d(channels, out, kernel_size=3, padding=padding)
+            block = nn.Sequential(conv, nn.BatchNorm2d(out)) if batch_norm else conv
+            layers += [block, nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
         self.out_channels = channels  # C5: channels of pool5
@@ -104,7 +113,7 @@ class VGGTrunk(nn.Module):
     def pool_channels(self) -> tuple[int, ...]:
         """Channels of pool1 .. pool5 (the skip-layer inputs)."""
         # features[P - 2] is the last convolution before the pool at index P (conv, ReLU, pool)
-        return tuple(self.features[p - 2].out_channels for p in POOL_INDICES)
+        return tuple(conv_of(self.features[p - 2]).out_channels for p in POOL_INDICES)
 
     def reset_parameters(self) -> None:
         """Random init for training from scratch.
@@ -142,6 +151,97 @@ class VGGTrunk(nn.Module):
             return TrunkFeatures(pool3, pool4, pool5, self.forward_fc(pool5), pool1, pool2)
         pool3, pool4, pool5 = self.forward_pools(x)
         return TrunkFeatures(pool3, pool4, pool5, self.forward_fc(pool5))
+
+
+def conv_of(layer: nn.Module) -> nn.Conv2d:
+    """The convolution of a ``features`` entry: the layer itself or its ``(conv, bn)`` block."""
+    if isinstance(layer, nn.Sequential):
+        layer = layer[0]
+    if not isinstance(layer, nn.Conv2d):
+        raise TypeError(f"not a convolution layer: {type(layer).__name__}")
+    return layer
+
+
+def is_conv_block(layer: nn.Module) -> bool:
+    """True for a ``features`` convolution: a plain ``Conv2d`` or a ``(conv, bn)`` block."""
+    return isinstance(layer, nn.Conv2d) or (
+        isinstance(layer, nn.Sequential) and len(layer) == 2
+        and isinstance(layer[0], nn.Conv2d) and isinstance(layer[1], nn.BatchNorm2d))
+
+
+def folded_weights(weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+                   running_mean: Tensor, running_var: Tensor, eps: float = 1e-5
+                   ) -> tuple[Tensor, Tensor]:
+    """``conv -> bn`` (eval-mode statistics) as one convolution: ``w' = w * g / s`` and
+    ``b' = (b - mean) * g / s + beta`` with ``s = sqrt(var + eps)``."""
+    scale = bn_weight / (running_var + eps).sqrt()
+    if bias is None:
+        bias = torch.zeros_like(running_mean)
+    return (weight * scale.view(-1, 1, 1, 1).to(weight.dtype),
+            (bias - running_mean) * scale + bn_bias)
+
+
+def folded_conv(block: nn.Sequential) -> nn.Conv2d:
+    """A new convolution that computes ``block`` = ``(conv, bn)`` in eval mode."""
+    conv, bn = block[0], block[1]
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                    bias=True, padding_mode=conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        weight, bias = folded_weights(conv.weight, conv.bias, bn.weight, bn.bias,
+                                      bn.running_mean, bn.running_var, bn.eps)
+        out.weight.copy_(weight)
+        out.bias.copy_(bias)
+    return out
+
+
+def fold_trunk_batch_norm(trunk: VGGTrunk) -> VGGTrunk:
+    """Fold every BatchNorm of ``trunk`` into its convolution, in place: a plain trunk with the
+    same eval-mode outputs (and the state-dict names of one built without ``batch_norm``)."""
+    for index, layer in enumerate(list(trunk.features)):
+        if isinstance(layer, nn.Sequential):
+            trunk.features[index] = folded_conv(layer)
+    trunk.batch_norm = False
+    return trunk
+
+
+def adapt_trunk_state(state: dict[str, Tensor], *, batch_norm: bool) -> dict[str, Tensor]:
+    """A trunk state dict in the layout of a trunk with or without ``batch_norm``.
+
+    A plain state (``features.N.weight``) for a BN trunk keeps its convolutions
+    (``features.N.0.*``) and starts every BatchNorm fresh (identity statistics), as one would
+    fine-tune ImageNet VGG16 with added BN; a BN state for a plain trunk is folded (exact in
+    eval mode, default eps). A state already in the wanted layout is returned as is.
+    """
+    has_bn = f"features.{CONV_INDICES[0]}.0.weight" in state
+    if has_bn == batch_norm:
+        return state
+    out = {k: v for k, v in state.items() if not k.startswith("features.")}
+    for index in CONV_INDICES:
+        if batch_norm:
+            weight = state.get(f"features.{index}.weight")
+            if weight is None:
+                return state  # let the shape/key check name what is missing
+            channels = weight.shape[0]
+            out[f"features.{index}.0.weight"] = weight
+            out[f"features.{index}.0.bias"] = state[f"features.{index}.bias"]
+            out[f"features.{index}.1.weight"] = torch.ones(channels, dtype=weight.dtype)
+            out[f"features.{index}.1.bias"] = torch.zeros(channels, dtype=weight.dtype)
+            out[f"features.{index}.1.running_mean"] = torch.zeros(channels, dtype=weight.dtype)
+            out[f"features.{index}.1.running_var"] = torch.ones(channels, dtype=weight.dtype)
+            out[f"features.{index}.1.num_batches_tracked"] = torch.tensor(0)
+        else:
+            key = f"features.{index}"
+            try:
+                weight, bias = folded_weights(
+                    state[f"{key}.0.weight"], state.get(f"{key}.0.bias"), state[f"{key}.1.weight"],
+                    state[f"{key}.1.bias"], state[f"{key}.1.running_mean"],
+                    state[f"{key}.1.running_var"])
+            except KeyError:
+                return state
+            out[f"{key}.weight"], out[f"{key}.bias"] = weight, bias
+    return out
 
 
 def trunk_state_from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -249,8 +349,9 @@ class ConvReLU(nn.Module):
 def fuse_conv_relu(model: nn.Module) -> nn.Module:
     """``model`` with every convolution + ReLU of its VGG trunk as one :class:`ConvReLU`.
 
-    A shallow copy that shares every parameter with ``model`` (which is left as it is); for
-    inference only. Layer indices stay as they are (each fused ReLU becomes an Identity), so
+    A shallow copy that shares every parameter with ``model`` (which is left as it is; a
+    BatchNorm trunk's convolutions are folded copies, taken now); for inference only. Layer
+    indices stay as they are (each fused ReLU becomes an Identity), so
     the pool taps and layer names do not move. A model without a ``trunk`` VGGTrunk is returned
     unchanged.
     """
@@ -260,14 +361,18 @@ def fuse_conv_relu(model: nn.Module) -> nn.Module:
     if not isinstance(trunk, VGGTrunk):
         return model
     layers = list(trunk.features)
+    # a (conv, bn) block fuses as its folded convolution, in eval mode only
+    fusable = [isinstance(layer, nn.Conv2d) or (is_conv_block(layer) and not layer.training)
+               for layer in layers]
     fused_layers: list[nn.Module] = []
     for index, layer in enumerate(layers):
-        after_conv = index > 0 and isinstance(layers[index - 1], nn.Conv2d)
+        after_conv = index > 0 and fusable[index - 1]
         before_relu = index + 1 < len(layers) and isinstance(layers[index + 1], nn.ReLU)
         if isinstance(layer, nn.ReLU) and after_conv:
             fused_layers.append(nn.Identity())
-        elif isinstance(layer, nn.Conv2d) and before_relu:
-            fused_layers.append(ConvReLU(layer))
+        elif fusable[index] and before_relu:
+            fused_layers.append(ConvReLU(layer if isinstance(layer, nn.Conv2d)
+                                         else folded_conv(layer)))
         else:
             fused_layers.append(layer)
     new_trunk = copy.copy(trunk)
