@@ -15,6 +15,7 @@ from mvfcnn import tables as T
 from mvfcnn.cli import main as cli_main
 from mvfcnn.config import ClassSet
 from mvfcnn.evaluate import write_evaluation
+from mvfcnn.summary import report_cli
 
 PAPER_YAML = "workflow/resources/paper_tables.yaml"
 
@@ -313,7 +314,7 @@ def test_other_class_count_leaves_paper_class_cells_empty(tmp_path, default_conf
 def test_cli_writes_every_file(results, default_config, repo_root, capsys):
     config = _config(default_config)
     out = results / "tables"
-    assert T.cli(["--results-dir", str(results), "--config-json", json.dumps(config),
+    assert report_cli(["--results-dir", str(results), "--config-json", json.dumps(config),
                   "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
     for name in T.TABLE_NAMES:
         for suffix in ("csv", "md", "html"):
@@ -345,7 +346,7 @@ def test_a_dataset_with_other_classes_gets_no_paper_comparison(tmp_path, default
     assert not T.paper_classes_match(classes, paper)
     assert T.paper_classes_match(ClassSet.from_config(default_config), paper)
     out = tmp_path / "tables"
-    assert T.cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
+    assert report_cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
                   "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
     table1 = pd.read_csv(out / "table1.csv")
     assert "paper" not in table1.columns

@@ -25,7 +25,6 @@ import inspect
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from mvfcnn.bundle import LoadedModel
 from mvfcnn.classify_outputs import (  # noqa: F401  (re-exported: output names tests use)
     NOT_SEGMENTED_VALUE,
     OUTPUT_FILES,
+    Classification,
     pyramid_levels,
     write_ome_tiff,
     write_outputs,
@@ -54,22 +54,6 @@ SUMMARY_COLUMNS = (["class", "class_name", "n_objects", "area_px", "area_um2", "
                    + [f"eqd_px_p{q}" for q in QUANTILES] + [f"eqd_um_p{q}" for q in QUANTILES])
 #: predict_image arguments that are not inference settings
 _RUNTIME_ARGS = {"model", "image", "device", "progress", "return_probs", "preprocess", "timings"}
-
-
-@dataclass
-class Classification:
-    """Everything classify learned about one image (the tables are what gets written)."""
-
-    name: str
-    class_map: np.ndarray          # (H, W) uint8 predicted pixel classes
-    object_ids: np.ndarray         # (H, W) uint32 object ids, 0 = matrix
-    objects: pd.DataFrame          # OBJECT_COLUMNS
-    summary: pd.DataFrame          # SUMMARY_COLUMNS
-    low_confidence: pd.DataFrame   # OBJECT_COLUMNS, vote_share < threshold, ascending
-    object_source: str             # "mask" | "lom" | "prediction"
-    pixel_size_um: float | None
-    low_confidence_threshold: float
-    seconds: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,23 @@ import pandas as pd
 from mvfcnn.config import ClassSet
 from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
-if TYPE_CHECKING:
-    from mvfcnn.classify import Classification
+
+@dataclass
+class Classification:
+    """Everything classify learned about one image (the tables are what gets written; it
+    lives here, beside the writer, so that classify imports its outputs and not the reverse)."""
+
+    name: str
+    class_map: np.ndarray          # (H, W) uint8 predicted pixel classes
+    object_ids: np.ndarray         # (H, W) uint32 object ids, 0 = matrix
+    objects: pd.DataFrame          # OBJECT_COLUMNS
+    summary: pd.DataFrame          # SUMMARY_COLUMNS
+    low_confidence: pd.DataFrame   # OBJECT_COLUMNS, vote_share < threshold, ascending
+    object_source: str             # "mask" | "lom" | "prediction"
+    pixel_size_um: float | None
+    low_confidence_threshold: float
+    seconds: float = 0.0
+
 
 OUTPUT_FILES = ("objects.csv", "summary.csv", "low_confidence.csv", "overlay.png",
                 "overlay_preview.png", "classmap.ome.tif", "size_distribution.png", "run.json")

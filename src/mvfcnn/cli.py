@@ -39,7 +39,7 @@ VERBS: dict[str, tuple[str, str]] = {
                         "One test image per fold: micrograph | truth | prediction"),
     "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "
                  "modality (results/best.json)"),
-    "tables": ("mvfcnn.tables", "Regenerate the paper's tables"),
+    "tables": ("mvfcnn.summary:report_cli", "Regenerate the paper's tables and summary.md"),
     "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
     "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
     "classify": ("mvfcnn.classify", "Classify new micrographs with a trained model bundle"),

@@ -763,35 +763,3 @@ def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config-json", required=True,
                         help="the resolved workflow config as JSON (or a JSON/YAML file path)")
     return parser
-
-
-def cli(argv: list[str]) -> int:
-    parser = report_parser(
-        "mvfcnn tables", "Tables 1-6 of the paper with our numbers beside the paper's, and "
-                         "summary.md. Missing runs give rows with an empty 'ours'.")
-    parser.add_argument("--paper", default="workflow/resources/paper_tables.yaml",
-                        help="the paper's numbers (YAML)")
-    parser.add_argument("--outdir", default="results/tables", help="output folder")
-    parser.add_argument("--no-html", action="store_true", help="skip the .html renderings")
-    args = parser.parse_args(argv)
-
-    from mvfcnn.io import write_text
-    from mvfcnn.rendering import markdown_page_html
-    from mvfcnn.summary import class_match_notes, summary_markdown
-
-    config = load_config_arg(args.config_json)
-    classes = ClassSet.from_config(config)
-    paper = load_paper(args.paper)
-    runs = collect_runs(args.results_dir, config)
-    tables = build_tables(args.results_dir, classes, config, paper, runs=runs)
-    if not paper_classes_match(classes, paper):
-        tables = without_paper(tables)
-    written = write_tables(tables, args.outdir, html=not args.no_html,
-                           notes=class_match_notes(paper, classes))
-    summary = summary_markdown(tables, args.results_dir, classes, config, paper, runs=runs)
-    write_text(Path(args.outdir) / "summary.md", summary)
-    if not args.no_html:
-        write_text(Path(args.outdir) / "summary.html", markdown_page_html(summary))
-    print(f"mvfcnn tables: wrote {len(written)} table files and summary.md to {args.outdir}",
-          file=sys.stderr)
-    return 0
