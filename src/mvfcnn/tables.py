@@ -48,9 +48,17 @@ from mvfcnn.rendering import (  # noqa: F401  (re-exported: the table API stays 
     table4_markdown,
     write_tables,
 )
+from mvfcnn.runs import (  # noqa: F401  (re-exported: the table API stays in one place)
+    PREFERRED_VARIANT,
+    baseline_init,
+    baseline_runs,
+    compared_variant,
+    filled_config,
+    mvfcnn_runs,
+    variant_settings,
+)
 from mvfcnn.settings import with_defaults
 
-PREFERRED_VARIANT = "ft_balanced_aug"
 TABLE3_METHODS = ("cifarnet", "vgg19_svm", "vgg16", "mvfcnn")
 PIXEL_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 TABLE_NAMES = tuple(TITLES)
@@ -122,27 +130,6 @@ def without_paper(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def filled_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with every schema default filled in (a partial config from Python or a CLI
-    reads the same values the validated workflow config has)."""
-    return with_defaults((), config)
-
-
-def mvfcnn_runs(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """(variant, modality) pairs the config runs; mirrors common.smk's ``mvfcnn_runs``."""
-    run = config["run"]
-    combos = run.get("combinations")  # optional: no default, variants x modalities instead
-    if combos:
-        return [(c["variant"], c["modality"]) for c in combos]
-    return [(v, m) for v in run["variants"] for m in run["modalities"]]
-
-
-def baseline_runs(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """(method, modality) pairs of the configured object-based baselines."""
-    run = config["run"]
-    return [(b, m) for b in run["baselines"] for m in run["baseline_modalities"]]
-
-
 def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple, Run]:
     """Metrics of every configured run that exists, keyed (method, variant, modality).
 
@@ -167,35 +154,6 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
         runs[(method, variant, modality)] = Run(method, variant, modality, directory,
                                                 read_json(path), results_dir)
     return runs
-
-
-def compared_variant(config: dict[str, Any]) -> str | None:
-    """The MVFCNN variant the tables set the baselines against, decided from the config alone
-    (before any run exists, so ``pretrained: match`` can be resolved when the DAG is built):
-    :data:`PREFERRED_VARIANT` if it is configured, else the first configured variant; None
-    without MVFCNN runs. :func:`best_variant` makes the same choice when the preferred variant
-    ran; otherwise it picks by accuracy, which the workflow cannot know in advance."""
-    variants = [v for v, _ in mvfcnn_runs(filled_config(config))]
-    if PREFERRED_VARIANT in variants:
-        return PREFERRED_VARIANT
-    return variants[0] if variants else None
-
-
-def baseline_init(config: dict[str, Any], method: str) -> str:
-    """The ``pretrained`` value a network baseline runs with: its setting, with ``match``
-    resolved to the compared variant's ``pretrained`` (``none`` without MVFCNN runs).
-    ``patches`` stays ``patches`` (the workflow maps it to the trunk file)."""
-    from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
-
-    if method not in PRETRAINED_METHODS:
-        raise InputError(f"baseline {method!r} has no pretrained setting "
-                         f"(only {list(PRETRAINED_METHODS)})")
-    config = filled_config(config)
-    value = str(config["baselines"][method]["pretrained"])
-    if value != MATCH:
-        return value
-    variant = compared_variant(config)
-    return "none" if variant is None else str(variant_settings(config, variant)["pretrained"])
 
 
 def best_variant(runs: dict[tuple, Run], modality: str = "sem") -> tuple[str | None, str]:
@@ -303,11 +261,6 @@ def test_info(run: Run) -> str:
     if run.metrics.get("n_objects") is not None:
         parts.append(f"{run.metrics['n_objects']} test objects")
     return ", ".join(parts)
-
-
-def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """A configured variant's settings (pretrained, balanced, augment: required by the schema)."""
-    return dict(config["variants"][variant])
 
 
 def describe_run(run: Run | None, config: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 from mvfcnn import layout
+from mvfcnn.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
 from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples, load_sample_sheet
 from mvfcnn.errors import InputError
 from mvfcnn.settings import report_view
@@ -158,15 +159,12 @@ def all_targets(wildcards):
 
 def mvfcnn_runs():
     """(variant, modality) pairs to run: `run.combinations` if given, else variants x modalities."""
-    combos = config["run"].get("combinations")
-    if combos:
-        return [(c["variant"], c["modality"]) for c in combos]
-    return [(v, m) for v in config["run"]["variants"] for m in config["run"]["modalities"]]
+    return configured_mvfcnn(config)
 
 
 def baseline_runs():
     """(method, modality) pairs of the object-based baselines to run."""
-    return [(b, m) for b in config["run"]["baselines"] for m in config["run"]["baseline_modalities"]]
+    return configured_baselines(config)
 
 
 # A LOM run needs a LOM image for every labelled sample: say so before the DAG does (it would
@@ -297,9 +295,8 @@ def _crop_mask(sample):
 
 
 def _baseline_init(method):
-    """A network baseline's init: `match` resolved to the compared MVFCNN variant's (tables)."""
+    """A network baseline's init: `match` resolved to the compared MVFCNN variant's."""
     from mvfcnn.baselines import PRETRAINED_METHODS
-    from mvfcnn.tables import baseline_init
 
     return baseline_init(config, method) if method in PRETRAINED_METHODS else None
 

@@ -14,7 +14,7 @@ Methods (paper Table 1 / Table 3):
 
 Initialisation (``baselines.{vgg16,vgg19_svm}.pretrained``, the same choices as the MVFCNN
 variants; Table 1 should compare methods, not initialisations). The workflow resolves ``match``
-(the compared variant's init, :func:`mvfcnn.tables.baseline_init`) and ``patches`` (the file
+(the compared variant's init, :func:`mvfcnn.runs.baseline_init`) and ``patches`` (the file
 ``results/pretrain/{modality}/trunk.pt`` the FCN starts from), so this module sees "none",
 "imagenet" or a path. "none" / "imagenet" / a torchvision state dict of the method's own VGG
 build torchvision's VGG16 / VGG19 (the paper's networks, :mod:`mvfcnn.models.vgg_classifier`);
