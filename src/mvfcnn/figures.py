@@ -83,16 +83,9 @@ class Context:
 def sample_sheet(config: dict[str, Any], results_dir: str | Path,
                  classes: ClassSet) -> pd.DataFrame:
     """The sample sheet the workflow uses (the synthetic one lives under results/synthetic)."""
-    from mvfcnn.config import check_sample_sheet, load_sample_sheet
+    from mvfcnn.config import workflow_sample_sheet
 
-    samples = config["samples"]
-    if samples == "synthetic":
-        from mvfcnn.synthetic import sample_sheet as synthetic_sheet
-
-        where = str(layout.under(results_dir, layout.SYNTHETIC))
-        frame = synthetic_sheet(config["synthetic"], where, classes)
-        return check_sample_sheet(frame, classes=classes)
-    return load_sample_sheet(samples, classes)
+    return workflow_sample_sheet(config, classes, layout.under(results_dir, layout.SYNTHETIC))
 
 
 def make_context(results_dir: str | Path, config: dict[str, Any],

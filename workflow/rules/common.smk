@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from mvfcnn import layout
 from mvfcnn.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
-from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples, load_sample_sheet
+from mvfcnn.config import ClassSet, cv_folds, fold_samples, workflow_sample_sheet
 from mvfcnn.errors import InputError
 from mvfcnn.settings import report_view
 
@@ -22,25 +22,8 @@ shell.prefix(f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH
 # (naming the sheet, the sample and the fault), without a traceback into the package.
 try:
     CLASSES = ClassSet.from_config(config)
-    if config["samples"] == "synthetic":
-        from mvfcnn.synthetic import sample_sheet as _synthetic_sheet
-
-        SYNTHETIC_DIR = layout.SYNTHETIC
-        SAMPLES = check_sample_sheet(
-            _synthetic_sheet(config["synthetic"], SYNTHETIC_DIR, CLASSES), classes=CLASSES
-        )
-    elif config["samples"] == "metaldam":
-        from mvfcnn.datasets import metaldam_sample_sheet
-
-        SYNTHETIC_DIR = None
-        SAMPLES = check_sample_sheet(
-            metaldam_sample_sheet(config["metaldam"]["path"]),
-            source=os.path.join(config["metaldam"]["path"], "metadata.sqlite"),
-            classes=CLASSES,
-        )
-    else:
-        SYNTHETIC_DIR = None
-        SAMPLES = load_sample_sheet(config["samples"], CLASSES)
+    SYNTHETIC_DIR = layout.SYNTHETIC if config["samples"] == "synthetic" else None
+    SAMPLES = workflow_sample_sheet(config, CLASSES, layout.SYNTHETIC)
 except InputError as err:
     raise WorkflowError(str(err)) from None
 CLASSES_JSON = json.dumps(CLASSES.to_dict())
