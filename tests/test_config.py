@@ -71,6 +71,20 @@ def _sheet(**overrides):
     return pd.DataFrame(rows)
 
 
+def test_unlabelled_rows_need_an_image_only_and_join_no_fold(classes):
+    """Split `unlabelled` (issue 22): a micrograph without labels, LOM or mask, for the SSL
+    pretraining; it is neither a training nor a test sample of any fold."""
+    from mvfcnn.config import fold_samples
+
+    sheet = _sheet(**{"2__split": "unlabelled", "2__lom": ""})
+    frame = check_sample_sheet(sheet, classes=classes)
+    assert frame.loc["c", "split"] == "unlabelled"
+    assert fold_samples(frame, None, "train") == ["a"]
+    assert fold_samples(frame, None, "test") == ["b"]
+    frame.loc["b", "fold"], frame.loc["a", "split"], frame.loc["a", "fold"] = "1", "test", "2"
+    assert fold_samples(frame, "1", "train") == ["a"] and fold_samples(frame, "2", "train") == ["b"]
+
+
 def test_good_sheet(classes):
     frame = check_sample_sheet(_sheet(), classes=classes)
     assert list(frame.index) == ["a", "b", "c"]
@@ -85,6 +99,8 @@ def test_good_sheet(classes):
         ({"1__class": "ferrite"}, "unknown class 'ferrite'"),
         ({"0__labels": ""}, "needs a 'labels' image"),
         ({"2__lom": ""}, "needs a 'lom' image, a 'mask' or 'labels'"),
+        ({"2__split": "unlabelled", "2__labels": "c_l.tif"}, "belongs to split 'train'"),
+        ({"2__split": "unlabelled", "2__fold": "1"}, "needs\nsplit 'test'|needs split 'test'"),
     ],
 )
 def test_bad_sheet(classes, overrides, message):

@@ -213,3 +213,35 @@ def test_ssl_settings_that_cannot_work(tmp_path, change, message):
         pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg, fcn_cfg=FCN_CFG,
                        seed=0, out_model=tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_unlabelled_micrographs_feed_the_ssl_crops_only(tmp_path, monkeypatch, caplog):
+    """Sheet rows of split `unlabelled` (issue 22 item 1): SSL crops come from the training
+    images and them; the labelled patch phase never sees them."""
+    import mvfcnn.pretraining as P
+
+    images, labels = _toy_images(tmp_path, count=1, size=128)
+    extra = write_path(tmp_path / "unlabelled.tif", np.full((160, 144), 90, np.uint8))
+    seen: list[list[tuple[int, ...]]] = []
+    original = P.random_crops
+
+    def spy(arrays, *args, **kwargs):
+        seen.append([a.shape for a in arrays])
+        return original(arrays, *args, **kwargs)
+
+    monkeypatch.setattr(P, "random_crops", spy)
+    cfg = {"patch_size": 32, "iterations": 2, "ssl_iterations": 2, "ssl_patch_size": 64,
+           "batch_size": 4, "precision": "fp32", "progress": False}
+    summary = pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg,
+                             fcn_cfg=FCN_CFG, seed=0, out_model=tmp_path / "t.pt",
+                             unlabelled=[extra])
+    assert summary["ssl_images"] == 2
+    assert seen and all(sorted(shapes) == [(128, 128), (160, 144)] for shapes in seen)
+    assert load_model(tmp_path / "t.pt")[1]["extra"]["unlabelled_images"] == [str(extra)]
+    seen.clear()
+    with caplog.at_level("WARNING"):
+        summary = pretrain_trunk(images=images, labels=labels, classes=CLASSES,
+                                 cfg={**cfg, "ssl_iterations": 0}, fcn_cfg=FCN_CFG, seed=0,
+                                 out_model=tmp_path / "u.pt", unlabelled=[extra])
+    assert summary["ssl_images"] == 0 and not seen
+    assert "unused" in caplog.text

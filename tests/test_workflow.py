@@ -298,3 +298,38 @@ def test_a_settings_change_reruns_only_what_reads_it(mini_run, tmp_path, overlay
         snakemake(mini_run, "-n", "--cores", "2", overlays=(path,)).stdout)}
     assert reruns <= planned, planned
     assert not keeps & planned, planned & keeps
+
+
+def test_unlabelled_rows_reach_the_ssl_pretraining_and_nothing_else(tmp_path, default_config):
+    """Split `unlabelled` (issue 22): with an SSL phase the trunk pretraining reads them; no job
+    looks for their objects, and without the SSL phase nothing reads them."""
+    from mvfcnn.config import ClassSet
+    from mvfcnn.io import write_image
+    from mvfcnn.synthetic import render_sample
+
+    classes = ClassSet.from_config(default_config)
+    cfg = {**default_config["synthetic"], "height": 128, "width": 128}
+    rows = ["sample\tsplit\tsem\tlabels"]
+    for index, (split, name) in enumerate((("train", "train_pearlite_0"),
+                                           ("test", "test_bainite_0"),
+                                           ("unlabelled", "predict_0"))):
+        sample = render_sample(name, cfg, classes, index)
+        write_image(tmp_path / f"{split}.tif", sample.sem)
+        labels = ""
+        if split != "unlabelled":
+            write_image(tmp_path / f"{split}_labels.tif", sample.labels)
+            labels = f"{split}_labels.tif"
+        rows.append(f"{split}\t{split}\t{split}.tif\t{labels}")
+    (tmp_path / "samples.tsv").write_text("\n".join(rows) + "\n")
+    overlay = tmp_path / "unlabelled.yaml"
+    base = ("samples: samples.tsv\nrun: {modalities: [sem], baseline_modalities: [sem], "
+            "baselines: []}\n")
+    for ssl, expected in ((8, True), (0, False)):
+        overlay.write_text(base + f"pretrain: {{ssl_iterations: {ssl}, ssl_patch_size: 64}}\n")
+        result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--resources", "gpu=1",
+                           "--forceall", overlays=(overlay,))
+        shells = [line for line in result.stdout.splitlines() if "pretrain-trunk" in line]
+        assert len(shells) == 1, result.stdout[-3000:]
+        assert ("--unlabelled unlabelled.tif" in shells[0]) == expected, shells[0]
+        assert "--sample unlabelled" not in result.stdout  # no objects job for it
+        assert "results/objects/unlabelled.csv" not in result.stdout

@@ -18,7 +18,9 @@ from mvfcnn.settings import defaults
 
 SAMPLE_COLUMNS = ["sample", "split", "sem", "lom", "mask", "labels", "class", "fold",
                   "crop_bottom", "scale_bar_um"]
-SPLITS = ("train", "test", "predict")
+SPLITS = ("train", "test", "predict", "unlabelled")
+#: splits whose images only feed self-supervised pretraining (no objects, no prediction)
+SSL_ONLY_SPLITS = ("unlabelled",)
 #: a sample id names output files (results/masks/<id>.tif): no separators, spaces or quotes
 SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -321,7 +323,12 @@ def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
         if row["split"] in ("train", "test") and not row["labels"]:
             raise InputError(f"split {row['split']!r} needs a 'labels' image", sample=sample,
                              path=source)
-        if not row["lom"] and not row["mask"] and not row["labels"]:
+        if row["split"] in SSL_ONLY_SPLITS:
+            if row["labels"]:
+                raise InputError("split 'unlabelled' is for micrographs without labels (they "
+                                 "only feed the self-supervised pretraining); a labelled one "
+                                 "belongs to split 'train'", sample=sample, path=source)
+        elif not row["lom"] and not row["mask"] and not row["labels"]:
             raise InputError("needs a 'lom' image, a 'mask' or 'labels' to find objects",
                              sample=sample, path=source)
         if classes is not None and row["class"] and row["class"] not in classes.names:

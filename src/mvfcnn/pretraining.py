@@ -19,8 +19,9 @@ Self-supervised first phase (``pretrain.ssl_iterations`` > 0, issue 22): before 
 classification the same BatchNorm trunk learns masked-image modelling on label-free crops of the
 training images (SimMIM, Xie et al. 2022: random 32-px blocks of each crop set to the mean, a
 1x1 convolution + pixel shuffle from pool5 predicts the pixels, L1 on the masked pixels only).
-It needs no labels, so it sees every pixel of every training image, not only labelled centres;
-``pretrain.iterations: 0`` then keeps the SSL trunk alone. The reconstruction head is discarded.
+It needs no labels, so it sees every pixel of every training image, not only labelled centres,
+and the label-free micrographs of the sheet's ``unlabelled`` rows (``--unlabelled``: of the same
+material, what users have plenty of); ``pretrain.iterations: 0`` then keeps the SSL trunk alone. The reconstruction head is discarded.
 
 Patch centres are taken on a grid (step ``patch_size // 16``), at most :data:`MAX_CENTRES` per
 class and image, so the candidate list stays small for 7000×8000 images; images are read
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,7 @@ def pretrain_trunk(
     out_model: str | os.PathLike[str],
     out_csv: str | os.PathLike[str] | None = None,
     out_png: str | os.PathLike[str] | None = None,
+    unlabelled: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, Any]:
     """Train the patch classifier, fold its BatchNorm unless the FCN keeps one
     (``fcn.batch_norm``), save it (a ``pretrained:`` file)."""
@@ -206,6 +209,11 @@ def pretrain_trunk(
     memory_format = choice.memory_format()
     arrays = [read_image(p, micrograph=True) for p in images]
     label_arrays = [read_labels(p) for p in labels]
+    # label-free micrographs (sheet split `unlabelled`): more SSL crops, never patches
+    extra_arrays = [read_image(p, micrograph=True) for p in unlabelled]
+    if extra_arrays and not int(cfg["ssl_iterations"]):
+        log.warning("%d unlabelled image(s) given but pretrain.ssl_iterations is 0: unused",
+                    len(extra_arrays))
     wanted = list(range(classes.num_classes)) if cfg["include_matrix"] else list(
         classes.foreground)
     iterations, batch_size = int(cfg["iterations"]), int(cfg["batch_size"])
@@ -230,8 +238,9 @@ def pretrain_trunk(
                                  batch_norm=bool(cfg["batch_norm"]), head=str(cfg["head"]))
         model.to(dev, memory_format=memory_format).train()
         if ssl_iterations:
-            rows += _masked_image_modelling(model, arrays, cfg=cfg, rng=rng, device=dev,
-                                            precision=precision, memory_format=memory_format)
+            rows += _masked_image_modelling(model, arrays + extra_arrays, cfg=cfg, rng=rng,
+                                            device=dev, precision=precision,
+                                            memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
         bar = progress(iterations, "pretrain", enabled=bool(cfg["progress"]))
@@ -263,6 +272,7 @@ def pretrain_trunk(
              "pretrain": {k: v for k, v in cfg.items() if k != "progress"},
              "precision_choice": choice.as_dict(),
              "seed": int(seed), "images": [str(p) for p in images],
+             "unlabelled_images": [str(p) for p in unlabelled],
              "final_loss": float(tail["loss"].mean()) if len(tail) else float("nan"),
              "final_accuracy": float(tail["accuracy"].mean()) if len(tail) else float("nan")}
     save_model(out_model, model.to("cpu"), arch="patch_classifier", kwargs=model.kwargs,
@@ -272,6 +282,7 @@ def pretrain_trunk(
     if out_png is not None:
         plot_pretraining(frame, out_png)
     return {"iterations": iterations, "ssl_iterations": ssl_iterations,
+            "ssl_images": len(arrays) + len(extra_arrays) if ssl_iterations else 0,
             "seconds": time.perf_counter() - t0,
             "final_loss": extra["final_loss"], "final_accuracy": extra["final_accuracy"]}
 
@@ -353,12 +364,15 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--images", nargs="+", required=True, help="training images")
     parser.add_argument("--labels", nargs="+", required=True, help="their label maps")
     parser.add_argument("--fcn-json", required=True, help="the `fcn` section (width, fc_channels)")
+    parser.add_argument("--unlabelled", nargs="*", default=[],
+                        help="label-free micrographs for the SSL phase only (split unlabelled)")
     args = start_job(parser, argv)
     cfg = json_arg(args.params_json, "--params-json")
     fcn_cfg = json_arg(args.fcn_json, "--fcn-json")
     summary = pretrain_trunk(images=args.images, labels=args.labels,
                              classes=classes_from_json(args.classes_json), cfg=cfg,
                              fcn_cfg=fcn_cfg, seed=args.seed, out_model=args.out,
-                             out_csv=args.out_csv, out_png=args.out_png)
+                             out_csv=args.out_csv, out_png=args.out_png,
+                             unlabelled=args.unlabelled)
     log.info("pretrained trunk -> %s (%s)", Path(args.out), summary)
     return 0

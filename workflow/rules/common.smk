@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from mvfcnn import layout
 from mvfcnn.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
-from mvfcnn.config import ClassSet, cv_folds, fold_samples, workflow_sample_sheet
+from mvfcnn.config import SSL_ONLY_SPLITS, ClassSet, cv_folds, fold_samples, workflow_sample_sheet
 from mvfcnn.errors import InputError
 from mvfcnn.settings import report_view
 
@@ -123,6 +123,14 @@ def cfg_json(*keys):
     for key in keys:
         node = node[key]
     return json.dumps(node, separators=(",", ":"), sort_keys=True)
+
+
+def ssl_unlabelled_images(wildcards):
+    """The sheet's `unlabelled` SEM micrographs, for the SSL phase of an SEM trunk only (a LOM
+    would first need registering onto an SEM grid these rows may not have)."""
+    if wildcards.modality != "sem" or not config["pretrain"]["ssl_iterations"]:
+        return []
+    return [sem_file(s) for s in samples_in(*SSL_ONLY_SPLITS)]
 
 
 def modality_image(modality, sample):

@@ -167,5 +167,5 @@ TARGETS["data"] = (
     [f"results/registration/{s}.json" for s in SAMPLES.index if has(s, "lom")]
     + [f"results/masks/{s}.json" for s in SAMPLES.index if has_mask_source(s)]
     + [layout.prepared(s)["json"] for s in SAMPLES.index if needs_prepare(s)]
-    + [f"results/objects/{s}.csv" for s in SAMPLES.index]
+    + [f"results/objects/{s}.csv" for s in SAMPLES.index if SAMPLES.loc[s, "split"] not in SSL_ONLY_SPLITS]
 )

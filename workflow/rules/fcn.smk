@@ -55,6 +55,7 @@ rule pretrain_trunk:
     input:
         images=lambda w: [modality_image(w.modality, s) for s in train_samples(w)],
         labels=lambda w: [labels_file(s) for s in train_samples(w)],
+        unlabelled=ssl_unlabelled_images,
     output:
         model=os.path.join(TRUNK, "trunk.pt"),
         csv=os.path.join(TRUNK, "pretrain.csv"),
@@ -85,6 +86,7 @@ rule pretrain_trunk:
         "mvfcnn pretrain-trunk --images {input.images:q} --labels {input.labels:q}"
         " --classes-json {params.classes:q} --params-json {params.pretrain:q}"
         " --fcn-json {params.fcn:q} --seed {params.seed:q} --out {output.model:q}"
+        " --unlabelled {input.unlabelled:q}"
         " --out-csv {output.csv:q} --out-png {output.png:q} --threads {threads} 2> {log:q}"
 
 
