@@ -21,7 +21,8 @@ training images (SimMIM, Xie et al. 2022: random 32-px blocks of each crop set t
 1x1 convolution + pixel shuffle from pool5 predicts the pixels, L1 on the masked pixels only).
 It needs no labels, so it sees every pixel of every training image, not only labelled centres,
 and the label-free micrographs of the sheet's ``unlabelled`` rows (``--unlabelled``: of the same
-material, what users have plenty of); ``pretrain.iterations: 0`` then keeps the SSL trunk alone. The reconstruction head is discarded.
+material, what users have plenty of); ``pretrain.iterations: 0`` then keeps the SSL trunk
+alone. The reconstruction head is discarded.
 
 Patch centres are taken on a grid (step ``patch_size // 16``), at most :data:`MAX_CENTRES` per
 class and image, so the candidate list stays small for 7000×8000 images; images are read
