@@ -39,6 +39,7 @@ LEVERS = {
     "schedule": "rare + Dice + poly learning rate + keep best validated weights",
     "fcn4s": "rare + Dice + FCN-4s at native scale (no 2x enlargement)",
     "ssl": "rare + Dice + SSL (masked-image modelling) before the patch pretraining",
+    "fcn4s_bn": "fcn4s + BatchNorm trunk (fcn.batch_norm, overlays fcn4s + bn)",
 }
 _NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
 
