@@ -261,3 +261,29 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
     table = ablation.markdown(summary)
     assert "| rare: tiles.rare_share 0.1" in table and "| 0,1,2 | 0.500 ± 0.000 |" in table
     assert "0.400 ± 0.058" in table
+
+
+def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None:
+    """benchmarks/metaldam.py --folds: each test prediction against its prepared labels, in
+    percentage points (a 10x10 image: truth 60 matrix / 40 austenite, prediction 50 / 50;
+    label 255 left out of both)."""
+    import metaldam
+
+    from mvfcnn.io import write_image
+
+    labels = np.zeros((10, 10), np.uint8)
+    labels[6:] = 1
+    labels[0, 0] = 255  # ignored: 99 labelled pixels
+    pred = np.zeros((10, 10), np.uint8)
+    pred[5:] = 1
+    run = tmp_path / "results" / "mvfcnn" / "v" / "sem" / "fold3" / "pred"
+    run.mkdir(parents=True)
+    write_image(run / "s1.tif", pred)
+    (tmp_path / "results" / "prepared" / "s1").mkdir(parents=True)
+    write_image(tmp_path / "results" / "prepared" / "s1" / "labels.tif", labels)
+    record = metaldam.fold_phase_fractions(tmp_path, "v", ["3"])
+    assert record["n_test_predictions"] == 1
+    rows = {r["class_name"]: r for r in record["per_class"]}
+    assert rows["austenite"]["bias_pp"] == pytest.approx(100 * (50 / 99 - 40 / 99))
+    assert rows["matrix"]["mean_abs_error_pp"] == pytest.approx(100 * 10 / 99)
+    assert rows["precipitate"]["max_abs_error_pp"] == 0
