@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 RESULTS = ROOT / "benchmarks" / "results"
 #: CPU flags that decide which bf16/int8 matmul kernels exist (AMX is absent on AMD Zen 4)
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
@@ -146,7 +147,7 @@ def run_workflow(workdir: Path, configs: list[str], *, cores: int, extra: list[s
                  env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """``snakemake`` on the repository's Snakefile in ``workdir``: (process, wall seconds)."""
     snakemake = Path(sys.executable).with_name("snakemake")
-    command = [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+    command = [str(snakemake), "--snakefile", str(SNAKEFILE), "--directory",
                str(workdir), "--configfile", *configs, "--cores", str(cores), "--resources",
                "gpu=1", *extra]
     start = time.perf_counter()

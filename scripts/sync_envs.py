@@ -1,4 +1,4 @@
-"""Regenerate envs/mvfcnn.yaml from requirements.lock so conda users get the same pins.
+"""Regenerate workflow/envs/mvfcnn.yaml from requirements.lock so conda users get the same pins.
 
 Run after changing the lock: `.venv/bin/python scripts/sync_envs.py`. tests/test_envs.py fails
 when the two disagree.
@@ -34,7 +34,7 @@ def render(pins: list[str]) -> str:
 
 
 def main() -> None:
-    (ROOT / "envs" / "mvfcnn.yaml").write_text(render(lock_pins()))
+    (ROOT / "workflow" / "envs" / "mvfcnn.yaml").write_text(render(lock_pins()))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, read_labels, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SIZE = 64
 
@@ -568,7 +569,7 @@ def test_config_typo_stops_snakemake_before_any_job(tmp_path):
     overlay.write_text("masking:\n  treshold: 0.9\n")
     snakemake = Path(sys.executable).with_name("snakemake")
     result = subprocess.run(
-        [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+        [str(snakemake), "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
          "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay), "-n", "--cores", "1"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert result.returncode != 0
@@ -673,7 +674,7 @@ def test_cross_field_config_errors_stop_the_dag_build(tmp_path, overlay, message
     path.write_text(overlay)
     snakemake = Path(sys.executable).with_name("snakemake")
     result = subprocess.run(
-        [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+        [str(snakemake), "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
          "--configfile", str(ROOT / "config" / "config.yaml"), str(path), "-n", "--cores", "1"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     output = result.stdout + result.stderr

@@ -12,7 +12,7 @@ def test_conda_env_matches_lock(repo_root):
     spec = importlib.util.spec_from_file_location("sync_envs", script)
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)
-    env = yaml.safe_load((repo_root / "envs" / "mvfcnn.yaml").read_text())
+    env = yaml.safe_load((repo_root / "workflow" / "envs" / "mvfcnn.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     pins = [p for p in pip_section if not p.startswith("-e")]
     assert pins == sync.lock_pins(), "run scripts/sync_envs.py after editing the lock"

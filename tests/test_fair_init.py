@@ -24,6 +24,7 @@ from mvfcnn import tables as T  # noqa: E402
 from mvfcnn.errors import InputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 TINY = {"width": 1 / 16, "fc_channels": 16}  # C5 = 32 channels
 CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
                        {"index": 1, "name": "alpha", "color": "#ff0000"},
@@ -248,7 +249,7 @@ def _dry_run(workdir: Path, *targets: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     result = subprocess.run(
-        [str(snakemake), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+        [str(snakemake), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
          "--configfile", str(ROOT / "config" / "config.yaml"),
          str(ROOT / "tests" / "data" / "mini.yaml"), "-n", *targets],
         capture_output=True, text=True, env=env)

@@ -25,6 +25,7 @@ from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
 from mvfcnn.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 METALDAM = ROOT.parent / "shared" / "data" / "metaldam"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
@@ -223,7 +224,7 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         "tiles": {"size": 96, "stride": 64},
     }))
     work = tmp_path / "work"
-    command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+    command = [str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--directory", str(work),
                "--configfile", str(ROOT / "config" / "config.yaml"),
                str(ROOT / "config" / "metaldam.yaml"), str(ROOT / "tests" / "data" / "mini.yaml"),
                str(overlay), "--cores", "2", "--resources", "gpu=1"]
@@ -312,7 +313,7 @@ def test_needs_prepare_decides_from_the_sheet_and_upscale():
 @pytest.mark.parametrize("overlays", [["metaldam.yaml"], ["metaldam.yaml", "metaldam_paper.yaml"],
                                       ["metaldam.yaml", "metaldam_second_phase.yaml"]])
 def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
-    command = [str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+    command = [str(SNAKEMAKE), "-n", "--snakefile", str(SNAKEFILE), "--directory",
                str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
                *[str(ROOT / "config" / name) for name in overlays], "--config",
                f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
@@ -328,7 +329,7 @@ def test_a_lom_run_on_sem_only_data_is_a_clear_error(tmp_path):
     overlay = tmp_path / "lom.yaml"
     overlay.write_text(yaml.safe_dump({"metaldam": {"path": str(METALDAM)},
                                        "run": {"baseline_modalities": ["sem", "lom"]}}))
-    command = [str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+    command = [str(SNAKEMAKE), "-n", "--snakefile", str(SNAKEFILE), "--directory",
                str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
                str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--cores", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -165,7 +165,8 @@ def test_crossval_rule_dry_run_lists_the_phase_fraction_outputs(tmp_path):
     work = tmp_path / "work"
     outputs = crossval_table("crossval")
     command = [str(snakemake), "-n", outputs["phase_fractions"],
-               outputs["phase_fractions_per_image"], "--snakefile", str(root / "Snakefile"),
+               outputs["phase_fractions_per_image"],
+               "--snakefile", str(root / "workflow" / "Snakefile"),
                "--directory", str(work), "--configfile", str(root / "config" / "config.yaml"),
                str(root / "tests" / "data" / "mini.yaml"), str(overlay), "--cores", "1",
                "--resources", "gpu=1"]

@@ -34,6 +34,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 CLUSTER = ROOT / "scripts" / "slurm" / "cluster.py"
 MINI = ROOT / "tests" / "data" / "mini.yaml"
 UNAVAILABLE = 3
@@ -377,7 +378,7 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
     iterations = measured_iterations()
     preempt = tmp_path / "preempt.yaml"
     preempt.write_text(preempt_yaml(iterations))
-    config = ["--snakefile", str(ROOT / "Snakefile"), "--configfile",
+    config = ["--snakefile", str(SNAKEFILE), "--configfile",
               str(ROOT / "config" / "config.yaml"), str(MINI), str(preempt)]
     local_args = [*config, "--cores", "2", "--resources", "gpu=1"]
     cluster_dir, local_dir = tmp_path / "slurm", tmp_path / "local"

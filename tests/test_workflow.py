@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
@@ -24,7 +25,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True,
               overlays: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
     """snakemake on the repository's Snakefile with config.yaml + mini.yaml (+ ``overlays``)."""
     command = [
-        str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+        str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
         "--configfile", str(ROOT / "config" / "config.yaml"),
         str(ROOT / "tests" / "data" / "mini.yaml"), *map(str, overlays),
         *args,

@@ -44,7 +44,7 @@ def crossval_run():
 for _row in SAMPLES.to_dict("records"):
     validate(_row, "../schemas/samples.schema.yaml")
 
-ENV = "../../envs/mvfcnn.yaml"
+ENV = "../envs/mvfcnn.yaml"
 
 
 def needs_prepare(sample):

@@ -5,7 +5,7 @@
 # Report jobs get only the config sections they read (mvfcnn.settings.REPORT_SECTIONS), so a
 # change of resources, registration or classify settings reruns no table or figure.
 
-PAPER_TABLES = os.path.join(workflow.basedir, "workflow", "resources", "paper_tables.yaml")
+PAPER_TABLES = os.path.join(workflow.basedir, "resources", "paper_tables.yaml")
 TABLE_NAMES = [f"table{i}" for i in range(1, 7)]
 REPORT_CONFIG_JSON = json.dumps(report_view(config), separators=(",", ":"), sort_keys=True)
 
