@@ -145,11 +145,14 @@ AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 def run_workflow(workdir: Path, configs: list[str], *, cores: int, extra: list[str] = (),
                  env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """``snakemake`` on the repository's Snakefile in ``workdir``: (process, wall seconds)."""
+    """``snakemake`` on the repository's Snakefile in ``workdir``: (process, wall seconds).
+
+    ``--rerun-incomplete``: a benchmark killed mid-training resumes from the stage's checkpoints.
+    """
     snakemake = Path(sys.executable).with_name("snakemake")
     command = [str(snakemake), "--snakefile", str(SNAKEFILE), "--directory",
                str(workdir), "--configfile", *configs, "--cores", str(cores), "--resources",
-               "gpu=1", *extra]
+               "gpu=1", "--rerun-incomplete", *extra]
     start = time.perf_counter()
     proc = subprocess.run(command, text=True, capture_output=True, check=False,
                           env={**os.environ, **(env or {}),

@@ -14,6 +14,10 @@ percentage points; ``results/tables/metaldam_phase_fractions.csv``).
 errors; the table needs all folds), to measure settings quickly. Targets (issue 22): 5-class mean
 IoU >= 0.55 over the 6 folds, all 6 folds <= 120 min on 2 CPU cores. ``--phase-only OUT.json``
 adds the phase fractions of ``--workdir``'s folds to an earlier result without rerunning.
+``--predict-only`` measures an inference lever (e.g. test-time augmentation) on the models an
+earlier run left in ``--workdir``: it first marks that run's files current (``--touch``: a
+dataset copied again since would otherwise retrain everything), then reruns prediction, voting
+and scoring (``--forcerun predict``).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def main() -> int:
                         "metaldam.json")
     parser.add_argument("--phase-only", type=Path, default=None,
                         help="add --workdir's --folds phase fractions to this result JSON")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="reuse --workdir's trained models: rerun predict and what follows")
     args = parser.parse_args()
     if args.phase_only is not None:
         report = json.loads(args.phase_only.read_text())
@@ -106,10 +112,18 @@ def main() -> int:
     folds = args.folds or [str(f) for f in range(6)]
     targets = ([f"results/mvfcnn/{args.variant}/sem/fold{f}/metrics.json" for f in folds]
                if args.folds else [])
+    config = ["--config", f"metaldam={{path: {dataset}}}"]
+    targets = ["--", *targets] if targets else []
+    if args.predict_only:
+        proc, _ = _common.run_workflow(args.workdir, configs, cores=args.cores,
+                                       extra=["--touch", *config, *targets])
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return proc.returncode
     load_before = _common.loadavg()
     proc, wall = _common.run_workflow(
         args.workdir, configs, cores=args.cores,
-        extra=["--config", f"metaldam={{path: {dataset}}}", *(["--"] + targets if targets else [])])
+        extra=[*(["--forcerun", "predict"] if args.predict_only else []), *config, *targets])
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr)
         return proc.returncode
@@ -118,7 +132,8 @@ def main() -> int:
         "load_before": load_before, "load_after": _common.loadavg(),
         "configs": [str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c
                     for c in configs],
-        "folds": folds, "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
+        "folds": folds, "predict_only": args.predict_only,
+        "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
         "target_wall_min": TARGET_WALL_MIN, "target_mean_iou": TARGET_MEAN_IOU,
         "per_fold": fold_metrics(args.workdir, args.variant, folds),
         "job_s": _common.job_times(args.workdir),
