@@ -75,154 +75,99 @@ rule tables:
         " --paper {input.paper:q} --outdir results/tables 2> {log:q}"
 
 
-rule figure_examples:
-    """Fig. 4: one training example per class: SEM | registered LOM | binary mask."""
-    input:
-        sem=_sem("train"),
-        lom=_lom("train"),
-        labels=_labels("train"),
-        masks=[layout.MASK.format(sample=s) for s in samples_in("train") if has_mask_source(s)],
-    output:
-        report(
-            "results/figures/fig4_examples.png",
-            category="Figures",
-            caption="../report/fig4_examples.rst",
-            labels={"figure": "Fig. 4"},
+# The paper's figures, one rule each (`--which` picks the figure): what they read, their label
+# in the report, their memory and time. fig8b segments noisy patches, so it runs like predict.
+BEST_RUN_ARG = f" --best-run {shlex.quote(layout.BEST_RUN)}"
+FIGURES = {
+    # Fig. 4: one training example per class: SEM | registered LOM | binary mask
+    "fig4": dict(
+        rule_name="figure_examples", file="fig4_examples", label="Fig. 4", best=False,
+        mem_mb=2000, runtime=10,
+        inputs=dict(
+            sem=_sem("train"),
+            lom=_lom("train"),
+            labels=_labels("train"),
+            masks=[layout.MASK.format(sample=s) for s in samples_in("train") if has_mask_source(s)],
         ),
-    params:
-        config=REPORT_CONFIG_JSON,
-    log:
-        "results/logs/report/fig4.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig4 2> {log:q}"
-
-
-rule figure_segmentation:
-    """Fig. 6: best and worst SEM test patches (image | ground truth | prediction)."""
-    input:
-        best=layout.BEST_RUN,
-        metrics=_mvfcnn_files("metrics.json", ("sem",)),
-        preds=_preds(("sem",)),
-        sem=_sem("test"),
-        labels=_labels("test"),
-    output:
-        report(
-            "results/figures/fig6_segmentation.png",
-            category="Figures",
-            caption="../report/fig6_segmentation.rst",
-            labels={"figure": "Fig. 6"},
+    ),
+    # Fig. 6: best and worst SEM test patches (image | ground truth | prediction)
+    "fig6": dict(
+        rule_name="figure_segmentation", file="fig6_segmentation", label="Fig. 6", best=True,
+        mem_mb=4000, runtime=15,
+        inputs=dict(
+            metrics=_mvfcnn_files("metrics.json", ("sem",)),
+            preds=_preds(("sem",)),
+            sem=_sem("test"),
+            labels=_labels("test"),
         ),
-    params:
-        config=REPORT_CONFIG_JSON,
-    log:
-        "results/logs/report/fig6.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    shell:
-        "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig6 --best-run {input.best:q} 2> {log:q}"
-
-
-rule figure_maxvoting:
-    """Fig. 7: per test image, the max-voted object map beside the ground-truth objects."""
-    input:
-        best=layout.BEST_RUN,
-        metrics=_mvfcnn_files("metrics.json", ("sem",)),
-        objects=_mvfcnn_files("objects.csv", ("sem",)),
-        ids=[layout.OBJECT_IDS.format(sample=s) for s in samples_in("test")],
-        sem=_sem("test"),
-    output:
-        report(
-            "results/figures/fig7_maxvoting.png",
-            category="Figures",
-            caption="../report/fig7_maxvoting.rst",
-            labels={"figure": "Fig. 7"},
+    ),
+    # Fig. 7: per test image, the max-voted object map beside the ground-truth objects
+    "fig7": dict(
+        rule_name="figure_maxvoting", file="fig7_maxvoting", label="Fig. 7", best=True,
+        mem_mb=4000, runtime=15,
+        inputs=dict(
+            metrics=_mvfcnn_files("metrics.json", ("sem",)),
+            objects=_mvfcnn_files("objects.csv", ("sem",)),
+            ids=[layout.OBJECT_IDS.format(sample=s) for s in samples_in("test")],
+            sem=_sem("test"),
         ),
-    params:
-        config=REPORT_CONFIG_JSON,
-    log:
-        "results/logs/report/fig7.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    shell:
-        "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig7 --best-run {input.best:q} 2> {log:q}"
-
-
-rule figure_lom_vs_sem:
-    """Fig. 8a: ground truth | LOM | LOM segmentation | SEM | SEM segmentation."""
-    input:
-        best=layout.BEST_RUN,
-        metrics=_mvfcnn_files("metrics.json"),
-        preds=_preds(("sem", "lom")),
-        sem=_sem("test"),
-        lom=_lom("test"),
-        labels=_labels("test"),
-    output:
-        report(
-            "results/figures/fig8a_lom_vs_sem.png",
-            category="Figures",
-            caption="../report/fig8a_lom_vs_sem.rst",
-            labels={"figure": "Fig. 8a"},
+    ),
+    # Fig. 8a: ground truth | LOM | LOM segmentation | SEM | SEM segmentation
+    "fig8a": dict(
+        rule_name="figure_lom_vs_sem", file="fig8a_lom_vs_sem", label="Fig. 8a", best=True,
+        mem_mb=4000, runtime=15,
+        inputs=dict(
+            metrics=_mvfcnn_files("metrics.json"),
+            preds=_preds(("sem", "lom")),
+            sem=_sem("test"),
+            lom=_lom("test"),
+            labels=_labels("test"),
         ),
-    params:
-        config=REPORT_CONFIG_JSON,
-    log:
-        "results/logs/report/fig8a.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    shell:
-        "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8a --best-run {input.best:q} 2> {log:q}"
-
-
-rule figure_noise:
-    """Fig. 8b: seeded dirt/scratch/noise on SEM test patches, segmented by the final model."""
-    input:
-        best=layout.BEST_RUN,
-        metrics=_mvfcnn_files("metrics.json", ("sem",)),
-        models=_mvfcnn_files(f"fcn{FINAL_STAGE}.pt", ("sem",)),
-        sem=_sem("test"),
-        labels=_labels("test"),
-    output:
-        report(
-            "results/figures/fig8b_noise.png",
-            category="Figures",
-            caption="../report/fig8b_noise.rst",
-            labels={"figure": "Fig. 8b"},
+    ),
+    # Fig. 8b: seeded dirt/scratch/noise on SEM test patches, segmented by the final model
+    "fig8b": dict(
+        rule_name="figure_noise", file="fig8b_noise", label="Fig. 8b", best=True,
+        mem_mb=rule_resources("predict", "mem_mb", 4000), runtime=30,
+        threads=rule_resources("predict", "threads", 2),
+        inputs=dict(
+            metrics=_mvfcnn_files("metrics.json", ("sem",)),
+            models=_mvfcnn_files(f"fcn{FINAL_STAGE}.pt", ("sem",)),
+            sem=_sem("test"),
+            labels=_labels("test"),
         ),
-    params:
-        config=REPORT_CONFIG_JSON,
-    log:
-        "results/logs/report/fig8b.log",
-    conda:
-        ENV
-    threads: rule_resources("predict", "threads", 2)
-    resources:
-        mem_mb=lambda w, attempt: rule_resources("predict", "mem_mb", 4000) * attempt,
-        runtime=30,
-    shell:
-        "mvfcnn figures --results-dir results --config-json {params.config:q}"
-        " --outdir results/figures --which fig8b --best-run {input.best:q} 2> {log:q}"
+    ),
+}
+
+for which, figure in FIGURES.items():
+
+    rule:
+        name:
+            figure["rule_name"]
+        input:
+            **({"best": layout.BEST_RUN} if figure["best"] else {}),
+            **figure["inputs"],
+        output:
+            report(
+                f"results/figures/{figure['file']}.png",
+                category="Figures",
+                caption=f"../report/{figure['file']}.rst",
+                labels={"figure": figure["label"]},
+            ),
+        params:
+            config=REPORT_CONFIG_JSON,
+            which=which,
+            best_run=BEST_RUN_ARG if figure["best"] else "",
+        log:
+            f"results/logs/report/{which}.log",
+        conda:
+            ENV
+        threads: figure.get("threads", 1)
+        resources:
+            mem_mb=lambda w, attempt, mem=figure["mem_mb"]: mem * attempt,
+            runtime=figure["runtime"],
+        shell:
+            "mvfcnn figures --results-dir results --config-json {params.config:q}"
+            " --outdir results/figures --which {params.which}{params.best_run} 2> {log:q}"
 
 
 rule crossval_table:
