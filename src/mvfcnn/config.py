@@ -258,26 +258,6 @@ def load_sample_sheet(path: str | Path, classes: ClassSet | None = None) -> pd.D
     return check_sample_sheet(frame, source=path, classes=classes)
 
 
-def workflow_sample_sheet(config: dict[str, Any], classes: ClassSet,
-                          synthetic_dir: str | Path) -> pd.DataFrame:
-    """The checked sample sheet ``config["samples"]`` names: the synthetic set's (its images
-    under ``synthetic_dir``), MetalDAM's (from its metadata.sqlite) or a TSV file. The workflow
-    and the report both read it through here."""
-    samples = config["samples"]
-    if samples == "synthetic":
-        from mvfcnn.synthetic import sample_sheet as synthetic_sheet
-
-        frame = synthetic_sheet(config["synthetic"], str(synthetic_dir), classes)
-        return check_sample_sheet(frame, classes=classes)
-    if samples == "metaldam":
-        from mvfcnn.datasets import metaldam_sample_sheet
-
-        root = config["metaldam"]["path"]
-        return check_sample_sheet(metaldam_sample_sheet(root), classes=classes,
-                                  source=Path(root) / "metadata.sqlite")
-    return load_sample_sheet(samples, classes)
-
-
 def check_sample_sheet(frame: pd.DataFrame, *, source: str | Path = "<samples>",
                        classes: ClassSet | None = None, base: Path | None = None) -> pd.DataFrame:
     """Check a sample sheet's columns and rows (see :func:`load_sample_sheet`); index by id."""

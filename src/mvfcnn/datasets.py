@@ -4,16 +4,20 @@ An adapter only translates a release's own index (here MetalDAM's ``metadata.sql
 generic sample-sheet columns (``sem``, ``labels``, ``fold``, ``crop_bottom``,
 ``scale_bar_um``); everything a release needs beyond that (grey from RGB JPEG, the information
 band, RGB label maps) is done by :mod:`mvfcnn.prepare` for any dataset with those columns.
+:func:`workflow_sample_sheet` picks the sheet ``samples:`` names (synthetic, MetalDAM or a TSV).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
 from mvfcnn.errors import InputError
+from mvfcnn.synthetic import sample_sheet as synthetic_sheet
 
 #: MetalDAM's classes in label-value order (its README); config/metaldam.yaml names them
 METALDAM_CLASSES = ("matrix", "austenite", "martensite_austenite", "precipitate", "defect")
@@ -86,3 +90,19 @@ def metaldam_sample_sheet(root: str | Path) -> pd.DataFrame:
             "scale_bar_um": "" if bar_um is None else repr(bar_um),
         })
     return pd.DataFrame(rows)
+
+
+def workflow_sample_sheet(config: dict[str, Any], classes: ClassSet,
+                          synthetic_dir: str | Path) -> pd.DataFrame:
+    """The checked sample sheet ``config["samples"]`` names: the synthetic set's (its images
+    under ``synthetic_dir``), MetalDAM's (from its metadata.sqlite) or a TSV file. The workflow
+    and the report both read it through here."""
+    samples = config["samples"]
+    if samples == "synthetic":
+        frame = synthetic_sheet(config["synthetic"], str(synthetic_dir), classes)
+        return check_sample_sheet(frame, classes=classes)
+    if samples == "metaldam":
+        root = config["metaldam"]["path"]
+        return check_sample_sheet(metaldam_sample_sheet(root), classes=classes,
+                                  source=Path(root) / "metadata.sqlite")
+    return load_sample_sheet(samples, classes)

@@ -83,7 +83,7 @@ class Context:
 def sample_sheet(config: dict[str, Any], results_dir: str | Path,
                  classes: ClassSet) -> pd.DataFrame:
     """The sample sheet the workflow uses (the synthetic one lives under results/synthetic)."""
-    from mvfcnn.config import workflow_sample_sheet
+    from mvfcnn.datasets import workflow_sample_sheet
 
     return workflow_sample_sheet(config, classes, layout.under(results_dir, layout.SYNTHETIC))
 

@@ -9,6 +9,10 @@
 
 # The method names live in the package (mvfcnn.baselines.METHODS); the schema's enum checks
 # the config against the same list (tests/test_baselines.py keeps the two equal).
+
+include: "helpers/baselines.smk"
+
+
 from mvfcnn.baselines import METHODS as BASELINE_METHODS
 from mvfcnn.baselines import NETWORK_METHODS as BASELINE_NETWORKS  # these get resources: gpu=1
 

@@ -2,6 +2,9 @@
 # `mvfcnn classify` on every sample with split "predict" (objects from the sample's mask, i.e.
 # the same objects the `vote` rule uses), into results/classify/{sample}/ and the report.
 
+include: "helpers/classify.smk"
+
+
 CLASSIFY_FILES = [
     "objects.csv",
     "summary.csv",

@@ -1,5 +1,7 @@
 # Data stage: synthetic dataset -> registration (LOM -> SEM) -> mask -> objects.
 
+include: "helpers/data.smk"
+
 
 if SYNTHETIC_DIR is not None:
 

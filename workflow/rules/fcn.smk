@@ -2,6 +2,9 @@
 # max-voting -> evaluation. `variant` (Table 2) and `modality` (Table 3) are wildcards whose
 # values come from config; nothing here is specific to one ablation.
 
+include: "helpers/fcn.smk"
+
+
 STAGES = config["fcn"]["stages"]
 FINAL_STAGE = STAGES[-1]
 

@@ -1,0 +1,86 @@
+"""The house's shape (issue 24): no import cycle in the package, rule files a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "mvfcnn"
+RULES = ROOT / "workflow" / "rules"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """mvfcnn module -> the mvfcnn modules it imports anywhere (top level or in a function)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            for target in targets:
+                # `from mvfcnn.models import fcn` names the module mvfcnn.models.fcn
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name and target.startswith("mvfcnn"):
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order), or None; a package importing its own
+    submodules (`mvfcnn.models` -> `mvfcnn.models.fcn`) is how packages work, not a cycle."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target.startswith(node + "."):
+                continue
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_cycle_through_a_function_level_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"p": {"p.x"}, "p.x": {"p"}}) is None  # a package and its submodule
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"mvfcnn.training", "mvfcnn.models.fcn", "mvfcnn.cli"} <= graph.keys()
+    assert "mvfcnn.models.fcn" in graph["mvfcnn.training"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_rule_files_stay_short():
+    lengths = {p.relative_to(RULES).as_posix(): len(p.read_text().splitlines())
+               for p in RULES.rglob("*.smk")}
+    assert lengths["common.smk"] <= 250, lengths
+    assert max(lengths.values()) <= 300, lengths

@@ -1,0 +1,45 @@
+# Helpers of rules/fcn.smk: stage chaining, the pretrained trunk, a variant's settings.
+
+
+def variant_cfg(variant):
+    return config["variants"][variant]
+
+
+def _parent_model(wildcards):
+    index = STAGES.index(wildcards.stage)
+    if index == 0:
+        return []
+    return os.path.join(RUN.format(**wildcards), f"fcn{STAGES[index - 1]}.pt")
+
+
+#: `pretrained:` value that makes FCN-32s start from the trunk of the pretrain_trunk rule
+PRETRAINED_PATCHES = "patches"
+
+
+def pretrained_trunk_file(wildcards):
+    return os.path.join(layout.trunk_dir(CV).format(**wildcards), "trunk.pt")
+
+
+def trunk_layout_json():
+    """The `fcn` keys that shape the trunk (what pretraining needs), as compact JSON."""
+    layout = {key: config["fcn"][key] for key in ("width", "fc_channels")}
+    if config["fcn"].get("batch_norm"):  # only when on: the paper's runs keep their params
+        layout["batch_norm"] = True
+    return json.dumps(layout, separators=(",", ":"), sort_keys=True)
+
+
+def _pretrained_trunk(wildcards):
+    """FCN-32s of a `pretrained: patches` variant depends on its modality's pretrained trunk."""
+    if wildcards.stage != STAGES[0]:
+        return []
+    if variant_cfg(wildcards.variant)["pretrained"] != PRETRAINED_PATCHES:
+        return []
+    return pretrained_trunk_file(wildcards)
+
+
+def _variant_json(wildcards):
+    """The variant's settings, with `patches` resolved to the pretrained trunk file."""
+    settings = dict(variant_cfg(wildcards.variant))
+    if settings["pretrained"] == PRETRAINED_PATCHES:
+        settings["pretrained"] = pretrained_trunk_file(wildcards)
+    return json.dumps(settings, separators=(",", ":"))
