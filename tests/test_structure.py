@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +85,28 @@ def test_rule_files_stay_short():
                for p in RULES.rglob("*.smk")}
     assert lengths["common.smk"] <= 250, lengths
     assert max(lengths.values()) <= 300, lengths
+
+
+#: the report's modules: tables, figures and summaries are made after the DAG, never needed by it
+REPORT_MODULES = {"mvfcnn.tables", "mvfcnn.summary", "mvfcnn.figures", "mvfcnn.rendering",
+                  "mvfcnn.crossval", "mvfcnn.crossval_objects"}
+
+
+def test_building_the_dag_imports_no_report_module():
+    graph = import_graph()
+    pattern = re.compile(r"^\s*from\s+(mvfcnn[\w.]*)\s+import\s+([\w, ]+)", re.M)
+    workflow = [ROOT / "workflow" / "Snakefile", *RULES.rglob("*.smk")]
+    roots = set()
+    for path in workflow:
+        for module, names in pattern.findall(path.read_text()):
+            for name in (n.strip().split(" ")[0] for n in names.split(",")):
+                roots.add(f"{module}.{name}" if f"{module}.{name}" in graph else module)
+    assert {"mvfcnn.config", "mvfcnn.runs", "mvfcnn.layout"} <= roots
+    reached, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    assert REPORT_MODULES <= graph.keys()
+    assert not reached & REPORT_MODULES, sorted(reached & REPORT_MODULES)
