@@ -42,6 +42,7 @@ LEVERS = {
     "fcn4s_bn": "fcn4s + BatchNorm trunk (fcn.batch_norm, overlays fcn4s + bn)",
     "fcn4s_tta": "fcn4s's models + test-time augmentation (the 8 flips and rotations)",
     "fcn4s_schedule": "fcn4s + poly learning rate + keep best validated weights",
+    "fcn4s_recipe": "fcn4s + poly rate + best weights + rare tiles for M/A and precipitate only",
 }
 _NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
 

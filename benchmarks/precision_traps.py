@@ -106,7 +106,7 @@ def build(case: dict[str, Any]) -> Any:
     import torch
 
     from mvfcnn.models.fcn import build_fcn
-    from mvfcnn.training import freeze_trunk
+    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = build_fcn(case["stage"], num_classes=NUM_CLASSES, **case["layout"])
@@ -123,7 +123,7 @@ def layer_inputs(model: Any, case: dict[str, Any], precision: str) -> list[dict[
     and whether its backward runs (a trainable parameter in it or before it)."""
     import torch
 
-    from mvfcnn.training import autocast
+    from mvfcnn.runtime import autocast
 
     seen: list[dict[str, Any]] = []
     handles = []
@@ -157,7 +157,7 @@ def time_layer(module: Any, shape: tuple[int, ...], dtype: Any, precision: str, 
     """Best-of-``repeats`` seconds of ``module`` on a random input (forward, + backward)."""
     import torch
 
-    from mvfcnn.training import autocast
+    from mvfcnn.runtime import autocast
 
     x = torch.randn(*shape)
     if x.dim() == 4:

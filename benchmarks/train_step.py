@@ -58,10 +58,11 @@ def measure(size: int, precision: str, layout: dict[str, Any], *, batch: int, it
     """
     import torch
 
+    from mvfcnn.losses import make_optimizer, pixel_loss
     from mvfcnn.models.fcn import build_fcn
     from mvfcnn.models.preprocess import normalize_batch
-    from mvfcnn.runtime import choose_precision
-    from mvfcnn.training import autocast, freeze_trunk, make_optimizer, pixel_loss
+    from mvfcnn.runtime import autocast, choose_precision
+    from mvfcnn.stage_model import freeze_trunk
 
     requested = precision
     precision = choose_precision(precision, "cpu").precision

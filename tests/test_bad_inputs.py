@@ -619,7 +619,7 @@ def test_learning_curve_clis_name_the_missing_csv_and_mismatched_lists(tmp_path)
     """mvfcnn learning-curve / crossval-curves: one line naming the file or the list lengths,
     nothing written."""
     from mvfcnn.crossval import learning_curves_cli
-    from mvfcnn.training import learning_curve_cli
+    from mvfcnn.curves import learning_curve_cli
 
     out = ["--out-csv", str(tmp_path / "c.csv"), "--out-png", str(tmp_path / "c.png")]
     missing = tmp_path / "train_32s.csv"

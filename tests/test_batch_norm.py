@@ -131,8 +131,9 @@ def test_a_trunk_file_of_the_wrong_width_is_named_with_batch_norm_too(tmp_path):
 
 
 def test_frozen_batch_norm_keeps_its_statistics_and_later_ones_learn():
+    from mvfcnn.losses import make_optimizer, pixel_loss
     from mvfcnn.models.vgg_trunk import POOL_INDICES
-    from mvfcnn.training import freeze_trunk, make_optimizer, pixel_loss
+    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = freeze_trunk(build_fcn("32s", num_classes=3, batch_norm=True, **SMALL), "pool2")

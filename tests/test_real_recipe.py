@@ -186,7 +186,7 @@ def one_torch_thread():
 def test_soft_dice_loss_values():
     import torch
 
-    from mvfcnn.training import soft_dice_loss
+    from mvfcnn.losses import soft_dice_loss
 
     labels = torch.tensor([[[0, 1], [2, 255]]])
     perfect = torch.nn.functional.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2) * 50.0
@@ -205,7 +205,7 @@ def test_soft_dice_loss_values():
 def test_dice_term_keeps_sum_equal_n_times_mean():
     import torch
 
-    from mvfcnn.training import pixel_loss
+    from mvfcnn.losses import pixel_loss
 
     logits = torch.randn(2, 5, 6, 6)
     labels = torch.randint(0, 5, (2, 6, 6))
@@ -223,7 +223,7 @@ def test_dice_term_keeps_sum_equal_n_times_mean():
 @needs_metaldam
 def test_capped_class_weights_on_real_crops(real_crops, classes):
     from mvfcnn.data import TileDataset
-    from mvfcnn.training import class_balance_weights
+    from mvfcnn.losses import class_balance_weights
 
     table, _ = real_crops
     data = TileDataset(_index(table, augment=False).tiles)
@@ -372,7 +372,8 @@ def test_learning_curve_of_two_stages_trained_on_real_crops(real_crops, classes,
     """train_32s.csv and train_16s.csv of a short run on real crops become one curve of
     validation mean IU per stage (CSV + PNG) through the `mvfcnn learning-curve` verb."""
     from mvfcnn.cli import main
-    from mvfcnn.training import CURVE_COLUMNS, split_validation, train_stage
+    from mvfcnn.curves import CURVE_COLUMNS
+    from mvfcnn.training import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)
@@ -403,7 +404,7 @@ def test_learning_curve_of_two_stages_trained_on_real_crops(real_crops, classes,
 
 
 def test_learning_curve_from_training_rows():
-    from mvfcnn.training import learning_curve
+    from mvfcnn.curves import learning_curve
 
     rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0],
                          "lr": 1e-3, "seconds": 0.1,
@@ -419,7 +420,7 @@ def test_learning_curve_from_training_rows():
 def test_crossval_learning_curves_of_every_fold(tmp_path):
     """`mvfcnn crossval-curves`: the folds' curves in one table (fold column) and one figure."""
     from mvfcnn.cli import main
-    from mvfcnn.training import CURVE_COLUMNS, learning_curve
+    from mvfcnn.curves import CURVE_COLUMNS, learning_curve
 
     rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0], "lr": 1e-3,
                          "seconds": 0.1, "pixel_accuracy": [None, 0.5, None, 0.7],
@@ -527,8 +528,9 @@ def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tm
     stage's best validated weights; the 4s output is the input size, finite everywhere."""
     import torch
 
+    from mvfcnn.losses import lr_factor
     from mvfcnn.models.io import load_model
-    from mvfcnn.training import lr_factor, split_validation, train_stage
+    from mvfcnn.training import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)

@@ -17,6 +17,7 @@ SRC = ROOT / "src" / "mvfcnn"
 #: module -> (the name its section goes by in the code, the schema section(s) it reads)
 READERS = {
     "training.py": ("cfg|full", ("fcn",)),
+    "stage_model.py": ("cfg", ("fcn",)),
     "pretraining.py": ("cfg", ("pretrain",)),
     "masking.py": ("params", ("masking",)),
     "synthetic.py": ("cfg", ("synthetic",)),

@@ -298,9 +298,9 @@ def measured_iterations(seconds: float = TRAIN_SECONDS) -> int:
 
     import torch
 
+    from mvfcnn.losses import make_optimizer, pixel_loss
     from mvfcnn.models.fcn import fcn32s
-    from mvfcnn.runtime import choose_precision
-    from mvfcnn.training import autocast, make_optimizer, pixel_loss
+    from mvfcnn.runtime import autocast, choose_precision
 
     torch.manual_seed(0)
     precision = choose_precision("auto", "cpu").precision

@@ -18,21 +18,15 @@ import pytest
 import tifffile
 import torch
 
+from mvfcnn.checkpoints import checkpoint_files
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.losses import lr_factor, lr_sum_to_mean, make_optimizer, pixel_loss
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
 from mvfcnn.models.preprocess import normalize_batch
 from mvfcnn.tiling import tile_index
-from mvfcnn.training import (
-    checkpoint_files,
-    lr_factor,
-    lr_sum_to_mean,
-    make_optimizer,
-    pixel_loss,
-    split_validation,
-    train_stage,
-)
+from mvfcnn.training import split_validation, train_stage
 
 CLASSES = ClassSet((0, 1), ("bg", "A"), ("#000000", "#ff0000"))
 TILE = 64
@@ -262,7 +256,7 @@ def test_foreign_checkpoint_is_ignored(tmp_path, tiles, caplog):
 
 def test_median_frequency_weights_exact():
     """8 matrix and 2 class-1 pixels (255 skipped), class 2 absent: freq 0.8/0.2, median 0.5."""
-    from mvfcnn.training import class_balance_weights
+    from mvfcnn.losses import class_balance_weights
 
     class Tiny:
         def __len__(self):
@@ -299,7 +293,7 @@ def test_adam_option_and_unknown_optimizer():
 def test_a_trunk_trained_from_scratch_is_never_frozen():
     """fcn.freeze fixes a PRETRAINED trunk; a `pretrained: none` variant's random trunk must
     learn, in FCN-32s and in the later stages (which inherit it from their parent)."""
-    from mvfcnn.training import build_stage_model, frozen_until
+    from mvfcnn.stage_model import build_stage_model, frozen_until
 
     cfg = {"freeze": "pool4"}
     assert frozen_until(cfg, {"pretrained": "none"}) == "none"
@@ -317,8 +311,9 @@ def test_a_trunk_trained_from_scratch_is_never_frozen():
 def test_freeze_keeps_the_trunk_prefix_fixed(until):
     """fcn.freeze: layers up to the pool do not move in a training step, all later ones do,
     and the optimizer holds only the trainable ones."""
+    from mvfcnn.losses import make_optimizer
     from mvfcnn.models.vgg_trunk import CONV_INDICES, POOL_INDICES
-    from mvfcnn.training import freeze_trunk, make_optimizer
+    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = freeze_trunk(build_fcn("32s", num_classes=3, width=0.0625, fc_channels=16), until)

@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvfcnn.config import ClassSet
+import mvfcnn
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_json
+from mvfcnn.models.io import load_model, save_model
+from mvfcnn.runtime import choose_precision, resolve_device
 from mvfcnn.settings import defaults, with_defaults
 
 BUNDLE_FORMAT = "mvfcnn-bundle/1"
@@ -62,8 +66,6 @@ def git_commit(where: str | Path | None = None) -> tuple[str | None, bool | None
     a directory that is no repository, and it is the code that trained the model that matters.
     """
     if where is None:
-        import mvfcnn
-
         where = Path(mvfcnn.__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], check=True,
@@ -82,12 +84,9 @@ def bundle_extra(model_extra: dict[str, Any], *, classes: ClassSet, inference: d
                  training: dict[str, Any] | None = None,
                  metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The bundle's ``extra`` dict (see module docstring); plain values only."""
-    import mvfcnn
-
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in inference]
     if missing:
         raise InputError(f"inference settings lack key(s) {missing}")
-    from mvfcnn.runtime import choose_precision, resolve_device
 
     commit, dirty = git_commit()
     choice = choose_precision(str(inference["precision"]), resolve_device("auto"))
@@ -117,7 +116,6 @@ def write_bundle(model_path: str | Path, out: str | Path, **kwargs: Any) -> dict
     ``kwargs`` go to :func:`bundle_extra`. The model's own class set must equal ``classes``:
     a bundle whose labels disagree with its weights would classify silently wrong.
     """
-    from mvfcnn.models.io import load_model, save_model
 
     model, meta = load_model(model_path)
     model_extra = dict(meta.get("extra") or {})
@@ -156,7 +154,6 @@ def load_for_inference(path: str | Path, classes: ClassSet | None = None) -> Loa
     and required for those that do not; given, it must match the file's names and indices
     (its colours win). A model whose output width differs from its class count is rejected.
     """
-    from mvfcnn.models.io import load_model
 
     path = Path(path)
     model, meta = load_model(path)
@@ -203,9 +200,6 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--variant", default=None, help="variant name (for provenance)")
     parser.add_argument("--out", required=True, help="bundle file to write")
     args = parser.parse_args(argv)
-
-    from mvfcnn.config import classes_from_json, json_arg
-    from mvfcnn.io import read_json
 
     classes = classes_from_json(args.classes_json)
     if args.pixel_size is not None and not args.pixel_size > 0:

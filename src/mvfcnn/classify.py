@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.bundle import LoadedModel
+from mvfcnn.bundle import LoadedModel, load_for_inference
 from mvfcnn.classify_outputs import (  # noqa: F401  (re-exported: output names tests use)
     NOT_SEGMENTED_VALUE,
     OUTPUT_FILES,
@@ -40,9 +40,18 @@ from mvfcnn.classify_outputs import (  # noqa: F401  (re-exported: output names 
     write_ome_tiff,
     write_outputs,
 )
-from mvfcnn.config import ClassSet
+from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.inference import predict_image
+from mvfcnn.io import check_writable, read_image
+from mvfcnn.masking import gray_strips, make_mask
 from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL, area_fractions
+from mvfcnn.objects import find_objects
+from mvfcnn.objects import object_table as geometry
+from mvfcnn.progress import progress
+from mvfcnn.registration import footprint, read_warp_metadata
+from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads
+from mvfcnn.voting import vote
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OBJECT_COLUMNS = ["object_id", "class", "class_name", "vote_share", "area_px", "area_um2",
@@ -65,7 +74,6 @@ def read_micrograph(path: str | Path, *, gray: bool = False,
     """A micrograph as (H, W) or (H, W, 3); unsupported formats and pixel values are InputErrors
     (accepted pixel values: :func:`mvfcnn.io.check_pixels` and
     :func:`mvfcnn.io.check_micrograph_integers`; ``value_range`` rescales to [0, 1])."""
-    from mvfcnn.io import read_image
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -82,7 +90,6 @@ def read_micrograph(path: str | Path, *, gray: bool = False,
 
 def read_mask_for(path: str | Path, shape: tuple[int, int], image_path: str | Path) -> np.ndarray:
     """A binary mask (> 0 = second phase) that must lie on the image's pixel grid."""
-    from mvfcnn.io import read_image
 
     mask = read_image(path, gray=True)
     if mask.shape[:2] != tuple(shape):
@@ -94,9 +101,6 @@ def read_mask_for(path: str | Path, shape: tuple[int, int], image_path: str | Pa
 def read_lom_for(path: str | Path, shape: tuple[int, int],
                  image_path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(grey LOM, footprint or None) of a LOM registered onto the image grid (mvfcnn register)."""
-    from mvfcnn.io import read_image
-    from mvfcnn.masking import gray_strips
-    from mvfcnn.registration import footprint, read_warp_metadata
 
     lom = gray_strips(read_image(path, micrograph=True))
     if lom.shape[:2] != tuple(shape):
@@ -117,7 +121,6 @@ def read_lom_for(path: str | Path, shape: tuple[int, int],
 
 def objects_from_mask(mask: np.ndarray) -> np.ndarray:
     """uint32 object ids of a binary mask (8-connected, exactly as the ``objects`` rule)."""
-    from mvfcnn.objects import find_objects
 
     return find_objects(mask)
 
@@ -129,7 +132,6 @@ def objects_from_lom(lom_gray: np.ndarray, masking: dict[str, Any], *,
 
     ``threshold`` None means Otsu, as ``masking.threshold: null`` does.
     """
-    from mvfcnn.masking import make_mask
 
     try:
         mask, _ = make_mask(lom_gray, threshold=threshold,
@@ -148,7 +150,6 @@ def objects_from_prediction(class_map: np.ndarray, masking: dict[str, Any]) -> n
     The binary prediction goes through :func:`mvfcnn.masking.make_mask` (threshold between 0
     and 1), so speckle and pin holes are treated exactly as in a LOM mask.
     """
-    from mvfcnn.masking import make_mask
 
     foreground = (np.asarray(class_map) > 0).view(np.uint8)
     mask, _ = make_mask(foreground, threshold=0.5 / 255.0, dark_is_foreground=False,
@@ -174,8 +175,6 @@ def voted_object_table(class_map: np.ndarray, object_ids: np.ndarray, classes: C
 
     µm columns are empty (NaN) without a pixel size.
     """
-    from mvfcnn.objects import object_table as geometry
-    from mvfcnn.voting import vote
 
     votes = vote(class_map, object_ids, classes.num_classes, classes=classes)
     shape = geometry(object_ids, None, classes)
@@ -257,7 +256,6 @@ def predict_class_map(image: np.ndarray, loaded: LoadedModel, *,
                       inference: dict[str, Any] | None = None, device: str = "auto",
                       progress: bool = True) -> np.ndarray:
     """The stitched class map, through the workflow's own inference function and settings."""
-    from mvfcnn.inference import predict_image
 
     params = {**loaded.inference, **(inference or {})}
     # every setting of the config's `inference` section that predict_image knows (as the
@@ -424,13 +422,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads
 
     set_threads(args.threads)
-    from mvfcnn.bundle import load_for_inference
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.io import check_writable
-    from mvfcnn.progress import progress
 
     # --- check everything before the first output is written
     if args.threshold is not None and not args.lom:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.config import ClassSet
+from mvfcnn.io import atomic_path, contrast_stretch, to_uint8, write_image, write_json, write_table
 from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 
@@ -64,8 +65,6 @@ def object_class_map(object_ids: np.ndarray, objects: pd.DataFrame) -> np.ndarra
 def _display_lut(image: np.ndarray) -> np.ndarray:
     """uint8 -> uint8 lookup table: :func:`mvfcnn.io.contrast_stretch` of the 256 grey levels by
     the percentiles of a ~1 MP subsample (a whole large image is never copied)."""
-    from mvfcnn.data import to_uint8
-    from mvfcnn.io import contrast_stretch
 
     step = max(1, int(math.sqrt(image.shape[0] * image.shape[1] / 1e6)))
     sample = to_uint8(np.asarray(image[::step, ::step]))
@@ -77,7 +76,6 @@ def overlay(image: np.ndarray, object_ids: np.ndarray, object_classes: np.ndarra
             classes: ClassSet, *, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """RGB uint8: the micrograph with each object tinted in its class colour, outlined in full
     colour; not-segmented objects white. Built in row strips (no float image-size copies)."""
-    from mvfcnn.data import to_uint8
 
     lut = np.zeros((256, 3), dtype=np.uint16)
     lut[:classes.num_classes] = np.array(classes.rgb(), dtype=np.uint16)
@@ -126,8 +124,6 @@ def write_ome_tiff(path: str | Path, planes: np.ndarray, *, channel_names: list[
     The pixel size goes into OME ``PhysicalSizeX/Y`` (µm) and the TIFF resolution tags.
     """
     import tifffile
-
-    from mvfcnn.io import atomic_path
 
     _, height, width = planes.shape
     levels = pyramid_levels(height, width, min_side)
@@ -243,7 +239,6 @@ def preview_png(picture: np.ndarray, summary: pd.DataFrame, classes: ClassSet, *
 def write_outputs(result: Classification, image: np.ndarray, classes: ClassSet,
                   outdir: str | Path, *, info: dict[str, Any] | None = None) -> dict[str, Path]:
     """Render everything in memory first, then write each file atomically (run.json last)."""
-    from mvfcnn.io import atomic_path, write_image, write_json, write_table
 
     outdir = Path(outdir)
     paths = {name: outdir / name for name in OUTPUT_FILES}

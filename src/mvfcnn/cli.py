@@ -23,7 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain-trunk": ("mvfcnn.pretraining", "Pretrain the VGG trunk on labelled patches "
                        "(pretrained: patches)"),
     "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s/4s/2s)"),
-    "learning-curve": ("mvfcnn.training:learning_curve_cli",
+    "learning-curve": ("mvfcnn.curves:learning_curve_cli",
                        "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
     "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),
     "vote": ("mvfcnn.voting", "Max-vote predicted pixels inside each object"),

@@ -22,9 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.config import ClassSet
+from mvfcnn.config import ClassSet, classes_from_json
+from mvfcnn.curves import CURVE_COLUMNS
 from mvfcnn.errors import InputError
+from mvfcnn.figures import _grid, add_legend, colorize, display_gray, save_figure
+from mvfcnn.io import read_image, read_labels, read_tables, write_table, write_text
 from mvfcnn.metrics import phase_fractions, pixel_report
+from mvfcnn.rendering import frame_html, html_page
 
 SUMMARY_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 PHASE_IMAGE_COLUMNS = ["fold", "sample", "class", "class_name", "n_labelled_px", "truth_pp",
@@ -102,7 +106,6 @@ def phase_fraction_images(tests: list[tuple[str, str, str, str]],
                           classes: ClassSet) -> pd.DataFrame:
     """PHASE_IMAGE_COLUMNS for (fold, sample, labels file, prediction file) test images; the
     prediction must lie on the labels' grid (as for the pixel confusion of ``evaluate``)."""
-    from mvfcnn.io import read_image, read_labels
 
     rows: list[dict[str, Any]] = []
     for fold, sample, labels_path, pred_path in tests:
@@ -203,9 +206,6 @@ def crossval_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[d
 def cli(argv: list[str]) -> int:
     import yaml
 
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.io import write_table, write_text
-
     parser = argparse.ArgumentParser(prog="mvfcnn crossval", description=__doc__.split("\n")[0])
     parser.add_argument("--folds", nargs="+", required=True, help="fold names, in order")
     parser.add_argument("--confusions", nargs="+", required=True,
@@ -285,8 +285,6 @@ def crossval_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[di
     :mod:`mvfcnn.rendering`."""
     import html
 
-    from mvfcnn.rendering import frame_html, html_page
-
     shown = table.copy()
     for column in shown.columns:
         if column not in ("fold", "n_pixels"):
@@ -317,7 +315,6 @@ def pick_example(labels: list[np.ndarray], classes: ClassSet) -> int:
 def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]],
                     classes: ClassSet, *, title: str):
     """One row per fold: micrograph | truth | prediction, in the configured class colours."""
-    from mvfcnn.figures import _grid, add_legend, colorize, display_gray
 
     fig, axes, grid = _grid(len(rows), 3, cell=2.6, title=title)
     for r, (fold, sample, image, truth, pred) in enumerate(rows):
@@ -333,10 +330,6 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
 
 
 def figure_cli(argv: list[str]) -> int:
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.figures import save_figure
-    from mvfcnn.io import read_image, read_labels
-
     parser = argparse.ArgumentParser(prog="mvfcnn crossval-figure",
                                      description="One test image per fold: image, truth, "
                                      "prediction in the class colours")
@@ -367,9 +360,8 @@ def figure_cli(argv: list[str]) -> int:
 
 
 def fold_learning_curves(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Every fold's ``learning_curve.csv`` (:func:`mvfcnn.training.learning_curve`) in one
+    """Every fold's ``learning_curve.csv`` (:func:`mvfcnn.curves.learning_curve`) in one
     table with a leading ``fold`` column."""
-    from mvfcnn.training import CURVE_COLUMNS
 
     frames = [curve.assign(fold=str(fold))[["fold", *CURVE_COLUMNS]]
               for fold, curve in curves.items() if len(curve)]
@@ -405,8 +397,6 @@ def learning_curves_figure(frame: pd.DataFrame, *, title: str):
 
 def learning_curves_cli(argv: list[str]) -> int:
     """`mvfcnn crossval-curves`: every fold's learning curve in one CSV and one figure."""
-    from mvfcnn.figures import save_figure
-    from mvfcnn.io import read_tables, write_table
 
     parser = argparse.ArgumentParser(prog="mvfcnn crossval-curves",
                                      description=learning_curves_cli.__doc__)

@@ -28,9 +28,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.config import ClassSet
+from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.crossval import mean_and_se, pct
 from mvfcnn.errors import InputError
+from mvfcnn.io import write_table, write_text
+from mvfcnn.rendering import as_text, frame_html, html_page, text_html
+from mvfcnn.tables import (
+    baseline_budget_words,
+    baseline_init_text,
+    csv_seconds,
+    iterations_text,
+    seconds_text,
+)
 
 MVFCNN = "mvfcnn"
 MAJORITY = "majority"
@@ -258,7 +267,6 @@ def verdict(differences: pd.DataFrame) -> str:
 
 def objects_html(table: pd.DataFrame, differences: pd.DataFrame, markdown: str) -> str:
     """The report page: the markdown as written, then the full per-fold table."""
-    from mvfcnn.rendering import as_text, frame_html, html_page, text_html
 
     return html_page(text_html(markdown) + "<h4>Per fold and method</h4>"
                      + frame_html(as_text(table)) + "<h4>Paired differences</h4>"
@@ -269,13 +277,6 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
     """One note per method: its initialisation and training budget (iterations or epochs, the
     SVM's grid) and the mean training wall time per fold, from the files each run wrote beside
     its metrics.json (MVFCNN: the stages' training CSVs; a baseline: its info.json)."""
-    from mvfcnn.tables import (
-        baseline_budget_words,
-        baseline_init_text,
-        csv_seconds,
-        iterations_text,
-        seconds_text,
-    )
 
     by_method: dict[str, list[Path]] = {}
     for method, _, path in runs:
@@ -311,9 +312,6 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
 
 def cli(argv: list[str]) -> int:
     import yaml
-
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.io import write_table, write_text
 
     parser = argparse.ArgumentParser(prog="mvfcnn crossval-objects",
                                      description=__doc__.split("\n")[0])
@@ -359,8 +357,6 @@ def cli(argv: list[str]) -> int:
                  for e in yaml.safe_load(Path(args.paper).read_text())["table1"]}
     notes = list(args.note)
     if args.config_json:
-        from mvfcnn.config import json_arg
-
         notes += budget_notes(json_arg(args.config_json, "--config-json"),
                               [(m, f, Path(p)) for m, f, p in args.run])
     markdown = objects_markdown(table, differences, classes, title=args.title, paper=paper,

@@ -22,23 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mvfcnn.errors import InputError
-from mvfcnn.io import read_image, read_labels
+from mvfcnn.io import read_image, read_labels, to_uint8
 
 #: columns of a tile index that TileDataset reads (tiling.TILE_INDEX_COLUMNS has them all)
 DATASET_COLUMNS = ["sample", "y", "x", "h", "w", "rot", "image", "labels"]
-
-
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """8-bit view of an image tile: uint16 keeps its high byte, floats in [0, 1] are scaled."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
-    info = np.iinfo(array.dtype)
-    scaled = (array.astype(np.float64) - info.min) / float(info.max - info.min)
-    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
 
 
 class TileDataset(Dataset):

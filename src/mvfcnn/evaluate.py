@@ -23,6 +23,7 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_image, read_labels, write_json, write_table
 from mvfcnn.metrics import (
     confusion_matrix,
     object_confusion,
@@ -90,7 +91,6 @@ def write_evaluation(
     rows are written, only ``true_class >= 1`` are scored. ``pixel_confusion`` (K x K, rows =
     truth) adds the "pixel" section; baselines leave it None.
     """
-    from mvfcnn.io import write_json, write_table
 
     frame = objects_frame(objects_frame_, classes)
     metrics: dict[str, Any] = {"method": method, "modality": modality, "variant": variant}
@@ -112,7 +112,6 @@ def write_evaluation(
 def pixel_confusion(pairs: Iterable[tuple[str, PathLike, PathLike]],
                     classes: ClassSet) -> np.ndarray:
     """One (K, K) confusion matrix summed over (sample, prediction, labels) image pairs."""
-    from mvfcnn.io import read_image, read_labels
 
     total = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
     for sample, pred_path, label_path in pairs:

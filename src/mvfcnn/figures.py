@@ -23,8 +23,19 @@ import pandas as pd
 
 from mvfcnn import layout
 from mvfcnn.config import ClassSet
+from mvfcnn.datasets import workflow_sample_sheet
 from mvfcnn.errors import InputError
-from mvfcnn.inference import window_starts
+from mvfcnn.inference import inference_kwargs, predict_image, window_starts
+from mvfcnn.io import atomic_path, contrast_stretch, read_image, read_labels, to_gray, to_unit_float
+from mvfcnn.tables import (
+    PREFERRED_VARIANT,
+    best_variant,
+    collect_runs,
+    filled_config,
+    load_config_arg,
+    read_best_run,
+    report_parser,
+)
 
 FIGURES = {
     "fig4": "fig4_examples.png",
@@ -83,7 +94,6 @@ class Context:
 def sample_sheet(config: dict[str, Any], results_dir: str | Path,
                  classes: ClassSet) -> pd.DataFrame:
     """The sample sheet the workflow uses (the synthetic one lives under results/synthetic)."""
-    from mvfcnn.datasets import workflow_sample_sheet
 
     return workflow_sample_sheet(config, classes, layout.under(results_dir, layout.SYNTHETIC))
 
@@ -92,7 +102,6 @@ def make_context(results_dir: str | Path, config: dict[str, Any],
                  samples: pd.DataFrame | None = None, *,
                  best_run: str | Path | None = None) -> Context:
     """The figures' inputs; ``config`` may be partial (schema defaults are filled in)."""
-    from mvfcnn.tables import filled_config
 
     config = filled_config(config)
     classes = ClassSet.from_config(config)
@@ -105,14 +114,11 @@ def make_context(results_dir: str | Path, config: dict[str, Any],
 def _read(path: Path | None, *, labels: bool = False) -> np.ndarray | None:
     if path is None or not Path(path).exists():
         return None
-    from mvfcnn.io import read_image, read_labels
 
     return np.asarray(read_labels(path) if labels else read_image(path))
 
 
 def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
-    from mvfcnn.tables import best_variant, collect_runs, read_best_run
-
     if ctx.best_run is not None:
         return read_best_run(ctx.best_run, "sem")
     return best_variant(collect_runs(ctx.results_dir, ctx.config), "sem")
@@ -125,7 +131,6 @@ def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
 def display_gray(image: np.ndarray) -> np.ndarray:
     """Any 8/16-bit/float grey or RGB image -> float [0, 1] for imshow, contrast-stretched
     by :func:`mvfcnn.io.contrast_stretch`."""
-    from mvfcnn.io import contrast_stretch, to_unit_float
 
     data = to_unit_float(np.asarray(image))
     if data.ndim == 3:
@@ -222,8 +227,6 @@ def placeholder(title: str, note: str):
 def save_figure(fig, path: str | Path, *, dpi: int = DPI) -> Path:
     """Write a PNG atomically and close the figure."""
     import matplotlib.pyplot as plt
-
-    from mvfcnn.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -504,7 +507,6 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
 
 def lom_sem_variant(ctx: Context) -> str | None:
     """The variant shown in Fig. 8a: it must have predictions on both modalities."""
-    from mvfcnn.tables import PREFERRED_VARIANT, collect_runs
 
     runs = collect_runs(ctx.results_dir, ctx.config)
     both = [v for (m, v, mod) in runs if m == "mvfcnn" and mod == "sem"
@@ -590,8 +592,7 @@ def add_artefacts(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.
 
 def model_predictor(model_path: str | Path, inference: dict[str, Any]) -> Predictor:
     """A patch -> class map function from a trained model file (final FCN stage)."""
-    from mvfcnn.inference import inference_kwargs, predict_image
-    from mvfcnn.models.io import load_model
+    from mvfcnn.models.io import load_model  # lazy: torch for Fig. 8b only
 
     model, _meta = load_model(model_path)
     # the workflow's own settings; with fit_tiles a patch smaller than one window runs at its
@@ -645,7 +646,6 @@ def noise_patches(ctx: Context, size: int) -> list[tuple[str, str, int, int, int
 def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH,
                 model_note: str = ""):
     """Seeded artefacts on SEM test patches, segmented by the trained model (paper Fig. 8b)."""
-    from mvfcnn.io import to_gray, to_unit_float
 
     title = "Fig. 8b: robustness to preparation artefacts and noise"
     if predictor is None:
@@ -731,8 +731,6 @@ def write_figures(ctx: Context, outdir: str | Path, which: list[str] | None = No
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.tables import load_config_arg, report_parser
-
     parser = report_parser(
         "mvfcnn figures", "The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours "
                           "from the config). Missing inputs give a placeholder PNG with a note.")

@@ -26,7 +26,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mvfcnn.config import json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_image, to_uint8, write_image
+from mvfcnn.progress import progress as _progress
+from mvfcnn.settings import with_defaults
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_TILE = 32
@@ -106,18 +110,10 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: int, *,
 
 
 def _default_preprocess() -> Callable:
+    # lazy (here and below): torch; the report imports this module for its window maths only
     from mvfcnn.models.preprocess import normalize_batch
 
     return normalize_batch
-
-
-def _to_uint8(block: np.ndarray) -> np.ndarray:
-    """The network sees 8-bit input, converted exactly as the training tiles are."""
-    if block.dtype == np.uint8:
-        return block
-    from mvfcnn.data import to_uint8
-
-    return to_uint8(block)
 
 
 def _read_tile(image: np.ndarray, tile: Tile, shape: tuple[int, int]) -> np.ndarray:
@@ -128,7 +124,7 @@ def _read_tile(image: np.ndarray, tile: Tile, shape: tuple[int, int]) -> np.ndar
     if pad_y or pad_x:
         widths = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (block.ndim - 2)
         block = np.pad(block, widths, mode="reflect")
-    return _to_uint8(block)
+    return to_uint8(block)  # 8-bit, converted exactly as the training tiles
 
 
 def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
@@ -171,10 +167,9 @@ def predict_image(
     receives the seconds spent reading, in the network and stitching, plus the window count
     and shape (for benchmarks).
     """
-    import torch
+    import torch  # lazy: torch, as above
 
     from mvfcnn.models.vgg_trunk import fuse_conv_relu
-    from mvfcnn.progress import progress as _progress
     from mvfcnn.runtime import autocast, choose_precision, resolve_device
 
     if precision not in PRECISIONS:
@@ -296,14 +291,12 @@ def _check_scores(scores, batch: int, tile: tuple[int, int]) -> None:
 
 
 def _load_model(path: str):
-    from mvfcnn.models.io import load_model
+    from mvfcnn.models.io import load_model  # lazy: torch
 
     return load_model(path)
 
 
 def _parse_params(text: str) -> dict:
-    from mvfcnn.config import json_arg
-
     return inference_kwargs(json_arg(text, "--params-json"))
 
 
@@ -311,7 +304,6 @@ def inference_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """The config's ``inference`` section as :func:`predict_image` keyword arguments: the one
     translation every consumer (predict, figures, classify) uses, so none drops a setting;
     keys a partial section (an older bundle) lacks come from the schema."""
-    from mvfcnn.settings import with_defaults
 
     params = with_defaults("inference", params)
     return {
@@ -345,8 +337,7 @@ def cli(argv: list[str]) -> int:
                         help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
                              "inherited OMP_NUM_THREADS=1 would cut to one core)")
     args = parser.parse_args(argv)
-    from mvfcnn.io import read_image, write_image
-    from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads
+    from mvfcnn.runtime import announce, choose_precision, resolve_device, set_threads  # torch
 
     set_threads(args.threads)
     params = _parse_params(args.params_json)

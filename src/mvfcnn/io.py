@@ -147,7 +147,7 @@ def write_image(
 FLOAT_RANGE = (0.0, 1.0)
 _STRIP_ROWS = 1024
 #: Micrographs (``read_image(..., micrograph=True)``) are intensities, and the networks read an
-#: integer micrograph by its bit depth (:func:`mvfcnn.data.to_uint8`). That has a fixed white
+#: integer micrograph by its bit depth (:func:`to_uint8`). That has a fixed white
 #: level only for unsigned 8/16-bit data: signed and 32/64-bit integer micrographs are refused
 #: (an int16 SEM holding -128..127 would be read as flat grey) unless their range is stated
 #: (``value_range``, e.g. ``mvfcnn classify --float-range``), which rescales them to [0, 1].
@@ -364,3 +364,15 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
         return (image.astype(np.float32) - info.min) / float(info.max - info.min)
     return image.astype(np.float32)
 
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """8-bit view of an image tile: uint16 keeps its high byte, floats in [0, 1] are scaled."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    info = np.iinfo(array.dtype)
+    scaled = (array.astype(np.float64) - info.min) / float(info.max - info.min)
+    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)

@@ -23,7 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from mvfcnn.errors import InputError, warn
+from mvfcnn.io import read_image, read_labels, to_gray, write_image, write_json
 from mvfcnn.objects import count_objects, remove_small
+from mvfcnn.registration import MIN_LOM_COVERAGE, footprint, read_warp_metadata
 from mvfcnn.settings import with_defaults
 
 #: a mask covering more than this share of the image is suspicious (an inverted threshold,
@@ -47,7 +49,6 @@ def gray_strips(image: np.ndarray, rows: int = 512) -> np.ndarray:
     """
     if image.ndim == 2:
         return np.asarray(image)
-    from mvfcnn.io import to_gray
 
     out = np.empty(image.shape[:2], dtype=image.dtype)
     for r0 in range(0, image.shape[0], rows):
@@ -158,9 +159,6 @@ def _params(text: str, sample: str) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.io import read_image, read_labels, write_image, write_json
-    from mvfcnn.registration import MIN_LOM_COVERAGE
-
     parser = argparse.ArgumentParser(prog="mvfcnn mask", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--sem", required=True)
@@ -186,8 +184,6 @@ def cli(argv: list[str]) -> int:
                          path=src_path)
     valid = None
     if args.lom:
-        from mvfcnn.registration import footprint, read_warp_metadata
-
         meta = read_warp_metadata(src_path)
         if meta is not None:
             valid = footprint(np.asarray(meta["lom_to_sem"], dtype=np.float64),

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from mvfcnn.config import ClassSet
+from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_image, read_labels, write_image, write_table
 
 CONNECTIVITY = 8
 STRUCTURE = np.ones((3, 3), dtype=bool)  # 8-connectivity
@@ -252,16 +253,12 @@ def object_table(ids: np.ndarray, labels: np.ndarray | None, classes: ClassSet,
 
 def read_mask(path: str, sample: str) -> np.ndarray:
     """A mask image as bool (any value > 0 is foreground)."""
-    from mvfcnn.io import read_image
 
     mask = read_image(path, sample=sample, gray=True)
     return np.asarray(mask) > 0
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.io import read_labels, write_image, write_table
-
     parser = argparse.ArgumentParser(prog="mvfcnn objects", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--mask", help="binary second-phase mask; without it, objects are the "

@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mvfcnn.config import ClassSet
+from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.io import check_micrograph_integers, read_image, read_labels, write_image, write_json
+from mvfcnn.objects import check_labels
 
 #: a scale bar shorter than this many pixels is not trusted (text strokes are shorter)
 MIN_BAR_PX = 24
@@ -92,8 +94,6 @@ def prepare_sample(
 
     ``class_pixels`` counts the labels before enlarging (comparable with a release's counts).
     """
-    from mvfcnn.io import check_micrograph_integers, read_image, read_labels
-    from mvfcnn.objects import check_labels
 
     image = np.asarray(read_image(image_path, sample=sample, gray=True, mmap=False))
     # the micrograph rules, with the warning kept for the record
@@ -146,9 +146,6 @@ def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.config import classes_from_json
-    from mvfcnn.io import write_image, write_json
-
     parser = argparse.ArgumentParser(prog="mvfcnn prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--image", required=True, help="micrograph as released (any format)")

@@ -43,10 +43,22 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mvfcnn.checkpoints import deterministic
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
-from mvfcnn.data import to_uint8
 from mvfcnn.errors import InputError
-from mvfcnn.io import atomic_path, read_image, read_labels, write_table
+from mvfcnn.io import atomic_path, read_image, read_labels, to_uint8, write_table
+from mvfcnn.models.io import save_model
+from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
+from mvfcnn.models.preprocess import normalize_batch
+from mvfcnn.progress import progress
+from mvfcnn.runtime import (
+    announce,
+    autocast,
+    choose_precision,
+    job_parser,
+    resolve_device,
+    start_job,
+)
 from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
@@ -188,12 +200,6 @@ def pretrain_trunk(
 ) -> dict[str, Any]:
     """Train the patch classifier, fold its BatchNorm unless the FCN keeps one
     (``fcn.batch_norm``), save it (a ``pretrained:`` file)."""
-    from mvfcnn.models.io import save_model
-    from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
-    from mvfcnn.models.preprocess import normalize_batch
-    from mvfcnn.progress import progress
-    from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device
-    from mvfcnn.training import deterministic
 
     cfg = with_defaults("pretrain", cfg)
     if cfg["head"] == "fc7" and int(cfg["patch_size"]) < 224:
@@ -292,9 +298,6 @@ def _masked_image_modelling(model: nn.Module, images: list[np.ndarray], *, cfg: 
                             rng: np.random.Generator, device: torch.device, precision: str,
                             memory_format: torch.memory_format) -> list[dict[str, Any]]:
     """The SSL phase (see the module docstring): trains ``model.trunk`` in place; CSV rows."""
-    from mvfcnn.models.preprocess import normalize_batch
-    from mvfcnn.progress import progress
-    from mvfcnn.runtime import autocast
 
     iterations, size = int(cfg["ssl_iterations"]), int(cfg["ssl_patch_size"])
     ratio, batch_size = float(cfg["ssl_mask_ratio"]), int(cfg["batch_size"])
@@ -358,7 +361,6 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn pretrain-trunk`: the ``pretrained: patches`` trunk of one modality."""
-    from mvfcnn.runtime import job_parser, start_job
 
     parser = job_parser("mvfcnn pretrain-trunk", __doc__.split("\n")[0],
                         params_help="the `pretrain` config section", reports_required=False)

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from mvfcnn.errors import InputError, warn
-from mvfcnn.io import to_gray
+from mvfcnn.io import read_image, read_json, to_gray, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -584,7 +584,6 @@ def _params(text: str, sample: str) -> dict[str, Any]:
 
 def read_truth(path: str, sample: str) -> np.ndarray:
     """The true LOM -> SEM matrix of a synthetic sample (``transform.json``, key lom_to_sem)."""
-    from mvfcnn.io import read_json
 
     try:
         data = read_json(path)
@@ -606,8 +605,6 @@ def _setup_logging() -> None:
 
 
 def cli(argv: list[str]) -> int:
-    from mvfcnn.io import read_image, write_image, write_json
-
     parser = argparse.ArgumentParser(prog="mvfcnn register", description=__doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--sem", required=True)

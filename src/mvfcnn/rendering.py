@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.io import write_table, write_text
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
 
 PIXEL_LABELS = {"pixel_accuracy": "pixel acc.", "mean_accuracy": "mean acc.",
@@ -251,7 +252,6 @@ def write_tables(tables: dict[str, pd.DataFrame], outdir: str | Path, *, html: b
                  notes: dict[str, str] | None = None) -> list[Path]:
     """table{N}.csv + .md (+ .html for the Snakemake report), each written atomically;
     ``notes`` adds a footer per table name."""
-    from mvfcnn.io import write_table, write_text
 
     outdir = Path(outdir)
     written = []

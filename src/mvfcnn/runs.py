@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
 from mvfcnn.errors import InputError
 from mvfcnn.settings import with_defaults
 
@@ -52,7 +53,6 @@ def baseline_init(config: dict[str, Any], method: str) -> str:
     """The ``pretrained`` value a network baseline runs with: its setting, with ``match``
     resolved to the compared variant's ``pretrained`` (``none`` without MVFCNN runs).
     ``patches`` stays ``patches`` (the workflow maps it to the trunk file)."""
-    from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
 
     if method not in PRETRAINED_METHODS:
         raise InputError(f"baseline {method!r} has no pretrained setting "

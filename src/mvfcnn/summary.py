@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from mvfcnn.config import ClassSet
+from mvfcnn.io import write_text
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
-from mvfcnn.rendering import PIXEL_LABELS, cell
+from mvfcnn.rendering import PIXEL_LABELS, cell, markdown_page_html
 from mvfcnn.tables import (
     PIXEL_METRICS,
     PREFERRED_VARIANT,
@@ -261,9 +262,6 @@ def report_cli(argv: list[str]) -> int:
     parser.add_argument("--outdir", default="results/tables", help="output folder")
     parser.add_argument("--no-html", action="store_true", help="skip the .html renderings")
     args = parser.parse_args(argv)
-
-    from mvfcnn.io import write_text
-    from mvfcnn.rendering import markdown_page_html
 
     config = load_config_arg(args.config_json)
     classes = ClassSet.from_config(config)

@@ -52,8 +52,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from mvfcnn.config import SAMPLE_COLUMNS, ClassSet, classes_from_json
+from mvfcnn.config import SAMPLE_COLUMNS, ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.io import write_image, write_json
 from mvfcnn.settings import with_defaults
 
 LABELLED_SPLITS = ("train", "test")
@@ -669,7 +670,6 @@ def render_sample(sample: str, cfg: dict[str, Any], classes: ClassSet,
 def generate_sample(sample: str, cfg: dict[str, Any], classes: ClassSet, seed: int,
                     outdir: str | Path) -> None:
     """Write sem.tif, lom.tif, labels.tif and transform.json for one sample (atomically)."""
-    from mvfcnn.io import write_image, write_json
 
     result = render_sample(sample, cfg, classes, seed)
     outdir = Path(outdir)
@@ -708,7 +708,6 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--classes-json", required=True)
     parser.add_argument("--outdir", required=True)
     args = parser.parse_args(argv)
-    from mvfcnn.config import json_arg
 
     try:
         cfg = json_arg(args.params_json, "--params-json")

@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn import layout
+from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_json, write_json
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
 from mvfcnn.rendering import (  # noqa: F401  (re-exported: the table API stays in one place)
     PIXEL_LABELS,
@@ -136,7 +138,6 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
     A configured run without metrics.json is left out (its rows print the paper value only);
     a metrics.json that cannot be parsed is an error, since it means a broken upstream job.
     """
-    from mvfcnn.io import read_json
 
     config = filled_config(config)
     results_dir = Path(results_dir)
@@ -180,7 +181,6 @@ def best_runs(runs: dict[tuple, Run]) -> dict[str, dict[str, str | None]]:
 
 def read_best_run(path: str | Path, modality: str = "sem") -> tuple[str | None, str]:
     """(variant, why) from the ``best-run`` output (``results/best.json``)."""
-    from mvfcnn.io import read_json
 
     entry = read_json(path).get(modality)
     if entry is None:
@@ -195,8 +195,6 @@ def best_run_cli(argv: list[str]) -> int:
                            "object accuracy), and write it as JSON for the figure jobs.")
     parser.add_argument("--out", required=True, help="output JSON (results/best.json)")
     args = parser.parse_args(argv)
-
-    from mvfcnn.io import write_json
 
     runs = collect_runs(args.results_dir, load_config_arg(args.config_json))
     write_json(args.out, best_runs(runs))
@@ -344,7 +342,6 @@ def baseline_init_text(config: dict[str, Any], method: str,
                        info: dict[str, Any] | None = None) -> str:
     """How a baseline's network starts, named for the tables: ``init=<resolved>``, what
     ``match`` matched, and the network it implies (from info.json when the run recorded it)."""
-    from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
 
     info = info or {}
     if method == "handcrafted_svm":

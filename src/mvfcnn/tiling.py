@@ -46,6 +46,7 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_image, read_labels, write_json, write_table
 from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
@@ -353,8 +354,6 @@ def image_shape(path: str | Path, *, sample: str | None = None) -> tuple[int, in
         except Exception as err:  # noqa: BLE001 - any parser failure means an unreadable file
             raise InputError(f"cannot read TIFF header ({err})", sample=sample, path=path) from err
     else:
-        from mvfcnn.io import read_image
-
         shape = read_image(path, sample=sample, mmap=False).shape
     if len(shape) == 3 and shape[-1] in (3, 4):
         shape = shape[:2]
@@ -382,8 +381,6 @@ def build_image_table(samples: Sequence[str], images: Sequence[str], labels: Seq
         if name:
             classes.index_of(name)
         else:
-            from mvfcnn.io import read_labels
-
             name = image_class_from_labels(read_labels(label, sample=sample), classes)
             log.info("sample %s: image-level class from labels: %s", sample, name)
         rows.append({"sample": sample, "height": shape[0], "width": shape[1], "class": name,
@@ -421,8 +418,6 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    from mvfcnn.io import write_json, write_table
-
     classes = classes_from_json(args.classes_json)
     params = with_defaults("tiles", json_arg(args.params_json, "--params-json"))
     table = build_image_table(args.samples, args.images, args.labels, args.classes, classes)
@@ -430,8 +425,6 @@ def cli(argv: list[str]) -> int:
                        balanced=args.balanced, augment=args.augment,
                        tolerance=float(params["balance_tolerance"]), strict=args.strict)
     if float(params["rare_share"]) > 0:
-        from mvfcnn.io import read_labels
-
         maps = [np.asarray(read_labels(p, sample=s))
                 for s, p in zip(table["sample"], table["labels"], strict=True)]
         index = add_rare_tiles(index, maps, classes, share=float(params["rare_share"]),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
+from mvfcnn.io import read_image, write_table
 from mvfcnn.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 VOTE_COLUMNS = ["object_id", "pred_class", "pred_class_name", "vote_share", "n_pixels",
@@ -124,8 +125,6 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--out", required=True, help="votes CSV to write")
     args = parser.parse_args(argv)
-
-    from mvfcnn.io import read_image, write_table
 
     classes = classes_from_json(args.classes_json)
     pred = read_image(args.pred, sample=args.sample)

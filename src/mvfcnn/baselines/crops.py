@@ -34,7 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.baselines.features import handcrafted_features, handcrafted_names
+from mvfcnn.config import json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.io import atomic_path, read_image, to_gray, to_unit_float
 from mvfcnn.settings import with_defaults
 
 TABLE_COLUMNS = ("object_id", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "true_class")
@@ -60,8 +63,6 @@ class CropSet:
         return int(self.images.shape[0])
 
     def save(self, path: str | Path) -> None:
-        from mvfcnn.io import atomic_path
-
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(
                 handle, images=self.images, true_class=self.true_class, sample=self.sample,
@@ -136,7 +137,6 @@ def warp(crop: np.ndarray, size: int) -> np.ndarray:
 
 def _grey_uint8(block: np.ndarray) -> np.ndarray:
     """8-bit grey view of an image block (RGB -> luminance; deeper integers/floats rescaled)."""
-    from mvfcnn.io import to_gray, to_unit_float
 
     block = np.asarray(block)
     if block.ndim == 3:
@@ -169,7 +169,6 @@ def crop_sample(
     ``mask``: optional (H, W) second-phase mask, pixels where it is 0 are set to 0 (the masked
     SEM is already masked, so passing its mask again changes nothing).
     """
-    from mvfcnn.baselines.features import handcrafted_features
 
     _check_table(table, sample)
     if ids.shape != image.shape[:2]:
@@ -219,8 +218,6 @@ def crop_objects(
     handcrafted: dict[str, Any] | None = None,
 ) -> CropSet:
     """Crop every labelled object of ``samples`` (files given in the same order) -> CropSet."""
-    from mvfcnn.baselines.features import handcrafted_names
-    from mvfcnn.io import read_image
 
     lists = [list(samples), list(images), list(objects_tables), list(objects_ids)]
     if masks is not None:
@@ -281,7 +278,6 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
     parser.add_argument("--out", required=True, help="output .npz")
     args = parser.parse_args(argv)
-    from mvfcnn.config import json_arg
 
     params = json_arg(args.params_json, "--params-json")
     size = int(with_defaults("baselines", params)["crop_size"])

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mvfcnn.progress import progress as _progress
 from mvfcnn.settings import with_defaults
 
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
@@ -172,11 +173,11 @@ def decaf_features(
     ``pretrained`` when not given. ``precision`` "auto" follows :mod:`mvfcnn.runtime`; "bf16" runs
     under CPU/CUDA autocast.
     """
+    # lazy: torch only for the VGG19 features; cropping with handcrafted features stays torch-free
     import torch
 
     from mvfcnn.models.preprocess import normalize_batch
     from mvfcnn.models.vgg_classifier import FC7_DIM, vgg19_features
-    from mvfcnn.progress import progress as _progress
     from mvfcnn.runtime import autocast, choose_precision
 
     images = np.asarray(images)

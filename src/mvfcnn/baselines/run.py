@@ -52,15 +52,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.baselines import METHODS
+from mvfcnn.baselines import MATCH, METHODS
 from mvfcnn.baselines.crops import CropSet
+from mvfcnn.baselines.features import decaf_features
+from mvfcnn.baselines.svm import fit_svm
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
+from mvfcnn.evaluate import write_evaluation
+from mvfcnn.io import atomic_path, write_json
+from mvfcnn.models.cifarnet import cifarnet
+from mvfcnn.models.io import save_model
+from mvfcnn.models.preprocess import normalize_batch
+from mvfcnn.models.trunk_classifier import (
+    uses_trunk_layout,
+    vgg16_trunk_classifier,
+    vgg16_trunk_features,
+)
+from mvfcnn.models.vgg_classifier import vgg16_finetune, vgg19_features
+from mvfcnn.progress import progress
+from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device, set_threads
+from mvfcnn.settings import with_defaults
 
 
 def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
     """``params`` over the schema's ``baselines`` defaults (method sections merge key by key)."""
-    from mvfcnn.settings import with_defaults
 
     return with_defaults("baselines", params)
 
@@ -109,7 +124,6 @@ def _augment(batch: Any, rng: np.random.Generator) -> Any:
 
 def _resolve_precision(device: str, precision: str) -> str:
     """fp32 or bf16 for this device ("auto": :func:`mvfcnn.runtime.choose_precision`)."""
-    from mvfcnn.runtime import choose_precision
 
     resolved = choose_precision(_check_precision(precision), device).precision
     return resolved if resolved in ("fp32", "bf16") else "fp32"
@@ -122,8 +136,6 @@ def _check_precision(precision: str) -> str:
 
 
 def _autocast(device: str, precision: str) -> Any:
-    from mvfcnn.runtime import autocast
-
     return autocast(device, precision)
 
 
@@ -146,8 +158,6 @@ def train_network(
 ) -> list[dict[str, float]]:
     """Plain SGD on (N, S, S) uint8 crops; returns per-epoch mean loss and training accuracy."""
     import torch
-
-    from mvfcnn.progress import progress
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -214,8 +224,6 @@ def _raw_grey(x: Any) -> Any:
 
 
 def _imagenet_preprocess(x: Any) -> Any:
-    from mvfcnn.models.preprocess import normalize_batch
-
     return normalize_batch(x)
 
 
@@ -234,8 +242,6 @@ def _check_sets(train: CropSet, test: CropSet, modality: str) -> None:
 
 
 def _check_init(method: str, pretrained: str) -> str:
-    from mvfcnn.baselines import MATCH
-
     if pretrained in (MATCH, "patches"):
         raise InputError(f"baselines.{method}.pretrained: {pretrained} is resolved by the workflow "
                          "(to the compared variant's init / the pretrained trunk file); here pass "
@@ -245,7 +251,6 @@ def _check_init(method: str, pretrained: str) -> str:
 
 def trunk_layout(trunk: dict[str, Any] | None) -> dict[str, Any]:
     """``width`` and ``fc_channels`` of the FCN trunk (``--trunk-json``, schema defaults)."""
-    from mvfcnn.settings import with_defaults
 
     fcn = with_defaults("fcn", {k: v for k, v in (trunk or {}).items()
                                 if k in ("width", "fc_channels")})
@@ -254,12 +259,10 @@ def trunk_layout(trunk: dict[str, Any] | None) -> dict[str, Any]:
 
 def _feature_extractor(pretrained: str, trunk: dict[str, Any] | None) -> tuple[Any, str]:
     """vgg19_svm's frozen extractor and its name: VGG19 fc7, or the FCN trunk's pool5 GAP."""
-    from mvfcnn.models.trunk_classifier import uses_trunk_layout, vgg16_trunk_features
 
     if uses_trunk_layout(pretrained, "vgg19"):
         return (vgg16_trunk_features(pretrained=pretrained, **trunk_layout(trunk)),
                 "vgg16_trunk_pool5_gap")
-    from mvfcnn.models.vgg_classifier import vgg19_features
 
     return vgg19_features(pretrained=pretrained), "vgg19_fc7"
 
@@ -267,15 +270,11 @@ def _feature_extractor(pretrained: str, trunk: dict[str, Any] | None) -> tuple[A
 def _vgg16_network(pretrained: str, n_classes: int, trunk: dict[str, Any] | None
                    ) -> tuple[Any, str, dict[str, Any]]:
     """vgg16's network, its registered arch and builder kwargs (torchvision or FCN trunk)."""
-    from mvfcnn.models.trunk_classifier import uses_trunk_layout
 
     kwargs: dict[str, Any] = {"num_classes": n_classes, "pretrained": pretrained}
     if uses_trunk_layout(pretrained, "vgg16"):
-        from mvfcnn.models.trunk_classifier import vgg16_trunk_classifier
-
         kwargs.update(trunk_layout(trunk))
         return vgg16_trunk_classifier(**kwargs), "vgg16_trunk_classifier", kwargs
-    from mvfcnn.models.vgg_classifier import vgg16_finetune
 
     return vgg16_finetune(**kwargs), "vgg16_finetune", kwargs
 
@@ -309,21 +308,15 @@ def run_baseline(
     info: dict[str, Any] = {"method": method, "n_train": len(train), "n_test": len(test),
                             "crop_size": int(train.images.shape[-1])}
     if method != "handcrafted_svm":
-        from mvfcnn.runtime import announce, choose_precision
-
         choice = choose_precision(_check_precision(p["precision"]), device)
         p["precision"] = _resolve_precision(device, choice.precision)
         info["precision_choice"] = choice.as_dict()
         announce(f"train-baseline {method}", choice, device)
     t0 = time.perf_counter()
     if method in ("handcrafted_svm", "vgg19_svm"):
-        from mvfcnn.baselines.svm import fit_svm
-
         if method == "handcrafted_svm":
             x_train, x_test = train.handcrafted, test.handcrafted
         else:
-            from mvfcnn.baselines.features import decaf_features
-
             cfg = p["vgg19_svm"]
             init = _check_init(method, str(cfg["pretrained"]))
             extractor, feature = _feature_extractor(init, trunk)
@@ -345,8 +338,6 @@ def run_baseline(
         cfg = p[method]
         size = int(train.images.shape[-1])
         if method == "cifarnet":
-            from mvfcnn.models.cifarnet import cifarnet
-
             kwargs = {"num_classes": n_classes, "input_size": size, "in_channels": 1,
                       "pool_stride": int(cfg["pool_stride"]), "fc_width": int(cfg["fc_width"]),
                       "dropout": float(cfg["dropout"]), "init": str(cfg["init"])}
@@ -383,14 +374,10 @@ def run_baseline(
 
 def _save(model: Any, path: str | Path) -> None:
     if isinstance(model, tuple):
-        from mvfcnn.models.io import save_model
-
         net, arch, kwargs, extra = model
         save_model(path, net, arch=arch, kwargs=kwargs, extra=extra)
         return
     import joblib
-
-    from mvfcnn.io import atomic_path
 
     with atomic_path(path) as tmp:
         joblib.dump(model, tmp)
@@ -425,18 +412,14 @@ def cli(argv: list[str]) -> int:
     train = CropSet.load_all(args.train, split="train")
     test = CropSet.load_all(args.test, split="test")
     _check_sets(train, test, args.modality)
-    from mvfcnn.runtime import resolve_device
 
     p = merged_params(params)
     device = str(resolve_device(args.device or p["device"]))
     if args.threads and args.method != "handcrafted_svm":
-        from mvfcnn.runtime import set_threads
-
         set_threads(args.threads)
     trunk = json_arg(args.trunk_json, "--trunk-json") if args.trunk_json else None
     frame, info, model = run_baseline(args.method, train, test, classes, params=params,
                                       seed=args.seed, device=device, trunk=trunk)
-    from mvfcnn.evaluate import write_evaluation
 
     metrics = write_evaluation(frame, classes, method=args.method, modality=args.modality,
                                variant=None, out_metrics=args.out_metrics,
@@ -444,8 +427,6 @@ def cli(argv: list[str]) -> int:
     if args.out_model:
         _save(model, args.out_model)
     if args.out_info:
-        from mvfcnn.io import write_json
-
         write_json(args.out_info, {**info, "device": device, "seed": args.seed})
     acc = metrics["object_accuracy"]
     print(f"mvfcnn train-baseline: {args.method}/{args.modality}: {len(train)} train, "

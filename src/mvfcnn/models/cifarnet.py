@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mvfcnn.models.io import register_arch, registered_archs
+
 #: the paper's Gaussian init (§4.3.1): first convolution, every later layer
 INIT_STD_FIRST = 1e-4
 INIT_STD_REST = 1e-2
@@ -137,8 +139,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _register() -> None:
-    from mvfcnn.models.io import register_arch, registered_archs
-
     if "cifarnet" not in registered_archs():
         register_arch("cifarnet", cifarnet)
 

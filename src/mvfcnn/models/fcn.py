@@ -51,7 +51,7 @@ from mvfcnn.models.vgg_trunk import (
     is_torchvision_vgg_state,
     trunk_state_from_torchvision,
 )
-from mvfcnn.models.weights import read_weights_file
+from mvfcnn.models.weights import imagenet_state_dict, read_weights_file
 
 STAGES = FCN_STAGES
 #: (kernel, stride) of each upsampler and the crop offset of each cropped blob (Caffe values
@@ -333,7 +333,6 @@ def load_trunk_weights(trunk: VGGTrunk, pretrained: Pretrained, *, progress: boo
                 f"4096) because the ImageNet tensors have exactly those shapes; got width "
                 f"{trunk.width}, fc_channels {trunk.fc_channels}. Use pretrained: none, or "
                 "fcn.width: 1.0 and fcn.fc_channels: 4096")
-        from mvfcnn.models.weights import imagenet_state_dict
 
         state = trunk_state_from_torchvision(imagenet_state_dict("vgg16", progress=progress))
         _load_checked(trunk, adapt_trunk_state(state, batch_norm=trunk.batch_norm),

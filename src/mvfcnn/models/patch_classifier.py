@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mvfcnn.models.io import register_arch, registered_archs
 from mvfcnn.models.vgg_trunk import VGGTrunk, fold_trunk_batch_norm
 
 __all__ = ["HEADS", "PatchClassifier", "fold_batch_norm", "patch_classifier"]
@@ -91,8 +92,6 @@ def patch_classifier(*, num_classes: int, width: float = 1.0, fc_channels: int =
 
 
 def _register() -> None:
-    from mvfcnn.models.io import register_arch, registered_archs
-
     if "patch_classifier" not in registered_archs():
         register_arch("patch_classifier", patch_classifier)
 

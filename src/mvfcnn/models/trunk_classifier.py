@@ -36,7 +36,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mvfcnn.models.vgg_trunk import VGGTrunk
+from mvfcnn.models.fcn import load_trunk_weights, uninitialized
+from mvfcnn.models.io import register_arch, registered_archs
+from mvfcnn.models.vgg_trunk import VGGTrunk, is_torchvision_vgg_state
+from mvfcnn.models.weights import read_weights_file
 
 __all__ = ["TrunkClassifier", "TrunkPool5", "uses_trunk_layout", "vgg16_trunk_classifier",
            "vgg16_trunk_features"]
@@ -49,8 +52,6 @@ _VGG19_LAST_CONV = "features.34.weight"
 
 
 def _trunk(width: float, fc_channels: int, pretrained: Pretrained, progress: bool) -> VGGTrunk:
-    from mvfcnn.models.fcn import load_trunk_weights, uninitialized
-
     kwargs = {"width": width, "fc_channels": fc_channels, "conv1_padding": 1}
     if isinstance(pretrained, str) and pretrained == "none":
         return VGGTrunk(**kwargs)
@@ -126,8 +127,6 @@ def uses_trunk_layout(pretrained: Pretrained, arch: str) -> bool:
     """
     if isinstance(pretrained, str) and pretrained in ("none", "imagenet"):
         return False
-    from mvfcnn.models.vgg_trunk import is_torchvision_vgg_state
-    from mvfcnn.models.weights import read_weights_file
 
     obj = read_weights_file(Path(pretrained), accepted="a path to a weights file")
     if not isinstance(obj, dict) or not is_torchvision_vgg_state(obj):
@@ -136,8 +135,6 @@ def uses_trunk_layout(pretrained: Pretrained, arch: str) -> bool:
 
 
 def _register() -> None:
-    from mvfcnn.models.io import register_arch, registered_archs
-
     if "vgg16_trunk_classifier" not in registered_archs():
         register_arch("vgg16_trunk_classifier", vgg16_trunk_classifier)
 

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from mvfcnn.errors import InputError
-from mvfcnn.models.weights import read_weights_file
+from mvfcnn.models.io import register_arch, registered_archs
+from mvfcnn.models.weights import imagenet_state_dict, read_weights_file
 
 Pretrained = str | os.PathLike[str]
 FC7_DIM = 4096
@@ -45,8 +46,6 @@ def _pretrained_state(arch: str, pretrained: Pretrained,
     if isinstance(pretrained, str) and pretrained == "none":
         return None
     if isinstance(pretrained, str) and pretrained == "imagenet":
-        from mvfcnn.models.weights import imagenet_state_dict
-
         return imagenet_state_dict(arch, progress=progress)
     return _state_from_file(Path(pretrained))
 
@@ -123,8 +122,6 @@ def vgg19_features(*, pretrained: Pretrained = "none", progress: bool = True) ->
 
 
 def _register() -> None:
-    from mvfcnn.models.io import register_arch, registered_archs
-
     if "vgg16_finetune" not in registered_archs():
         register_arch("vgg16_finetune", vgg16_finetune)
 
