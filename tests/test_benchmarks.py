@@ -261,6 +261,13 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
     table = ablation.markdown(summary)
     assert "| rare: tiles.rare_share 0.1" in table and "| 0,1,2 | 0.500 ± 0.000 |" in table
     assert "0.400 ± 0.058" in table
+    # an inference lever on an earlier run's models costs that run's jobs + the new prediction
+    (tmp_path / "metaldam_folds01_tta_amx.json").write_text(json.dumps({
+        "folds": ["0", "1"], "per_fold": {"0": per_fold(0.3, None), "1": per_fold(0.4, 0.2)},
+        "wall_min": 1.0, "predict_only": True, "configs": base, "machine": machine,
+        "job_s": {"train_fcn/a": 600.0, "train_fcn/b": 540.0, "predict/x": 60.0}}))
+    tta = ablation.summarize(ablation.collect(tmp_path))["tta"]
+    assert tta["minutes_per_fold"] == pytest.approx(1200.0 / 60 / 2)
 
 
 def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None:
