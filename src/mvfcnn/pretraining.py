@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mvfcnn import runtime
 from mvfcnn.checkpoints import deterministic
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
@@ -51,14 +52,6 @@ from mvfcnn.models.io import save_model
 from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
 from mvfcnn.models.preprocess import normalize_batch
 from mvfcnn.progress import progress
-from mvfcnn.runtime import (
-    announce,
-    autocast,
-    choose_precision,
-    job_parser,
-    resolve_device,
-    start_job,
-)
 from mvfcnn.settings import with_defaults
 
 log = logging.getLogger(__name__)
@@ -208,11 +201,11 @@ def pretrain_trunk(
     if len(images) != len(labels) or not images:
         raise InputError(f"need one labels file per image, got {len(images)} images and "
                          f"{len(labels)} labels")
-    dev = resolve_device(str(cfg["device"]))
-    choice = choose_precision(str(cfg["precision"]), dev)
+    dev = runtime.resolve_device(str(cfg["device"]))
+    choice = runtime.choose_precision(str(cfg["precision"]), dev)
     precision = choice.precision
-    autocast(dev, precision)  # validates before any work
-    announce("pretrain-trunk", choice, dev)
+    runtime.autocast(dev, precision)  # validates before any work
+    runtime.announce("pretrain-trunk", choice, dev)
     memory_format = choice.memory_format()
     arrays = [read_image(p, micrograph=True) for p in images]
     label_arrays = [read_labels(p) for p in labels]
@@ -256,7 +249,7 @@ def pretrain_trunk(
             x, y = sampler.draw(batch_size)
             x = normalize_batch(x.to(dev)).contiguous(memory_format=memory_format)
             y = y.to(dev)
-            with autocast(dev, precision):
+            with runtime.autocast(dev, precision):
                 scores = model(x)
             loss = nn.functional.cross_entropy(scores.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -317,7 +310,7 @@ def _masked_image_modelling(model: nn.Module, images: list[np.ndarray], *, cfg: 
         target = normalize_batch(x.to(device))
         mask = block_mask(batch_size, size, ratio, rng).to(device)
         masked = (target * (1.0 - mask)).contiguous(memory_format=memory_format)
-        with autocast(device, precision):
+        with runtime.autocast(device, precision):
             pool5 = model.trunk.features(masked)
         prediction = head(pool5.float())[..., :size, :size]
         loss = masked_l1(prediction, target, mask)
@@ -362,14 +355,14 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 def cli(argv: list[str]) -> int:
     """`mvfcnn pretrain-trunk`: the ``pretrained: patches`` trunk of one modality."""
 
-    parser = job_parser("mvfcnn pretrain-trunk", __doc__.split("\n")[0],
+    parser = runtime.job_parser("mvfcnn pretrain-trunk", __doc__.split("\n")[0],
                         params_help="the `pretrain` config section", reports_required=False)
     parser.add_argument("--images", nargs="+", required=True, help="training images")
     parser.add_argument("--labels", nargs="+", required=True, help="their label maps")
     parser.add_argument("--fcn-json", required=True, help="the `fcn` section (width, fc_channels)")
     parser.add_argument("--unlabelled", nargs="*", default=[],
                         help="label-free micrographs for the SSL phase only (split unlabelled)")
-    args = start_job(parser, argv)
+    args = runtime.start_job(parser, argv)
     cfg = json_arg(args.params_json, "--params-json")
     fcn_cfg = json_arg(args.fcn_json, "--fcn-json")
     summary = pretrain_trunk(images=args.images, labels=args.labels,
