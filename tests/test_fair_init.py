@@ -20,8 +20,10 @@ torch = pytest.importorskip("torch")
 
 from conftest import stripe_images  # noqa: E402
 
-from mvfcnn import tables as T  # noqa: E402
+from mvfcnn import runs as R  # noqa: E402
 from mvfcnn.errors import InputError  # noqa: E402
+from mvfcnn.report import collect as C  # noqa: E402
+from mvfcnn.report import tables as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -147,25 +149,25 @@ def _config(**changes):
 def test_match_resolves_to_the_compared_variants_init():
     config = _config()
     assert config["baselines"]["vgg16"]["pretrained"] == "match"
-    assert T.compared_variant(config) == "ft_balanced_aug"
-    assert T.baseline_init(config, "vgg16") == T.baseline_init(config, "vgg19_svm") == "patches"
+    assert R.compared_variant(config) == "ft_balanced_aug"
+    assert R.baseline_init(config, "vgg16") == R.baseline_init(config, "vgg19_svm") == "patches"
     # the preferred variant wins wherever it is listed
     config = _config(**{"run.variants": ["scratch_balanced_aug", "ft_balanced_aug"]})
-    assert T.baseline_init(config, "vgg16") == "patches"
+    assert R.baseline_init(config, "vgg16") == "patches"
     # without it: the first configured variant
     config = _config(**{"run.variants": ["scratch_unbalanced", "ft_unbalanced"]})
-    assert T.compared_variant(config) == "scratch_unbalanced"
-    assert T.baseline_init(config, "vgg19_svm") == "none"
+    assert R.compared_variant(config) == "scratch_unbalanced"
+    assert R.baseline_init(config, "vgg19_svm") == "none"
     config = _config(**{"run.variants": [], "run.modalities": []})
-    assert T.compared_variant(config) is None and T.baseline_init(config, "vgg16") == "none"
+    assert R.compared_variant(config) is None and R.baseline_init(config, "vgg16") == "none"
     # an explicit choice is kept
     config = _config(**{"baselines.vgg16.pretrained": "imagenet"})
-    assert T.baseline_init(config, "vgg16") == "imagenet"
-    assert T.baseline_init(config, "vgg19_svm") == "patches"
+    assert R.baseline_init(config, "vgg16") == "imagenet"
+    assert R.baseline_init(config, "vgg19_svm") == "patches"
     # paper.yaml: ImageNet for the baselines and for every ft_* variant
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
-    assert T.baseline_init(paper, "vgg16") == T.baseline_init(paper, "vgg19_svm") == "imagenet"
-    assert T.variant_settings(T.filled_config(paper), T.compared_variant(paper))[
+    assert R.baseline_init(paper, "vgg16") == R.baseline_init(paper, "vgg19_svm") == "imagenet"
+    assert R.variant_settings(R.filled_config(paper), R.compared_variant(paper))[
         "pretrained"] == "imagenet"
     assert (paper["fcn"]["width"], paper["fcn"]["fc_channels"]) == (1.0, 4096)
     # layered on config.yaml (as users run it), the demo's speed settings do not leak in
@@ -179,7 +181,7 @@ def test_match_resolves_to_the_compared_variants_init():
     assert defaults("baselines")["vgg16"]["pretrained"] == "match"
     assert defaults("baselines")["vgg19_svm"]["pretrained"] == "match"
     with pytest.raises(InputError, match="no pretrained setting"):
-        T.baseline_init(config, "cifarnet")
+        R.baseline_init(config, "cifarnet")
 
 
 # --------------------------------------------------------------------------- train-baseline
@@ -316,7 +318,7 @@ def test_table_configuration_names_init_and_budget(tmp_path, default_config, cla
     for stage, seconds in (("32s", 100.0), ("16s", 80.0), ("8s", 70.0)):
         pd.DataFrame({"iteration": [1], "seconds": [seconds]}).to_csv(
             tmp_path / "mvfcnn" / "ft_balanced_aug" / "sem" / f"train_{stage}.csv", index=False)
-    paper = T.load_paper(ROOT / "workflow" / "resources" / "paper_tables.yaml")
+    paper = C.load_paper(ROOT / "workflow" / "resources" / "paper_tables.yaml")
     tables = T.build_tables(tmp_path, classes, config, paper)
     t1 = tables["table1"].set_index("method")["configuration"]
     pretrain = "trunk pretraining 400 iterations x 32 patches (3.0 s)"
@@ -337,7 +339,7 @@ def test_table_configuration_names_init_and_budget(tmp_path, default_config, cla
             f"{pretrain}") in t1["mvfcnn"]
     t3 = tables["table3"].set_index("method")["configuration"]
     assert t3["vgg16"] == t1["vgg16"]
-    from mvfcnn.rendering import shown_table
+    from mvfcnn.report.rendering import shown_table
 
     _, notes = shown_table("table1", tables["table1"])
     assert f"- **vgg16**: {t1['vgg16']}" in notes

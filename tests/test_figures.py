@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn import figures as F
-from mvfcnn import tables as T
 from mvfcnn.config import ClassSet
 from mvfcnn.evaluate import write_evaluation
 from mvfcnn.io import write_image
 from mvfcnn.objects import find_objects
+from mvfcnn.report import collect as C
+from mvfcnn.report import figure_kit as K
+from mvfcnn.report import figures as F
+from mvfcnn.report import noise_figure as N
+from mvfcnn.report import tables as T
 from mvfcnn.voting import vote
 
 SIZE = 64
@@ -65,10 +68,10 @@ def _make_results(root, classes: ClassSet, modalities=("sem", "lom")) -> pd.Data
     for modality in modalities:
         objects = []
         for sample in ("te0", "te1"):
-            ids = np.asarray(F._read(root / "objects" / f"{sample}.tif"))
-            labels = np.asarray(F._read(root / "data" / f"{sample}_labels.tif"))
-            pred = np.asarray(F._read(root / "mvfcnn" / "ft_balanced_aug" / modality / "pred"
-                                      / f"{sample}.tif"))
+            ids = np.asarray(K.read_optional(root / "objects" / f"{sample}.tif"))
+            labels = np.asarray(K.read_optional(root / "data" / f"{sample}_labels.tif"))
+            run = root / "mvfcnn" / "ft_balanced_aug" / modality
+            pred = np.asarray(K.read_optional(run / "pred" / f"{sample}.tif"))
             voted = vote(pred, ids, classes.num_classes).set_index("object_id")
             for obj in voted.index:
                 true = int(np.bincount(labels[ids == obj]).argmax())
@@ -109,7 +112,7 @@ def _legend_texts(fig) -> list[str]:
 
 def test_every_figure_is_written(fake, tmp_path):
     root, config, samples = fake
-    ctx = F.make_context(root, config, samples)
+    ctx = K.make_context(root, config, samples)
     written = F.write_figures(ctx, tmp_path / "figs", predictor=_fake_predictor, patch=PATCH,
                               dpi=DPI)
     assert [p.name for p in written] == list(F.FIGURES.values())
@@ -120,7 +123,7 @@ def test_every_figure_is_written(fake, tmp_path):
 
 def test_figure_content(fake):
     root, config, samples = fake
-    ctx = F.make_context(root, config, samples)
+    ctx = K.make_context(root, config, samples)
     fig6 = F.make_figure("fig6", ctx, patch=PATCH)
     titles = [ax.get_title() for ax in fig6.axes]
     assert any("prediction, fg acc. 100.0%" in t for t in titles)   # a success
@@ -146,7 +149,7 @@ def test_object_maps_colours():
     table = pd.DataFrame({"object_id": [1, 2, 3], "true_class": [1, 2, 0],
                           "pred_class": [2, -1, 1]})
     truth, voted = F.object_maps(ids, table, classes)
-    assert truth[0].tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], list(F.NO_TRUTH_RGB)]
+    assert truth[0].tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], list(K.NO_TRUTH_RGB)]
     assert voted[0].tolist() == [[0, 0, 0], [0, 255, 0], [255, 255, 255], [255, 0, 0]]
 
 
@@ -155,21 +158,21 @@ def test_placeholders_when_inputs_missing(tmp_path, default_config):
     config = _config(default_config, modalities=("sem",))
     classes = ClassSet.from_config(config)
     samples = _make_results(root, classes, modalities=("sem",))
-    ctx = F.make_context(root, config, samples)
+    ctx = K.make_context(root, config, samples)
     fig8a = F.make_figure("fig8a", ctx, patch=PATCH)
     assert "LOM was not run" in fig8a.axes[0].texts[0].get_text()
     fig8b = F.make_figure("fig8b", ctx, patch=PATCH)             # no model file written
     assert "No trained SEM model" in fig8b.axes[0].texts[0].get_text()
-    empty = F.make_context(tmp_path / "nothing", config, samples)
+    empty = K.make_context(tmp_path / "nothing", config, samples)
     for name in ("fig6", "fig7"):
         assert "No MVFCNN result" in F.make_figure(name, empty).axes[0].texts[0].get_text()
 
 
 def test_artefacts_are_reproducible():
     base = np.full((40, 40), 0.5, dtype=np.float32)
-    for kind in F.ARTEFACTS:
-        a = F.add_artefacts(base, kind, np.random.default_rng(3))
-        b = F.add_artefacts(base, kind, np.random.default_rng(3))
+    for kind in N.ARTEFACTS:
+        a = N.add_artefacts(base, kind, np.random.default_rng(3))
+        b = N.add_artefacts(base, kind, np.random.default_rng(3))
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, base) and a.min() >= 0 and a.max() <= 1
 
@@ -186,7 +189,7 @@ def test_colour_and_name_come_from_config(fake, tmp_path, repo_root):
     root, config, samples = fake
 
     def render(cfg, name):
-        ctx = F.make_context(root, cfg, samples)
+        ctx = K.make_context(root, cfg, samples)
         return F.write_figures(ctx, tmp_path / name, ["fig7"], patch=PATCH, dpi=DPI)
 
     before = [p.read_bytes() for p in render(config, "a")]
@@ -199,12 +202,12 @@ def test_colour_and_name_come_from_config(fake, tmp_path, repo_root):
 
     renamed = copy.deepcopy(config)
     renamed["classes"][2]["name"] = "tempered"
-    ctx = F.make_context(root, renamed, samples)
+    ctx = K.make_context(root, renamed, samples)
     texts = _legend_texts(F.make_figure("fig6", ctx, patch=PATCH))
     assert "tempered" in texts and "tempered_martensite" not in texts
 
     # the tables follow the renamed class too (Table 4 / 6 headers)
-    paper = T.load_paper(repo_root / "workflow/resources/paper_tables.yaml")
+    paper = C.load_paper(repo_root / "workflow/resources/paper_tables.yaml")
     tables = T.build_tables(root, ClassSet.from_config(renamed), renamed, paper)
     assert "tempered" in tables["table4"].columns
     assert "tempered_ours" in tables["table6"].columns

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn import tables as T
 from mvfcnn.cli import main as cli_main
 from mvfcnn.config import ClassSet
 from mvfcnn.evaluate import write_evaluation
-from mvfcnn.summary import report_cli
+from mvfcnn.report import collect as C
+from mvfcnn.report import rendering as RN
+from mvfcnn.report import tables as T
+from mvfcnn.report.summary import report_cli
 
 PAPER_YAML = "workflow/resources/paper_tables.yaml"
 
@@ -83,7 +85,7 @@ def _config(default_config, **run):
 
 @pytest.fixture()
 def paper(repo_root):
-    return T.load_paper(repo_root / PAPER_YAML)
+    return C.load_paper(repo_root / PAPER_YAML)
 
 
 @pytest.fixture()
@@ -239,7 +241,7 @@ def test_no_runs_at_all_gives_paper_rows_only(tmp_path, classes, default_config,
     t4 = tables["table4"]
     assert t4.loc[t4["source"] == "ours", "overall"].isna().all()
     assert (t4["source"] == "paper").sum() == (t4["source"] == "ours").sum()
-    T.write_tables(tables, tmp_path / "out")                    # renders without crashing
+    RN.write_tables(tables, tmp_path / "out")                    # renders without crashing
     assert "| MVFCNN | pixel-based | fine tuning |  | 93.94 |" in (
         tmp_path / "out" / "table1.md").read_text()
 
@@ -251,8 +253,8 @@ def test_best_variant_fallback_is_stated(tmp_path, classes, default_config, pape
     _write_run(tmp_path, classes, "mvfcnn", "ft_balanced", "sem", 5, 3, 0,
                _pixel_confusion(k, 60, 10))
     config = _config(default_config, variants=["scratch_balanced_aug", "ft_balanced"])
-    runs = T.collect_runs(tmp_path, config)
-    variant, why = T.best_variant(runs)
+    runs = C.collect_runs(tmp_path, config)
+    variant, why = C.best_variant(runs)
     assert variant == "ft_balanced" and "ft_balanced_aug was not run" in why
     t1 = T.build_tables(tmp_path, classes, config, paper, runs=runs)["table1"]
     row = _row(t1, method="mvfcnn")
@@ -262,8 +264,8 @@ def test_best_variant_fallback_is_stated(tmp_path, classes, default_config, pape
     assert cli_main(["best-run", "--results-dir", str(tmp_path), "--config-json",
                      json.dumps(config), "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == {"sem": {"variant": "ft_balanced", "why": why}}
-    assert T.read_best_run(out, "sem") == (variant, why)
-    assert T.read_best_run(out, "lom") == (None, "no MVFCNN run on LOM")
+    assert C.read_best_run(out, "sem") == (variant, why)
+    assert C.read_best_run(out, "lom") == (None, "no MVFCNN run on LOM")
 
 
 def test_combinations_and_lom(tmp_path, classes, default_config, paper):
@@ -292,9 +294,9 @@ def test_class_names_come_from_config(results, default_config, paper):
     assert "granular_bainite_paper" in tables["table6"].columns
     assert _row(tables["table6"], variant="ft_balanced", modality="sem")[
         "granular_bainite_paper"] == 33.25                       # matched by index
-    md = T.render_markdown("table4", tables["table4"])
+    md = RN.render_markdown("table4", tables["table4"])
     assert "granular_bainite" in md
-    assert "granular_bainite (ours)" in T.render_markdown("table6", tables["table6"])
+    assert "granular_bainite (ours)" in RN.render_markdown("table6", tables["table6"])
 
 
 def test_other_class_count_leaves_paper_class_cells_empty(tmp_path, default_config, paper):
@@ -342,9 +344,9 @@ def test_a_dataset_with_other_classes_gets_no_paper_comparison(tmp_path, default
     _write_run(tmp_path, classes, "mvfcnn", "ft_balanced_aug", "sem", 6, 1, 1,
                _pixel_confusion(3, 90, 10))
     _write_run(tmp_path, classes, "cifarnet", None, "sem", 5, 3, 0)
-    paper = T.load_paper(repo_root / PAPER_YAML)
-    assert not T.paper_classes_match(classes, paper)
-    assert T.paper_classes_match(ClassSet.from_config(default_config), paper)
+    paper = C.load_paper(repo_root / PAPER_YAML)
+    assert not C.paper_classes_match(classes, paper)
+    assert C.paper_classes_match(ClassSet.from_config(default_config), paper)
     out = tmp_path / "tables"
     assert report_cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
                   "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0

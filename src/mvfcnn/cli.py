@@ -37,10 +37,10 @@ VERBS: dict[str, tuple[str, str]] = {
                         "Every fold's validation mean IU per stage (CSV + figure)"),
     "crossval-figure": ("mvfcnn.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
-    "best-run": ("mvfcnn.tables:best_run_cli", "Which MVFCNN variant the report shows, per "
+    "best-run": ("mvfcnn.report.collect:best_run_cli", "Which MVFCNN variant the report shows, per "
                  "modality (results/best.json)"),
-    "tables": ("mvfcnn.summary:report_cli", "Regenerate the paper's tables and summary.md"),
-    "figures": ("mvfcnn.figures", "Regenerate the paper's figures"),
+    "tables": ("mvfcnn.report.summary:report_cli", "Regenerate the paper's tables and summary.md"),
+    "figures": ("mvfcnn.report.figures", "Regenerate the paper's figures"),
     "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
     "classify": ("mvfcnn.classify", "Classify new micrographs with a trained model bundle"),
 }

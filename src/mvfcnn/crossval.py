@@ -25,10 +25,10 @@ import pandas as pd
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.curves import CURVE_COLUMNS
 from mvfcnn.errors import InputError
-from mvfcnn.figures import _grid, add_legend, colorize, display_gray, save_figure
 from mvfcnn.io import read_image, read_labels, read_tables, write_table, write_text
 from mvfcnn.metrics import phase_fractions, pixel_report
-from mvfcnn.rendering import frame_html, html_page
+from mvfcnn.report.figure_kit import add_legend, colorize, display_gray, figure_grid, save_figure
+from mvfcnn.report.rendering import frame_html, html_page
 
 SUMMARY_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")
 PHASE_IMAGE_COLUMNS = ["fold", "sample", "class", "class_name", "n_labelled_px", "truth_pp",
@@ -282,7 +282,7 @@ def crossval_html(table: pd.DataFrame, pooled: pd.DataFrame, literature: list[di
                 *, title: str, notes: list[str], phase: pd.DataFrame | None = None) -> str:
     """The report page: ours per fold (percent), the published results, the pooled confusion,
     the phase-fraction errors (when given) and the notes, as tables by the shared
-    :mod:`mvfcnn.rendering`."""
+    :mod:`mvfcnn.report.rendering`."""
     import html
 
     shown = table.copy()
@@ -316,7 +316,7 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
                     classes: ClassSet, *, title: str):
     """One row per fold: micrograph | truth | prediction, in the configured class colours."""
 
-    fig, axes, grid = _grid(len(rows), 3, cell=2.6, title=title)
+    fig, axes, grid = figure_grid(len(rows), 3, cell=2.6, title=title)
     for r, (fold, sample, image, truth, pred) in enumerate(rows):
         axes[r, 0].imshow(display_gray(image), cmap="gray", vmin=0, vmax=1)
         axes[r, 1].imshow(colorize(truth, classes))

@@ -32,14 +32,14 @@ from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.crossval import mean_and_se, pct
 from mvfcnn.errors import InputError
 from mvfcnn.io import write_table, write_text
-from mvfcnn.rendering import as_text, frame_html, html_page, text_html
-from mvfcnn.tables import (
+from mvfcnn.report.describe import (
     baseline_budget_words,
     baseline_init_text,
     csv_seconds,
     iterations_text,
     seconds_text,
 )
+from mvfcnn.report.rendering import as_text, frame_html, html_page, text_html
 
 MVFCNN = "mvfcnn"
 MAJORITY = "majority"

@@ -40,7 +40,7 @@ def compared_variant(config: dict[str, Any]) -> str | None:
     """The MVFCNN variant the tables set the baselines against, decided from the config alone
     (before any run exists, so ``pretrained: match`` can be resolved when the DAG is built):
     :data:`PREFERRED_VARIANT` if it is configured, else the first configured variant; None
-    without MVFCNN runs. :func:`mvfcnn.tables.best_variant` makes the same choice when the
+    without MVFCNN runs. :func:`mvfcnn.report.collect.best_variant` makes the same choice when the
     preferred variant ran; otherwise it picks by accuracy, which the workflow cannot know in
     advance."""
     variants = [v for v, _ in mvfcnn_runs(filled_config(config))]

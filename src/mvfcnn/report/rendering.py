@@ -1,9 +1,10 @@
 """Rendering of report tables: markdown files for readers, HTML pages for the Snakemake report.
 
-The table frames themselves come from :mod:`mvfcnn.tables` (computation) and the summary prose
-from :mod:`mvfcnn.summary`; this module only turns frames and text into files. HTML tables are
-written by pandas (``DataFrame.to_html``); free text (notes, the summary page) is shown as the
-markdown it is, in a ``<pre>`` block, rather than through a hand-written markdown parser.
+The table frames themselves come from :mod:`mvfcnn.report.tables` (computation) and the
+summary prose from :mod:`mvfcnn.report.summary`; this module only turns frames and text into
+files. HTML tables are written by pandas (``DataFrame.to_html``); free text (notes, the summary
+page) is shown as the markdown it is, in a ``<pre>`` block, rather than through a hand-written
+markdown parser.
 """
 
 from __future__ import annotations

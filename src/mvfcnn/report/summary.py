@@ -2,7 +2,7 @@
 and what differs from the paper's setup, in prose; plus the notes on how the paper's class-wise
 columns map onto the configured classes.
 
-The numbers come from the table frames of :mod:`mvfcnn.tables`; this module only words them.
+The numbers come from the table frames of :mod:`mvfcnn.report.tables`; this module only words them.
 """
 
 from __future__ import annotations
@@ -17,30 +17,31 @@ import pandas as pd
 from mvfcnn.config import ClassSet
 from mvfcnn.io import write_text
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
-from mvfcnn.rendering import PIXEL_LABELS, cell, markdown_page_html
-from mvfcnn.tables import (
-    PIXEL_METRICS,
-    PREFERRED_VARIANT,
-    TABLE_NAMES,
+from mvfcnn.report.collect import (
     Run,
-    baseline_init_text,
-    baseline_runs,
-    baseline_settings,
     best_variant,
-    build_tables,
     collect_runs,
-    filled_config,
-    iterations_text,
     load_config_arg,
     load_paper,
-    mvfcnn_runs,
     paper_classes_match,
     report_parser,
+    without_paper,
+)
+from mvfcnn.report.describe import (
+    baseline_init_text,
+    baseline_settings,
+    iterations_text,
     test_info,
     train_info,
+)
+from mvfcnn.report.rendering import PIXEL_LABELS, cell, markdown_page_html, write_tables
+from mvfcnn.report.tables import PIXEL_METRICS, TABLE_NAMES, build_tables
+from mvfcnn.runs import (
+    PREFERRED_VARIANT,
+    baseline_runs,
+    filled_config,
+    mvfcnn_runs,
     variant_settings,
-    without_paper,
-    write_tables,
 )
 
 

@@ -1,0 +1,2 @@
+"""The report: the paper's tables, the summary page and the figures, made from the files the
+workflow wrote. Nothing that builds the DAG imports this package (tests/test_structure.py)."""
