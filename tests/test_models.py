@@ -37,16 +37,13 @@ from mvfcnn.models import (
     to_input_tensor,
     trunk_state_from_torchvision,
 )
-from mvfcnn.models.fcn import (
-    CROPS,
-    UPSAMPLERS,
+from mvfcnn.models.fcn import CROPS, UPSAMPLERS, fcn2s_from, fcn4s_from
+from mvfcnn.models.fcn_layers import (
     BilinearUpsample,
     ScoreConv,
-    _crop,
-    _upsampler,
     bilinear_filter,
-    fcn2s_from,
-    fcn4s_from,
+    bilinear_upsampler,
+    caffe_crop,
 )
 from mvfcnn.models.vgg_trunk import CONV_INDICES
 
@@ -183,7 +180,7 @@ def dense_caffe_upsampler(channels, kernel_size, stride):
 @pytest.mark.parametrize("name", list(UPSAMPLERS))
 def test_depthwise_upsampler_equals_the_dense_caffe_deconvolution(name):
     kernel_size, stride = UPSAMPLERS[name]
-    layer = _upsampler(5, kernel_size, stride)
+    layer = bilinear_upsampler(5, kernel_size, stride)
     with torch.no_grad():
         layer.weight.copy_(bilinear_kernel(5, kernel_size))
     x = torch.randn(2, 5, 11, 13, generator=torch.Generator().manual_seed(1))
@@ -260,7 +257,7 @@ def test_stage_upsampling_chains_align_on_affine_score_maps():
     """The Caffe crop offsets put all three stages' upsampled maps on the same pixel grid."""
 
     def up(name):
-        layer = _upsampler(1, *UPSAMPLERS[name])
+        layer = bilinear_upsampler(1, *UPSAMPLERS[name])
         with torch.no_grad():
             layer.weight.copy_(bilinear_kernel(1, layer.kernel_size[0]))
         return layer
@@ -270,9 +267,9 @@ def test_stage_upsampling_chains_align_on_affine_score_maps():
     coarse = (0.7 * yy - 0.3 * xx + 2.0)[None, None]
     size = 32 * n - 40
     with torch.no_grad():
-        p32 = _crop(up("upscore")(coarse), CROPS["upscore"], size, size)
-        p16 = _crop(up("upscore16")(up("upscore2")(coarse)), CROPS["upscore16"], size, size)
-        p8 = _crop(up("upscore8")(up("upscore_pool4")(up("upscore2")(coarse))),
+        p32 = caffe_crop(up("upscore")(coarse), CROPS["upscore"], size, size)
+        p16 = caffe_crop(up("upscore16")(up("upscore2")(coarse)), CROPS["upscore16"], size, size)
+        p8 = caffe_crop(up("upscore8")(up("upscore_pool4")(up("upscore2")(coarse))),
                    CROPS["upscore8"], size, size)
     inner = (slice(None), slice(None), slice(48, -48), slice(48, -48))
     torch.testing.assert_close(p16[inner], p32[inner], rtol=0, atol=1e-5)

@@ -9,7 +9,6 @@ from mvfcnn.models.fcn import (
     FCN8s,
     FCN16s,
     FCN32s,
-    bilinear_kernel,
     build_fcn,
     fcn8s,
     fcn8s_from,
@@ -19,6 +18,7 @@ from mvfcnn.models.fcn import (
     init_from_parent,
     load_trunk_weights,
 )
+from mvfcnn.models.fcn_layers import bilinear_kernel
 from mvfcnn.models.io import load_model, register_arch, registered_archs, save_model
 from mvfcnn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, to_input_tensor
 from mvfcnn.models.vgg_trunk import TrunkFeatures, VGGTrunk, trunk_state_from_torchvision
