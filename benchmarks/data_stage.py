@@ -124,6 +124,7 @@ def generate(workdir: Path, height: int, width: int, seed: int) -> dict[str, Any
 # --------------------------------------------------------------------------- steps
 def step_register(w: Path) -> dict[str, Any]:
     from mvfcnn import registration as reg
+    from mvfcnn import registration_search
     from mvfcnn.io import read_image, write_image, write_json
 
     times: dict[str, float] = {}
@@ -142,7 +143,7 @@ def step_register(w: Path) -> dict[str, Any]:
     t = time.perf_counter()
     write_image(w / "reg_lom.tif", warped, metadata={
         "lom_to_sem": result.matrix.tolist(), "lom_shape": list(lom.shape[:2])})
-    rms = reg.corner_rms_error(result.matrix, truth, sem.shape)
+    rms = registration_search.corner_rms_error(result.matrix, truth, sem.shape)
     write_json(w / "reg.json", {"matrix": result.matrix, "rms_error_px": rms})
     times["write"] = time.perf_counter() - t
     return {"times_s": times, "rms_error_px": round(rms, 4),

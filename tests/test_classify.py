@@ -14,17 +14,19 @@ import tifffile
 
 from mvfcnn.bundle import BUNDLE_FORMAT, load_for_inference, write_bundle
 from mvfcnn.classify import (
-    NOT_SEGMENTED_VALUE,
     OBJECT_COLUMNS,
-    OUTPUT_FILES,
     SUMMARY_COLUMNS,
     analyse,
     low_confidence,
     objects_from_prediction,
+)
+from mvfcnn.classify_cli import cli as classify_cli
+from mvfcnn.classify_outputs import (
+    NOT_SEGMENTED_VALUE,
+    OUTPUT_FILES,
     pyramid_levels,
     write_ome_tiff,
 )
-from mvfcnn.classify import cli as classify_cli
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.io import write_image
@@ -504,7 +506,7 @@ def test_cli_tta_switch_overrides_the_bundle(files, tmp_path):
 
 @pytest.mark.parametrize("name", ["a\nb", "tab\there", "", "..", "x/y"])
 def test_output_names_refuse_control_characters_and_paths(name):
-    from mvfcnn.classify import output_names
+    from mvfcnn.classify_cli import output_names
 
     with pytest.raises(InputError, match="invalid output name"):
         output_names(["one.tif"], [name])

@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from mvfcnn import registration as reg
+from mvfcnn import registration_search as reg_search
 from mvfcnn.errors import InputError
 from mvfcnn.io import write_image
 
@@ -77,7 +78,7 @@ def make_pair(seed: int = 0, size: tuple[int, int] = (256, 288), angle: float = 
 def test_similarity_recovered_below_one_pixel(seed, angle, shift, scale, color):
     sem, lom, _, truth = make_pair(seed, angle=angle, shift=shift, scale=scale, color=color)
     result = reg.register(sem, lom, model="similarity")
-    assert reg.corner_rms_error(result.matrix, truth, sem.shape) < 1.0
+    assert reg_search.corner_rms_error(result.matrix, truth, sem.shape) < 1.0
     assert result.contrast_sign == -1.0  # the LOM's second phase is dark
     assert result.score_after > result.score_before
     assert result.score_after > 0.9
@@ -86,26 +87,26 @@ def test_similarity_recovered_below_one_pixel(seed, angle, shift, scale, color):
 def test_translation_and_affine_models():
     sem, lom, _, truth = make_pair(4, angle=0.0, shift=(9.0, -4.0), scale=1.0)
     m = reg.estimate_transform(sem, lom, model="translation")
-    assert reg.corner_rms_error(m, truth, sem.shape) < 1.0
+    assert reg_search.corner_rms_error(m, truth, sem.shape) < 1.0
     np.testing.assert_allclose(m[:2, :2], np.eye(2) * 288 / 144, atol=1e-9)  # no rotation
     sem, lom, _, truth = make_pair(5, angle=-1.5, shift=(3.0, 8.0), scale=1.015)
     m = reg.estimate_transform(sem, lom, model="affine")
-    assert reg.corner_rms_error(m, truth, sem.shape) < 1.0
+    assert reg_search.corner_rms_error(m, truth, sem.shape) < 1.0
 
 
 def test_corner_rms_error_of_known_offsets():
     shape = (100, 200)
     truth = similarity(1.0, 2.0, (3.0, 4.0), (50, 100), shape)
-    assert reg.corner_rms_error(truth, truth, shape) == pytest.approx(0.0, abs=1e-9)
-    shifted = reg._translate(3.0, 4.0) @ truth  # every corner moves by 5 px
-    assert reg.corner_rms_error(shifted, truth, shape) == pytest.approx(5.0)
+    assert reg_search.corner_rms_error(truth, truth, shape) == pytest.approx(0.0, abs=1e-9)
+    shifted = reg_search.translate(3.0, 4.0) @ truth  # every corner moves by 5 px
+    assert reg_search.corner_rms_error(shifted, truth, shape) == pytest.approx(5.0)
 
 
 def test_warp_to_grid_matches_known_matrix_and_fills_outside():
     lom = np.zeros((40, 50, 3), np.uint8)
     lom[10:20, 20:30] = (200, 100, 50)
     lom[0, 0] = 7  # the median must still be the matrix value 0
-    m = reg._translate(5.0, 3.0) @ np.diag([2.0, 2.0, 1.0])  # LOM (x, y) -> SEM (2x+5, 2y+3)
+    m = reg_search.translate(5.0, 3.0) @ np.diag([2.0, 2.0, 1.0])  # LOM (x, y) -> SEM (2x+5, 2y+3)
     out = reg.warp_to_grid(lom, m, (100, 120), strip_rows=7)
     assert out.shape == (100, 120, 3) and out.dtype == np.uint8
     assert tuple(out[3 + 2 * 15, 5 + 2 * 25]) == (200, 100, 50)  # LOM (25, 15) centre
@@ -141,7 +142,7 @@ def test_cli_report_passes_and_wrong_truth_fails(tmp_path, capsys):
     assert warped.shape == sem.shape + (3,) and warped.dtype == np.uint8
 
     # a truth 3 px off: the run still writes its outputs but reports the failure loudly
-    wrong = reg._translate(3.0, 0.0) @ truth
+    wrong = reg_search.translate(3.0, 0.0) @ truth
     capsys.readouterr()
     assert _run_cli(tmp_path, sem, lom, wrong)[0] == 0
     report = json.loads((tmp_path / "out" / "reg.json").read_text())
@@ -208,7 +209,7 @@ def test_synthetic_dataset_register_mask_objects(synthetic_samples, default_conf
     for name, smp in samples:
         m = reg.estimate_transform(smp.sem, smp.lom, model=rcfg["model"],
                                    max_side=rcfg["max_side"])
-        errors[name] = reg.corner_rms_error(m, np.asarray(smp.transform["lom_to_sem"]),
+        errors[name] = reg_search.corner_rms_error(m, np.asarray(smp.transform["lom_to_sem"]),
                                             smp.sem.shape)
         warped = reg.warp_to_grid(smp.lom, m, smp.sem.shape)
         valid = reg.footprint(m, smp.lom.shape, smp.sem.shape)

@@ -80,6 +80,12 @@ def test_the_package_has_no_import_cycle():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
+def test_modules_stay_short():
+    lengths = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+               for p in PACKAGE.rglob("*.py")}
+    assert max(lengths.values()) <= 450, {k: v for k, v in lengths.items() if v > 450}
+
+
 def test_rule_files_stay_short():
     lengths = {p.relative_to(RULES).as_posix(): len(p.read_text().splitlines())
                for p in RULES.rglob("*.smk")}

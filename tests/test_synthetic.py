@@ -13,7 +13,7 @@ import tifffile
 from skimage.filters import threshold_otsu
 from skimage.transform import ProjectiveTransform, warp
 
-from mvfcnn import synthetic
+from mvfcnn import synthetic, synthetic_textures
 from mvfcnn.config import SAMPLE_COLUMNS, ClassSet, check_sample_sheet
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_json, to_gray
@@ -80,10 +80,10 @@ def test_sample_sheet_other_class_sets(tmp_path):
     assert "train_widmanstatten_1" in set(sheet["sample"])
     check_sample_sheet(sheet, classes=UHCS)
     # texture styles follow the foreground position, whatever the names; 5th+ reuse with variants
-    assert [synthetic.style_of(i, UHCS) for i in UHCS.foreground] == [(0, 0), (1, 0), (2, 0),
-                                                                      (3, 0)]
+    styles = [synthetic_textures.style_of(i, UHCS) for i in UHCS.foreground]
+    assert styles == [(0, 0), (1, 0), (2, 0), (3, 0)]
     many = ClassSet(tuple(range(7)), tuple(f"c{i}" for i in range(7)), ("#000000",) * 7)
-    assert [synthetic.style_of(i, many) for i in many.foreground][4:] == [(0, 1), (1, 1)]
+    assert [synthetic_textures.style_of(i, many) for i in many.foreground][4:] == [(0, 1), (1, 1)]
 
 
 def test_unknown_sample_is_input_error(default_config, classes, tmp_path):

@@ -17,13 +17,13 @@ travels), ``masking``, ``pixel_size_um``, ``modality``, ``variant``, ``training`
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mvfcnn
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_json
@@ -182,11 +182,11 @@ def load_for_inference(path: str | Path, classes: ClassSet | None = None) -> Loa
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn bundle",
-        description="Write a self-contained model bundle (weights + classes, inference and "
-                    "masking settings, pixel size, training config, metrics, git commit) so "
-                    "`mvfcnn classify` needs no workflow config.")
+    parser = verb_parser(
+        "bundle",
+        "Write a self-contained model bundle (weights + classes, inference and "
+        "masking settings, pixel size, training config, metrics, git commit) so "
+        "`mvfcnn classify` needs no workflow config.")
     parser.add_argument("--model", required=True, help="trained final-stage model (fcn8s.pt)")
     parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--inference-json", required=True, help="config 'inference' section")

@@ -42,7 +42,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tables": ("mvfcnn.report.summary:report_cli", "Regenerate the paper's tables and summary.md"),
     "figures": ("mvfcnn.report.figures", "Regenerate the paper's figures"),
     "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
-    "classify": ("mvfcnn.classify", "Classify new micrographs with a trained model bundle"),
+    "classify": ("mvfcnn.classify_cli", "Classify new micrographs with a trained model bundle"),
 }
 
 

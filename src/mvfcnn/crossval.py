@@ -14,7 +14,6 @@ signed mean (bias) over all test predictions of all folds.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.curves import CURVE_COLUMNS
 from mvfcnn.errors import InputError
@@ -206,7 +206,7 @@ def crossval_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[d
 def cli(argv: list[str]) -> int:
     import yaml
 
-    parser = argparse.ArgumentParser(prog="mvfcnn crossval", description=__doc__.split("\n")[0])
+    parser = verb_parser("crossval", __doc__.split("\n")[0])
     parser.add_argument("--folds", nargs="+", required=True, help="fold names, in order")
     parser.add_argument("--confusions", nargs="+", required=True,
                         help="pixel confusion CSV of each fold (same order as --folds)")
@@ -330,9 +330,8 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
 
 
 def figure_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mvfcnn crossval-figure",
-                                     description="One test image per fold: image, truth, "
-                                     "prediction in the class colours")
+    parser = verb_parser("crossval-figure", "One test image per fold: image, truth, "
+                                            "prediction in the class colours")
     parser.add_argument("--test-image", action="append", nargs=5, required=True,
                         metavar=("FOLD", "SAMPLE", "IMAGE", "LABELS", "PRED"),
                         help="one test image of a fold (repeat for every test image)")
@@ -398,8 +397,7 @@ def learning_curves_figure(frame: pd.DataFrame, *, title: str):
 def learning_curves_cli(argv: list[str]) -> int:
     """`mvfcnn crossval-curves`: every fold's learning curve in one CSV and one figure."""
 
-    parser = argparse.ArgumentParser(prog="mvfcnn crossval-curves",
-                                     description=learning_curves_cli.__doc__)
+    parser = verb_parser("crossval-curves", learning_curves_cli.__doc__)
     parser.add_argument("--folds", nargs="+", required=True)
     parser.add_argument("--curves", nargs="+", required=True,
                         help="each fold's learning_curve.csv, in the order of --folds")

@@ -19,7 +19,6 @@ their SE.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.crossval import mean_and_se, pct
 from mvfcnn.errors import InputError
@@ -313,8 +313,7 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
 def cli(argv: list[str]) -> int:
     import yaml
 
-    parser = argparse.ArgumentParser(prog="mvfcnn crossval-objects",
-                                     description=__doc__.split("\n")[0])
+    parser = verb_parser("crossval-objects", __doc__.split("\n")[0])
     parser.add_argument("--run", action="append", nargs=3, default=[], required=True,
                         metavar=("METHOD", "FOLD", "METRICS_JSON"),
                         help="one method's metrics.json on one fold (repeat; MVFCNN as mvfcnn)")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import FCN_STAGES as STAGES
 from mvfcnn.io import atomic_path, read_tables, write_table
 
@@ -105,10 +106,8 @@ def plot_learning_curve(curve: pd.DataFrame, path: str | os.PathLike[str], *,
 
 def learning_curve_cli(argv: list[str]) -> int:
     """`mvfcnn learning-curve`: a run's validation mean IU per stage (CSV + PNG)."""
-    import argparse
 
-    parser = argparse.ArgumentParser(prog="mvfcnn learning-curve",
-                                     description=learning_curve_cli.__doc__)
+    parser = verb_parser("learning-curve", learning_curve_cli.__doc__)
     parser.add_argument("--stages", nargs="+", required=True, choices=STAGES)
     parser.add_argument("--csvs", nargs="+", required=True, help="train_<stage>.csv, same order")
     parser.add_argument("--title", default="learning curve")

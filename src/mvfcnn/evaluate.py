@@ -10,7 +10,6 @@ to metrics.json as ``null`` so the file is strict JSON.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, read_labels, write_json, write_table
@@ -166,13 +166,13 @@ def merge_votes(objects: pd.DataFrame, votes: pd.DataFrame, sample: str) -> pd.D
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn evaluate",
-        description="Pixel metrics (one confusion matrix over all test images) and object "
-                    "metrics (max-voted objects) of one MVFCNN model over the test samples. "
-                    "Every per-sample list (--labels, --preds, --votes, --objects) follows the "
-                    "order of --samples; instead of a list, --pred-dir/--votes-dir/--objects-dir "
-                    "name a folder holding {sample}.tif / {sample}.csv.")
+    parser = verb_parser(
+        "evaluate",
+        "Pixel metrics (one confusion matrix over all test images) and object "
+        "metrics (max-voted objects) of one MVFCNN model over the test samples. "
+        "Every per-sample list (--labels, --preds, --votes, --objects) follows the "
+        "order of --samples; instead of a list, --pred-dir/--votes-dir/--objects-dir "
+        "name a folder holding {sample}.tif / {sample}.csv.")
     parser.add_argument("--method", default="mvfcnn", help="method name (default mvfcnn)")
     parser.add_argument("--variant", default=None, help="training variant, e.g. ft_balanced_aug")
     parser.add_argument("--modality", required=True, help="sem | lom")

@@ -18,7 +18,6 @@ the (padded) window area, so this removes work that the keep-centre stitching wo
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, to_uint8, write_image
@@ -318,10 +318,10 @@ def inference_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn predict",
-        description="Sliding-window FCN inference on one micrograph; writes the stitched uint8 "
-                    "class map (and optionally float16 (K, H, W) probabilities).")
+    parser = verb_parser(
+        "predict",
+        "Sliding-window FCN inference on one micrograph; writes the stitched uint8 "
+        "class map (and optionally float16 (K, H, W) probabilities).")
     parser.add_argument("--model", required=True, help="model file (mvfcnn.models.save_model)")
     parser.add_argument("--image", required=True, help="SEM or registered LOM image")
     parser.add_argument("--sample", required=True, help="sample id (for messages)")

@@ -15,13 +15,13 @@ A sample may instead supply its own mask (the paper's "binary LOM"): it is used 
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.errors import InputError, warn
 from mvfcnn.io import read_image, read_labels, to_gray, write_image, write_json
 from mvfcnn.objects import count_objects, remove_small
@@ -159,7 +159,7 @@ def _params(text: str, sample: str) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mvfcnn mask", description=__doc__.split("\n")[0])
+    parser = verb_parser("mask", __doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--sem", required=True)
     source = parser.add_mutually_exclusive_group(required=True)

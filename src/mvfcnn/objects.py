@@ -12,13 +12,13 @@ Ties go to the lowest class index (so a 50/50 matrix/phase object counts as matr
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, read_labels, write_image, write_table
@@ -259,7 +259,7 @@ def read_mask(path: str, sample: str) -> np.ndarray:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mvfcnn objects", description=__doc__.split("\n")[0])
+    parser = verb_parser("objects", __doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--mask", help="binary second-phase mask; without it, objects are the "
                         "connected components of each second-phase class of --labels")

@@ -22,11 +22,11 @@ the same grid, and measures the pixel size from the scale bar where its length i
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
 from mvfcnn.io import check_micrograph_integers, read_image, read_labels, write_image, write_json
@@ -146,7 +146,7 @@ def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mvfcnn prepare", description=__doc__.split("\n")[0])
+    parser = verb_parser("prepare", __doc__.split("\n")[0])
     parser.add_argument("--sample", required=True)
     parser.add_argument("--image", required=True, help="micrograph as released (any format)")
     parser.add_argument("--labels", default=None, help="label map as released (optional)")

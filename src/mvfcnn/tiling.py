@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, read_labels, write_json, write_table
@@ -399,7 +400,7 @@ def _bool(text: str) -> bool:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn tile-index`: write the tile table (CSV) and a per-class stride/count summary."""
-    parser = argparse.ArgumentParser(prog="mvfcnn tile-index", description=__doc__.split("\n")[0])
+    parser = verb_parser("tile-index", __doc__.split("\n")[0])
     parser.add_argument("--samples", nargs="+", required=True)
     parser.add_argument("--images", nargs="+", required=True)
     parser.add_argument("--labels", nargs="+", required=True)

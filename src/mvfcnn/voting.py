@@ -8,11 +8,10 @@ classes go to the LOWEST class index (``argmax`` order), which keeps the result 
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_image, write_table
@@ -114,10 +113,10 @@ def vote_table(pred: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame,
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn vote",
-        description="Max-vote the predicted classes inside each object (matrix pixels do not "
-                    "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).")
+    parser = verb_parser(
+        "vote",
+        "Max-vote the predicted classes inside each object (matrix pixels do not "
+        "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).")
     parser.add_argument("--pred", required=True, help="stitched uint8 class map (TIFF)")
     parser.add_argument("--objects-ids", required=True, help="uint32 object-id image (TIFF)")
     parser.add_argument("--objects", required=True, help="objects table CSV (object_id column)")

@@ -24,7 +24,6 @@ converted to grey one at a time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.baselines.features import handcrafted_features, handcrafted_names
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, read_image, to_gray, to_unit_float
@@ -259,11 +259,11 @@ def crop_objects(
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn crop-objects",
-        description="Crop every labelled object (true_class >= 1) by its bounding box from the "
-                    "masked image, warp it to crop_size^2 and compute its hand-crafted "
-                    "features; write one .npz per (modality, split).")
+    parser = verb_parser(
+        "crop-objects",
+        "Crop every labelled object (true_class >= 1) by its bounding box from the "
+        "masked image, warp it to crop_size^2 and compute its hand-crafted "
+        "features; write one .npz per (modality, split).")
     parser.add_argument("--modality", required=True, help="sem | lom (recorded in the file)")
     parser.add_argument("--split", required=True, choices=("train", "test", "sample"),
                         help="the split the samples form, or 'sample' for one sample's objects "

@@ -42,7 +42,6 @@ one-vs-rest SVM decision value (SVMs). With ``--out-model`` the trained model is
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from mvfcnn.baselines import MATCH, METHODS
 from mvfcnn.baselines.crops import CropSet
 from mvfcnn.baselines.features import decaf_features
 from mvfcnn.baselines.svm import fit_svm
+from mvfcnn.cli_args import verb_parser
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.evaluate import write_evaluation
@@ -384,10 +384,10 @@ def _save(model: Any, path: str | Path) -> None:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvfcnn train-baseline",
-        description="Train one object-based baseline on the training crops, classify the test "
-                    "crops and write objects.csv / metrics.json / confusion.csv.")
+    parser = verb_parser(
+        "train-baseline",
+        "Train one object-based baseline on the training crops, classify the test "
+        "crops and write objects.csv / metrics.json / confusion.csv.")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--modality", required=True, help="sem | lom")
     parser.add_argument("--train", nargs="+", required=True,

@@ -312,49 +312,33 @@ def uninitialized(cls: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
     return model.to_empty(device="cpu")
 
 
-def fcn32s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
-           progress: bool = True) -> FCN:
+# One builder per stage, as torchvision's vgg16 etc.; keywords are build_fcn's (num_classes,
+# width, fc_channels, dropout, batch_norm, pretrained, progress).
+
+
+def fcn32s(**kwargs: Any) -> FCN:
     """FCN-32s (single-stream, stride 32)."""
-    return build_fcn("32s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
-                     progress=progress)
+    return build_fcn("32s", **kwargs)
 
 
-def fcn16s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
-           progress: bool = True) -> FCN:
-    """FCN-16s (pool4 skip); normally initialised from a trained 32s via :func:`fcn16s_from`."""
-    return build_fcn("16s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
-                     progress=progress)
+def fcn16s(**kwargs: Any) -> FCN:
+    """FCN-16s (pool4 skip); normally initialised from a trained 32s (:func:`fcn16s_from`)."""
+    return build_fcn("16s", **kwargs)
 
 
-def fcn8s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
-          progress: bool = True) -> FCN:
-    """FCN-8s (pool4 + pool3 skips); normally initialised from a trained 16s via fcn8s_from."""
-    return build_fcn("8s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
-                     progress=progress)
+def fcn8s(**kwargs: Any) -> FCN:
+    """FCN-8s (pool4 + pool3 skips); normally initialised from a trained 16s."""
+    return build_fcn("8s", **kwargs)
 
 
-def fcn4s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
-          progress: bool = True) -> FCN:
+def fcn4s(**kwargs: Any) -> FCN:
     """FCN-4s (pool4 + pool3 + pool2 skips); normally initialised from a trained 8s."""
-    return build_fcn("4s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
-                     progress=progress)
+    return build_fcn("4s", **kwargs)
 
 
-def fcn2s(*, num_classes: int, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, batch_norm: bool = False, pretrained: Pretrained = "none",
-          progress: bool = True) -> FCN:
+def fcn2s(**kwargs: Any) -> FCN:
     """FCN-2s (skips from pool4 down to pool1); normally initialised from a trained 4s."""
-    return build_fcn("2s", num_classes=num_classes, width=width, fc_channels=fc_channels,
-                     dropout=dropout, batch_norm=batch_norm, pretrained=pretrained,
-                     progress=progress)
+    return build_fcn("2s", **kwargs)
 
 
 BUILDERS: dict[str, Callable[..., FCN]] = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s,

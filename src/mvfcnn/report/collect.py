@@ -20,23 +20,11 @@ from mvfcnn import layout
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_json, write_json
-from mvfcnn.report.rendering import (  # noqa: F401  (re-exported: the table API stays in one place)
-    PIXEL_LABELS,
-    TITLES,
-    markdown_table,
-    render_html,
-    render_markdown,
-    table4_markdown,
-    write_tables,
-)
-from mvfcnn.runs import (  # noqa: F401  (re-exported: the table API stays in one place)
+from mvfcnn.runs import (
     PREFERRED_VARIANT,
-    baseline_init,
     baseline_runs,
-    compared_variant,
     filled_config,
     mvfcnn_runs,
-    variant_settings,
 )
 
 # ----------------------------------------------------------------------------------------------

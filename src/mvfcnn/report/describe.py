@@ -14,22 +14,9 @@ import pandas as pd
 from mvfcnn import layout
 from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
 from mvfcnn.report.collect import Run
-from mvfcnn.report.rendering import (  # noqa: F401  (re-exported: the table API stays in one place)
-    PIXEL_LABELS,
-    TITLES,
-    markdown_table,
-    render_html,
-    render_markdown,
-    table4_markdown,
-    write_tables,
-)
-from mvfcnn.runs import (  # noqa: F401  (re-exported: the table API stays in one place)
-    PREFERRED_VARIANT,
+from mvfcnn.runs import (
     baseline_init,
-    baseline_runs,
     compared_variant,
-    filled_config,
-    mvfcnn_runs,
     variant_settings,
 )
 from mvfcnn.settings import with_defaults

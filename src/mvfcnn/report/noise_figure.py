@@ -14,22 +14,7 @@ import numpy as np
 from mvfcnn.errors import InputError
 from mvfcnn.inference import inference_kwargs, predict_image
 from mvfcnn.io import to_gray, to_unit_float
-from mvfcnn.report.figure_kit import (
-    NO_TRUTH_RGB,
-    PATCH,
-    Context,
-    Predictor,
-    add_legend,
-    best_sem_variant,
-    best_window,
-    colorize,
-    crop_square,
-    figure_grid,
-    placeholder,
-    read_optional,
-    row_label,
-    show_image,
-)
+from mvfcnn.report import figure_kit as kit
 
 # ----------------------------------------------------------------------------------------------
 # Figure 8b: noise robustness
@@ -66,7 +51,7 @@ def add_artefacts(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.
     return np.clip(out, 0.0, 1.0)
 
 
-def model_predictor(model_path: str | Path, inference: dict[str, Any]) -> Predictor:
+def model_predictor(model_path: str | Path, inference: dict[str, Any]) -> kit.Predictor:
     """A patch -> class map function from a trained model file (final FCN stage)."""
     from mvfcnn.models.io import load_model  # lazy: torch for Fig. 8b only
 
@@ -86,28 +71,28 @@ def model_predictor(model_path: str | Path, inference: dict[str, Any]) -> Predic
 ARTEFACTS = ("dirt", "scratch", "gaussian", "salt")
 
 
-def noise_patches(ctx: Context, size: int) -> list[tuple[str, str, int, int, int]]:
+def noise_patches(ctx: kit.Context, size: int) -> list[tuple[str, str, int, int, int]]:
     """(label, sample, y, x, size): a plain ferrite patch (fewest second-phase pixels) and the
     richest patch of up to three second-phase classes, from the SEM test images."""
     plain = None
     per_class: dict[int, tuple[str, int, int, int, int]] = {}
     for sample in ctx.split("test"):
-        labels = read_optional(ctx.labels(sample), labels=True)
+        labels = kit.read_optional(ctx.labels(sample), labels=True)
         if labels is None:
             continue
         s = min(size, *labels.shape[:2])
         fg = np.isin(labels, [*ctx.classes.foreground, ctx.classes.ignore_index])
         # the plainest window; shrink it (down to 96 px) until it is >= 98 % matrix
         small = s
-        y, x, count = best_window(~fg, small)
+        y, x, count = kit.best_window(~fg, small)
         while count < 0.98 * small * small and small // 2 >= 96:
             small //= 2
-            y, x, count = best_window(~fg, small)
+            y, x, count = kit.best_window(~fg, small)
         score = count / (small * small)
         if plain is None or score > plain[3]:
             plain = (sample, y, x, score, small)
         for cls in ctx.classes.foreground:
-            y, x, count = best_window(labels == cls, s)
+            y, x, count = kit.best_window(labels == cls, s)
             if count > 0 and (cls not in per_class or count > per_class[cls][3]):
                 per_class[cls] = (sample, y, x, count, s)
     out = []
@@ -119,47 +104,48 @@ def noise_patches(ctx: Context, size: int) -> list[tuple[str, str, int, int, int
     return out
 
 
-def fig8b_noise(ctx: Context, predictor: Predictor | None, *, patch: int = PATCH,
+def fig8b_noise(ctx: kit.Context, predictor: kit.Predictor | None, *, patch: int = kit.PATCH,
                 model_note: str = ""):
     """Seeded artefacts on SEM test patches, segmented by the trained model (paper Fig. 8b)."""
 
     title = "Fig. 8b: robustness to preparation artefacts and noise"
     if predictor is None:
-        return placeholder(title, f"No trained SEM model to run ({model_note or 'not found'}).")
+        return kit.placeholder(title, f"No trained SEM model to run ({model_note or 'not found'}).")
     chosen = noise_patches(ctx, patch)
     if not chosen:
-        return placeholder(title, "No labelled SEM test image.")
+        return kit.placeholder(title, "No labelled SEM test image.")
     rng = np.random.default_rng([ctx.seed, 8])
-    fig, axes, grid = figure_grid(len(chosen), 4,
-                                  title=f"{title} -- {model_note}" if model_note else title)
+    fig, axes, grid = kit.figure_grid(len(chosen), 4,
+                                      title=f"{title} -- {model_note}" if model_note else title)
     for r, (label, sample, y, x, size) in enumerate(chosen):
         kind = ARTEFACTS[r % len(ARTEFACTS)]
-        sem = read_optional(ctx.image(sample, "sem"))
-        crop = crop_square(sem, y, x, size)
+        sem = kit.read_optional(ctx.image(sample, "sem"))
+        crop = kit.crop_square(sem, y, x, size)
         if crop.ndim == 3:
             crop = to_gray(crop[..., :3])
         noisy = add_artefacts(to_unit_float(crop), kind, rng)
         noisy_u8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
         clean_u8 = np.clip(np.rint(to_unit_float(crop) * 255), 0, 255).astype(np.uint8)
-        truth = crop_square(read_optional(ctx.labels(sample), labels=True), y, x, size)
+        truth = kit.crop_square(kit.read_optional(ctx.labels(sample), labels=True), y, x, size)
         pred_noisy = predictor(noisy_u8)
         pred_clean = predictor(clean_u8)
         keep = truth != ctx.classes.ignore_index
         acc = [100.0 * float((p[keep] == truth[keep]).mean()) if keep.any() else math.nan
                for p in (pred_noisy, pred_clean)]
-        show_image(axes[r, 0], noisy, f"with {kind}")
+        kit.show_image(axes[r, 0], noisy, f"with {kind}")
         axes[r, 0].set_xlabel(f"{sample} (y={y}, x={x})", fontsize=7)
-        row_label(axes[r, 0], label)
-        show_image(axes[r, 1], colorize(pred_noisy, ctx.classes), f"prediction, acc. {acc[0]:.1f}%")
-        show_image(axes[r, 2], colorize(pred_clean, ctx.classes),
-                   f"without artefacts, acc. {acc[1]:.1f}%")
-        show_image(axes[r, 3], colorize(truth, ctx.classes), "ground truth")
-    add_legend(fig, grid, ctx.classes, [("ignore", NO_TRUTH_RGB)])
+        kit.row_label(axes[r, 0], label)
+        kit.show_image(axes[r, 1], kit.colorize(pred_noisy, ctx.classes),
+                       f"prediction, acc. {acc[0]:.1f}%")
+        kit.show_image(axes[r, 2], kit.colorize(pred_clean, ctx.classes),
+                       f"without artefacts, acc. {acc[1]:.1f}%")
+        kit.show_image(axes[r, 3], kit.colorize(truth, ctx.classes), "ground truth")
+    kit.add_legend(fig, grid, ctx.classes, [("ignore", kit.NO_TRUTH_RGB)])
     return fig
 
 
-def default_model(ctx: Context) -> tuple[Path | None, str]:
-    variant, why = best_sem_variant(ctx)
+def default_model(ctx: kit.Context) -> tuple[Path | None, str]:
+    variant, why = kit.best_sem_variant(ctx)
     if variant is None:
         return None, why
     stage = ctx.config["fcn"]["stages"][-1]

@@ -39,20 +39,11 @@ from mvfcnn.errors import InputError
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
 from mvfcnn.report.collect import Run, as_percent, best_variant, collect_runs, number_or_nan
 from mvfcnn.report.describe import data_words, describe_run, strategy_words
-from mvfcnn.report.rendering import (  # noqa: F401  (re-exported: the table API stays in one place)
-    PIXEL_LABELS,
+from mvfcnn.report.rendering import (
     TITLES,
-    markdown_table,
-    render_html,
-    render_markdown,
-    table4_markdown,
-    write_tables,
 )
-from mvfcnn.runs import (  # noqa: F401  (re-exported: the table API stays in one place)
+from mvfcnn.runs import (
     PREFERRED_VARIANT,
-    baseline_init,
-    baseline_runs,
-    compared_variant,
     filled_config,
     mvfcnn_runs,
     variant_settings,
