@@ -43,6 +43,8 @@ LEVERS = {
     "fcn4s_tta": "fcn4s's models + test-time augmentation (the 8 flips and rotations)",
     "fcn4s_schedule": "fcn4s + poly learning rate + keep best validated weights",
     "fcn4s_recipe": "fcn4s + poly rate + best weights + rare tiles for M/A and precipitate only",
+    "fcn4s_ssl": "fcn4s + SSL (masked-image modelling on the training images) before the patches",
+    "fcn2s": "fcn4s + an FCN-2s stage (pool1 skip, output stride 2), 800 iterations",
 }
 _NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
 
@@ -99,9 +101,10 @@ def collect(results: Path) -> dict[str, dict[str, Any]]:
         folds = [f for f in report["folds"] if f in report["per_fold"]]
         for fold in folds:
             entry["folds"][fold] = fold_record(report["per_fold"][fold])
-        if folds and report.get("predict_only"):
+        if folds and (report.get("predict_only") or report.get("resumed")):
             # an inference lever on an earlier run's models: that run's jobs (their TSVs were
-            # in the reused workdir) plus the new prediction, i.e. the summed job times
+            # in the reused workdir) plus the new prediction, i.e. the summed job times; a
+            # resumed run's wall time misses its first part, so it is counted the same way
             entry["minutes_per_fold"].append(sum(report["job_s"].values()) / 60 / len(folds))
         elif folds:
             entry["minutes_per_fold"].append(report["wall_min"] / len(report["folds"]))

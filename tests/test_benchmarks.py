@@ -268,6 +268,13 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
         "job_s": {"train_fcn/a": 600.0, "train_fcn/b": 540.0, "predict/x": 60.0}}))
     tta = ablation.summarize(ablation.collect(tmp_path))["tta"]
     assert tta["minutes_per_fold"] == pytest.approx(1200.0 / 60 / 2)
+    # a resumed run's wall time misses its first part: its jobs' seconds count instead
+    (tmp_path / "metaldam_fold0_ssl_amx.json").write_text(json.dumps({
+        "folds": ["0"], "per_fold": {"0": per_fold(0.3, None)}, "wall_min": 2.0,
+        "resumed": "stopped once", "configs": base, "machine": machine,
+        "job_s": {"pretrain_trunk/a": 120.0, "train_fcn/a": 480.0}}))
+    ssl = ablation.summarize(ablation.collect(tmp_path))["ssl"]
+    assert ssl["minutes_per_fold"] == pytest.approx(10.0)
 
 
 def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None:
