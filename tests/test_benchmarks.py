@@ -272,7 +272,8 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
     (tmp_path / "metaldam_fold0_ssl_amx.json").write_text(json.dumps({
         "folds": ["0"], "per_fold": {"0": per_fold(0.3, None)}, "wall_min": 2.0,
         "resumed": "stopped once", "configs": base, "machine": machine,
-        "job_s": {"pretrain_trunk/a": 120.0, "train_fcn/a": 480.0}}))
+        "job_s": {"pretrain_trunk/a": 120.0, "train_fcn/v_sem_fold0_8s": 480.0,
+                  "train_fcn/v_sem_fold2_8s": 300.0}}))  # fold 2 is not reported: left out
     ssl = ablation.summarize(ablation.collect(tmp_path))["ssl"]
     assert ssl["minutes_per_fold"] == pytest.approx(10.0)
 
