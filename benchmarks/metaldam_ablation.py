@@ -51,6 +51,12 @@ _FOLD_JOB = re.compile(r"fold(\d+)")
 _NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
 
 
+def _job_fold(job: str) -> str | None:
+    """The fold a job belongs to, or None for a job all folds share (prepare, objects)."""
+    match = _FOLD_JOB.search(job)
+    return match.group(1) if match else None
+
+
 def _nan_mean(values: list[float]) -> float:
     kept = [v for v in values if v is not None and not math.isnan(v)]
     return sum(kept) / len(kept) if kept else math.nan
@@ -109,8 +115,7 @@ def collect(results: Path) -> dict[str, dict[str, Any]]:
             # resumed run's wall time misses its first part, so it is counted the same way
             entry["minutes_per_fold"].append(
                 sum(seconds for job, seconds in report["job_s"].items()
-                    if _FOLD_JOB.search(job) is None
-                    or _FOLD_JOB.search(job).group(1) in report["folds"]) / 60 / len(folds))
+                    if _job_fold(job) in (None, *report["folds"])) / 60 / len(folds))
         elif folds:
             entry["minutes_per_fold"].append(report["wall_min"] / len(report["folds"]))
     return levers
