@@ -60,10 +60,10 @@ def module_flops(layout: dict[str, Any], height: int, width: int) -> dict[str, i
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mvfcnn.models.fcn import FCN8s
+    from mvfcnn.models.fcn import build_fcn
 
     with torch.device("meta"):
-        model = FCN8s(num_classes=NUM_CLASSES, **layout)
+        model = build_fcn("8s", num_classes=NUM_CLASSES, **layout)
         x = torch.empty(1, 3, height, width)
     with FlopCounterMode(display=False) as counter:
         model(x)
@@ -71,7 +71,7 @@ def module_flops(layout: dict[str, Any], height: int, width: int) -> dict[str, i
     counts = counter.get_flop_counts()
     out = {}
     for fqn, ops in counts.items():
-        name = fqn.removeprefix("FCN8s.").removeprefix("Global.")
+        name = fqn.removeprefix("FCN.").removeprefix("Global.")
         if name in leaves:
             out[name] = int(sum(ops.values()))
     return out

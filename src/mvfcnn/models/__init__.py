@@ -6,9 +6,6 @@ torch is imported by this package, so import it only from verbs that need a netw
 from mvfcnn.models.fcn import (
     FCN,
     STAGES,
-    FCN8s,
-    FCN16s,
-    FCN32s,
     build_fcn,
     fcn8s,
     fcn8s_from,
@@ -26,9 +23,6 @@ from mvfcnn.models.weights import imagenet_cache_path, imagenet_state_dict, imag
 
 __all__ = [
     "FCN",
-    "FCN8s",
-    "FCN16s",
-    "FCN32s",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "STAGES",

@@ -1,9 +1,10 @@
 """FCN-32s / 16s / 8s (Long et al. 2015, Caffe "staged" form) and 4s / 2s on one VGG16 trunk.
 
-One class, :class:`FCN`, with a ``stage`` parameter; :class:`FCN32s` … :class:`FCN2s` only
-fix it. Layer names follow the Caffe prototxts, so a child stage shares
-every name (``trunk.*``, ``score_fr``, ``upscore2``, ``score_pool4``) with its parent and
-:func:`init_from_parent` copies by name::
+One class, :class:`FCN`, with a ``stage`` parameter, and a builder per stage
+(:func:`fcn32s` … :func:`fcn2s`), as torchvision's ``vgg.py`` has one ``VGG`` and ``vgg16()``.
+Layer names follow the Caffe prototxts, so a child stage shares every name (``trunk.*``,
+``score_fr``, ``upscore2``, ``score_pool4``) with its parent and :func:`init_from_parent`
+copies by name::
 
     32s: score_fr -> upscore (k64 s32) -> crop 19
     16s: score_fr -> upscore2 (k4 s2) + crop5(score_pool4(pool4))
@@ -64,6 +65,14 @@ UPSAMPLERS: dict[str, tuple[int, int]] = {
 }
 CROPS = {"upscore": 19, "score_pool4": 5, "upscore16": 27, "score_pool3": 9, "upscore8": 31,
          "score_pool2": 17, "upscore4": 33, "score_pool1": 33, "upscore_pool1": 34}
+#: the skip chain: stage k (16s = 1 ... 2s = 4) doubles the scores of stage k-1 with the first
+#: upsampler and adds the cropped scores of the next-shallower pool; the order is the
+#: layers' registration order, so state dicts keep their key order
+SKIP_CHAIN = (("upscore2", "score_pool4"), ("upscore_pool4", "score_pool3"),
+              ("upscore_pool3", "score_pool2"), ("upscore_pool2", "score_pool1"))
+#: the upsampler that brings each stage's scores to the input size
+FINAL_UPSAMPLER = {"32s": "upscore", "16s": "upscore16", "8s": "upscore8", "4s": "upscore4",
+                   "2s": "upscore_pool1"}
 #: each stage's parent in the staged training (32s starts from the trunk)
 PARENT_STAGE = {"16s": "32s", "8s": "16s", "4s": "8s", "2s": "4s"}
 #: the real VGG16 layout, the only one ImageNet weights fit
@@ -96,27 +105,12 @@ class FCN(nn.Module):
         nc = self.num_classes
         depth = STAGES.index(stage)  # 0 = 32s ... 4 = 2s
         self.score_fr = ScoreConv(fc_channels, nc)
-        if stage == "32s":
-            self.upscore = bilinear_upsampler(nc, *UPSAMPLERS["upscore"])
-        else:
-            self.upscore2 = bilinear_upsampler(nc, *UPSAMPLERS["upscore2"])
-            self.score_pool4 = ScoreConv(c4, nc)
-        if stage == "16s":
-            self.upscore16 = bilinear_upsampler(nc, *UPSAMPLERS["upscore16"])
-        if depth >= 2:
-            self.upscore_pool4 = bilinear_upsampler(nc, *UPSAMPLERS["upscore_pool4"])
-            self.score_pool3 = ScoreConv(c3, nc)
-        if stage == "8s":
-            self.upscore8 = bilinear_upsampler(nc, *UPSAMPLERS["upscore8"])
-        if depth >= 3:
-            self.upscore_pool3 = bilinear_upsampler(nc, *UPSAMPLERS["upscore_pool3"])
-            self.score_pool2 = ScoreConv(c2, nc)
-        if stage == "4s":
-            self.upscore4 = bilinear_upsampler(nc, *UPSAMPLERS["upscore4"])
-        if stage == "2s":
-            self.upscore_pool2 = bilinear_upsampler(nc, *UPSAMPLERS["upscore_pool2"])
-            self.score_pool1 = ScoreConv(c1, nc)
-            self.upscore_pool1 = bilinear_upsampler(nc, *UPSAMPLERS["upscore_pool1"])
+        skip_channels = {"score_pool4": c4, "score_pool3": c3, "score_pool2": c2, "score_pool1": c1}
+        for upsampler, skip in SKIP_CHAIN[:depth]:
+            setattr(self, upsampler, bilinear_upsampler(nc, *UPSAMPLERS[upsampler]))
+            setattr(self, skip, ScoreConv(skip_channels[skip], nc))
+        final = FINAL_UPSAMPLER[stage]
+        setattr(self, final, bilinear_upsampler(nc, *UPSAMPLERS[final]))
         self._kwargs = {"num_classes": self.num_classes, "width": float(width),
                         "fc_channels": int(fc_channels), "dropout": float(dropout)}
         if batch_norm:  # absent = False: model files written before the option load unchanged
@@ -150,56 +144,18 @@ class FCN(nn.Module):
     def head(self, features: TrunkFeatures, height: int, width: int) -> Tensor:
         """(B, num_classes, height, width) scores from the trunk outputs of an H x W input."""
         pool3, pool4, _, fc7, pool1, pool2 = features
+        pools = {"score_pool4": pool4, "score_pool3": pool3, "score_pool2": pool2,
+                 "score_pool1": pool1}
         score = self.score_fr(fc7)
-        if self.stage == "32s":
-            return caffe_crop(self.upscore(score), CROPS["upscore"], height, width)
-        score = self.upscore2(score)
-        score = score + caffe_crop(self.score_pool4(pool4), CROPS["score_pool4"], *score.shape[-2:])
-        if self.stage == "16s":
-            return caffe_crop(self.upscore16(score), CROPS["upscore16"], height, width)
-        score = self.upscore_pool4(score)
-        score = score + caffe_crop(self.score_pool3(pool3), CROPS["score_pool3"], *score.shape[-2:])
-        if self.stage == "8s":
-            return caffe_crop(self.upscore8(score), CROPS["upscore8"], height, width)
-        if pool2 is None or (self.stage == "2s" and pool1 is None):
-            raise RuntimeError(f"FCN-{self.stage} needs the trunk's early pools "
-                               "(trunk(x, early=True))")
-        score = self.upscore_pool3(score)
-        score = score + caffe_crop(self.score_pool2(pool2), CROPS["score_pool2"], *score.shape[-2:])
-        if self.stage == "4s":
-            return caffe_crop(self.upscore4(score), CROPS["upscore4"], height, width)
-        score = self.upscore_pool2(score)
-        score = score + caffe_crop(self.score_pool1(pool1), CROPS["score_pool1"], *score.shape[-2:])
-        return caffe_crop(self.upscore_pool1(score), CROPS["upscore_pool1"], height, width)
-
-
-class FCN32s(FCN):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(stage="32s", **kwargs)
-
-
-class FCN16s(FCN):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(stage="16s", **kwargs)
-
-
-class FCN8s(FCN):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(stage="8s", **kwargs)
-
-
-class FCN4s(FCN):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(stage="4s", **kwargs)
-
-
-class FCN2s(FCN):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(stage="2s", **kwargs)
-
-
-_CLASSES: dict[str, type[FCN]] = {"32s": FCN32s, "16s": FCN16s, "8s": FCN8s, "4s": FCN4s,
-                                   "2s": FCN2s}
+        for upsampler, skip in SKIP_CHAIN[:STAGES.index(self.stage)]:
+            if pools[skip] is None:
+                raise RuntimeError(f"FCN-{self.stage} needs the trunk's early pools "
+                                   "(trunk(x, early=True))")
+            score = getattr(self, upsampler)(score)
+            score = score + caffe_crop(getattr(self, skip)(pools[skip]), CROPS[skip],
+                                       *score.shape[-2:])
+        final = FINAL_UPSAMPLER[self.stage]
+        return caffe_crop(getattr(self, final)(score), CROPS[final], height, width)
 
 
 # --------------------------------------------------------------------------- pretrained trunks
@@ -288,14 +244,14 @@ def build_fcn(
     (torchvision ``VGG16_Weights.IMAGENET1K_V1``; width 1.0 and fc_channels 4096 only) or a
     path (see :func:`load_trunk_weights`). Score layers always start at zero.
     """
-    if stage not in _CLASSES:
+    if stage not in STAGES:
         raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
-    kwargs = {"num_classes": num_classes, "width": width, "fc_channels": fc_channels,
-              "dropout": dropout, "batch_norm": batch_norm}
+    kwargs = {"stage": stage, "num_classes": num_classes, "width": width,
+              "fc_channels": fc_channels, "dropout": dropout, "batch_norm": batch_norm}
     if pretrained is None or (isinstance(pretrained, str) and pretrained == "none"):
-        return _CLASSES[stage](**kwargs)
+        return FCN(**kwargs)
     # every trunk tensor will be overwritten: skip its random init (~1 s for the real layout)
-    model = uninitialized(_CLASSES[stage], **kwargs)
+    model = uninitialized(FCN, **kwargs)
     model.reset_head()
     load_trunk_weights(model.trunk, pretrained, progress=progress)
     return model
