@@ -45,6 +45,7 @@ from torch import nn
 
 from mvfcnn import runtime
 from mvfcnn.checkpoints import deterministic
+from mvfcnn.cli_args import job_parser
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.errors import InputError
 from mvfcnn.io import atomic_path, read_image, read_labels, to_uint8, write_table
@@ -355,7 +356,7 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 def cli(argv: list[str]) -> int:
     """`mvfcnn pretrain-trunk`: the ``pretrained: patches`` trunk of one modality."""
 
-    parser = runtime.job_parser("mvfcnn pretrain-trunk", __doc__.split("\n")[0],
+    parser = job_parser("pretrain-trunk", __doc__.split("\n")[0],
                         params_help="the `pretrain` config section", reports_required=False)
     parser.add_argument("--images", nargs="+", required=True, help="training images")
     parser.add_argument("--labels", nargs="+", required=True, help="their label maps")

@@ -279,23 +279,6 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def job_parser(prog: str, description: str, *, params_help: str,
-               reports_required: bool) -> argparse.ArgumentParser:
-    """The parser of a training job (pretrain-trunk, train-fcn) with the arguments both take:
-    --classes-json, --params-json, --seed, --out, --out-csv, --out-png (the loss table and
-    plot; ``reports_required`` makes them mandatory) and --threads."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--classes-json", required=True)
-    parser.add_argument("--params-json", required=True, help=params_help)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--out-csv", required=reports_required, default=None)
-    parser.add_argument("--out-png", required=reports_required, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (e.g. {threads}; default: torch's)")
-    return parser
-
-
 def start_job(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse a training job's arguments, then set it up the one way: torch threads
     (:func:`set_threads`) and timestamped log lines on stderr (the rule's log file)."""

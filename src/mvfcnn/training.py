@@ -67,6 +67,7 @@ from mvfcnn.checkpoints import (
     run_fingerprint,
     save_checkpoint,
 )
+from mvfcnn.cli_args import job_parser
 from mvfcnn.config import FCN_STAGES as STAGES
 from mvfcnn.config import ClassSet, classes_from_json, json_arg
 from mvfcnn.curves import plot_curves, write_rows
@@ -81,7 +82,6 @@ from mvfcnn.runtime import (
     announce,
     autocast,
     choose_precision,
-    job_parser,
     resolve_device,
     start_job,
 )
@@ -383,7 +383,7 @@ def read_tiles(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn train-fcn`: one FCN stage from a tile index (see the module docstring)."""
-    parser = job_parser("mvfcnn train-fcn", __doc__.split("\n")[0],
+    parser = job_parser("train-fcn", __doc__.split("\n")[0],
                         params_help="the `fcn` config section", reports_required=True)
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--parent", default=None, help="trained previous stage (16s, 8s)")

@@ -6,7 +6,6 @@ reads (--results-dir, --config-json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mvfcnn import layout
+from mvfcnn.cli_args import report_parser
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.io import read_json, write_json
@@ -151,7 +151,7 @@ def read_best_run(path: str | Path, modality: str = "sem") -> tuple[str | None, 
 
 def best_run_cli(argv: list[str]) -> int:
     parser = report_parser(
-        "mvfcnn best-run", "Decide once which MVFCNN variant stands for 'MVFCNN' in the report, "
+        "best-run", "Decide once which MVFCNN variant stands for 'MVFCNN' in the report, "
                            "per modality (the paper's best configuration if run, else the best "
                            "object accuracy), and write it as JSON for the figure jobs.")
     parser.add_argument("--out", required=True, help="output JSON (results/best.json)")
@@ -204,13 +204,3 @@ def load_config_arg(text: str) -> dict[str, Any]:
         return filled_config(yaml.safe_load(path.read_text()))
     except yaml.YAMLError as err:
         raise InputError(f"cannot parse config ({err})", path=path) from err
-
-
-def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser of a report CLI (tables, best-run, figures) with the inputs every one reads:
-    --results-dir and --config-json (read it with :func:`load_config_arg`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--results-dir", default="results", help="workflow results folder")
-    parser.add_argument("--config-json", required=True,
-                        help="the resolved workflow config as JSON (or a JSON/YAML file path)")
-    return parser

@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn import layout
+from mvfcnn.cli_args import report_parser
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.inference import window_starts
-from mvfcnn.report.collect import collect_runs, load_config_arg, report_parser
+from mvfcnn.report.collect import collect_runs, load_config_arg
 from mvfcnn.report.figure_kit import (
     DISPLAY_MAX,
     DPI,
@@ -382,7 +383,7 @@ def write_figures(ctx: Context, outdir: str | Path, which: list[str] | None = No
 
 def cli(argv: list[str]) -> int:
     parser = report_parser(
-        "mvfcnn figures", "The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours "
+        "figures", "The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours "
                           "from the config). Missing inputs give a placeholder PNG with a note.")
     parser.add_argument("--outdir", default="results/figures", help="output folder")
     parser.add_argument("--which", nargs="+", choices=list(FIGURES), default=None,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from mvfcnn.cli_args import report_parser
 from mvfcnn.config import ClassSet
 from mvfcnn.io import write_text
 from mvfcnn.metrics import NOT_SEGMENTED_LABEL
@@ -24,7 +25,6 @@ from mvfcnn.report.collect import (
     load_config_arg,
     load_paper,
     paper_classes_match,
-    report_parser,
     without_paper,
 )
 from mvfcnn.report.describe import (
@@ -256,7 +256,7 @@ def class_match_notes(paper: dict[str, Any], classes: ClassSet) -> dict[str, str
 def report_cli(argv: list[str]) -> int:
     """`mvfcnn tables`: Tables 1-6 and summary.md (here, not in tables, which summary reads)."""
     parser = report_parser(
-        "mvfcnn tables", "Tables 1-6 of the paper with our numbers beside the paper's, and "
+        "tables", "Tables 1-6 of the paper with our numbers beside the paper's, and "
                          "summary.md. Missing runs give rows with an empty 'ours'.")
     parser.add_argument("--paper", default="workflow/resources/paper_tables.yaml",
                         help="the paper's numbers (YAML)")
