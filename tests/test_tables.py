@@ -13,6 +13,7 @@ import pytest
 
 from mvfcnn.cli import main as cli_main
 from mvfcnn.config import ClassSet
+from mvfcnn.errors import InputError
 from mvfcnn.evaluate import write_evaluation
 from mvfcnn.report import collect as C
 from mvfcnn.report import rendering as RN
@@ -266,6 +267,30 @@ def test_best_variant_fallback_is_stated(tmp_path, classes, default_config, pape
     assert json.loads(out.read_text()) == {"sem": {"variant": "ft_balanced", "why": why}}
     assert C.read_best_run(out, "sem") == (variant, why)
     assert C.read_best_run(out, "lom") == (None, "no MVFCNN run on LOM")
+
+
+def test_report_reads_only_the_runs_its_rule_declares(tmp_path, classes, default_config,
+                                                      paper):
+    k = classes.num_classes
+    for variant, correct in (("scratch_balanced_aug", 2), ("ft_balanced", 5)):
+        _write_run(tmp_path, classes, "mvfcnn", variant, "sem", correct, 8 - correct, 0,
+                   _pixel_confusion(k, 50, 10))
+    config = _config(default_config, variants=["scratch_balanced_aug", "ft_balanced"])
+    scratch = tmp_path / "mvfcnn" / "scratch_balanced_aug" / "sem" / "metrics.json"
+    assert set(C.collect_runs(tmp_path, config)) == {
+        ("mvfcnn", "scratch_balanced_aug", "sem"), ("mvfcnn", "ft_balanced", "sem")}
+    # a run on disk that the rule does not declare is not read ...
+    assert set(C.collect_runs(tmp_path, config, [scratch])) == {
+        ("mvfcnn", "scratch_balanced_aug", "sem")}
+    out = tmp_path / "best.json"
+    assert cli_main(["best-run", "--results-dir", str(tmp_path), "--config-json",
+                     json.dumps(config), "--runs", str(scratch), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["sem"]["variant"] == "scratch_balanced_aug"
+    # ... and a declared file that no configured run writes is named as an error
+    stray = tmp_path / "mvfcnn" / "other" / "sem" / "metrics.json"
+    with pytest.raises(InputError, match="no configured run writes it") as err:
+        C.collect_runs(tmp_path, config, [scratch, stray])
+    assert str(stray) in str(err.value)
 
 
 def test_combinations_and_lom(tmp_path, classes, default_config, paper):

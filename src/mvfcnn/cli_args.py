@@ -30,9 +30,14 @@ def job_parser(verb: str, description: str, *, params_help: str,
 
 def report_parser(verb: str, description: str) -> argparse.ArgumentParser:
     """The parser of a report verb (tables, best-run, figures) with the inputs every one reads:
-    --results-dir and --config-json (read it with ``report.collect.load_config_arg``)."""
+    --results-dir, --config-json (read it with ``report.collect.load_config_arg``) and --runs,
+    the runs' metrics files as the calling rule declares them."""
     parser = verb_parser(verb, description)
     parser.add_argument("--results-dir", default="results", help="workflow results folder")
     parser.add_argument("--config-json", required=True,
                         help="the resolved workflow config as JSON (or a JSON/YAML file path)")
+    parser.add_argument("--runs", nargs="*", default=None, metavar="METRICS_JSON",
+                        help="the metrics.json of every run the calling rule declares: only "
+                             "these runs are read (default: every configured run found under "
+                             "--results-dir)")
     return parser

@@ -28,7 +28,7 @@ rule best_run:
         runtime=5,
     shell:
         "mvfcnn best-run --results-dir results --config-json {params.config:q}"
-        " --out {output:q} 2> {log:q}"
+        " --runs {input.metrics:q} --out {output:q} 2> {log:q}"
 
 
 rule tables:
@@ -72,6 +72,7 @@ rule tables:
         runtime=10,
     shell:
         "mvfcnn tables --results-dir results --config-json {params.config:q}"
+        " --runs {input.mvfcnn:q} {input.baselines:q}"
         " --paper {input.paper:q} --outdir results/tables 2> {log:q}"
 
 
@@ -156,6 +157,7 @@ for which, figure in FIGURES.items():
             config=REPORT_CONFIG_JSON,
             which=which,
             best_run=["--best-run", layout.BEST_RUN] if figure["best"] else [],
+            runs=["--runs", *figure["inputs"]["metrics"]] if "metrics" in figure["inputs"] else [],
         log:
             f"results/logs/report/{which}.log",
         conda:
@@ -166,7 +168,8 @@ for which, figure in FIGURES.items():
             runtime=figure["runtime"],
         shell:
             "mvfcnn figures --results-dir results --config-json {params.config:q}"
-            " --outdir results/figures --which {params.which:q} {params.best_run:q} 2> {log:q}"
+            " --outdir results/figures --which {params.which:q} {params.best_run:q}"
+            " {params.runs:q} 2> {log:q}"
 
 
 TARGETS["report"] = [] if CV else (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,15 @@ def without_paper(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple, Run]:
+def collect_runs(results_dir: str | Path, config: dict[str, Any],
+                 declared: Iterable[str | Path] | None = None) -> dict[tuple, Run]:
     """Metrics of every configured run that exists, keyed (method, variant, modality).
 
     A configured run without metrics.json is left out (its rows print the paper value only);
     a metrics.json that cannot be parsed is an error, since it means a broken upstream job.
+    ``declared``: the metrics.json files the calling rule lists as inputs. Then only those are
+    read, and one that is no configured run's is an error: the rule's inputs and what the
+    report reads are one list, not two descriptions that could drift.
     """
 
     config = filled_config(config)
@@ -107,14 +112,23 @@ def collect_runs(results_dir: str | Path, config: dict[str, Any]) -> dict[tuple,
                                             modality=m)) for v, m in mvfcnn_runs(config)]
     wanted += [(b, None, m, layout.under(results_dir, layout.BASELINE_DIR, method=b, modality=m))
                for b, m in baseline_runs(config)]
+    listed = None if declared is None else {Path(p).resolve(): Path(p) for p in declared}
     for method, variant, modality, directory in wanted:
         path = directory / "metrics.json"
+        if listed is not None and listed.pop(path.resolve(), None) is None:
+            print(f"mvfcnn tables: {path} is not among the declared runs; its rows show the "
+                  "paper's value only", file=sys.stderr)
+            continue
         if not path.exists():
             print(f"mvfcnn tables: no {path}; its rows show the paper's value only",
                   file=sys.stderr)
             continue
         runs[(method, variant, modality)] = Run(method, variant, modality, directory,
                                                 read_json(path), results_dir)
+    if listed:
+        raise InputError("declared as a run's metrics, but no configured run writes it "
+                         f"(configured runs live under {results_dir})",
+                         path=next(iter(listed.values())))
     return runs
 
 
@@ -157,7 +171,7 @@ def best_run_cli(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output JSON (results/best.json)")
     args = parser.parse_args(argv)
 
-    runs = collect_runs(args.results_dir, load_config_arg(args.config_json))
+    runs = collect_runs(args.results_dir, load_config_arg(args.config_json), args.runs)
     write_json(args.out, best_runs(runs))
     print(f"mvfcnn best-run: wrote {args.out}", file=sys.stderr)
     return 0

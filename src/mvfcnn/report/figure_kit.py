@@ -19,7 +19,7 @@ from mvfcnn.config import ClassSet
 from mvfcnn.datasets import workflow_sample_sheet
 from mvfcnn.inference import window_starts
 from mvfcnn.io import atomic_path, contrast_stretch, read_image, read_labels, to_unit_float
-from mvfcnn.report.collect import best_variant, collect_runs, read_best_run
+from mvfcnn.report.collect import Run, best_variant, collect_runs, read_best_run
 from mvfcnn.runs import filled_config
 
 PATCH = 384                   # crop size of the patch figures (clipped to the image size)
@@ -44,6 +44,12 @@ class Context:
     samples: pd.DataFrame
     #: the ``best-run`` output; None = decide from the metrics found under ``results_dir``
     best_run: Path | None = None
+    #: the runs' metrics files the figure's rule declares (None: every configured run found)
+    declared_runs: tuple[Path, ...] | None = None
+
+    def runs(self) -> dict[tuple, Run]:
+        """The evaluated runs this figure may show (:func:`collect_runs`)."""
+        return collect_runs(self.results_dir, self.config, self.declared_runs)
 
     def split(self, split: str) -> list[str]:
         return [s for s in self.samples.index if self.samples.loc[s, "split"] == split]
@@ -78,7 +84,8 @@ def sample_sheet(config: dict[str, Any], results_dir: str | Path,
 
 def make_context(results_dir: str | Path, config: dict[str, Any],
                  samples: pd.DataFrame | None = None, *,
-                 best_run: str | Path | None = None) -> Context:
+                 best_run: str | Path | None = None,
+                 declared_runs: list[str] | None = None) -> Context:
     """The figures' inputs; ``config`` may be partial (schema defaults are filled in)."""
 
     config = filled_config(config)
@@ -86,7 +93,8 @@ def make_context(results_dir: str | Path, config: dict[str, Any],
     if samples is None:
         samples = sample_sheet(config, results_dir, classes)
     return Context(Path(results_dir), config, classes, samples,
-                   Path(best_run) if best_run else None)
+                   Path(best_run) if best_run else None,
+                   None if declared_runs is None else tuple(map(Path, declared_runs)))
 
 
 def read_optional(path: Path | None, *, labels: bool = False) -> np.ndarray | None:
@@ -99,7 +107,7 @@ def read_optional(path: Path | None, *, labels: bool = False) -> np.ndarray | No
 def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
     if ctx.best_run is not None:
         return read_best_run(ctx.best_run, "sem")
-    return best_variant(collect_runs(ctx.results_dir, ctx.config), "sem")
+    return best_variant(ctx.runs(), "sem")
 
 
 # ----------------------------------------------------------------------------------------------

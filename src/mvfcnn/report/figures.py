@@ -25,7 +25,7 @@ from mvfcnn.cli_args import report_parser
 from mvfcnn.config import ClassSet
 from mvfcnn.errors import InputError
 from mvfcnn.inference import window_starts
-from mvfcnn.report.collect import collect_runs, load_config_arg
+from mvfcnn.report.collect import load_config_arg
 from mvfcnn.report.figure_kit import (
     DISPLAY_MAX,
     DPI,
@@ -295,7 +295,7 @@ def fig7_maxvoting(ctx: Context, *, max_images: int = 10):
 def lom_sem_variant(ctx: Context) -> str | None:
     """The variant shown in Fig. 8a: it must have predictions on both modalities."""
 
-    runs = collect_runs(ctx.results_dir, ctx.config)
+    runs = ctx.runs()
     both = [v for (m, v, mod) in runs if m == "mvfcnn" and mod == "sem"
             and ("mvfcnn", v, "lom") in runs]
     if not both:
@@ -395,7 +395,8 @@ def cli(argv: list[str]) -> int:
                         help="`mvfcnn best-run` output (default: decide from the metrics)")
     args = parser.parse_args(argv)
     config = load_config_arg(args.config_json)
-    ctx = make_context(args.results_dir, config, best_run=args.best_run)
+    ctx = make_context(args.results_dir, config, best_run=args.best_run,
+                       declared_runs=args.runs)
     written = write_figures(ctx, args.outdir, args.which, model=args.model, patch=args.patch)
     for path in written:
         print(f"mvfcnn figures: wrote {path}", file=sys.stderr)

@@ -267,7 +267,7 @@ def report_cli(argv: list[str]) -> int:
     config = load_config_arg(args.config_json)
     classes = ClassSet.from_config(config)
     paper = load_paper(args.paper)
-    runs = collect_runs(args.results_dir, config)
+    runs = collect_runs(args.results_dir, config, args.runs)
     tables = build_tables(args.results_dir, classes, config, paper, runs=runs)
     if not paper_classes_match(classes, paper):
         tables = without_paper(tables)
