@@ -129,6 +129,8 @@ def function_level_imports() -> list[tuple[str, int, bool]]:
             if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for node in ast.walk(func):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue  # (a `nonlocal` statement has names too)
                 module = getattr(node, "module", None) or ""
                 names = [a.name for a in getattr(node, "names", [])]
                 if not (isinstance(node, ast.ImportFrom) and (module.startswith("mvfcnn")

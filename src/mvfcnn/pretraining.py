@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
 from mvfcnn.models.preprocess import normalize_batch
 from mvfcnn.progress import progress
 from mvfcnn.settings import with_defaults
+from mvfcnn.train_loop import Step, fit
 
 log = logging.getLogger(__name__)
 
@@ -244,25 +245,24 @@ def pretrain_trunk(
                                             memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
-        bar = progress(iterations, "pretrain", enabled=bool(cfg["progress"]))
-        for iteration in range(1, iterations + 1):
-            tick = time.perf_counter()
-            x, y = sampler.draw(batch_size)
-            x = normalize_batch(x.to(dev)).contiguous(memory_format=memory_format)
-            y = y.to(dev)
+
+        def patches_step(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+            x = normalize_batch(batch[0].to(dev)).contiguous(memory_format=memory_format)
+            y = batch[1].to(dev)
             with runtime.autocast(dev, precision):
                 scores = model(x)
             loss = nn.functional.cross_entropy(scores.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             accuracy = float((scores.argmax(1) == y).float().mean())
-            rows.append({"iteration": ssl_iterations + iteration, "loss": loss.item(),
-                         "accuracy": accuracy, "seconds": time.perf_counter() - tick,
-                         "phase": "patches"})
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{accuracy:.2f}")
-            bar.update(1)
-        bar.close()
+            return Step(loss, {"iteration": None, "loss": loss.item(), "accuracy": accuracy,
+                               "seconds": None, "phase": "patches"},
+                        {"loss": f"{loss.item():.3f}", "acc": f"{accuracy:.2f}"})
+
+        def record(iteration: int, row: dict[str, Any]) -> None:
+            rows.append({**row, "iteration": ssl_iterations + iteration})
+
+        fit((sampler.draw(batch_size) for _ in range(iterations)), patches_step, optimizer,
+            bar=progress(iterations, "pretrain", enabled=bool(cfg["progress"])),
+            after=record, what="trunk pretraining (patches)", hint="lower pretrain.lr")
         model.eval()
         if not fcn_cfg.get("batch_norm", False):
             fold_batch_norm(model)  # a plain trunk for the paper's BN-free FCN
@@ -304,25 +304,28 @@ def _masked_image_modelling(model: nn.Module, images: list[np.ndarray], *, cfg: 
     log.info("SSL: %d iterations of masked-image modelling, %d-px crops, %.0f %% of %d-px "
              "blocks masked", iterations, size, 100 * ratio, SSL_BLOCK)
     rows: list[dict[str, Any]] = []
-    bar = progress(iterations, "ssl", enabled=bool(cfg["progress"]))
-    for iteration in range(1, iterations + 1):
-        tick = time.perf_counter()
-        x = random_crops(images, batch_size, size, rng, augment=bool(cfg["augment"]))
-        target = normalize_batch(x.to(device))
-        mask = block_mask(batch_size, size, ratio, rng).to(device)
+
+    def crops() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(iterations):
+            x = random_crops(images, batch_size, size, rng, augment=bool(cfg["augment"]))
+            yield normalize_batch(x.to(device)), block_mask(batch_size, size, ratio, rng).to(device)
+
+    def ssl_step(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+        target, mask = batch
         masked = (target * (1.0 - mask)).contiguous(memory_format=memory_format)
         with runtime.autocast(device, precision):
             pool5 = model.trunk.features(masked)
         prediction = head(pool5.float())[..., :size, :size]
         loss = masked_l1(prediction, target, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        rows.append({"iteration": iteration, "loss": loss.item(), "accuracy": float("nan"),
-                     "seconds": time.perf_counter() - tick, "phase": "ssl"})
-        bar.set_postfix(l1=f"{rows[-1]['loss']:.3f}")
-        bar.update(1)
-    bar.close()
+        return Step(loss, {"iteration": None, "loss": loss.item(), "accuracy": float("nan"),
+                           "seconds": None, "phase": "ssl"}, {"l1": f"{loss.item():.3f}"})
+
+    def record(iteration: int, row: dict[str, Any]) -> None:
+        rows.append({**row, "iteration": iteration})
+
+    fit(crops(), ssl_step, optimizer,
+        bar=progress(iterations, "ssl", enabled=bool(cfg["progress"])),
+        after=record, what="SSL pretraining", hint="lower pretrain.lr")
     return rows
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -88,6 +87,7 @@ from mvfcnn.runtime import (
 from mvfcnn.settings import with_defaults
 from mvfcnn.stage_model import build_stage_model
 from mvfcnn.tiling import is_centred
+from mvfcnn.train_loop import Step, fit
 
 log = logging.getLogger(__name__)
 
@@ -277,14 +277,17 @@ def train_stage(
                          num_workers=int(cfg["num_workers"]), pin=dev.type == "cuda")
         recent: deque[float] = deque(maxlen=20)
         recent.extend(float(r["loss"]) for r in rows[-20:])
-        bar = progress(iterations, f"fcn{stage}", initial=start,
-                       enabled=bool(cfg["progress"]))
-        iteration, tick = start, time.perf_counter()
-        for images, labels in loader:
+
+        rate = {"lr": lr}  # this step's stage rate, for its row
+
+        def set_rate(iteration: int) -> None:
             factor = lr_factor(schedule, iteration, iterations)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
-            step_lr = lr * factor
+            rate["lr"] = lr * factor
+
+        def step(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+            images, labels = batch
             x = normalize_batch(images.to(dev, non_blocking=True))
             x = x.contiguous(memory_format=memory_format)
             labels = labels.to(dev, non_blocking=True)
@@ -294,32 +297,27 @@ def train_stage(
                                                  ignore_index=classes.ignore_index,
                                                  class_weights=class_weights,
                                                  dice_weight=float(cfg["dice_weight"]))
-            if not math.isfinite(mean_loss):
-                raise InputError(f"FCN-{stage} training loss is {mean_loss} at iteration "
-                                 f"{iteration + 1}: lower fcn.lr.{stage} (loss {loss_kind})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(objective).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
-            row: dict[str, Any] = {"iteration": iteration, "loss": mean_loss, "lr": step_lr,
-                                   "seconds": time.perf_counter() - tick,
-                                   "pixel_accuracy": None, "mean_iu": None}
             recent.append(mean_loss)
+            return Step(objective, {"iteration": None, "loss": mean_loss,
+                                    "lr": rate["lr"],
+                                    "seconds": None, "pixel_accuracy": None, "mean_iu": None},
+                        {"loss": f"{sum(recent) / len(recent):.4f}"})
+
+        def after(iteration: int, row: dict[str, Any]) -> None:
+            nonlocal best
+            row["iteration"] = iteration
             if val_loader is not None and (iteration % validate_every == 0
                                            or iteration == iterations):
                 row.update(evaluate_tiles(model, val_loader, device=dev, precision=precision,
                                           classes=classes))
                 log.info("iteration %d: loss %.4f, validation pixel accuracy %.4f, mean IU "
-                         "%.4f", iteration, mean_loss, row["pixel_accuracy"], row["mean_iu"])
+                         "%.4f", iteration, row["loss"], row["pixel_accuracy"], row["mean_iu"])
                 if keep_best and (best is None or row["mean_iu"] > best["mean_iu"]):
                     # a CPU copy: on a GPU the real VGG16's weights would double its memory
                     best = {"mean_iu": row["mean_iu"], "iteration": iteration,
                             "model": {k: v.detach().to("cpu", copy=True)
                                       for k, v in model.state_dict().items()}}
             rows.append(row)
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-            bar.update(1)
             if checkpoint_every > 0 and iteration % checkpoint_every == 0 \
                     and iteration < iterations:
                 save_checkpoint(checkpoint_dir, iteration, {
@@ -328,8 +326,11 @@ def train_stage(
                     "scaler": scaler.state_dict(), "rng": _rng_state(), "rows": rows,
                     "best": best, "precision_choice": choice.as_dict()})
                 write_rows(checkpoint_dir / "progress.csv", rows)
-            tick = time.perf_counter()
-        bar.close()
+
+        fit(loader, step, optimizer, bar=progress(iterations, f"fcn{stage}", initial=start,
+                                                  enabled=bool(cfg["progress"])),
+            after=after, start=start, scaler=scaler, before=set_rate,
+            what=f"FCN-{stage} training", hint=f"lower fcn.lr.{stage} (loss {loss_kind})")
         kept = iterations
         if keep_best and best is not None:
             model.load_state_dict(best["model"])

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from mvfcnn.models.vgg_classifier import vgg16_finetune, vgg19_features
 from mvfcnn.progress import progress
 from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device, set_threads
 from mvfcnn.settings import with_defaults
+from mvfcnn.train_loop import Step, fit
 
 
 def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -166,32 +167,44 @@ def train_network(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     x_all = torch.from_numpy(np.ascontiguousarray(images))[:, None]  # (N, 1, S, S) uint8
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    history = []
+    history: list[dict[str, float]] = []
     n = len(x_all)
     steps = max(1, -(-n // batch_size))
     precision = _resolve_precision(device, precision)
+
+    def batches() -> Iterator[tuple[Any, Any]]:
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, batch_size):
+                idx = torch.from_numpy(order[start:start + batch_size])
+                x, y = x_all[idx], y_all[idx]
+                if augment:
+                    x = _augment(x, rng)
+                yield x.to(device), y.to(device)
+
+    def step(batch: tuple[Any, Any]) -> Step:
+        x, y = batch
+        with _autocast(device, precision):
+            logits = model(preprocess(x))
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        return Step(loss, {"loss_sum": float(loss.detach()) * len(y),
+                           "correct": int((logits.argmax(1) == y).sum())})
+
+    epoch_rows: list[dict[str, Any]] = []
+
+    def after(iteration: int, row: dict[str, Any]) -> None:
+        epoch_rows.append(row)
+        if iteration % steps == 0:  # the epoch's last step: its means over the n crops
+            loss, accuracy = (sum(r["loss_sum"] for r in epoch_rows) / n,
+                              sum(r["correct"] for r in epoch_rows) / n)
+            history.append({"epoch": iteration // steps, "loss": loss,
+                            "train_accuracy": accuracy})
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+            epoch_rows.clear()
+
     bar = progress(epochs * steps, desc, unit="step")
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        total_loss, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            idx = torch.from_numpy(order[start:start + batch_size])
-            x, y = x_all[idx], y_all[idx]
-            if augment:
-                x = _augment(x, rng)
-            x, y = x.to(device), y.to(device)
-            with _autocast(device, precision):
-                logits = model(preprocess(x))
-                loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.update(1)
-        history.append({"epoch": epoch + 1, "loss": total_loss / n, "train_accuracy": correct / n})
-        bar.set_postfix(loss=f"{total_loss / n:.4f}", acc=f"{correct / n:.3f}")
-    bar.close()
+    fit(batches(), step, optimizer, bar=bar, after=after, what=f"{desc} training",
+        hint="lower the baseline's lr")
     return history
 
 
