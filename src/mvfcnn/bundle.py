@@ -186,9 +186,8 @@ def cli(argv: list[str]) -> int:
         "bundle",
         "Write a self-contained model bundle (weights + classes, inference and "
         "masking settings, pixel size, training config, metrics, git commit) so "
-        "`mvfcnn classify` needs no workflow config.")
+        "`mvfcnn classify` needs no workflow config.", shared=("classes_json",))
     parser.add_argument("--model", required=True, help="trained final-stage model (fcn8s.pt)")
-    parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--inference-json", required=True, help="config 'inference' section")
     parser.add_argument("--masking-json", default="{}", help="config 'masking' section")
     parser.add_argument("--training-json", default="{}",

@@ -4,11 +4,26 @@ the arguments a family of verbs shares are declared once (training jobs, report 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
+
+#: arguments many verbs take, declared once (``verb_parser(..., shared=("sample", ...))``)
+SHARED: dict[str, tuple[str, dict[str, Any]]] = {
+    "sample": ("--sample", {"required": True, "help": "sample id (named in messages)"}),
+    "classes_json": ("--classes-json", {"required": True,
+                                        "help": "the class set as JSON (the config's classes)"}),
+}
 
 
-def verb_parser(verb: str, description: str | None) -> argparse.ArgumentParser:
-    """The parser of ``mvfcnn <verb>`` (its usage line names the verb as users type it)."""
-    return argparse.ArgumentParser(prog=f"mvfcnn {verb}", description=description)
+def verb_parser(verb: str, description: str | None, *,
+                shared: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser of ``mvfcnn <verb>`` (its usage line names the verb as users type it), with
+    the :data:`SHARED` arguments named in ``shared``."""
+    parser = argparse.ArgumentParser(prog=f"mvfcnn {verb}", description=description)
+    for name in shared:
+        flag, options = SHARED[name]
+        parser.add_argument(flag, **options)
+    return parser
 
 
 def job_parser(verb: str, description: str, *, params_help: str,
@@ -16,8 +31,7 @@ def job_parser(verb: str, description: str, *, params_help: str,
     """The parser of a training job (pretrain-trunk, train-fcn) with the arguments both take:
     --classes-json, --params-json, --seed, --out, --out-csv, --out-png (the loss table and
     plot; ``reports_required`` makes them mandatory) and --threads."""
-    parser = verb_parser(verb, description)
-    parser.add_argument("--classes-json", required=True)
+    parser = verb_parser(verb, description, shared=("classes_json",))
     parser.add_argument("--params-json", required=True, help=params_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)

@@ -206,11 +206,10 @@ def crossval_markdown(table: pd.DataFrame, classes: ClassSet, literature: list[d
 def cli(argv: list[str]) -> int:
     import yaml
 
-    parser = verb_parser("crossval", __doc__.split("\n")[0])
+    parser = verb_parser("crossval", __doc__.split("\n")[0], shared=("classes_json",))
     parser.add_argument("--folds", nargs="+", required=True, help="fold names, in order")
     parser.add_argument("--confusions", nargs="+", required=True,
                         help="pixel confusion CSV of each fold (same order as --folds)")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--literature", default=None,
                         help="YAML file with the published numbers, and the key to read")
     parser.add_argument("--literature-key", default=None)
@@ -331,11 +330,11 @@ def examples_figure(rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarra
 
 def figure_cli(argv: list[str]) -> int:
     parser = verb_parser("crossval-figure", "One test image per fold: image, truth, "
-                                            "prediction in the class colours")
+                                            "prediction in the class colours",
+                         shared=("classes_json",))
     parser.add_argument("--test-image", action="append", nargs=5, required=True,
                         metavar=("FOLD", "SAMPLE", "IMAGE", "LABELS", "PRED"),
                         help="one test image of a fold (repeat for every test image)")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--title", default="Cross-validation: one test image per fold")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -313,11 +313,10 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
 def cli(argv: list[str]) -> int:
     import yaml
 
-    parser = verb_parser("crossval-objects", __doc__.split("\n")[0])
+    parser = verb_parser("crossval-objects", __doc__.split("\n")[0], shared=("classes_json",))
     parser.add_argument("--run", action="append", nargs=3, default=[], required=True,
                         metavar=("METHOD", "FOLD", "METRICS_JSON"),
                         help="one method's metrics.json on one fold (repeat; MVFCNN as mvfcnn)")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--paper", default=None, help="paper_tables.yaml: Table 1 beside ours")
     parser.add_argument("--config-json", default=None,
                         help="the workflow config (report view): each method's budget as notes")

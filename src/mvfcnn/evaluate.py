@@ -172,11 +172,10 @@ def cli(argv: list[str]) -> int:
         "metrics (max-voted objects) of one MVFCNN model over the test samples. "
         "Every per-sample list (--labels, --preds, --votes, --objects) follows the "
         "order of --samples; instead of a list, --pred-dir/--votes-dir/--objects-dir "
-        "name a folder holding {sample}.tif / {sample}.csv.")
+        "name a folder holding {sample}.tif / {sample}.csv.", shared=("classes_json",))
     parser.add_argument("--method", default="mvfcnn", help="method name (default mvfcnn)")
     parser.add_argument("--variant", default=None, help="training variant, e.g. ft_balanced_aug")
     parser.add_argument("--modality", required=True, help="sem | lom")
-    parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--samples", nargs="+", required=True, help="test sample ids")
     parser.add_argument("--labels", nargs="+", required=True,
                         help="label images (uint8, 255 = ignore), one per sample, same order")

@@ -321,10 +321,9 @@ def cli(argv: list[str]) -> int:
     parser = verb_parser(
         "predict",
         "Sliding-window FCN inference on one micrograph; writes the stitched uint8 "
-        "class map (and optionally float16 (K, H, W) probabilities).")
+        "class map (and optionally float16 (K, H, W) probabilities).", shared=("sample",))
     parser.add_argument("--model", required=True, help="model file (mvfcnn.models.save_model)")
     parser.add_argument("--image", required=True, help="SEM or registered LOM image")
-    parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--params-json", required=True,
                         help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
                              "precision (auto|fp32|bf16|fp16), tta_rotations, tta_flips, "

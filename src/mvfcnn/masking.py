@@ -159,8 +159,7 @@ def _params(text: str, sample: str) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    parser = verb_parser("mask", __doc__.split("\n")[0])
-    parser.add_argument("--sample", required=True)
+    parser = verb_parser("mask", __doc__.split("\n")[0], shared=("sample",))
     parser.add_argument("--sem", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--lom", help="LOM registered onto the SEM grid")

@@ -259,8 +259,7 @@ def read_mask(path: str, sample: str) -> np.ndarray:
 
 
 def cli(argv: list[str]) -> int:
-    parser = verb_parser("objects", __doc__.split("\n")[0])
-    parser.add_argument("--sample", required=True)
+    parser = verb_parser("objects", __doc__.split("\n")[0], shared=("sample", "classes_json"))
     parser.add_argument("--mask", help="binary second-phase mask; without it, objects are the "
                         "connected components of each second-phase class of --labels")
     parser.add_argument("--labels", help="ground-truth label image on the SEM grid")
@@ -270,7 +269,6 @@ def cli(argv: list[str]) -> int:
                         help="objects from labels: components per class, or of all second-phase "
                         "pixels together (majority class)")
     parser.add_argument("--image-class", help="class name every object of this image gets")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--out-table", required=True)
     parser.add_argument("--out-ids", required=True)
     args = parser.parse_args(argv)

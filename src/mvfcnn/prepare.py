@@ -146,11 +146,9 @@ def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def cli(argv: list[str]) -> int:
-    parser = verb_parser("prepare", __doc__.split("\n")[0])
-    parser.add_argument("--sample", required=True)
+    parser = verb_parser("prepare", __doc__.split("\n")[0], shared=("sample", "classes_json"))
     parser.add_argument("--image", required=True, help="micrograph as released (any format)")
     parser.add_argument("--labels", default=None, help="label map as released (optional)")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--crop-bottom", type=int, default=0, help="information band rows")
     parser.add_argument("--scale-bar-um", type=float, default=None,
                         help="length of the scale bar printed in the band (µm)")

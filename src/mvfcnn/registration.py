@@ -242,8 +242,7 @@ def _setup_logging() -> None:
 
 
 def cli(argv: list[str]) -> int:
-    parser = verb_parser("register", __doc__.split("\n")[0])
-    parser.add_argument("--sample", required=True)
+    parser = verb_parser("register", __doc__.split("\n")[0], shared=("sample",))
     parser.add_argument("--sem", required=True)
     parser.add_argument("--lom", required=True)
     parser.add_argument("--truth", help="transform.json with the true 'lom_to_sem' matrix")

@@ -195,11 +195,9 @@ def large_sem(height: int, width: int, seed: int, classes: ClassSet,
 
 
 def cli(argv: list[str]) -> int:
-    parser = verb_parser("synthesize", __doc__.split("\n")[0])
-    parser.add_argument("--sample", required=True)
+    parser = verb_parser("synthesize", __doc__.split("\n")[0], shared=("sample", "classes_json"))
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--params-json", required=True, help="the config's `synthetic` section")
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--outdir", required=True)
     args = parser.parse_args(argv)
 

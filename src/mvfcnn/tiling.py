@@ -400,13 +400,12 @@ def _bool(text: str) -> bool:
 
 def cli(argv: list[str]) -> int:
     """`mvfcnn tile-index`: write the tile table (CSV) and a per-class stride/count summary."""
-    parser = verb_parser("tile-index", __doc__.split("\n")[0])
+    parser = verb_parser("tile-index", __doc__.split("\n")[0], shared=("classes_json",))
     parser.add_argument("--samples", nargs="+", required=True)
     parser.add_argument("--images", nargs="+", required=True)
     parser.add_argument("--labels", nargs="+", required=True)
     parser.add_argument("--classes", nargs="+", required=True,
                         help='image-level class per sample; "" = majority class of its labels')
-    parser.add_argument("--classes-json", required=True)
     parser.add_argument("--params-json", required=True, help="the `tiles` config section")
     parser.add_argument("--balanced", type=_bool, required=True)
     parser.add_argument("--augment", type=_bool, required=True)

@@ -116,12 +116,11 @@ def cli(argv: list[str]) -> int:
     parser = verb_parser(
         "vote",
         "Max-vote the predicted classes inside each object (matrix pixels do not "
-        "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).")
+        "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).",
+        shared=("classes_json", "sample"))
     parser.add_argument("--pred", required=True, help="stitched uint8 class map (TIFF)")
     parser.add_argument("--objects-ids", required=True, help="uint32 object-id image (TIFF)")
     parser.add_argument("--objects", required=True, help="objects table CSV (object_id column)")
-    parser.add_argument("--classes-json", required=True, help="class set as JSON")
-    parser.add_argument("--sample", required=True, help="sample id (for messages)")
     parser.add_argument("--out", required=True, help="votes CSV to write")
     args = parser.parse_args(argv)
 

@@ -400,13 +400,12 @@ def cli(argv: list[str]) -> int:
     parser = verb_parser(
         "train-baseline",
         "Train one object-based baseline on the training crops, classify the test "
-        "crops and write objects.csv / metrics.json / confusion.csv.")
+        "crops and write objects.csv / metrics.json / confusion.csv.", shared=("classes_json",))
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--modality", required=True, help="sem | lom")
     parser.add_argument("--train", nargs="+", required=True,
                         help="training crops (.npz of crop-objects; several are concatenated)")
     parser.add_argument("--test", nargs="+", required=True, help="test crops (.npz, as --train)")
-    parser.add_argument("--classes-json", required=True, help="class set as JSON")
     parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
     parser.add_argument("--trunk-json", default=None,
                         help="the FCN trunk layout {width, fc_channels} for a trunk init")

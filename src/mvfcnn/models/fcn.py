@@ -227,18 +227,10 @@ def _load_checked(trunk: VGGTrunk, state: dict[str, Tensor], *, source: object) 
 # --------------------------------------------------------------------------- builders
 
 
-def build_fcn(
-    stage: str,
-    *,
-    num_classes: int,
-    width: float = 1.0,
-    fc_channels: int = 4096,
-    dropout: float = 0.5,
-    batch_norm: bool = False,
-    pretrained: Pretrained = "none",
-    progress: bool = True,
-) -> FCN:
-    """FCN of ``stage`` (one of :data:`STAGES`); ``pretrained`` initialises the trunk only.
+def build_fcn(stage: str, *, pretrained: Pretrained = "none", progress: bool = True,
+              **kwargs: Any) -> FCN:
+    """FCN of ``stage`` (one of :data:`STAGES`; ``kwargs``: :class:`FCN`'s layout, e.g.
+    ``num_classes``, ``width``); ``pretrained`` initialises the trunk only.
 
     ``pretrained``: "none" (He-normal trunk, see ``VGGTrunk.reset_parameters``), "imagenet"
     (torchvision ``VGG16_Weights.IMAGENET1K_V1``; width 1.0 and fc_channels 4096 only) or a
@@ -246,8 +238,7 @@ def build_fcn(
     """
     if stage not in STAGES:
         raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
-    kwargs = {"stage": stage, "num_classes": num_classes, "width": width,
-              "fc_channels": fc_channels, "dropout": dropout, "batch_norm": batch_norm}
+    kwargs = {"stage": stage, **kwargs}
     if pretrained is None or (isinstance(pretrained, str) and pretrained == "none"):
         return FCN(**kwargs)
     # every trunk tensor will be overwritten: skip its random init (~1 s for the real layout)
