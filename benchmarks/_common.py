@@ -44,7 +44,7 @@ def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     and thread settings, for every results JSON (timings mean little without the machine)."""
     import numpy as np
 
-    from mvfcnn.runtime import REPORTED_FLAGS, choose_precision
+    from mvfcnn.core.runtime import REPORTED_FLAGS, choose_precision
 
     model, flags = cpu_model_and_flags()
     choice = choose_precision("auto", "cpu")
@@ -174,7 +174,7 @@ def job_times(workdir: Path) -> dict[str, float]:
 
 def write_result(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     """Write a benchmark report atomically (a killed run never leaves half a JSON)."""
-    from mvfcnn.io import write_json
+    from mvfcnn.core.io import write_json
 
     write_json(path, report)
     return Path(path)
@@ -244,9 +244,9 @@ def synthetic_sem(height: int, width: int, seed: int = 0):
     """(SEM uint8, object ids uint32, number of objects) of a synthetic micrograph."""
     import numpy as np
 
-    from mvfcnn.config import ClassSet
-    from mvfcnn.objects import find_objects
-    from mvfcnn.synthetic import large_sem
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.data.synthetic import large_sem
+    from mvfcnn.objects.components import find_objects
 
     classes = ClassSet.from_config({"classes": [
         {"index": 0, "name": "matrix", "color": "#000000"},

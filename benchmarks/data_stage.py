@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/data_stage.py [--height 7000 --width 8000] [--workdir DIR]
 [--out benchmarks/results/data_stage.json]``.
 
-The inputs are generated first (SEM + labels from :func:`mvfcnn.synthetic.large_sem` when it is
+The inputs are generated first (SEM + labels from :func:`mvfcnn.data.synthetic.large_sem` when it is
 available, else a simple blob generator; the LOM is rendered from the labels: second phase dark,
 2x lower resolution, blurred, tinted, displaced by a known similarity). Each step then runs in
 its own fresh Python process through the library functions, as the CLI does (read, compute,
@@ -28,7 +28,7 @@ from typing import Any
 import _common
 import numpy as np
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
@@ -87,11 +87,11 @@ def generate(workdir: Path, height: int, width: int, seed: int) -> dict[str, Any
 
     t0 = time.perf_counter()
     try:
-        from mvfcnn.config import ClassSet
-        from mvfcnn.synthetic import large_sem
+        from mvfcnn.core.config import ClassSet
+        from mvfcnn.data.synthetic import large_sem
 
         sem, labels = large_sem(height, width, seed, ClassSet.from_config(CLASSES))
-        source = "mvfcnn.synthetic.large_sem"
+        source = "mvfcnn.data.synthetic.large_sem"
     except ImportError:
         sem, labels = _blobs(height, width, seed)
         source = "benchmarks/data_stage.py:_blobs"
@@ -123,9 +123,9 @@ def generate(workdir: Path, height: int, width: int, seed: int) -> dict[str, Any
 
 # --------------------------------------------------------------------------- steps
 def step_register(w: Path) -> dict[str, Any]:
-    from mvfcnn import registration as reg
-    from mvfcnn import registration_search
-    from mvfcnn.io import read_image, write_image, write_json
+    from mvfcnn.core.io import read_image, write_image, write_json
+    from mvfcnn.data import registration as reg
+    from mvfcnn.data import registration_search
 
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -152,10 +152,10 @@ def step_register(w: Path) -> dict[str, Any]:
 
 
 def step_mask(w: Path) -> dict[str, Any]:
-    from mvfcnn.io import read_image, write_image
-    from mvfcnn.masking import gray_strips, make_mask, mask_iou
-    from mvfcnn.objects import count_objects
-    from mvfcnn.registration import footprint, read_warp_metadata
+    from mvfcnn.core.io import read_image, write_image
+    from mvfcnn.data.registration import footprint, read_warp_metadata
+    from mvfcnn.objects.components import count_objects
+    from mvfcnn.objects.masking import gray_strips, make_mask, mask_iou
 
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -183,9 +183,9 @@ def step_mask(w: Path) -> dict[str, Any]:
 
 
 def step_objects(w: Path) -> dict[str, Any]:
-    from mvfcnn.config import ClassSet
-    from mvfcnn.io import read_image, write_image, write_table
-    from mvfcnn.objects import check_labels, find_objects, object_table, read_mask
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.core.io import read_image, write_image, write_table
+    from mvfcnn.objects.components import check_labels, find_objects, object_table, read_mask
 
     classes = ClassSet.from_config(CLASSES)
     times: dict[str, float] = {}

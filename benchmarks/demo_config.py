@@ -31,7 +31,7 @@ from _common import (
     write_result,
 )
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 MODEL = RESULTS.parents[1] / "results/mvfcnn/scratch_balanced_aug/sem/fcn8s.pt"
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
-    from mvfcnn.inference import predict_image
+    from mvfcnn.inference.predict import predict_image
 
     if args.random or not Path(args.model).is_file():
         model, source = random_fcn8s({"width": 0.25, "fc_channels": 512}), "random thin fcn8s"

@@ -47,10 +47,10 @@ from _common import (
     write_result,
 )
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 #: the CPU default (config/config.yaml's `inference` section): auto = bf16 where the CPU has
-#: native bf16, else fp32 (mvfcnn.runtime); the variants below name their precision explicitly
+#: native bf16, else fp32 (mvfcnn.core.runtime); the variants below name their precision explicitly
 DEFAULT = {"precision": "auto", "channels_last": True, "tile_size": 1500, "overlap": 100,
            "batch_size": 1, "fit_tiles": True}
 _BF16 = {"precision": "bf16"}
@@ -91,7 +91,7 @@ AGREEMENT = [("fp32_cl_t1000_o100", "bf16_cl_t1000_o100", "bf16 vs fp32"),
 def peak_dtypes() -> tuple[str, ...]:
     """Matmul peaks worth measuring: bf16 only where it is native (emulated, one 4096^3 bf16
     product takes minutes and is no reference for anything)."""
-    from mvfcnn.runtime import native_bf16
+    from mvfcnn.core.runtime import native_bf16
 
     return ("fp32", "bf16") if native_bf16()[0] is not False else ("fp32",)
 
@@ -111,7 +111,7 @@ def compile_model_for(model: Any, config: dict[str, Any], shape: tuple[int, ...]
     import torch
     import torch._inductor.config as inductor_config
 
-    from mvfcnn.inference import tile_shape
+    from mvfcnn.inference.predict import tile_shape
 
     inductor_config.freezing = True
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
@@ -132,9 +132,9 @@ def run_config(config: dict[str, Any], image: np.ndarray, layout: dict[str, Any]
     """Predict ``image`` with ``config`` (and vote over ``ids``): times, FLOPs, rates, RSS."""
     import torch
 
-    from mvfcnn.inference import predict_image
-    from mvfcnn.runtime import choose_precision
-    from mvfcnn.voting import vote
+    from mvfcnn.core.runtime import choose_precision
+    from mvfcnn.evaluation.voting import vote
+    from mvfcnn.inference.predict import predict_image
 
     resolved = choose_precision(config["precision"], "cpu").as_dict()
     rss_start = peak_rss_mb()
@@ -217,7 +217,7 @@ def trained_agreement(path: Path, image: np.ndarray) -> dict[str, Any]:
     Random weights leave many pixels with near-tied class scores; a trained network is the
     realistic case. Same windows for both precisions, so only the arithmetic differs.
     """
-    from mvfcnn.inference import predict_image
+    from mvfcnn.inference.predict import predict_image
     from mvfcnn.models.io import load_model
 
     model, meta = load_model(path)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         np.save(work / "ids.npy", ids)
         del sem, ids
         report["image"] = {"height": height, "width": width, "megapixels": height * width / 1e6,
-                           "objects": n_objects, "generator": "mvfcnn.synthetic.large_sem",
+                           "objects": n_objects, "generator": "mvfcnn.data.synthetic.large_sem",
                            "generate_s": round(time.perf_counter() - tick, 1)}
         common = ["--workdir", str(work), "--threads", str(threads)] + (["--quick"] if quick
                                                                           else [])
@@ -346,7 +346,7 @@ def summarise(report: dict[str, Any]) -> None:
     full_mp = report["image"]["megapixels"]
     height, width = report["image"]["height"], report["image"]["width"]
     layout = QUICK_LAYOUT if report["quick"] else REAL_LAYOUT
-    from mvfcnn.inference import tile_grid, tile_shape
+    from mvfcnn.inference.predict import tile_grid, tile_shape
 
     table = {}
     for name, run in report["variants"]["runs"].items():

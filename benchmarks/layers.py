@@ -34,7 +34,7 @@ from _common import (
 )
 from inference import DEFAULT
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 #: torchvision ``features`` index -> VGG layer name
 VGG_NAMES = {0: "conv1_1", 2: "conv1_2", 5: "conv2_1", 7: "conv2_2", 10: "conv3_1",
@@ -125,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-fuse", action="store_true",
                         help="time the plain model, not the conv + ReLU fused one that "
-                             "mvfcnn.inference.predict_image runs on a CPU")
+                             "mvfcnn.inference.predict.predict_image runs on a CPU")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     import torch
 
-    from mvfcnn.inference import tile_shape
+    from mvfcnn.inference.predict import tile_shape
 
     threads = set_threads(args.threads)
     layout = QUICK_LAYOUT if args.quick else REAL_LAYOUT

@@ -66,8 +66,8 @@ def fold_phase_fractions(workdir: Path, variant: str, folds: list[str]) -> dict[
     scored on."""
     import yaml
 
-    from mvfcnn.config import ClassSet
-    from mvfcnn.crossval import phase_fraction_images, phase_fraction_summary
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.evaluation.crossval import phase_fraction_images, phase_fraction_summary
 
     classes = ClassSet.from_config(yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text()))
     tests = []

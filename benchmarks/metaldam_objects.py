@@ -12,7 +12,7 @@ accuracy, mean class recall and per-class recall of every method, and of always 
 most frequent class), MVFCNN's paired per-fold lead over each method and the verdict on the
 paper's ordering, each method's job seconds from Snakemake's benchmark TSVs (summed over folds),
 and the component areas of every class over all label maps with the minimum area
-:func:`mvfcnn.objects.min_area_for_area_loss` chooses at 1, 2 and 5 % area loss.
+:func:`mvfcnn.objects.components.min_area_for_area_loss` chooses at 1, 2 and 5 % area loss.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ METHOD_JOBS = {"mvfcnn": ("pretrain_trunk/", "tile_index/", "train_fcn/", "predi
 def method_seconds(job_s: dict[str, float], methods: list[str]) -> dict[str, float]:
     """Job seconds per method over all folds (the pretrained trunk counts for MVFCNN only,
     though the patch-initialised VGGs start from the same file)."""
-    from mvfcnn.crossval_objects import MAJORITY
+    from mvfcnn.evaluation.crossval_objects import MAJORITY
 
     groups = {**METHOD_JOBS, **{m: (f"train_baseline/{m}_",) for m in methods
                                 if m not in METHOD_JOBS and m != MAJORITY}}
@@ -48,8 +48,8 @@ def method_seconds(job_s: dict[str, float], methods: list[str]) -> dict[str, flo
 
 def area_record(workdir: Path, classes: Any) -> dict[str, Any]:
     """Component areas per class over the prepared label maps, and the data-chosen minimum."""
-    from mvfcnn.io import read_labels
-    from mvfcnn.objects import component_areas, min_area_for_area_loss
+    from mvfcnn.core.io import read_labels
+    from mvfcnn.objects.components import component_areas, min_area_for_area_loss
 
     areas: dict[str, list[np.ndarray]] = {}
     files = sorted((workdir / "results" / "prepared").glob("*/labels.tif"))
@@ -77,9 +77,9 @@ def area_record(workdir: Path, classes: Any) -> dict[str, Any]:
 
 
 def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    from mvfcnn import layout
-    from mvfcnn.config import ClassSet
-    from mvfcnn.crossval_objects import SECONDARY, paired_differences, verdict
+    from mvfcnn.core import layout
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.evaluation.crossval_objects import SECONDARY, paired_differences, verdict
 
     paths = layout.crossval_table(layout.crossval_name(config["samples"]))
     table_path = layout.under(workdir / "results", paths["objects_csv"])
@@ -114,7 +114,7 @@ def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     import yaml
 
-    from mvfcnn.settings import merge
+    from mvfcnn.core.settings import merge
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "benchmarks_metaldam")

@@ -52,7 +52,7 @@ from inference import DEFAULT
 from layers import layer_name
 from train_step import DEMO_FREEZE, DEMO_LAYOUT, DEMO_SIZE
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 #: chosen-precision / fp32 time above which a layer is a trap
 FLAG_RATIO = 1.5
@@ -79,7 +79,7 @@ print("ok")
 
 def cases(quick: bool) -> dict[str, dict[str, Any]]:
     """name -> network layout, stage, frozen trunk part, input (H, W) and training or not."""
-    from mvfcnn.inference import tile_shape
+    from mvfcnn.inference.predict import tile_shape
 
     window = tile_shape(7000, 8000, DEFAULT["tile_size"], DEFAULT["overlap"],
                         DEFAULT["fit_tiles"])
@@ -105,8 +105,8 @@ def cases(quick: bool) -> dict[str, dict[str, Any]]:
 def build(case: dict[str, Any]) -> Any:
     import torch
 
+    from mvfcnn.fcn.stage_model import freeze_trunk
     from mvfcnn.models.fcn import build_fcn
-    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = build_fcn(case["stage"], num_classes=NUM_CLASSES, **case["layout"])
@@ -123,7 +123,7 @@ def layer_inputs(model: Any, case: dict[str, Any], precision: str) -> list[dict[
     and whether its backward runs (a trainable parameter in it or before it)."""
     import torch
 
-    from mvfcnn.runtime import autocast
+    from mvfcnn.core.runtime import autocast
 
     seen: list[dict[str, Any]] = []
     handles = []
@@ -157,7 +157,7 @@ def time_layer(module: Any, shape: tuple[int, ...], dtype: Any, precision: str, 
     """Best-of-``repeats`` seconds of ``module`` on a random input (forward, + backward)."""
     import torch
 
-    from mvfcnn.runtime import autocast
+    from mvfcnn.core.runtime import autocast
 
     x = torch.randn(*shape)
     if x.dim() == 4:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from mvfcnn.runtime import choose_precision
+    from mvfcnn.core.runtime import choose_precision
 
     threads = set_threads(args.threads)
     choice = choose_precision("auto", "cpu")

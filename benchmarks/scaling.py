@@ -39,7 +39,7 @@ from _common import (
 )
 from inference import DEFAULT, run_config, scale_tile
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 FULL_SIZES = "1000x1000,2000x2000,4000x4000,7000x8000"
 QUICK_SIZES = "100x100,200x200,400x400"

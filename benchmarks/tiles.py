@@ -4,8 +4,8 @@ images (with rotations), against the rate the training step consumes them.
 Usage: ``python benchmarks/tiles.py [--quick] [--sizes 512,1000] [--workers 0,1]
 [--out benchmarks/results/tiles.json]``.
 
-Synthetic micrographs (``mvfcnn.synthetic.large_sem``) are written as uncompressed TIFFs, so
-``read_image(mmap=True)`` maps them as training does; ``mvfcnn.tiling.tile_index`` builds the
+Synthetic micrographs (``mvfcnn.data.synthetic.large_sem``) are written as uncompressed TIFFs, so
+``read_image(mmap=True)`` maps them as training does; ``mvfcnn.fcn.tiling.tile_index`` builds the
 index with the 4 rotations and ``TileDataset`` + the training ``DataLoader`` (same batching and
 worker settings as ``train_stage``) read them in the training order. The page cache is warm
 after the first pass, as in a training run that revisits its tiles. The consumption rate is
@@ -34,7 +34,7 @@ from _common import (
     write_result,
 )
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 
 def make_images(workdir: Path, count: int, side: int) -> Any:
@@ -57,9 +57,9 @@ def make_images(workdir: Path, count: int, side: int) -> Any:
 def loader_rate(images: Any, *, size: int, workers: int, batch: int, n_batches: int,
                 seed: int = 0) -> dict[str, Any]:
     """Tiles per second through TileDataset + the training DataLoader (first pass and warm)."""
-    from mvfcnn.data import TileDataset, sample_order
-    from mvfcnn.tiling import tile_index
-    from mvfcnn.training import _loader
+    from mvfcnn.fcn.dataset import TileDataset, sample_order
+    from mvfcnn.fcn.tiling import tile_index
+    from mvfcnn.fcn.train import _loader
 
     index = tile_index(images, size=size, stride=size // 2, balanced=False, augment=True)
     dataset = TileDataset(index.tiles, ignore_index=255)

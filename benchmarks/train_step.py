@@ -5,7 +5,7 @@ Usage: ``python benchmarks/train_step.py [--quick] [--networks real,demo] [--sta
 [--sizes 512,1000] [--precisions fp32,bf16,auto] [--iters 2]
 [--out benchmarks/results/train_step.json]``.
 
-The step is the one ``mvfcnn.training.train_stage`` runs (channels_last model and batch,
+The step is the one ``mvfcnn.fcn.train.train_stage`` runs (channels_last model and batch,
 ``normalize_batch``, ``autocast``, ``pixel_loss``, ``make_optimizer``) with random weights and a
 batch of synthetic uint8 tiles. Networks: ``real`` (the VGG16 layout, nothing frozen, the
 sizes given) and ``demo`` (config/config.yaml's: width 0.25, fc 512, conv1..pool4 frozen, one
@@ -40,7 +40,7 @@ from _common import (
     write_result,
 )
 
-from mvfcnn.progress import progress
+from mvfcnn.core.progress import progress
 
 #: the demo network of config/config.yaml (fcn.width, fc_channels, freeze) and its tile size
 DEMO_LAYOUT = {"width": 0.25, "fc_channels": 512}
@@ -54,15 +54,15 @@ def measure(size: int, precision: str, layout: dict[str, Any], *, batch: int, it
             stage: str = "8s", freeze: str = "none", seed: int = 0) -> dict[str, Any]:
     """Seconds of each of ``iters`` timed training iterations after one warm-up.
 
-    ``precision`` may be "auto": the one ``mvfcnn.runtime.choose_precision`` picks here.
+    ``precision`` may be "auto": the one ``mvfcnn.core.runtime.choose_precision`` picks here.
     """
     import torch
 
-    from mvfcnn.losses import make_optimizer, pixel_loss
+    from mvfcnn.core.runtime import autocast, choose_precision
+    from mvfcnn.fcn.losses import make_optimizer, pixel_loss
+    from mvfcnn.fcn.stage_model import freeze_trunk
     from mvfcnn.models.fcn import build_fcn
     from mvfcnn.models.preprocess import normalize_batch
-    from mvfcnn.runtime import autocast, choose_precision
-    from mvfcnn.stage_model import freeze_trunk
 
     requested = precision
     precision = choose_precision(precision, "cpu").precision

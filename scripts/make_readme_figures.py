@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from mvfcnn.config import ClassSet  # noqa: E402
-from mvfcnn.synthetic import render_sample  # noqa: E402
+from mvfcnn.core.config import ClassSet  # noqa: E402
+from mvfcnn.data.synthetic import render_sample  # noqa: E402
 
 
 def colour_labels(labels: np.ndarray, classes: ClassSet) -> np.ndarray:

@@ -22,7 +22,7 @@ def default_config() -> dict:
 
 @pytest.fixture()
 def classes(default_config):
-    from mvfcnn.config import ClassSet
+    from mvfcnn.core.config import ClassSet
 
     return ClassSet.from_config(default_config)
 

@@ -24,9 +24,9 @@ import pytest
 import tifffile
 
 from mvfcnn.cli import main
-from mvfcnn.config import ClassSet, check_config_keys, load_sample_sheet
-from mvfcnn.errors import InputError
-from mvfcnn.io import read_image, read_labels, write_image
+from mvfcnn.core.config import ClassSet, check_config_keys, load_sample_sheet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_image, read_labels, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -323,18 +323,18 @@ def test_a_micrograph_using_little_of_its_bit_depth_warns_once(tmp_path, caplog,
     values = _sem().astype(np.uint16) * 8
     values[0, :2] = (0, 2040)  # 0..2040 of 65535: 3.1 %
     dark = _write(tmp_path / "dark16.tif", values)
-    with caplog.at_level("WARNING", logger="mvfcnn.io"):
+    with caplog.at_level("WARNING", logger="mvfcnn.core.io"):
         image = read_image(dark, sample="s1", micrograph=True)
     assert image.dtype == np.uint16  # read by bit depth, like every image: one scale per dataset
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "uses 3.1 % of its bit depth" in warnings[0]
     assert "sample s1" in warnings[0] and "dark16.tif" in warnings[0]
-    from mvfcnn.prepare import prepare_sample
+    from mvfcnn.data.prepare import prepare_sample
 
     record = prepare_sample("s1", dark, None, ClassSet.from_config(default_config))[2]
     assert record.intensity_warning == warnings[0]  # and in prepare's JSON
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mvfcnn.io"):
+    with caplog.at_level("WARNING", logger="mvfcnn.core.io"):
         read_image(_write(tmp_path / "ok16.tif", _sem().astype(np.uint16) * 256),
                    micrograph=True)
         read_image(dark)  # not a micrograph: no intensity rule
@@ -498,7 +498,7 @@ def test_sheet_paths_that_are_directories_or_padded(tmp_path, classes, caplog):
     with pytest.raises(InputError, match=r"sample 'a'.*'sem' .* is a directory, not an image"):
         load_sample_sheet(path, classes)
     path.write_text("sample\tsplit\tsem\tlabels\na\ttrain\ts.tif \t l.png\n")
-    with caplog.at_level("WARNING", logger="mvfcnn.config"):
+    with caplog.at_level("WARNING", logger="mvfcnn.core.config"):
         frame = load_sample_sheet(path, classes)
     assert frame.loc["a", "sem"] == "s.tif" and frame.loc["a", "labels"] == "l.png"
     assert "whitespace removed from column 'sem' of sample(s) ['a']" in caplog.text
@@ -618,8 +618,8 @@ def test_classify_output_folder_is_taken_by_a_folder(tmp_path, capsys):
 def test_learning_curve_clis_name_the_missing_csv_and_mismatched_lists(tmp_path):
     """mvfcnn learning-curve / crossval-curves: one line naming the file or the list lengths,
     nothing written."""
-    from mvfcnn.crossval import learning_curves_cli
-    from mvfcnn.curves import learning_curve_cli
+    from mvfcnn.evaluation.crossval import learning_curves_cli
+    from mvfcnn.fcn.curves import learning_curve_cli
 
     out = ["--out-csv", str(tmp_path / "c.csv"), "--out-png", str(tmp_path / "c.png")]
     missing = tmp_path / "train_32s.csv"

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from conftest import stripe_images  # noqa: E402
 
 from mvfcnn.baselines.crops import CropSet, crop_sample, warp  # noqa: E402
-from mvfcnn.errors import InputError  # noqa: E402
+from mvfcnn.core.errors import InputError  # noqa: E402
 
 CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
                        {"index": 1, "name": "alpha", "color": "#ff0000"},
@@ -24,7 +24,7 @@ CLASSES = {"classes": [{"index": 0, "name": "matrix", "color": "#000000"},
 
 @pytest.fixture()
 def class_set():
-    from mvfcnn.config import ClassSet
+    from mvfcnn.core.config import ClassSet
 
     return ClassSet.from_config(CLASSES)
 
@@ -105,7 +105,7 @@ def test_crop_sample_geometry():
 
 def test_crop_objects_cli(tmp_path):
     from mvfcnn.baselines.crops import cli
-    from mvfcnn.io import write_image, write_table
+    from mvfcnn.core.io import write_image, write_table
 
     image, ids, mask, table = _scene()
     write_image(tmp_path / "img.tif", image)
@@ -240,7 +240,7 @@ def test_per_sample_crops_concatenate_in_order_and_disagreeing_files_are_refused
 @pytest.mark.parametrize("method", ["handcrafted_svm", "cifarnet"])
 def test_train_baseline_cli(tmp_path, tiny_npz, class_set, method):
     from mvfcnn.baselines.run import cli
-    from mvfcnn.evaluate import OBJECT_COLUMNS, write_evaluation
+    from mvfcnn.evaluation.evaluate import OBJECT_COLUMNS, write_evaluation
 
     params = {"cifarnet": {"epochs": 3, "batch_size": 6}, "svm": {"C": [1, 10],
                                                                   "gamma_factor": [1]}}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mvfcnn.errors import InputError
+from mvfcnn.core.errors import InputError
 from mvfcnn.models.fcn import build_fcn, init_from_parent
 from mvfcnn.models.io import load_model, save_model
 from mvfcnn.models.vgg_trunk import (
@@ -131,9 +131,9 @@ def test_a_trunk_file_of_the_wrong_width_is_named_with_batch_norm_too(tmp_path):
 
 
 def test_frozen_batch_norm_keeps_its_statistics_and_later_ones_learn():
-    from mvfcnn.losses import make_optimizer, pixel_loss
+    from mvfcnn.fcn.losses import make_optimizer, pixel_loss
+    from mvfcnn.fcn.stage_model import freeze_trunk
     from mvfcnn.models.vgg_trunk import POOL_INDICES
-    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = freeze_trunk(build_fcn("32s", num_classes=3, batch_norm=True, **SMALL), "pool2")
@@ -160,7 +160,7 @@ def test_frozen_batch_norm_keeps_its_statistics_and_later_ones_learn():
 def test_pretraining_hands_its_batch_norm_to_a_batch_norm_fcn(tmp_path):
     from test_pretraining import CLASSES, _toy_images
 
-    from mvfcnn.pretraining import pretrain_trunk
+    from mvfcnn.fcn.pretrain import pretrain_trunk
 
     images, labels = _toy_images(tmp_path)
     cfg = {"patch_size": 32, "head": "pool5", "iterations": 5, "batch_size": 8, "lr": 3e-3,

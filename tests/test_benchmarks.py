@@ -36,7 +36,7 @@ def test_network_flops_match_the_layer_arithmetic(bench) -> None:
 def test_random_model_predicts_several_classes(bench) -> None:
     import torch
 
-    from mvfcnn.inference import predict_image
+    from mvfcnn.inference.predict import predict_image
 
     torch.set_num_threads(1)
     # seed 1: the thin quick network's seed 0 happens to favour one class on this small image
@@ -284,7 +284,7 @@ def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None
     label 255 left out of both)."""
     import metaldam
 
-    from mvfcnn.io import write_image
+    from mvfcnn.core.io import write_image
 
     labels = np.zeros((10, 10), np.uint8)
     labels[6:] = 1

@@ -12,24 +12,24 @@ import pandas as pd
 import pytest
 import tifffile
 
-from mvfcnn.bundle import BUNDLE_FORMAT, load_for_inference, write_bundle
-from mvfcnn.classify import (
+from mvfcnn.classify.bundle import BUNDLE_FORMAT, load_for_inference, write_bundle
+from mvfcnn.classify.cli import cli as classify_cli
+from mvfcnn.classify.outputs import (
+    NOT_SEGMENTED_VALUE,
+    OUTPUT_FILES,
+    pyramid_levels,
+    write_ome_tiff,
+)
+from mvfcnn.classify.pipeline import (
     OBJECT_COLUMNS,
     SUMMARY_COLUMNS,
     analyse,
     low_confidence,
     objects_from_prediction,
 )
-from mvfcnn.classify_cli import cli as classify_cli
-from mvfcnn.classify_outputs import (
-    NOT_SEGMENTED_VALUE,
-    OUTPUT_FILES,
-    pyramid_levels,
-    write_ome_tiff,
-)
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.io import write_image
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_image
 
 PIXEL_UM = 0.25
 INFERENCE = {"tile_size": 128, "overlap": 32, "batch_size": 4, "precision": "fp32",
@@ -66,8 +66,8 @@ def tiny_fcn8s(num_classes: int, seed: int = 2, calibrate_on: np.ndarray | None 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, default_config) -> dict[str, Path]:
+    from mvfcnn.data.synthetic import render_sample
     from mvfcnn.models.io import save_model
-    from mvfcnn.synthetic import render_sample
 
     root = tmp_path_factory.mktemp("classify")
     classes = ClassSet.from_config(default_config)
@@ -116,7 +116,7 @@ def test_bundle_carries_what_classify_needs(files, classes):
     assert loaded.is_bundle and loaded.extra["bundle"] == BUNDLE_FORMAT
     assert loaded.classes == classes
     # the given settings, completed with the schema's defaults (a bundle is self-contained)
-    from mvfcnn.settings import defaults
+    from mvfcnn.core.settings import defaults
 
     assert loaded.inference == {**defaults("inference"), **INFERENCE}
     assert loaded.pixel_size_um == PIXEL_UM and loaded.modality == "sem"
@@ -132,7 +132,7 @@ def test_bundle_carries_what_classify_needs(files, classes):
 
 
 def test_bundle_cli(files, classes, tmp_path):
-    from mvfcnn.bundle import cli
+    from mvfcnn.classify.bundle import cli
 
     out = tmp_path / "b.pt"
     assert cli(["--model", str(files["model"]), "--classes-json", json.dumps(classes.to_dict()),
@@ -154,7 +154,7 @@ def test_cli_writes_every_output(classified):
         assert (classified / name).stat().st_size > 0, name
     run = json.loads((classified / "run.json").read_text())
     assert run["object_source"] == "mask" and run["pixel_size_um"] == PIXEL_UM
-    from mvfcnn.settings import defaults
+    from mvfcnn.core.settings import defaults
 
     assert run["inference"] == {**defaults("inference"), **INFERENCE}
     assert run["model"]["bundle"] is True
@@ -162,7 +162,7 @@ def test_cli_writes_every_output(classified):
 
 
 def test_tables_are_consistent(classified, files, classes):
-    from mvfcnn.io import read_image
+    from mvfcnn.core.io import read_image
 
     objects = pd.read_csv(classified / "objects.csv")
     summary = pd.read_csv(classified / "summary.csv")
@@ -194,9 +194,9 @@ def test_tables_are_consistent(classified, files, classes):
 def test_object_classes_equal_the_vote_rule(classified, files, classes, tmp_path):
     """The workflow's own chain (predict -> objects -> vote CLIs, as the rules call them) on the
     same image, mask and model settings gives exactly classify's classes and shares."""
-    from mvfcnn.inference import cli as predict_cli
-    from mvfcnn.objects import cli as objects_cli
-    from mvfcnn.voting import cli as vote_cli
+    from mvfcnn.evaluation.voting import cli as vote_cli
+    from mvfcnn.inference.predict import cli as predict_cli
+    from mvfcnn.objects.components import cli as objects_cli
 
     classes_json = json.dumps(classes.to_dict())
     pred, ids, table, votes = (tmp_path / n for n in ("pred.tif", "ids.tif", "objects.csv",
@@ -223,7 +223,7 @@ def test_object_classes_equal_the_vote_rule(classified, files, classes, tmp_path
 
 
 def test_ome_tiff_reads_back(classified, files):
-    from mvfcnn.io import read_image
+    from mvfcnn.core.io import read_image
 
     objects = pd.read_csv(classified / "objects.csv")
     with tifffile.TiffFile(classified / "classmap.ome.tif") as tif:
@@ -345,7 +345,7 @@ def test_objects_from_prediction_cleans_like_a_mask():
 def test_cli_objects_from_prediction_and_lom(files, tmp_path):
     import torch
 
-    from mvfcnn.io import read_image
+    from mvfcnn.core.io import read_image
 
     out = tmp_path / "out"
     threads = str(torch.get_num_threads())
@@ -361,7 +361,7 @@ def test_cli_objects_from_prediction_and_lom(files, tmp_path):
                          "--no-progress"]) == 0
     run = json.loads((out / "lom" / "run.json").read_text())
     assert run["object_source"] == "lom" and run["lom_threshold"] == 0.5
-    from mvfcnn.objects import count_objects
+    from mvfcnn.objects.components import count_objects
 
     assert run["n_objects"] == count_objects(mask)
 
@@ -473,7 +473,7 @@ def test_cli_main_prints_one_line(files, tmp_path, capsys):
 
 
 def test_cli_precision_auto_is_resolved_and_recorded(files, tmp_path, capsys, monkeypatch):
-    from mvfcnn import runtime
+    from mvfcnn.core import runtime
 
     # a CPU without native bf16: auto must pick fp32 and say why, in the log and in run.json
     monkeypatch.setattr(runtime, "cpu_arch", lambda: "x86_64")
@@ -506,7 +506,7 @@ def test_cli_tta_switch_overrides_the_bundle(files, tmp_path):
 
 @pytest.mark.parametrize("name", ["a\nb", "tab\there", "", "..", "x/y"])
 def test_output_names_refuse_control_characters_and_paths(name):
-    from mvfcnn.classify_cli import output_names
+    from mvfcnn.classify.cli import output_names
 
     with pytest.raises(InputError, match="invalid output name"):
         output_names(["one.tif"], [name])

@@ -9,8 +9,8 @@ import pytest
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from mvfcnn.config import ClassSet, check_sample_sheet, load_sample_sheet
-from mvfcnn.errors import InputError
+from mvfcnn.core.config import ClassSet, check_sample_sheet, load_sample_sheet
+from mvfcnn.core.errors import InputError
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 
@@ -74,7 +74,7 @@ def _sheet(**overrides):
 def test_unlabelled_rows_need_an_image_only_and_join_no_fold(classes):
     """Split `unlabelled` (issue 22): a micrograph without labels, LOM or mask, for the SSL
     pretraining; it is neither a training nor a test sample of any fold."""
-    from mvfcnn.config import fold_samples
+    from mvfcnn.core.config import fold_samples
 
     sheet = _sheet(**{"2__split": "unlabelled", "2__lom": ""})
     frame = check_sample_sheet(sheet, classes=classes)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
-from mvfcnn.crossval import crossval_markdown, fold_rows, summarize
+from mvfcnn.core.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
+from mvfcnn.evaluation.crossval import crossval_markdown, fold_rows, summarize
 
 CLASSES = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
 

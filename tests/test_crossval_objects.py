@@ -1,5 +1,6 @@
-"""MVFCNN vs the object-based baselines on cross-validation folds (mvfcnn.crossval_objects), and
-the data-chosen minimum object area (mvfcnn.objects.min_area_for_area_loss)."""
+"""MVFCNN vs the object-based baselines on cross-validation folds
+(mvfcnn.evaluation.crossval_objects), and
+the data-chosen minimum object area (mvfcnn.objects.components.min_area_for_area_loss)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.crossval_objects import (
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.crossval_objects import (
     add_majority,
     check_same_objects,
     cli,
@@ -19,8 +21,7 @@ from mvfcnn.crossval_objects import (
     summarize,
     verdict,
 )
-from mvfcnn.errors import InputError
-from mvfcnn.objects import component_areas, min_area_for_area_loss
+from mvfcnn.objects.components import component_areas, min_area_for_area_loss
 
 CLASSES = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
 
@@ -63,7 +64,7 @@ def test_rows_summary_and_majority_have_exact_values():
 
 
 def test_accuracy_without_a_class_counts_the_other_classes_objects_only():
-    from mvfcnn.crossval_objects import SECONDARY, add_accuracy_without
+    from mvfcnn.evaluation.crossval_objects import SECONDARY, add_accuracy_without
 
     rows = add_accuracy_without(add_majority(fold_rows(RUNS, CLASSES), CLASSES), ("b",))
     table = summarize(rows).set_index(["method", "fold"])
@@ -131,7 +132,7 @@ def test_methods_scored_on_different_objects_are_refused():
 
 
 def test_cli_writes_the_three_files_with_each_methods_budget(tmp_path, capsys):
-    from mvfcnn.settings import defaults
+    from mvfcnn.core.settings import defaults
 
     args = []
     for (method, fold), report in RUNS.items():

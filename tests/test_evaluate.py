@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from mvfcnn.cli import main
-from mvfcnn.config import ClassSet
-from mvfcnn.evaluate import OBJECT_COLUMNS, write_evaluation
+from mvfcnn.core.config import ClassSet
+from mvfcnn.evaluation.evaluate import OBJECT_COLUMNS, write_evaluation
 
 CLASSES = ClassSet.from_config({"classes": [
     {"index": 0, "name": "ferrite", "color": "#000000"},

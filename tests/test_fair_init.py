@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 
 from conftest import stripe_images  # noqa: E402
 
-from mvfcnn import runs as R  # noqa: E402
-from mvfcnn.errors import InputError  # noqa: E402
+from mvfcnn.core import runs as R  # noqa: E402
+from mvfcnn.core.errors import InputError  # noqa: E402
 from mvfcnn.report import collect as C  # noqa: E402
 from mvfcnn.report import tables as T  # noqa: E402
 
@@ -175,8 +175,8 @@ def test_match_resolves_to_the_compared_variants_init():
     layered = {**demo["fcn"], **paper["fcn"]}
     assert demo["fcn"]["freeze"] == "pool4" and layered["freeze"] == "none"
     assert (layered["width"], layered["batch_size"]) == (1.0, 1)
-    # the schema default is `match` (mvfcnn.settings fills it)
-    from mvfcnn.settings import defaults
+    # the schema default is `match` (mvfcnn.core.settings fills it)
+    from mvfcnn.core.settings import defaults
 
     assert defaults("baselines")["vgg16"]["pretrained"] == "match"
     assert defaults("baselines")["vgg19_svm"]["pretrained"] == "match"
@@ -286,7 +286,7 @@ def test_dry_run_vgg16_depends_on_the_fcns_trunk(tmp_path):
 
 
 def test_table_configuration_names_init_and_budget(tmp_path, default_config, classes):
-    from mvfcnn.evaluate import write_evaluation
+    from mvfcnn.evaluation.evaluate import write_evaluation
 
     config = copy.deepcopy(default_config)
     config["run"] = {"variants": ["ft_balanced_aug"], "modalities": ["sem"],

@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.evaluate import write_evaluation
-from mvfcnn.io import write_image
-from mvfcnn.objects import find_objects
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.io import write_image
+from mvfcnn.evaluation.evaluate import write_evaluation
+from mvfcnn.evaluation.voting import vote
+from mvfcnn.objects.components import find_objects
 from mvfcnn.report import collect as C
 from mvfcnn.report import figure_kit as K
 from mvfcnn.report import figures as F
 from mvfcnn.report import noise_figure as N
 from mvfcnn.report import tables as T
-from mvfcnn.voting import vote
 
 SIZE = 64
 PATCH = 32

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from mvfcnn import inference
-from mvfcnn.errors import InputError
-from mvfcnn.inference import axis_windows, predict_image, tile_grid
+from mvfcnn.core.errors import InputError
+from mvfcnn.inference import predict as inference
+from mvfcnn.inference.predict import axis_windows, predict_image, tile_grid
 
 SIZES = [1, 5, 31, 32, 33, 47, 48, 63, 64, 65, 96, 97, 100, 129, 257]
 
@@ -257,7 +257,7 @@ def test_tta_flips_and_rotations_equal_plain_for_an_equivariant_model(rotations,
 def test_tta_views_average_a_non_equivariant_model() -> None:
     """For a direction-sensitive model TTA differs from the plain map and equals the mean of
     the 8 views computed by hand, each mapped back to the image frame."""
-    from mvfcnn.inference import tta_scores, tta_transforms
+    from mvfcnn.inference.predict import tta_scores, tta_transforms
 
     assert len(tta_transforms(True, True)) == 8 and tta_transforms(False, False) == [(False, 0)]
     torch.manual_seed(1)
@@ -472,7 +472,7 @@ def test_images_smaller_or_thinner_than_a_window_run_as_one_padded_window(shape,
     own size, not refused with a message about settings the user never touched."""
     import torch
 
-    from mvfcnn.inference import predict_image, tile_grid
+    from mvfcnn.inference.predict import predict_image, tile_grid
     from mvfcnn.models.fcn import fcn8s
 
     torch.manual_seed(0)

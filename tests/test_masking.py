@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mvfcnn.errors import InputError
-from mvfcnn.io import write_image
-from mvfcnn.masking import cli, disk, make_mask, mask_iou, otsu_threshold
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_image
+from mvfcnn.objects.masking import cli, disk, make_mask, mask_iou, otsu_threshold
 
 PARAMS = {"threshold": None, "dark_is_foreground": True, "opening_radius": 1,
           "closing_radius": 2, "min_object_area": 80}

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mvfcnn.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
-from mvfcnn.errors import InputError
+from mvfcnn.core.config import ClassSet, check_sample_sheet, cv_folds, fold_samples
+from mvfcnn.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -48,7 +48,7 @@ def metadata() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def sheet(classes):
-    from mvfcnn.datasets import metaldam_sample_sheet
+    from mvfcnn.data.datasets import metaldam_sample_sheet
 
     return check_sample_sheet(metaldam_sample_sheet(METALDAM), classes=classes)
 
@@ -74,7 +74,7 @@ def test_sample_sheet_has_the_release_folds(sheet):
 def test_prepare_crops_the_band_and_counts_match_the_metadata(image_id, classes, metadata):
     """JPEG RGB -> grey, band cropped (65 or 66 rows), labels (RGB for 26) on the same grid;
     the per-class pixel counts equal the release's label0..label4."""
-    from mvfcnn.prepare import prepare_sample
+    from mvfcnn.data.prepare import prepare_sample
 
     row = metadata.loc[image_id]
     image, labels, record = prepare_sample(
@@ -91,7 +91,7 @@ def test_prepare_crops_the_band_and_counts_match_the_metadata(image_id, classes,
 def test_rgb_label_map_is_read_as_grey():
     from skimage import io as skio
 
-    from mvfcnn.io import read_labels
+    from mvfcnn.core.io import read_labels
 
     raw = skio.imread(METALDAM / "labels" / "micrograph26.png")
     assert raw.ndim == 3 and raw.shape[-1] == 3
@@ -103,8 +103,8 @@ def test_rgb_label_map_is_read_as_grey():
 def test_pixel_size_from_the_scale_bar(metadata):
     """The bar is measured in the band: images of one magnification and width agree; the ruler
     style of the 1280-px images has no bar line, so their pixel size stays unknown."""
-    from mvfcnn.io import read_image
-    from mvfcnn.prepare import scale_bar_pixels
+    from mvfcnn.core.io import read_image
+    from mvfcnn.data.prepare import scale_bar_pixels
 
     sizes = []
     for image_id in (0, 1, 5, 6, 9):  # 10000x, 1024 px wide
@@ -165,7 +165,7 @@ def test_bad_real_labels_give_one_clear_message(tmp_path, capsys, kind, message)
 
 
 def test_fold_naming_no_image_is_a_clear_error(tmp_path):
-    from mvfcnn.datasets import metaldam_sample_sheet
+    from mvfcnn.data.datasets import metaldam_sample_sheet
 
     copy = tmp_path / "release"
     copy.mkdir()
@@ -177,7 +177,7 @@ def test_fold_naming_no_image_is_a_clear_error(tmp_path):
 
 
 def test_missing_release_names_the_folder(tmp_path):
-    from mvfcnn.datasets import metaldam_sample_sheet
+    from mvfcnn.data.datasets import metaldam_sample_sheet
 
     with pytest.raises(InputError, match="metadata.sqlite"):
         metaldam_sample_sheet(tmp_path)
@@ -282,7 +282,7 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):
     """prepare.upscale = 2: image and labels twice as large, every label pixel 2x2 identical
     pixels (the class shares stay the release's), pixel size halved."""
-    from mvfcnn.prepare import prepare_sample
+    from mvfcnn.data.prepare import prepare_sample
 
     row = metadata.loc[0]
     args = ("micrograph0", str(METALDAM / row["image_path"]),
@@ -300,7 +300,7 @@ def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata)
 
 
 def test_needs_prepare_decides_from_the_sheet_and_upscale():
-    from mvfcnn.layout import needs_prepare
+    from mvfcnn.core.layout import needs_prepare
 
     assert not needs_prepare("a.tif", "l.tif", "", "")
     assert needs_prepare("a.jpg", "l.tif", "", "")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.metrics import (
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.metrics import (
     confusion_matrix,
     fw_iu,
     mean_accuracy,

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mvfcnn.errors import InputError
+from mvfcnn.core.errors import InputError
 from mvfcnn.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.io import write_image
-from mvfcnn.objects import COLUMNS, check_labels, cli, find_objects, object_table
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_image
+from mvfcnn.objects.components import COLUMNS, check_labels, cli, find_objects, object_table
 
 IGN = 255
 
@@ -174,7 +174,7 @@ def test_objects_from_labels_per_class_or_as_one_second_phase():
     """Two touching objects of different classes: two pure objects per class, one object (of
     the majority class) when cut as a binary second-phase mask would cut them; min area drops
     small components either way."""
-    from mvfcnn.objects import label_objects
+    from mvfcnn.objects.components import label_objects
 
     classes = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
     labels = np.zeros((6, 8), np.uint8)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.metrics import area_fractions, phase_fractions
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.metrics import area_fractions, phase_fractions
 
 CLASSES = ClassSet((0, 1, 2), ("matrix", "a", "b"), ("#000000", "#ff0000", "#00ff00"))
 X = 255  # ignore
@@ -38,7 +38,7 @@ def test_area_fractions_all_pixels_and_valid_only():
 
 
 def test_area_fractions_strips_nan_and_bad_values(monkeypatch):
-    import mvfcnn.metrics as metrics
+    import mvfcnn.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics, "_COUNT_ROWS", 1)  # one bincount per row: same numbers
     np.testing.assert_array_equal(area_fractions(PRED, 3, LABELS != X), [10 / 16, 5 / 16, 1 / 16])
@@ -70,7 +70,7 @@ def _images() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
 
 
 def test_phase_rows_and_summary_exact():
-    from mvfcnn.crossval import phase_fraction_summary, phase_image_rows
+    from mvfcnn.evaluation.crossval import phase_fraction_summary, phase_image_rows
 
     rows = [r for fold, sample, lab, pred in _images()
             for r in phase_image_rows(fold, sample, lab, pred, CLASSES)]
@@ -95,8 +95,8 @@ def test_phase_rows_and_summary_exact():
 
 
 def test_crossval_cli_writes_the_phase_fractions(tmp_path):
-    from mvfcnn.crossval import cli
-    from mvfcnn.io import write_image
+    from mvfcnn.core.io import write_image
+    from mvfcnn.evaluation.crossval import cli
 
     pairs = []
     for fold, sample, lab, pred in _images():
@@ -125,7 +125,7 @@ def test_crossval_cli_writes_the_phase_fractions(tmp_path):
 
 
 def test_crossval_cli_phase_arguments_go_together(tmp_path):
-    from mvfcnn.crossval import cli
+    from mvfcnn.evaluation.crossval import cli
 
     with pytest.raises(InputError, match="go together"):
         cli(["--folds", "0", "--confusions", "c.csv", "--classes-json",
@@ -143,8 +143,8 @@ def test_crossval_rule_dry_run_lists_the_phase_fraction_outputs(tmp_path):
 
     import yaml
 
-    from mvfcnn.io import write_image
-    from mvfcnn.layout import crossval_table
+    from mvfcnn.core.io import write_image
+    from mvfcnn.core.layout import crossval_table
 
     root = Path(__file__).resolve().parents[1]
     snakemake = Path(sys.executable).with_name("snakemake")

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.io import write_image
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_image
+from mvfcnn.fcn.pretrain import SSL_BLOCK, PatchSampler, block_mask, pretrain_trunk
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
 from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
-from mvfcnn.pretraining import SSL_BLOCK, PatchSampler, block_mask, pretrain_trunk
 
 CLASSES = ClassSet.from_config({"classes": [
     {"index": 0, "name": "matrix", "color": "#000000"},
@@ -69,7 +69,7 @@ def test_fold_batch_norm_keeps_eval_outputs():
 
 
 def test_patch_sampler_centres_have_the_drawn_class(tmp_path):
-    from mvfcnn.io import read_image
+    from mvfcnn.core.io import read_image
 
     paths, label_paths = _toy_images(tmp_path)
     images = [read_image(p) for p in paths]
@@ -218,7 +218,7 @@ def test_ssl_settings_that_cannot_work(tmp_path, change, message):
 def test_unlabelled_micrographs_feed_the_ssl_crops_only(tmp_path, monkeypatch, caplog):
     """Sheet rows of split `unlabelled` (issue 22 item 1): SSL crops come from the training
     images and them; the labelled patch phase never sees them."""
-    import mvfcnn.pretraining as P
+    import mvfcnn.fcn.pretrain as P
 
     images, labels = _toy_images(tmp_path, count=1, size=128)
     extra = write_path(tmp_path / "unlabelled.tif", np.full((160, 144), 90, np.uint8))

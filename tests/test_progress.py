@@ -1,4 +1,4 @@
-"""mvfcnn.progress: periodic lines in logs (fake clock, non-tty stream), tqdm on a tty."""
+"""mvfcnn.core.progress: periodic lines in logs (fake clock, non-tty stream), tqdm on a tty."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from mvfcnn.progress import format_rate, format_seconds, progress
+from mvfcnn.core.progress import format_rate, format_seconds, progress
 
 
 class Clock:

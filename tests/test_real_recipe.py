@@ -28,7 +28,7 @@ needs_metaldam = pytest.mark.skipif(not (METALDAM / "metadata.sqlite").exists(),
 
 @pytest.fixture(scope="module")
 def classes():
-    from mvfcnn.config import ClassSet
+    from mvfcnn.core.config import ClassSet
 
     return ClassSet.from_config(yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text()))
 
@@ -38,7 +38,7 @@ def real_crops(tmp_path_factory, classes):
     """(image table for tile_index, [label maps]) of the crops, written as TIFFs."""
     if not (METALDAM / "metadata.sqlite").exists():
         pytest.skip("MetalDAM release not found at ../shared/data/metaldam")
-    from mvfcnn.io import read_image, read_labels, write_image
+    from mvfcnn.core.io import read_image, read_labels, write_image
 
     root = tmp_path_factory.mktemp("metaldam_crops")
     rows, maps = [], []
@@ -62,14 +62,14 @@ def real_crops(tmp_path_factory, classes):
 
 
 def _index(table, augment=True):
-    from mvfcnn.tiling import tile_index
+    from mvfcnn.fcn.tiling import tile_index
 
     return tile_index(table, size=96, stride=48, balanced=True, augment=augment)
 
 
 @needs_metaldam
 def test_rare_tiles_are_centred_on_rare_pixels_of_real_crops(real_crops, classes):
-    from mvfcnn.tiling import CENTRED, add_rare_tiles, is_centred
+    from mvfcnn.fcn.tiling import CENTRED, add_rare_tiles, is_centred
 
     table, maps = real_crops
     plain = _index(table)
@@ -105,8 +105,8 @@ def test_rare_tiles_are_centred_on_rare_pixels_of_real_crops(real_crops, classes
 
 @needs_metaldam
 def test_rare_tiles_are_deterministic_and_off_by_default(real_crops, classes):
-    from mvfcnn.settings import defaults
-    from mvfcnn.tiling import add_rare_tiles
+    from mvfcnn.core.settings import defaults
+    from mvfcnn.fcn.tiling import add_rare_tiles
 
     table, maps = real_crops
     plain = _index(table, augment=False)
@@ -121,7 +121,7 @@ def test_rare_tiles_are_deterministic_and_off_by_default(real_crops, classes):
 
 @needs_metaldam
 def test_rare_classes_from_pixel_frequency(real_crops, classes):
-    from mvfcnn.tiling import class_pixel_counts, rare_classes
+    from mvfcnn.fcn.tiling import class_pixel_counts, rare_classes
 
     _, maps = real_crops
     counts = class_pixel_counts(maps, classes)
@@ -135,8 +135,8 @@ def test_rare_classes_from_pixel_frequency(real_crops, classes):
 
 @needs_metaldam
 def test_centred_tiles_always_train(real_crops, classes):
-    from mvfcnn.tiling import add_rare_tiles, is_centred
-    from mvfcnn.training import split_validation
+    from mvfcnn.fcn.tiling import add_rare_tiles, is_centred
+    from mvfcnn.fcn.train import split_validation
 
     table, maps = real_crops
     plain = _index(table)
@@ -186,7 +186,7 @@ def one_torch_thread():
 def test_soft_dice_loss_values():
     import torch
 
-    from mvfcnn.losses import soft_dice_loss
+    from mvfcnn.fcn.losses import soft_dice_loss
 
     labels = torch.tensor([[[0, 1], [2, 255]]])
     perfect = torch.nn.functional.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2) * 50.0
@@ -205,7 +205,7 @@ def test_soft_dice_loss_values():
 def test_dice_term_keeps_sum_equal_n_times_mean():
     import torch
 
-    from mvfcnn.losses import pixel_loss
+    from mvfcnn.fcn.losses import pixel_loss
 
     logits = torch.randn(2, 5, 6, 6)
     labels = torch.randint(0, 5, (2, 6, 6))
@@ -222,8 +222,8 @@ def test_dice_term_keeps_sum_equal_n_times_mean():
 
 @needs_metaldam
 def test_capped_class_weights_on_real_crops(real_crops, classes):
-    from mvfcnn.data import TileDataset
-    from mvfcnn.losses import class_balance_weights
+    from mvfcnn.fcn.dataset import TileDataset
+    from mvfcnn.fcn.losses import class_balance_weights
 
     table, _ = real_crops
     data = TileDataset(_index(table, augment=False).tiles)
@@ -239,7 +239,7 @@ def test_capped_class_weights_on_real_crops(real_crops, classes):
 @needs_metaldam
 def test_dice_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_path,
                                                      one_torch_thread):
-    from mvfcnn.training import split_validation, train_stage
+    from mvfcnn.fcn.train import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)
@@ -261,14 +261,14 @@ def test_dice_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_pa
 @pytest.fixture(scope="module")
 def real_tile(real_crops):
     """One 96 px tile of a real micrograph and its labels (several classes)."""
-    from mvfcnn.data import TileDataset
+    from mvfcnn.fcn.dataset import TileDataset
 
     table, _ = real_crops
     return TileDataset(_index(table, augment=False).tiles).read(4)
 
 
 def _draw(img, lab, params, position=0, seed=0):
-    from mvfcnn.data import augment_tile
+    from mvfcnn.fcn.dataset import augment_tile
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, position]))
     return augment_tile(img, lab, rng, params)
@@ -276,8 +276,8 @@ def _draw(img, lab, params, position=0, seed=0):
 
 @needs_metaldam
 def test_augmentation_off_is_the_identity_and_defaults_off(real_tile):
-    from mvfcnn.data import augmentation_enabled
-    from mvfcnn.settings import defaults
+    from mvfcnn.core.settings import defaults
+    from mvfcnn.fcn.dataset import augmentation_enabled
 
     params = defaults("fcn")["augmentation"]
     assert not augmentation_enabled(params)
@@ -335,8 +335,8 @@ def test_augmented_training_resumes_bit_identically_on_real_crops(real_crops, cl
     checkpoint takes the draws the uninterrupted run took."""
     import torch
 
+    from mvfcnn.fcn.train import train_stage
     from mvfcnn.models.io import load_model
-    from mvfcnn.training import train_stage
 
     table, _ = real_crops
     tiles = _index(table).tiles
@@ -372,8 +372,8 @@ def test_learning_curve_of_two_stages_trained_on_real_crops(real_crops, classes,
     """train_32s.csv and train_16s.csv of a short run on real crops become one curve of
     validation mean IU per stage (CSV + PNG) through the `mvfcnn learning-curve` verb."""
     from mvfcnn.cli import main
-    from mvfcnn.curves import CURVE_COLUMNS
-    from mvfcnn.training import split_validation, train_stage
+    from mvfcnn.fcn.curves import CURVE_COLUMNS
+    from mvfcnn.fcn.train import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)
@@ -404,7 +404,7 @@ def test_learning_curve_of_two_stages_trained_on_real_crops(real_crops, classes,
 
 
 def test_learning_curve_from_training_rows():
-    from mvfcnn.curves import learning_curve
+    from mvfcnn.fcn.curves import learning_curve
 
     rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0],
                          "lr": 1e-3, "seconds": 0.1,
@@ -420,7 +420,7 @@ def test_learning_curve_from_training_rows():
 def test_crossval_learning_curves_of_every_fold(tmp_path):
     """`mvfcnn crossval-curves`: the folds' curves in one table (fold column) and one figure."""
     from mvfcnn.cli import main
-    from mvfcnn.curves import CURVE_COLUMNS, learning_curve
+    from mvfcnn.fcn.curves import CURVE_COLUMNS, learning_curve
 
     rows = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [4.0, 2.0, 3.0, 1.0], "lr": 1e-3,
                          "seconds": 0.1, "pixel_accuracy": [None, 0.5, None, 0.7],
@@ -457,7 +457,7 @@ def test_lever_defaults_and_the_readme_overlay_validate():
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    from mvfcnn.settings import defaults, merge
+    from mvfcnn.core.settings import defaults, merge
 
     assert defaults("tiles")["rare_share"] == 0 and defaults("tiles")["rare_classes"] is None
     assert defaults("fcn")["dice_weight"] == 0 and defaults("fcn")["class_weight_cap"] is None
@@ -480,8 +480,8 @@ def test_tta_on_a_real_crop(real_crops, one_torch_thread):
     a valid class map and probabilities, not the plain map bit for bit."""
     import torch
 
-    from mvfcnn.inference import predict_image
-    from mvfcnn.io import read_image
+    from mvfcnn.core.io import read_image
+    from mvfcnn.inference.predict import predict_image
     from mvfcnn.models.fcn import build_fcn
 
     table, _ = real_crops
@@ -508,7 +508,7 @@ def test_benchmark_overlays_validate_on_metaldam(overlay):
     and each switches at least one lever on."""
     from snakemake.utils import validate
 
-    from mvfcnn.settings import merge
+    from mvfcnn.core.settings import merge
 
     schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     base = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())
@@ -528,9 +528,9 @@ def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tm
     stage's best validated weights; the 4s output is the input size, finite everywhere."""
     import torch
 
-    from mvfcnn.losses import lr_factor
+    from mvfcnn.fcn.losses import lr_factor
+    from mvfcnn.fcn.train import split_validation, train_stage
     from mvfcnn.models.io import load_model
-    from mvfcnn.training import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)
@@ -561,7 +561,7 @@ def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tm
 
 @needs_metaldam
 def test_ssl_pretraining_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
-    from mvfcnn.pretraining import pretrain_trunk
+    from mvfcnn.fcn.pretrain import pretrain_trunk
 
     table, maps = real_crops
     summary = pretrain_trunk(

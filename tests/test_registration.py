@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mvfcnn import registration as reg
-from mvfcnn import registration_search as reg_search
-from mvfcnn.errors import InputError
-from mvfcnn.io import write_image
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_image
+from mvfcnn.data import registration as reg
+from mvfcnn.data import registration_search as reg_search
 
 
 def similarity(angle_deg: float, scale: float, shift: tuple[float, float],
@@ -188,8 +188,8 @@ def test_cli_bad_inputs_name_sample_and_file(tmp_path):
 # --------------------------------------------------------------------------- synthetic dataset
 @pytest.fixture(scope="module")
 def synthetic_samples(default_config):
-    synthetic = pytest.importorskip("mvfcnn.synthetic")
-    from mvfcnn.config import ClassSet
+    synthetic = pytest.importorskip("mvfcnn.data.synthetic")
+    from mvfcnn.core.config import ClassSet
 
     classes = ClassSet.from_config(default_config)
     sheet = synthetic.sample_sheet(default_config["synthetic"], "", classes)
@@ -200,8 +200,8 @@ def synthetic_samples(default_config):
 
 def test_synthetic_dataset_register_mask_objects(synthetic_samples, default_config):
     """Every default synthetic sample: registration <= 1 px, mask IoU >= 0.9, objects found."""
-    from mvfcnn.masking import make_mask, mask_iou
-    from mvfcnn.objects import find_objects, object_table
+    from mvfcnn.objects.components import find_objects, object_table
+    from mvfcnn.objects.masking import make_mask, mask_iou
 
     classes, samples = synthetic_samples
     rcfg, mcfg = default_config["registration"], default_config["masking"]
@@ -231,11 +231,12 @@ def test_synthetic_dataset_register_mask_objects(synthetic_samples, default_conf
 
 def test_cli_chain_on_a_synthetic_sample(tmp_path, default_config):
     """register -> mask -> objects through the CLIs, with the arguments the rules pass."""
-    synthetic = pytest.importorskip("mvfcnn.synthetic")
+    synthetic = pytest.importorskip("mvfcnn.data.synthetic")
     import pandas as pd
 
-    from mvfcnn import masking, objects
-    from mvfcnn.config import ClassSet
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.objects import components as objects
+    from mvfcnn.objects import masking
 
     classes = ClassSet.from_config(default_config)
     name = "train_pearlite_0"

@@ -1,4 +1,4 @@
-"""mvfcnn.runtime: the precision policy with the CPU capability and CUDA faked both ways."""
+"""mvfcnn.core.runtime: the precision policy with the CPU capability and CUDA faked both ways."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from mvfcnn import runtime
-from mvfcnn.errors import InputError
-from mvfcnn.runtime import PrecisionChoice, autocast, choose_precision
+from mvfcnn.core import runtime
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.runtime import PrecisionChoice, autocast, choose_precision
 
 
 @pytest.fixture(autouse=True)

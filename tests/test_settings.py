@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mvfcnn import settings
+from mvfcnn.core import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "mvfcnn"
 
 #: module -> (the name its section goes by in the code, the schema section(s) it reads)
 READERS = {
-    "training.py": ("cfg|full", ("fcn",)),
-    "stage_model.py": ("cfg", ("fcn",)),
-    "pretraining.py": ("cfg", ("pretrain",)),
-    "masking.py": ("params", ("masking",)),
-    "synthetic.py": ("cfg", ("synthetic",)),
+    "fcn/train.py": ("cfg|full", ("fcn",)),
+    "fcn/stage_model.py": ("cfg", ("fcn",)),
+    "fcn/pretrain.py": ("cfg", ("pretrain",)),
+    "objects/masking.py": ("params", ("masking",)),
+    "data/synthetic.py": ("cfg", ("synthetic",)),
     "baselines/features.py": ("p", ("baselines", "handcrafted")),
     "baselines/svm.py": ("p", ("baselines", "svm")),
 }
@@ -81,7 +81,7 @@ def test_the_workflow_schema_is_the_package_schema():
 def test_report_view_keeps_only_report_sections():
     """Report rules hash this view into their params: resources must not be in it, every
     section the tables and figures read must."""
-    from mvfcnn.settings import REPORT_SECTIONS, report_view, schema
+    from mvfcnn.core.settings import REPORT_SECTIONS, report_view, schema
 
     top = set(schema()["properties"])
     assert set(REPORT_SECTIONS) <= top
@@ -98,7 +98,7 @@ def test_layout_under_re_roots_a_rule_pattern():
     """The report finds a rule's output at the same pattern under its --results-dir."""
     from pathlib import Path
 
-    from mvfcnn import layout
+    from mvfcnn.core import layout
 
     assert layout.under("/x/res", layout.run_dir(False), variant="v", modality="sem") == Path(
         "/x/res/mvfcnn/v/sem")

@@ -298,9 +298,9 @@ def measured_iterations(seconds: float = TRAIN_SECONDS) -> int:
 
     import torch
 
-    from mvfcnn.losses import make_optimizer, pixel_loss
+    from mvfcnn.core.runtime import autocast, choose_precision
+    from mvfcnn.fcn.losses import make_optimizer, pixel_loss
     from mvfcnn.models.fcn import fcn32s
-    from mvfcnn.runtime import autocast, choose_precision
 
     torch.manual_seed(0)
     precision = choose_precision("auto", "cpu").precision
@@ -373,8 +373,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
 def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
     if not MINI.exists():
         pytest.skip("tests/data/mini.yaml (the miniature workflow config) does not exist yet")
-    if not (ROOT / "src" / "mvfcnn" / "training.py").exists():
-        pytest.skip("src/mvfcnn/training.py (mvfcnn train-fcn) does not exist yet")
+    if not (ROOT / "src" / "mvfcnn" / "fcn" / "train.py").exists():
+        pytest.skip("src/mvfcnn/fcn/train.py (mvfcnn train-fcn) does not exist yet")
     iterations = measured_iterations()
     preempt = tmp_path / "preempt.yaml"
     preempt.write_text(preempt_yaml(iterations))

@@ -75,8 +75,8 @@ def test_find_cycle_sees_a_cycle_through_a_function_level_import():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"mvfcnn.training", "mvfcnn.models.fcn", "mvfcnn.cli"} <= graph.keys()
-    assert "mvfcnn.models.fcn" in graph["mvfcnn.stage_model"]
+    assert {"mvfcnn.fcn.train", "mvfcnn.models.fcn", "mvfcnn.cli"} <= graph.keys()
+    assert "mvfcnn.models.fcn" in graph["mvfcnn.fcn.stage_model"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -95,7 +95,7 @@ def test_rule_files_stay_short():
 
 #: the report: tables, figures and summaries are made after the DAG, never needed by it
 REPORT_PACKAGE = "mvfcnn.report"
-REPORT_MODULES = {"mvfcnn.crossval", "mvfcnn.crossval_objects"}
+REPORT_MODULES = {"mvfcnn.evaluation.crossval", "mvfcnn.evaluation.crossval_objects"}
 
 
 def test_building_the_dag_imports_no_report_module():
@@ -107,7 +107,7 @@ def test_building_the_dag_imports_no_report_module():
         for module, names in pattern.findall(path.read_text()):
             for name in (n.strip().split(" ")[0] for n in names.split(",")):
                 roots.add(f"{module}.{name}" if f"{module}.{name}" in graph else module)
-    assert {"mvfcnn.config", "mvfcnn.runs", "mvfcnn.layout"} <= roots
+    assert {"mvfcnn.core.config", "mvfcnn.core.runs", "mvfcnn.core.layout"} <= roots
     reached, todo = set(), list(roots)
     while todo:
         module = todo.pop()

@@ -13,10 +13,10 @@ import tifffile
 from skimage.filters import threshold_otsu
 from skimage.transform import ProjectiveTransform, warp
 
-from mvfcnn import synthetic, synthetic_textures
-from mvfcnn.config import SAMPLE_COLUMNS, ClassSet, check_sample_sheet
-from mvfcnn.errors import InputError
-from mvfcnn.io import read_json, to_gray
+from mvfcnn.core.config import SAMPLE_COLUMNS, ClassSet, check_sample_sheet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_json, to_gray
+from mvfcnn.data import synthetic, synthetic_textures
 
 FILES = ("sem.tif", "lom.tif", "labels.tif", "transform.json")
 UHCS = ClassSet.from_config({"classes": [

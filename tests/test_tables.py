@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from mvfcnn.cli import main as cli_main
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.evaluate import write_evaluation
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.evaluate import write_evaluation
 from mvfcnn.report import collect as C
 from mvfcnn.report import rendering as RN
 from mvfcnn.report import tables as T

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from mvfcnn.config import ClassSet
-from mvfcnn.data import TileDataset, sample_order
-from mvfcnn.errors import InputError
-from mvfcnn.tiling import (
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.fcn.dataset import TileDataset, sample_order
+from mvfcnn.fcn.tiling import (
     TILE_INDEX_COLUMNS,
     build_image_table,
     choose_stride,

@@ -18,15 +18,15 @@ import pytest
 import tifffile
 import torch
 
-from mvfcnn.checkpoints import checkpoint_files
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.losses import lr_factor, lr_sum_to_mean, make_optimizer, pixel_loss
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.fcn.checkpoints import checkpoint_files
+from mvfcnn.fcn.losses import lr_factor, lr_sum_to_mean, make_optimizer, pixel_loss
+from mvfcnn.fcn.tiling import tile_index
+from mvfcnn.fcn.train import split_validation, train_stage
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
 from mvfcnn.models.preprocess import normalize_batch
-from mvfcnn.tiling import tile_index
-from mvfcnn.training import split_validation, train_stage
 
 CLASSES = ClassSet((0, 1), ("bg", "A"), ("#000000", "#ff0000"))
 TILE = 64
@@ -137,7 +137,7 @@ def test_split_validation_holds_out_positions():
 
 def _dataset_loss(model: torch.nn.Module, tiles: pd.DataFrame) -> float:
     """Mean cross-entropy per labelled pixel over every tile (eval mode: no dropout noise)."""
-    from mvfcnn.data import TileDataset
+    from mvfcnn.fcn.dataset import TileDataset
 
     data = TileDataset(tiles)
     images, labels = zip(*(data[i] for i in range(len(data))), strict=True)
@@ -248,7 +248,7 @@ def test_foreign_checkpoint_is_ignored(tmp_path, tiles, caplog):
     _run(tmp_path / "a", tiles, cfg=cfg)
     assert [i for i, _ in checkpoint_files(tmp_path / "a" / "ckpt" / "32s")] == [2]
     other = {**cfg, "lr": {**cfg["lr"], "32s": 1e-3}}
-    with caplog.at_level("INFO", logger="mvfcnn.training"):
+    with caplog.at_level("INFO", logger="mvfcnn.fcn.train"):
         _, summary = _run(tmp_path / "a", tiles, cfg=other)
     assert summary["resumed_from"] == 0
     assert "other settings" in caplog.text and "resuming" not in caplog.text
@@ -256,7 +256,7 @@ def test_foreign_checkpoint_is_ignored(tmp_path, tiles, caplog):
 
 def test_median_frequency_weights_exact():
     """8 matrix and 2 class-1 pixels (255 skipped), class 2 absent: freq 0.8/0.2, median 0.5."""
-    from mvfcnn.losses import class_balance_weights
+    from mvfcnn.fcn.losses import class_balance_weights
 
     class Tiny:
         def __len__(self):
@@ -293,7 +293,7 @@ def test_adam_option_and_unknown_optimizer():
 def test_a_trunk_trained_from_scratch_is_never_frozen():
     """fcn.freeze fixes a PRETRAINED trunk; a `pretrained: none` variant's random trunk must
     learn, in FCN-32s and in the later stages (which inherit it from their parent)."""
-    from mvfcnn.stage_model import build_stage_model, frozen_until
+    from mvfcnn.fcn.stage_model import build_stage_model, frozen_until
 
     cfg = {"freeze": "pool4"}
     assert frozen_until(cfg, {"pretrained": "none"}) == "none"
@@ -311,9 +311,9 @@ def test_a_trunk_trained_from_scratch_is_never_frozen():
 def test_freeze_keeps_the_trunk_prefix_fixed(until):
     """fcn.freeze: layers up to the pool do not move in a training step, all later ones do,
     and the optimizer holds only the trainable ones."""
-    from mvfcnn.losses import make_optimizer
+    from mvfcnn.fcn.losses import make_optimizer
+    from mvfcnn.fcn.stage_model import freeze_trunk
     from mvfcnn.models.vgg_trunk import CONV_INDICES, POOL_INDICES
-    from mvfcnn.stage_model import freeze_trunk
 
     torch.manual_seed(0)
     model = freeze_trunk(build_fcn("32s", num_classes=3, width=0.0625, fc_channels=16), until)

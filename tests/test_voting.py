@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.voting import VOTE_COLUMNS, vote, vote_table
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.voting import VOTE_COLUMNS, vote, vote_table
 
 CLASSES = ClassSet.from_config({"classes": [
     {"index": 0, "name": "ferrite", "color": "#000000"},

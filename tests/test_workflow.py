@@ -209,9 +209,9 @@ def test_data_stage_with_hostile_file_names(tmp_path, default_config):
     (registration, mask, objects) end to end, and no command hidden in a name runs."""
     import numpy as np
 
-    from mvfcnn.config import ClassSet
-    from mvfcnn.io import write_image
-    from mvfcnn.synthetic import render_sample
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.core.io import write_image
+    from mvfcnn.data.synthetic import render_sample
 
     classes = ClassSet.from_config(default_config)
     cfg = {**default_config["synthetic"], "height": 256, "width": 256, "object_count": [4, 6],
@@ -250,9 +250,9 @@ def test_data_stage_with_hostile_file_names(tmp_path, default_config):
 def test_labels_only_sheet_runs_the_default_target(tmp_path, default_config):
     """Issue 21 item 1: a sheet with SEM + labels only (no lom, mask or fold column) goes
     through the default target; objects then come from the labels, Fig. 4 shows no mask."""
-    from mvfcnn.config import ClassSet
-    from mvfcnn.io import write_image
-    from mvfcnn.synthetic import render_sample
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.core.io import write_image
+    from mvfcnn.data.synthetic import render_sample
 
     classes = ClassSet.from_config(default_config)
     cfg = {**default_config["synthetic"], "height": 256, "width": 256, "object_count": [4, 6],
@@ -304,9 +304,9 @@ def test_a_settings_change_reruns_only_what_reads_it(mini_run, tmp_path, overlay
 def test_unlabelled_rows_reach_the_ssl_pretraining_and_nothing_else(tmp_path, default_config):
     """Split `unlabelled` (issue 22): with an SSL phase the trunk pretraining reads them; no job
     looks for their objects, and without the SSL phase nothing reads them."""
-    from mvfcnn.config import ClassSet
-    from mvfcnn.io import write_image
-    from mvfcnn.synthetic import render_sample
+    from mvfcnn.core.config import ClassSet
+    from mvfcnn.core.io import write_image
+    from mvfcnn.data.synthetic import render_sample
 
     classes = ClassSet.from_config(default_config)
     cfg = {**default_config["synthetic"], "height": 128, "width": 128}

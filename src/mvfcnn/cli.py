@@ -10,39 +10,42 @@ from __future__ import annotations
 import importlib
 import sys
 
-from mvfcnn.errors import InputError
+from mvfcnn.core.errors import InputError
 
 VERBS: dict[str, tuple[str, str]] = {
-    "synthesize": ("mvfcnn.synthetic", "Generate the embedded synthetic dataset"),
-    "prepare": ("mvfcnn.prepare", "Released micrograph -> grey TIFF without the band, checked "
+    "synthesize": ("mvfcnn.data.synthetic", "Generate the embedded synthetic dataset"),
+    "prepare": ("mvfcnn.data.prepare", "Released micrograph -> grey TIFF without the band, checked "
                 "labels, pixel size from the scale bar"),
-    "register": ("mvfcnn.registration", "Register LOM onto SEM, write transform + score"),
-    "mask": ("mvfcnn.masking", "Binary second-phase mask from registered LOM"),
-    "objects": ("mvfcnn.objects", "Connected-component objects table + id image"),
-    "tile-index": ("mvfcnn.tiling", "Stride-balanced sliding-window tile table"),
-    "pretrain-trunk": ("mvfcnn.pretraining", "Pretrain the VGG trunk on labelled patches "
+    "register": ("mvfcnn.data.registration", "Register LOM onto SEM, write transform + score"),
+    "mask": ("mvfcnn.objects.masking", "Binary second-phase mask from registered LOM"),
+    "objects": ("mvfcnn.objects.components", "Connected-component objects table + id image"),
+    "tile-index": ("mvfcnn.fcn.tiling", "Stride-balanced sliding-window tile table"),
+    "pretrain-trunk": ("mvfcnn.fcn.pretrain", "Pretrain the VGG trunk on labelled patches "
                        "(pretrained: patches)"),
-    "train-fcn": ("mvfcnn.training", "Train one FCN stage (32s/16s/8s/4s/2s)"),
-    "learning-curve": ("mvfcnn.curves:learning_curve_cli",
+    "train-fcn": ("mvfcnn.fcn.train", "Train one FCN stage (32s/16s/8s/4s/2s)"),
+    "learning-curve": ("mvfcnn.fcn.curves:learning_curve_cli",
                        "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
-    "predict": ("mvfcnn.inference", "Sliding-window inference + stitching"),
-    "vote": ("mvfcnn.voting", "Max-vote predicted pixels inside each object"),
-    "evaluate": ("mvfcnn.evaluate", "Pixel and object metrics over a test set"),
+    "predict": ("mvfcnn.inference.predict", "Sliding-window inference + stitching"),
+    "vote": ("mvfcnn.evaluation.voting", "Max-vote predicted pixels inside each object"),
+    "evaluate": ("mvfcnn.evaluation.evaluate", "Pixel and object metrics over a test set"),
     "crop-objects": ("mvfcnn.baselines.crops", "Crop + warp objects for object-based baselines"),
     "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
-    "crossval": ("mvfcnn.crossval", "Cross-validation table: per fold, mean ± SE, literature"),
-    "crossval-objects": ("mvfcnn.crossval_objects", "MVFCNN vs the object-based baselines on "
+    "crossval": ("mvfcnn.evaluation.crossval",
+                 "Cross-validation table: per fold, mean ± SE, literature"),
+    "crossval-objects": ("mvfcnn.evaluation.crossval_objects",
+                         "MVFCNN vs the object-based baselines on "
                          "every fold: object accuracy, class recall, mean ± SE"),
-    "crossval-curves": ("mvfcnn.crossval:learning_curves_cli",
+    "crossval-curves": ("mvfcnn.evaluation.crossval:learning_curves_cli",
                         "Every fold's validation mean IU per stage (CSV + figure)"),
-    "crossval-figure": ("mvfcnn.crossval:figure_cli",
+    "crossval-figure": ("mvfcnn.evaluation.crossval:figure_cli",
                         "One test image per fold: micrograph | truth | prediction"),
     "best-run": ("mvfcnn.report.collect:best_run_cli", "Which MVFCNN variant the report shows, per "
                  "modality (results/best.json)"),
     "tables": ("mvfcnn.report.summary:report_cli", "Regenerate the paper's tables and summary.md"),
     "figures": ("mvfcnn.report.figures", "Regenerate the paper's figures"),
-    "bundle": ("mvfcnn.bundle", "Self-contained model bundle for classify (weights + settings)"),
-    "classify": ("mvfcnn.classify_cli", "Classify new micrographs with a trained model bundle"),
+    "bundle": ("mvfcnn.classify.bundle",
+               "Self-contained model bundle for classify (weights + settings)"),
+    "classify": ("mvfcnn.classify.cli", "Classify new micrographs with a trained model bundle"),
 }
 
 

@@ -8,12 +8,12 @@ import pandas as pd
 
 from snakemake.exceptions import WorkflowError
 
-from mvfcnn import layout
-from mvfcnn.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
-from mvfcnn.config import SSL_ONLY_SPLITS, ClassSet, cv_folds, fold_samples
-from mvfcnn.datasets import workflow_sample_sheet
-from mvfcnn.errors import InputError
-from mvfcnn.settings import report_view
+from mvfcnn.core import layout
+from mvfcnn.core.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
+from mvfcnn.core.config import SSL_ONLY_SPLITS, ClassSet, cv_folds, fold_samples
+from mvfcnn.data.datasets import workflow_sample_sheet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.settings import report_view
 
 # The `mvfcnn` CLI lives next to the interpreter running snakemake (a venv); put it first on the
 # jobs' PATH (a conda env activated by --sdm conda still comes first).

@@ -35,7 +35,7 @@ if SYNTHETIC_DIR is not None:
 
 rule prepare:
     """Released files as the workflow reads them: grey TIFF without the information band, the
-    label map checked on the same grid, the pixel size from the scale bar (mvfcnn.prepare)."""
+    label map checked on the same grid, the pixel size from the scale bar (mvfcnn.data.prepare)."""
     input:
         image=lambda w: SAMPLES.loc[w.sample, "sem"],
         labels=lambda w: SAMPLES.loc[w.sample, "labels"] or [],

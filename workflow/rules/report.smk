@@ -2,7 +2,7 @@
 # `snakemake --report results/report.html`. The paper's numbers live only in
 # workflow/resources/paper_tables.yaml. Which MVFCNN run stands for "the best" is decided once by
 # `best_run` (ft_balanced_aug if configured, else the best object accuracy; results/best.json).
-# Report jobs get only the config sections they read (mvfcnn.settings.REPORT_SECTIONS), so a
+# Report jobs get only the config sections they read (mvfcnn.core.settings.REPORT_SECTIONS), so a
 # change of resources, registration or classify settings reruns no table or figure.
 
 PAPER_TABLES = os.path.join(workflow.basedir, "resources", "paper_tables.yaml")

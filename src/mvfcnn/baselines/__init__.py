@@ -13,5 +13,5 @@ NETWORK_METHODS: tuple[str, ...] = ("cifarnet", "vgg19_svm", "vgg16")
 #: methods with a ``pretrained:`` setting (none | imagenet | patches | a path | match)
 PRETRAINED_METHODS: tuple[str, ...] = ("vgg19_svm", "vgg16")
 #: ``pretrained: match``: the initialisation of the MVFCNN variant the tables compare with
-#: (resolved by :func:`mvfcnn.runs.baseline_init`)
+#: (resolved by :func:`mvfcnn.core.runs.baseline_init`)
 MATCH = "match"

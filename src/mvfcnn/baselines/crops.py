@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.baselines.features import handcrafted_features, handcrafted_names
-from mvfcnn.cli_args import verb_parser
-from mvfcnn.config import json_arg
-from mvfcnn.errors import InputError
-from mvfcnn.io import atomic_path, read_image, to_gray, to_unit_float
-from mvfcnn.settings import with_defaults
+from mvfcnn.core.cli_args import verb_parser
+from mvfcnn.core.config import json_arg
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import atomic_path, read_image, to_gray, to_unit_float
+from mvfcnn.core.settings import with_defaults
 
 TABLE_COLUMNS = ("object_id", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "true_class")
 

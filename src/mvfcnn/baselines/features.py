@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from mvfcnn.progress import progress as _progress
-from mvfcnn.settings import with_defaults
+from mvfcnn.core.progress import progress as _progress
+from mvfcnn.core.settings import with_defaults
 
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
 GLCM_ANGLES = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)
@@ -170,15 +170,15 @@ def decaf_features(
     ``extractor`` (a :func:`mvfcnn.models.vgg_classifier.vgg19_features` module, or any frozen
     module returning (B, D) features, e.g.
     :func:`mvfcnn.models.trunk_classifier.vgg16_trunk_features`: then (N, D)) is built from
-    ``pretrained`` when not given. ``precision`` "auto" follows :mod:`mvfcnn.runtime`; "bf16" runs
-    under CPU/CUDA autocast.
+    ``pretrained`` when not given. ``precision`` "auto" follows :mod:`mvfcnn.core.runtime`; "bf16"
+    runs under CPU/CUDA autocast.
     """
     # lazy: torch only for the VGG19 features; cropping with handcrafted features stays torch-free
     import torch
 
+    from mvfcnn.core.runtime import autocast, choose_precision
     from mvfcnn.models.preprocess import normalize_batch
     from mvfcnn.models.vgg_classifier import FC7_DIM, vgg19_features
-    from mvfcnn.runtime import autocast, choose_precision
 
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:

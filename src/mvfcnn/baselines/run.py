@@ -14,7 +14,7 @@ Methods (paper Table 1 / Table 3):
 
 Initialisation (``baselines.{vgg16,vgg19_svm}.pretrained``, the same choices as the MVFCNN
 variants; Table 1 should compare methods, not initialisations). The workflow resolves ``match``
-(the compared variant's init, :func:`mvfcnn.runs.baseline_init`) and ``patches`` (the file
+(the compared variant's init, :func:`mvfcnn.core.runs.baseline_init`) and ``patches`` (the file
 ``results/pretrain/{modality}/trunk.pt`` the FCN starts from), so this module sees "none",
 "imagenet" or a path. "none" / "imagenet" / a torchvision state dict of the method's own VGG
 build torchvision's VGG16 / VGG19 (the paper's networks, :mod:`mvfcnn.models.vgg_classifier`);
@@ -34,7 +34,8 @@ any other file (the pretrained trunk, an FCN model) builds the FCN's VGG16 trunk
 
 Networks classify into the foreground classes only (index 1..K of the class set): every
 evaluated object has ``true_class >= 1``. Results go through
-:func:`mvfcnn.evaluate.write_evaluation`, so objects.csv / metrics.json / confusion.csv have the
+:func:`mvfcnn.evaluation.evaluate.write_evaluation`, so objects.csv / metrics.json / confusion.csv
+have the
 same format as MVFCNN's; ``confidence`` is the max softmax probability (networks) or the winning
 one-vs-rest SVM decision value (SVMs). With ``--out-model`` the trained model is saved
 (networks: :func:`mvfcnn.models.io.save_model`; SVMs: a joblib pickle of the sklearn pipeline).
@@ -55,11 +56,15 @@ from mvfcnn.baselines import MATCH, METHODS
 from mvfcnn.baselines.crops import CropSet
 from mvfcnn.baselines.features import decaf_features
 from mvfcnn.baselines.svm import fit_svm
-from mvfcnn.cli_args import verb_parser
-from mvfcnn.config import ClassSet, classes_from_json, json_arg
-from mvfcnn.errors import InputError
-from mvfcnn.evaluate import write_evaluation
-from mvfcnn.io import atomic_path, write_json
+from mvfcnn.core.cli_args import verb_parser
+from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import atomic_path, write_json
+from mvfcnn.core.progress import progress
+from mvfcnn.core.runtime import announce, autocast, choose_precision, resolve_device, set_threads
+from mvfcnn.core.settings import with_defaults
+from mvfcnn.evaluation.evaluate import write_evaluation
+from mvfcnn.fcn.train_loop import Step, fit
 from mvfcnn.models.cifarnet import cifarnet
 from mvfcnn.models.io import save_model
 from mvfcnn.models.preprocess import normalize_batch
@@ -69,10 +74,6 @@ from mvfcnn.models.trunk_classifier import (
     vgg16_trunk_features,
 )
 from mvfcnn.models.vgg_classifier import vgg16_finetune, vgg19_features
-from mvfcnn.progress import progress
-from mvfcnn.runtime import announce, autocast, choose_precision, resolve_device, set_threads
-from mvfcnn.settings import with_defaults
-from mvfcnn.train_loop import Step, fit
 
 
 def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def _augment(batch: Any, rng: np.random.Generator) -> Any:
 
 
 def _resolve_precision(device: str, precision: str) -> str:
-    """fp32 or bf16 for this device ("auto": :func:`mvfcnn.runtime.choose_precision`)."""
+    """fp32 or bf16 for this device ("auto": :func:`mvfcnn.core.runtime.choose_precision`)."""
 
     resolved = choose_precision(_check_precision(precision), device).precision
     return resolved if resolved in ("fp32", "bf16") else "fp32"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mvfcnn.settings import with_defaults
+from mvfcnn.core.settings import with_defaults
 
 
 @dataclass

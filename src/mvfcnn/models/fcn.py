@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mvfcnn.config import FCN_STAGES
-from mvfcnn.errors import InputError
+from mvfcnn.core.config import FCN_STAGES
+from mvfcnn.core.errors import InputError
 from mvfcnn.models.fcn_layers import ScoreConv, bilinear_kernel, bilinear_upsampler, caffe_crop
 from mvfcnn.models.vgg_trunk import (
     TrunkFeatures,

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mvfcnn.errors import InputError
-from mvfcnn.io import atomic_path
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import atomic_path
 from mvfcnn.models.fcn import BUILDERS, uninitialized
 
 FORMAT = "mvfcnn-model/1"

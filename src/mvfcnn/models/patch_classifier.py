@@ -1,7 +1,7 @@
 """The VGG16 trunk as a patch classifier: the network of the offline pretraining stand-in.
 
 ImageNet weights are what make the paper's fine-tuned FCNs train in few iterations; offline
-they cannot be downloaded. :mod:`mvfcnn.pretraining` instead teaches the *same* trunk to tell
+they cannot be downloaded. :mod:`mvfcnn.fcn.pretrain` instead teaches the *same* trunk to tell
 the constituents apart on small native-scale patches (global average pooling over pool5 + one
 linear layer), which costs ~40× less per sample than a padded FCN tile and sees one label per
 patch instead of a matrix-dominated label map.

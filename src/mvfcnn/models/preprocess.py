@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mvfcnn.io import to_unit_float
+from mvfcnn.core.io import to_unit_float
 
 #: ImageNet RGB statistics of torchvision's pretrained models (inputs scaled to [0, 1]).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -102,7 +102,7 @@ def vgg16_trunk_classifier(*, num_classes: int, width: float = 1.0, fc_channels:
     """:class:`TrunkClassifier` with its trunk from ``pretrained`` and a new Gaussian head.
 
     ``width`` / ``fc_channels`` are the FCN's layout (``fcn.width``, ``fcn.fc_channels``): a
-    trunk file of another layout raises :class:`mvfcnn.errors.InputError` naming the key.
+    trunk file of another layout raises :class:`mvfcnn.core.errors.InputError` naming the key.
     """
     return TrunkClassifier(num_classes=num_classes, width=width, fc_channels=fc_channels,
                            pretrained=pretrained, progress=progress)

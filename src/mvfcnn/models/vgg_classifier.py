@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mvfcnn.errors import InputError
+from mvfcnn.core.errors import InputError
 from mvfcnn.models.io import register_arch, registered_archs
 from mvfcnn.models.weights import imagenet_state_dict, read_weights_file
 

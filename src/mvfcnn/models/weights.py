@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
-from mvfcnn.errors import InputError
+from mvfcnn.core.errors import InputError
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum

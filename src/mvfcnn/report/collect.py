@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from mvfcnn import layout
-from mvfcnn.cli_args import report_parser
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.io import read_json, write_json
-from mvfcnn.runs import (
+from mvfcnn.core import layout
+from mvfcnn.core.cli_args import report_parser
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_json, write_json
+from mvfcnn.core.runs import (
     PREFERRED_VARIANT,
     baseline_runs,
     filled_config,

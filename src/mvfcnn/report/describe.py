@@ -11,15 +11,15 @@ from typing import Any
 
 import pandas as pd
 
-from mvfcnn import layout
 from mvfcnn.baselines import MATCH, PRETRAINED_METHODS
-from mvfcnn.report.collect import Run
-from mvfcnn.runs import (
+from mvfcnn.core import layout
+from mvfcnn.core.runs import (
     baseline_init,
     compared_variant,
     variant_settings,
 )
-from mvfcnn.settings import with_defaults
+from mvfcnn.core.settings import with_defaults
+from mvfcnn.report.collect import Run
 
 
 def iterations_text(fcn: dict[str, Any]) -> str:

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn import layout
-from mvfcnn.config import ClassSet
-from mvfcnn.datasets import workflow_sample_sheet
-from mvfcnn.inference import window_starts
-from mvfcnn.io import atomic_path, contrast_stretch, read_image, read_labels, to_unit_float
+from mvfcnn.core import layout
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.io import atomic_path, contrast_stretch, read_image, read_labels, to_unit_float
+from mvfcnn.core.runs import filled_config
+from mvfcnn.data.datasets import workflow_sample_sheet
+from mvfcnn.inference.predict import window_starts
 from mvfcnn.report.collect import Run, best_variant, collect_runs, read_best_run
-from mvfcnn.runs import filled_config
 
 PATCH = 384                   # crop size of the patch figures (clipped to the image size)
 DISPLAY_MAX = 768             # longest side of a whole-image panel (Fig. 7), px
@@ -116,7 +116,7 @@ def best_sem_variant(ctx: Context) -> tuple[str | None, str]:
 
 def display_gray(image: np.ndarray) -> np.ndarray:
     """Any 8/16-bit/float grey or RGB image -> float [0, 1] for imshow, contrast-stretched
-    by :func:`mvfcnn.io.contrast_stretch`."""
+    by :func:`mvfcnn.core.io.contrast_stretch`."""
 
     data = to_unit_float(np.asarray(image))
     if data.ndim == 3:

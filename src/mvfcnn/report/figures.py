@@ -3,7 +3,7 @@
 Every colour and class name comes from the configured class set (``ClassSet.rgb()``), so a
 dataset with other classes needs no code change. Each figure degrades to a placeholder PNG with
 a note when its inputs do not exist in this configuration (e.g. Fig. 8a without a LOM run),
-instead of failing the workflow. PNGs are written atomically through ``mvfcnn.io.atomic_path``.
+instead of failing the workflow. PNGs are written atomically through ``mvfcnn.core.io.atomic_path``.
 
 Which MVFCNN run a figure shows is chosen as in the tables: ``ft_balanced_aug`` when it was
 run, else the variant with the best SEM object accuracy (``mvfcnn.report.collect.best_variant``).
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvfcnn import layout
-from mvfcnn.cli_args import report_parser
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.inference import window_starts
+from mvfcnn.core import layout
+from mvfcnn.core.cli_args import report_parser
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.runs import PREFERRED_VARIANT
+from mvfcnn.inference.predict import window_starts
 from mvfcnn.report.collect import load_config_arg
 from mvfcnn.report.figure_kit import (
     DISPLAY_MAX,
@@ -49,7 +50,6 @@ from mvfcnn.report.figure_kit import (
     show_image,
 )
 from mvfcnn.report.noise_figure import default_model, fig8b_noise, model_predictor
-from mvfcnn.runs import PREFERRED_VARIANT
 
 FIGURES = {
     "fig4": "fig4_examples.png",

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mvfcnn.errors import InputError
-from mvfcnn.inference import inference_kwargs, predict_image
-from mvfcnn.io import to_gray, to_unit_float
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import to_gray, to_unit_float
+from mvfcnn.inference.predict import inference_kwargs, predict_image
 from mvfcnn.report import figure_kit as kit
 
 # ----------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.io import write_table, write_text
-from mvfcnn.metrics import NOT_SEGMENTED_LABEL
+from mvfcnn.core.io import write_table, write_text
+from mvfcnn.evaluation.metrics import NOT_SEGMENTED_LABEL
 
 PIXEL_LABELS = {"pixel_accuracy": "pixel acc.", "mean_accuracy": "mean acc.",
                 "mean_iu": "mean IU", "fw_iu": "f.w. IU"}

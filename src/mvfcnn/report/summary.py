@@ -14,10 +14,17 @@ from typing import Any
 
 import pandas as pd
 
-from mvfcnn.cli_args import report_parser
-from mvfcnn.config import ClassSet
-from mvfcnn.io import write_text
-from mvfcnn.metrics import NOT_SEGMENTED_LABEL
+from mvfcnn.core.cli_args import report_parser
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.io import write_text
+from mvfcnn.core.runs import (
+    PREFERRED_VARIANT,
+    baseline_runs,
+    filled_config,
+    mvfcnn_runs,
+    variant_settings,
+)
+from mvfcnn.evaluation.metrics import NOT_SEGMENTED_LABEL
 from mvfcnn.report.collect import (
     Run,
     best_variant,
@@ -36,13 +43,6 @@ from mvfcnn.report.describe import (
 )
 from mvfcnn.report.rendering import PIXEL_LABELS, cell, markdown_page_html, write_tables
 from mvfcnn.report.tables import PIXEL_METRICS, TABLE_NAMES, build_tables
-from mvfcnn.runs import (
-    PREFERRED_VARIANT,
-    baseline_runs,
-    filled_config,
-    mvfcnn_runs,
-    variant_settings,
-)
 
 
 def _compact(value: Any) -> str:

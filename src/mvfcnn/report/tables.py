@@ -34,19 +34,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.config import ClassSet
-from mvfcnn.errors import InputError
-from mvfcnn.metrics import NOT_SEGMENTED_LABEL
-from mvfcnn.report.collect import Run, as_percent, best_variant, collect_runs, number_or_nan
-from mvfcnn.report.describe import data_words, describe_run, strategy_words
-from mvfcnn.report.rendering import (
-    TITLES,
-)
-from mvfcnn.runs import (
+from mvfcnn.core.config import ClassSet
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.runs import (
     PREFERRED_VARIANT,
     filled_config,
     mvfcnn_runs,
     variant_settings,
+)
+from mvfcnn.evaluation.metrics import NOT_SEGMENTED_LABEL
+from mvfcnn.report.collect import Run, as_percent, best_variant, collect_runs, number_or_nan
+from mvfcnn.report.describe import data_words, describe_run, strategy_words
+from mvfcnn.report.rendering import (
+    TITLES,
 )
 
 TABLE3_METHODS = ("cifarnet", "vgg19_svm", "vgg16", "mvfcnn")

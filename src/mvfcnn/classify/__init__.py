@@ -1,0 +1,2 @@
+"""`mvfcnn classify` for new micrographs: model bundles (bundle), the pipeline, its outputs and
+its command line (cli)."""

@@ -1,0 +1,147 @@
+"""Max-voting (paper §4.2): each object takes the class of most of its predicted pixels.
+
+Matrix pixels (class 0) do not vote: an object is "the second phase", so predicted matrix inside it
+means "missed", not "matrix object". An object without any non-matrix predicted pixel is
+"not segmented" (``pred_class = -1``), the 48 objects of the paper's Table 4 note. Ties between
+classes go to the LOWEST class index (``argmax`` order), which keeps the result deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mvfcnn.core.cli_args import verb_parser
+from mvfcnn.core.config import ClassSet, classes_from_json
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_image, write_table
+from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
+
+VOTE_COLUMNS = ["object_id", "pred_class", "pred_class_name", "vote_share", "n_pixels",
+                "n_foreground"]
+_CHUNK = 1 << 22  # pixels per bincount call (bounds the int64 temporaries)
+
+
+def vote_counts(pred: np.ndarray, object_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """(max_id + 1, K) int64 pixel counts of each predicted class inside each object id."""
+    pred = np.asarray(pred)
+    object_ids = np.asarray(object_ids)
+    if pred.shape != object_ids.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from object-id image shape "
+                         f"{object_ids.shape}")
+    k = int(num_classes)
+    max_id = int(object_ids.max()) if object_ids.size else 0
+    if (max_id + 1) * k > 1 << 31:
+        raise InputError(f"object ids must be compact (1..N); found id {max_id}")
+    counts = np.zeros((max_id + 1) * k, dtype=np.int64)
+    flat_p = pred.reshape(-1)
+    flat_i = object_ids.reshape(-1)
+    for start in range(0, flat_p.size, _CHUNK):
+        p = flat_p[start:start + _CHUNK]
+        if p.size and int(p.max()) >= k:
+            raise InputError(f"prediction holds class {int(p.max())} but only {k} classes exist")
+        key = flat_i[start:start + _CHUNK].astype(np.int64) * k
+        key += p
+        counts += np.bincount(key, minlength=counts.size)
+    return counts.reshape(max_id + 1, k)
+
+
+def vote(pred: np.ndarray, object_ids: np.ndarray, num_classes: int, *,
+         classes: ClassSet | None = None) -> pd.DataFrame:
+    """One row per object id >= 1 present in ``object_ids``.
+
+    Columns: object_id, pred_class (-1 = not segmented), vote_share (winner / n_foreground, 0
+    when not segmented), n_pixels (object area), n_foreground (pixels predicted non-matrix), and
+    pred_class_name when ``classes`` is given. One bincount over ``id * K + pred``; no per-object
+    loop over the image.
+    """
+    counts = vote_counts(pred, object_ids, num_classes)[1:]  # drop background id 0
+    n_pixels = counts.sum(axis=1)
+    present = np.flatnonzero(n_pixels > 0)
+    counts, n_pixels = counts[present], n_pixels[present]
+    fg = counts[:, 1:]
+    n_foreground = fg.sum(axis=1)
+    winner = fg.argmax(axis=1) if fg.shape[1] else np.zeros(len(fg), dtype=np.int64)
+    segmented = n_foreground > 0
+    win_pixels = fg[np.arange(len(fg)), winner] if fg.shape[1] else np.zeros(len(fg))
+    share = np.zeros(len(fg), dtype=np.float64)
+    share[segmented] = win_pixels[segmented] / n_foreground[segmented]
+    frame = pd.DataFrame({
+        "object_id": (present + 1).astype(np.int64),
+        "pred_class": np.where(segmented, winner + 1, NOT_SEGMENTED_INDEX).astype(np.int64),
+        "vote_share": share,
+        "n_pixels": n_pixels.astype(np.int64),
+        "n_foreground": n_foreground.astype(np.int64),
+    })
+    if classes is not None:
+        frame.insert(2, "pred_class_name", class_names(frame["pred_class"], classes))
+    return frame
+
+
+def class_names(indices: pd.Series | np.ndarray, classes: ClassSet) -> list[str]:
+    """Class index -> configured name, with -1 -> "not_segmented" and other unknowns -> ""."""
+    lookup = dict(enumerate(classes.names))
+    lookup[NOT_SEGMENTED_INDEX] = NOT_SEGMENTED_LABEL
+    return [lookup.get(int(i), "") for i in np.asarray(indices)]
+
+
+def vote_table(pred: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame,
+               classes: ClassSet, *, sample: str | None = None) -> pd.DataFrame:
+    """Votes for every object of the objects table, in its order (docs/CONTRACTS.md columns).
+
+    An object of the table that has no pixel in the id image gets ``not_segmented`` with
+    n_pixels 0; an id in the image that the table does not list is an error (stale files).
+    """
+    if "object_id" not in objects.columns:
+        raise InputError("objects table lacks column 'object_id'", sample=sample)
+    votes = vote(pred, object_ids, classes.num_classes, classes=classes)
+    wanted = objects["object_id"].to_numpy(dtype=np.int64)
+    unknown = np.setdiff1d(votes["object_id"].to_numpy(), wanted)
+    if unknown.size:
+        raise InputError(f"object-id image holds {unknown.size} id(s) missing from the objects "
+                         f"table (e.g. {int(unknown[0])}); regenerate both together",
+                         sample=sample)
+    votes = votes.set_index("object_id").reindex(wanted)
+    missing = votes["pred_class"].isna()
+    votes.loc[missing, ["pred_class", "vote_share", "n_pixels", "n_foreground"]] = [
+        NOT_SEGMENTED_INDEX, 0.0, 0, 0]
+    votes.loc[missing, "pred_class_name"] = NOT_SEGMENTED_LABEL
+    votes = votes.reset_index()
+    for column in ("pred_class", "n_pixels", "n_foreground"):
+        votes[column] = votes[column].astype(np.int64)
+    return votes[VOTE_COLUMNS]
+
+
+def cli(argv: list[str]) -> int:
+    parser = verb_parser(
+        "vote",
+        "Max-vote the predicted classes inside each object (matrix pixels do not "
+        "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).",
+        shared=("classes_json", "sample"))
+    parser.add_argument("--pred", required=True, help="stitched uint8 class map (TIFF)")
+    parser.add_argument("--objects-ids", required=True, help="uint32 object-id image (TIFF)")
+    parser.add_argument("--objects", required=True, help="objects table CSV (object_id column)")
+    parser.add_argument("--out", required=True, help="votes CSV to write")
+    args = parser.parse_args(argv)
+
+    classes = classes_from_json(args.classes_json)
+    pred = read_image(args.pred, sample=args.sample)
+    ids = read_image(args.objects_ids, sample=args.sample)
+    if pred.ndim != 2 or ids.ndim != 2:
+        raise InputError("prediction and object-id images must be 2-D", sample=args.sample)
+    if pred.shape != ids.shape:
+        raise InputError(f"prediction {pred.shape} and object ids {ids.shape} differ in size",
+                         sample=args.sample, path=args.objects_ids)
+    try:
+        objects = pd.read_csv(args.objects)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"cannot read objects table ({err})", sample=args.sample,
+                         path=args.objects) from err
+    try:
+        votes = vote_table(pred, ids, objects, classes, sample=args.sample)
+    except InputError as err:
+        if err.sample is None:
+            raise InputError(str(err), sample=args.sample, path=args.pred) from err
+        raise
+    write_table(args.out, votes)
+    return 0

@@ -1,0 +1,1 @@
+"""Segmenting a micrograph: sliding-window prediction and stitching (predict)."""
