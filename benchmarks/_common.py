@@ -230,10 +230,10 @@ def network_flops(layout: dict[str, Any], height: int, width: int, batch: int = 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mvfcnn.models.fcn import FCN8s
+    from mvfcnn.models.fcn import build_fcn
 
     with torch.device("meta"):
-        model = FCN8s(num_classes=NUM_CLASSES, **layout)
+        model = build_fcn("8s", num_classes=NUM_CLASSES, **layout)
         x = torch.empty(batch, 3, height, width)
     with FlopCounterMode(display=False) as counter:
         model(x)
