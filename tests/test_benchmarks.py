@@ -276,6 +276,16 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
                   "train_fcn/v_sem_fold2_8s": 300.0}}))  # fold 2 is not reported: left out
     ssl = ablation.summarize(ablation.collect(tmp_path))["ssl"]
     assert ssl["minutes_per_fold"] == pytest.approx(10.0)
+    # folds 0-2 and 3-5 of one lever from two runs: the 6-fold summary; folds 0-2 stay apart
+    (tmp_path / "metaldam_folds345_rare_amx.json").write_text(json.dumps({
+        "folds": ["3", "4", "5"], "per_fold": {f: per_fold(0.7, 0.5) for f in "345"},
+        "wall_min": 30.0, "configs": base + ["benchmarks/overlays/x.yaml"], "machine": machine}))
+    levers = ablation.collect(tmp_path)
+    assert ablation.summarize(levers)["rare"]["folds"] == ["0", "1", "2"]
+    six = ablation.summarize(levers, ablation.ALL_FOLDS)
+    assert six["rare"]["folds"] == list("012345") and "ssl" in six  # ssl: fold 0 only
+    assert six["rare"]["stats"]["iu_martensite_austenite"]["mean"] == pytest.approx(0.55)
+    assert six["rare"]["stats"]["iu_martensite_austenite"]["n"] == 6
 
 
 def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None:
