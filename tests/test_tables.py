@@ -388,3 +388,47 @@ def test_a_dataset_with_other_classes_gets_no_paper_comparison(tmp_path, default
     for name in T.TABLE_NAMES:
         text = (out / f"{name}.md").read_text()
         assert "(paper)" not in text and "Paper (Azimi" not in text, name
+
+
+# --- compare-tables: the same numbers and words, measured times aside
+
+
+def test_measured_times_are_masked_and_nothing_else():
+    from mvfcnn.report.describe import hms_text, seconds_text, without_measured_times
+
+    text = (f"budget: FCN iterations 400/300/300 (32s/16s/8s), batch 1 ({seconds_text(64.2)}) + "
+            f"trunk pretraining 400 iterations x 32 patches ({seconds_text(9.04)}); 78 test "
+            f"objects, 97.96; tile 384 px; 0.25 s; Wall time: {hms_text(458)} (h:m:s)")
+    assert seconds_text(9.04) == "9.0 s" and hms_text(458) == "0:07:38"
+    assert without_measured_times(text) == (
+        "budget: FCN iterations 400/300/300 (32s/16s/8s), batch 1 (<time>) + trunk pretraining "
+        "400 iterations x 32 patches (<time>); 78 test objects, 97.96; tile 384 px; 0.25 s; "
+        "Wall time: <time>")
+
+
+def test_compare_tables_tells_times_from_numbers(tmp_path, capsys):
+    from mvfcnn.report.compare import compare_tables
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    row = "method,ours,note\nvgg16,93.59,\"60 epochs ({})\"\n"
+    (old / "table1.csv").write_text(row.format("11 s"))
+    (new / "table1.csv").write_text(row.format("16 s"))
+    (old / "table4.csv").write_text("a,b\n1,2\n")
+    (new / "table4.csv").write_text("a,b\n1,2\n")
+    (old / "summary.md").write_text("- **Wall time**: 0:07:38 (h:m:s)\n")
+    (new / "summary.md").write_text("- **Wall time**: 0:07:21 (h:m:s)\n")
+    verdicts = {c.name: c.verdict for c in compare_tables(old, new)}
+    assert verdicts == {"table1.csv": "times only", "table4.csv": "identical",
+                        "summary.md": "times only"}
+    assert cli_main(["compare-tables", str(old), str(new)]) == 0
+
+    (new / "table1.csv").write_text(row.format("16 s").replace("93.59", "93.60"))
+    (old / "table5.csv").write_text("x\n")
+    [table1] = [c for c in compare_tables(old, new) if c.name == "table1.csv"]
+    assert table1.verdict == "different" and "93.59" in table1.first_difference
+    assert {c.name: c.verdict for c in compare_tables(old, new)}["table5.csv"] == "only in old"
+    assert cli_main(["compare-tables", str(old), str(new)]) == 1
+    assert "DIFFERENT" in capsys.readouterr().err
+    assert cli_main(["compare-tables", str(old), str(tmp_path / "missing")]) == 1

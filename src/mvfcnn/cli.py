@@ -43,6 +43,8 @@ VERBS: dict[str, tuple[str, str]] = {
                  "modality (results/best.json)"),
     "tables": ("mvfcnn.report.summary:report_cli", "Regenerate the paper's tables and summary.md"),
     "figures": ("mvfcnn.report.figures", "Regenerate the paper's figures"),
+    "compare-tables": ("mvfcnn.report.compare", "Two runs' tables: the same numbers and words, "
+                       "measured times aside?"),
     "bundle": ("mvfcnn.classify.bundle",
                "Self-contained model bundle for classify (weights + settings)"),
     "classify": ("mvfcnn.classify.cli", "Classify new micrographs with a trained model bundle"),

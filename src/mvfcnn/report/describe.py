@@ -6,6 +6,7 @@ the summary page: read from the config filled from the schema and the run's own 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,23 @@ def _read_info(directory: Path) -> dict[str, Any]:
 
 def seconds_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+def hms_text(seconds: float) -> str:
+    """``h:mm:ss``, for wall times of whole runs."""
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+#: what :func:`seconds_text` and :func:`hms_text` (with its unit) write: the only part of a
+#: table or summary that differs between two runs of the same code on the same data
+MEASURED_TIME = re.compile(r"(?<![\d.])\d+(?:\.\d)? s\b|(?<![\d:])\d+:\d{2}:\d{2} \(h:m:s\)")
+
+
+def without_measured_times(text: str) -> str:
+    """``text`` with every measured duration replaced by ``<time>``."""
+    return MEASURED_TIME.sub("<time>", text)
 
 
 def csv_seconds(path: Path) -> float | None:

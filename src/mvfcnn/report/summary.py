@@ -37,6 +37,7 @@ from mvfcnn.report.collect import (
 from mvfcnn.report.describe import (
     baseline_init_text,
     baseline_settings,
+    hms_text,
     iterations_text,
     test_info,
     train_info,
@@ -79,12 +80,6 @@ def _delta(ours: float, paper: float) -> str:
     if any(isinstance(v, float) and math.isnan(v) for v in (ours, paper)):
         return ""
     return f"{ours - paper:+.2f}"
-
-
-def _hms(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{sec:02d}"
 
 
 def _summary_without_paper(tables: dict[str, pd.DataFrame], classes: ClassSet,
@@ -211,7 +206,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], results_dir: str | Path,
                      f"{setup.get('baselines', '')}.")
     seconds, jobs = benchmark_seconds(results_dir)
     if jobs:
-        lines.append(f"- **Wall time**: {_hms(seconds)} (h:m:s) summed over {jobs} benchmarked "
+        lines.append(f"- **Wall time**: {hms_text(seconds)} (h:m:s) summed over {jobs} benchmarked "
                      f"jobs (results/benchmarks). Paper: {setup.get('training_time', '?')} "
                      f"training, {setup.get('inference_time_s_per_1000px_tile', '?')} s per "
                      f"1000x1000 tile inference.")
