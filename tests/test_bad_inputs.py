@@ -618,18 +618,18 @@ def test_classify_output_folder_is_taken_by_a_folder(tmp_path, capsys):
 def test_learning_curve_clis_name_the_missing_csv_and_mismatched_lists(tmp_path):
     """mvfcnn learning-curve / crossval-curves: one line naming the file or the list lengths,
     nothing written."""
-    from mvfcnn.evaluation.crossval import learning_curves_cli
-    from mvfcnn.fcn.curves import learning_curve_cli
+    from mvfcnn.evaluation.cli import crossval_curves
+    from mvfcnn.fcn.cli import learning_curve
 
     out = ["--out-csv", str(tmp_path / "c.csv"), "--out-png", str(tmp_path / "c.png")]
     missing = tmp_path / "train_32s.csv"
     with pytest.raises(InputError, match="training CSV not found") as err:
-        learning_curve_cli(["--stages", "32s", "--csvs", str(missing), *out])
+        learning_curve(["--stages", "32s", "--csvs", str(missing), *out])
     assert str(missing) in str(err.value)
     with pytest.raises(InputError, match="2 names but 1 training CSVs"):
-        learning_curve_cli(["--stages", "32s", "16s", "--csvs", str(missing), *out])
+        learning_curve(["--stages", "32s", "16s", "--csvs", str(missing), *out])
     with pytest.raises(InputError, match="learning curve not found"):
-        learning_curves_cli(["--folds", "0", "--curves", str(tmp_path / "none.csv"), *out])
+        crossval_curves(["--folds", "0", "--curves", str(tmp_path / "none.csv"), *out])
     assert not list(tmp_path.iterdir())
 
 

@@ -104,7 +104,7 @@ def test_crop_sample_geometry():
 
 
 def test_crop_objects_cli(tmp_path):
-    from mvfcnn.baselines.crops import cli
+    from mvfcnn.baselines.cli import crop_objects as cli
     from mvfcnn.core.io import write_image, write_table
 
     image, ids, mask, table = _scene()
@@ -239,7 +239,7 @@ def test_per_sample_crops_concatenate_in_order_and_disagreeing_files_are_refused
 
 @pytest.mark.parametrize("method", ["handcrafted_svm", "cifarnet"])
 def test_train_baseline_cli(tmp_path, tiny_npz, class_set, method):
-    from mvfcnn.baselines.run import cli
+    from mvfcnn.baselines.cli import train_baseline as cli
     from mvfcnn.evaluation.evaluate import OBJECT_COLUMNS, write_evaluation
 
     params = {"cifarnet": {"epochs": 3, "batch_size": 6}, "svm": {"C": [1, 10],
@@ -283,7 +283,7 @@ def test_train_baseline_cli(tmp_path, tiny_npz, class_set, method):
 
 
 def test_train_baseline_rejects_wrong_modality(tmp_path, tiny_npz):
-    from mvfcnn.baselines.run import cli
+    from mvfcnn.baselines.cli import train_baseline as cli
 
     with pytest.raises(InputError, match="modality"):
         cli(["--method", "handcrafted_svm", "--modality", "lom", "--train", str(tiny_npz[0]),

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from mvfcnn.classify.bundle import BUNDLE_FORMAT, load_for_inference, write_bundle
-from mvfcnn.classify.cli import cli as classify_cli
+from mvfcnn.classify.cli import classify as classify_cli
 from mvfcnn.classify.outputs import (
     NOT_SEGMENTED_VALUE,
     OUTPUT_FILES,
@@ -132,7 +132,7 @@ def test_bundle_carries_what_classify_needs(files, classes):
 
 
 def test_bundle_cli(files, classes, tmp_path):
-    from mvfcnn.classify.bundle import cli
+    from mvfcnn.classify.cli import bundle as cli
 
     out = tmp_path / "b.pt"
     assert cli(["--model", str(files["model"]), "--classes-json", json.dumps(classes.to_dict()),
@@ -194,9 +194,9 @@ def test_tables_are_consistent(classified, files, classes):
 def test_object_classes_equal_the_vote_rule(classified, files, classes, tmp_path):
     """The workflow's own chain (predict -> objects -> vote CLIs, as the rules call them) on the
     same image, mask and model settings gives exactly classify's classes and shares."""
-    from mvfcnn.evaluation.voting import cli as vote_cli
-    from mvfcnn.inference.predict import cli as predict_cli
-    from mvfcnn.objects.components import cli as objects_cli
+    from mvfcnn.evaluation.cli import vote as vote_cli
+    from mvfcnn.inference.cli import predict as predict_cli
+    from mvfcnn.objects.cli import objects as objects_cli
 
     classes_json = json.dumps(classes.to_dict())
     pred, ids, table, votes = (tmp_path / n for n in ("pred.tif", "ids.tif", "objects.csv",

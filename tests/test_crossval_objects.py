@@ -12,10 +12,10 @@ import pytest
 
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
+from mvfcnn.evaluation.cli import crossval_objects as cli
 from mvfcnn.evaluation.crossval_objects import (
     add_majority,
     check_same_objects,
-    cli,
     fold_rows,
     paired_differences,
     summarize,

@@ -201,7 +201,7 @@ def _cropset(n_per_class: int, seed: int, split: str):
 
 
 def _cli(tmp_path, method, params, *extra):
-    from mvfcnn.baselines.run import cli
+    from mvfcnn.baselines.cli import train_baseline as cli
 
     train, test = tmp_path / "train.npz", tmp_path / "test.npz"
     _cropset(4, 1, "train").save(train)

@@ -20,6 +20,7 @@ from mvfcnn.report import figure_kit as K
 from mvfcnn.report import figures as F
 from mvfcnn.report import noise_figure as N
 from mvfcnn.report import tables as T
+from mvfcnn.report.cli import figures as figures_cli
 
 SIZE = 64
 PATCH = 32
@@ -220,6 +221,7 @@ def test_cli_selection(fake, tmp_path):
     samples.to_csv(sheet, sep="\t", index=False)
     config = dict(config, samples=str(sheet))
     out = tmp_path / "cli"
-    assert F.cli(["--results-dir", str(root), "--config-json", json.dumps(config),
-                  "--outdir", str(out), "--which", "fig4", "fig7", "--patch", str(PATCH)]) == 0
+    assert figures_cli(["--results-dir", str(root), "--config-json", json.dumps(config),
+                        "--outdir", str(out), "--which", "fig4", "fig7", "--patch",
+                        str(PATCH)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["fig4_examples.png", "fig7_maxvoting.png"]

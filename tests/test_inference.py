@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mvfcnn.core.errors import InputError
+from mvfcnn.inference import cli as inference_cli
 from mvfcnn.inference import predict as inference
 from mvfcnn.inference.predict import axis_windows, predict_image, tile_grid
 
@@ -320,7 +321,7 @@ def test_cli_predict_writes_class_map(tmp_path, monkeypatch) -> None:
     image = np.random.default_rng(8).integers(0, 256, (70, 60), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "sem.tif", image)
     model = _integer_conv(radius=1, classes=5)
-    monkeypatch.setattr(inference, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
     monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
     params = {"tile_size": 32, "overlap": 8, "batch_size": 2, "precision": "fp32",
               "tta_rotations": False}
@@ -438,7 +439,7 @@ def test_cli_accepts_fit_tiles_and_threads(tmp_path, monkeypatch) -> None:
     image = np.random.default_rng(12).integers(0, 256, (70, 60), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "sem.tif", image)
     model = _integer_conv(radius=1, classes=5)
-    monkeypatch.setattr(inference, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
     monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
     params = {"tile_size": 48, "overlap": 8, "batch_size": 2, "precision": "fp32",
               "fit_tiles": True}

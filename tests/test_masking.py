@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import write_image
-from mvfcnn.objects.masking import cli, disk, make_mask, mask_iou, otsu_threshold
+from mvfcnn.objects.cli import mask as mask_cli
+from mvfcnn.objects.masking import disk, make_mask, mask_iou, otsu_threshold
 
 PARAMS = {"threshold": None, "dark_is_foreground": True, "opening_radius": 1,
           "closing_radius": 2, "min_object_area": 80}
@@ -112,7 +113,7 @@ def test_cli_from_lom(files):
     import tifffile
 
     tmp_path, sem, labels = files
-    assert cli(_argv(tmp_path, "lom")) == 0
+    assert mask_cli(_argv(tmp_path, "lom")) == 0
     report = json.loads((tmp_path / "out" / "m1.json").read_text())
     assert report["sample"] == "m1" and report["source"] == "lom"
     assert 0.3 < report["threshold"] < 0.7 and report["n_components"] == 5
@@ -131,7 +132,7 @@ def test_cli_supplied_mask(files):
     tmp_path, _, labels = files
     supplied = ((labels > 0) * 255).astype(np.uint8)
     write_image(tmp_path / "mask.tif", supplied)
-    assert cli(_argv(tmp_path, "mask")) == 0
+    assert mask_cli(_argv(tmp_path, "mask")) == 0
     report = json.loads((tmp_path / "out" / "m1.json").read_text())
     assert report["source"] == "mask" and report["threshold"] is None
     assert report["iou"] == 1.0 and report["n_components"] == 5
@@ -140,7 +141,7 @@ def test_cli_supplied_mask(files):
 
 def _assert_clean_failure(tmp_path: Path, argv: list[str], *fragments: str) -> None:
     with pytest.raises(InputError) as info:
-        cli(argv)
+        mask_cli(argv)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
     out = tmp_path / "out"

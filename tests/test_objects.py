@@ -12,7 +12,8 @@ import pytest
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import write_image
-from mvfcnn.objects.components import COLUMNS, check_labels, cli, find_objects, object_table
+from mvfcnn.objects.cli import objects as cli
+from mvfcnn.objects.components import COLUMNS, check_labels, find_objects, object_table
 
 IGN = 255
 

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import write_image
+from mvfcnn.data import cli as data_cli
 from mvfcnn.data import registration as reg
 from mvfcnn.data import registration_search as reg_search
 
@@ -125,7 +126,7 @@ def _run_cli(tmp_path: Path, sem, lom, truth=None, params=None, sample="s1"):
     if truth is not None:
         (tmp_path / "transform.json").write_text(json.dumps({"lom_to_sem": truth.tolist()}))
         argv += ["--truth", str(tmp_path / "transform.json")]
-    return reg.cli(argv), argv
+    return data_cli.register(argv), argv
 
 
 def test_cli_report_passes_and_wrong_truth_fails(tmp_path, capsys):
@@ -155,7 +156,7 @@ def test_cli_report_passes_and_wrong_truth_fails(tmp_path, capsys):
 
 def _assert_clean_failure(tmp_path: Path, argv: list[str], *fragments: str) -> None:
     with pytest.raises(InputError) as info:
-        reg.cli(argv)
+        data_cli.register(argv)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message
@@ -235,8 +236,7 @@ def test_cli_chain_on_a_synthetic_sample(tmp_path, default_config):
     import pandas as pd
 
     from mvfcnn.core.config import ClassSet
-    from mvfcnn.objects import components as objects
-    from mvfcnn.objects import masking
+    from mvfcnn.objects import cli as objects_cli
 
     classes = ClassSet.from_config(default_config)
     name = "train_pearlite_0"
@@ -244,24 +244,26 @@ def test_cli_chain_on_a_synthetic_sample(tmp_path, default_config):
     synthetic.generate_sample(name, default_config["synthetic"], classes, default_config["seed"],
                               src)
     out = tmp_path / "results"
-    assert reg.cli(["--sample", name, "--sem", str(src / "sem.tif"), "--lom", str(src / "lom.tif"),
-                    "--truth", str(src / "transform.json"),
-                    "--params-json", json.dumps(default_config["registration"]),
-                    "--out-json", str(out / "reg.json"), "--out-lom", str(out / "lom.tif")]) == 0
+    assert data_cli.register(["--sample", name, "--sem", str(src / "sem.tif"),
+                              "--lom", str(src / "lom.tif"), "--truth", str(src / "transform.json"),
+                              "--params-json", json.dumps(default_config["registration"]),
+                              "--out-json", str(out / "reg.json"),
+                              "--out-lom", str(out / "lom.tif")]) == 0
     report = json.loads((out / "reg.json").read_text())
     assert report["passed"] and report["rms_error_px"] <= 1.0
-    assert masking.cli(["--sample", name, "--sem", str(src / "sem.tif"), "--lom",
-                        str(out / "lom.tif"), "--labels", str(src / "labels.tif"),
-                        "--params-json", json.dumps(default_config["masking"]),
-                        "--out-mask", str(out / "mask.tif"), "--out-json", str(out / "mask.json"),
-                        "--out-masked-sem", str(out / "masked.tif")]) == 0
+    assert objects_cli.mask(["--sample", name, "--sem", str(src / "sem.tif"), "--lom",
+                             str(out / "lom.tif"), "--labels", str(src / "labels.tif"),
+                             "--params-json", json.dumps(default_config["masking"]),
+                             "--out-mask", str(out / "mask.tif"),
+                             "--out-json", str(out / "mask.json"),
+                             "--out-masked-sem", str(out / "masked.tif")]) == 0
     report = json.loads((out / "mask.json").read_text())
     assert report["iou"] >= 0.9 and 0.9 < report["lom_coverage"] < 1.0
-    assert objects.cli(["--sample", name, "--mask", str(out / "mask.tif"), "--labels",
-                        str(src / "labels.tif"), "--image-class", "pearlite",
-                        "--classes-json", json.dumps(classes.to_dict()),
-                        "--out-table", str(out / "objects.csv"),
-                        "--out-ids", str(out / "ids.tif")]) == 0
+    assert objects_cli.objects(["--sample", name, "--mask", str(out / "mask.tif"), "--labels",
+                                str(src / "labels.tif"), "--image-class", "pearlite",
+                                "--classes-json", json.dumps(classes.to_dict()),
+                                "--out-table", str(out / "objects.csv"),
+                                "--out-ids", str(out / "ids.tif")]) == 0
     table = pd.read_csv(out / "objects.csv")
     assert len(table) == report["n_components"]
     assert (table["true_class_name"] == "pearlite").mean() > 0.8

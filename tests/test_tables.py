@@ -18,7 +18,7 @@ from mvfcnn.evaluation.evaluate import write_evaluation
 from mvfcnn.report import collect as C
 from mvfcnn.report import rendering as RN
 from mvfcnn.report import tables as T
-from mvfcnn.report.summary import report_cli
+from mvfcnn.report.cli import tables as tables_cli
 
 PAPER_YAML = "workflow/resources/paper_tables.yaml"
 
@@ -341,8 +341,8 @@ def test_other_class_count_leaves_paper_class_cells_empty(tmp_path, default_conf
 def test_cli_writes_every_file(results, default_config, repo_root, capsys):
     config = _config(default_config)
     out = results / "tables"
-    assert report_cli(["--results-dir", str(results), "--config-json", json.dumps(config),
-                  "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
+    assert tables_cli(["--results-dir", str(results), "--config-json", json.dumps(config),
+                       "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
     for name in T.TABLE_NAMES:
         for suffix in ("csv", "md", "html"):
             assert (out / f"{name}.{suffix}").stat().st_size > 0
@@ -373,8 +373,8 @@ def test_a_dataset_with_other_classes_gets_no_paper_comparison(tmp_path, default
     assert not C.paper_classes_match(classes, paper)
     assert C.paper_classes_match(ClassSet.from_config(default_config), paper)
     out = tmp_path / "tables"
-    assert report_cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
-                  "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
+    assert tables_cli(["--results-dir", str(tmp_path), "--config-json", json.dumps(config),
+                       "--paper", str(repo_root / PAPER_YAML), "--outdir", str(out)]) == 0
     table1 = pd.read_csv(out / "table1.csv")
     assert "paper" not in table1.columns
     assert sorted(table1["method"]) == ["cifarnet", "mvfcnn"]  # only what this run measured

@@ -1,8 +1,9 @@
 """`mvfcnn <verb> ...`: one console script, verbs dispatched lazily to their modules.
 
-Each verb maps to a module (its ``cli``) or a ``module:function`` that takes ``argv`` (the
-remaining arguments) and parses them itself, so importing the CLI costs nothing until a verb
-is chosen (torch is only imported by verbs that need it).
+Each verb maps to a ``module:function``, the function of its stage package's ``cli`` module
+(``mvfcnn.<package>.cli``; the science modules hold no command line) that takes ``argv`` (the
+remaining arguments) and parses them itself. Importing the CLI costs nothing until a verb is
+chosen (torch is only imported by verbs that need it).
 """
 
 from __future__ import annotations
@@ -13,41 +14,45 @@ import sys
 from mvfcnn.core.errors import InputError
 
 VERBS: dict[str, tuple[str, str]] = {
-    "synthesize": ("mvfcnn.data.synthetic", "Generate the embedded synthetic dataset"),
-    "prepare": ("mvfcnn.data.prepare", "Released micrograph -> grey TIFF without the band, checked "
-                "labels, pixel size from the scale bar"),
-    "register": ("mvfcnn.data.registration", "Register LOM onto SEM, write transform + score"),
-    "mask": ("mvfcnn.objects.masking", "Binary second-phase mask from registered LOM"),
-    "objects": ("mvfcnn.objects.components", "Connected-component objects table + id image"),
-    "tile-index": ("mvfcnn.fcn.tiling", "Stride-balanced sliding-window tile table"),
-    "pretrain-trunk": ("mvfcnn.fcn.pretrain", "Pretrain the VGG trunk on labelled patches "
-                       "(pretrained: patches)"),
-    "train-fcn": ("mvfcnn.fcn.train", "Train one FCN stage (32s/16s/8s/4s/2s)"),
-    "learning-curve": ("mvfcnn.fcn.curves:learning_curve_cli",
+    "synthesize": ("mvfcnn.data.cli:synthesize", "Generate the embedded synthetic dataset"),
+    "prepare": ("mvfcnn.data.cli:prepare",
+                "Released micrograph -> grey TIFF without the band, checked labels, pixel size "
+                "from the scale bar"),
+    "register": ("mvfcnn.data.cli:register", "Register LOM onto SEM, write transform + score"),
+    "mask": ("mvfcnn.objects.cli:mask", "Binary second-phase mask from registered LOM"),
+    "objects": ("mvfcnn.objects.cli:objects", "Connected-component objects table + id image"),
+    "tile-index": ("mvfcnn.fcn.cli:tile_index", "Stride-balanced sliding-window tile table"),
+    "pretrain-trunk": ("mvfcnn.fcn.cli:pretrain_trunk",
+                       "Pretrain the VGG trunk on labelled patches (pretrained: patches)"),
+    "train-fcn": ("mvfcnn.fcn.cli:train_fcn", "Train one FCN stage (32s/16s/8s/4s/2s)"),
+    "learning-curve": ("mvfcnn.fcn.cli:learning_curve",
                        "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
-    "predict": ("mvfcnn.inference.predict", "Sliding-window inference + stitching"),
-    "vote": ("mvfcnn.evaluation.voting", "Max-vote predicted pixels inside each object"),
-    "evaluate": ("mvfcnn.evaluation.evaluate", "Pixel and object metrics over a test set"),
-    "crop-objects": ("mvfcnn.baselines.crops", "Crop + warp objects for object-based baselines"),
-    "train-baseline": ("mvfcnn.baselines.run", "Train/evaluate one object-based baseline"),
-    "crossval": ("mvfcnn.evaluation.crossval",
+    "predict": ("mvfcnn.inference.cli:predict", "Sliding-window inference + stitching"),
+    "vote": ("mvfcnn.evaluation.cli:vote", "Max-vote predicted pixels inside each object"),
+    "evaluate": ("mvfcnn.evaluation.cli:evaluate", "Pixel and object metrics over a test set"),
+    "crop-objects": ("mvfcnn.baselines.cli:crop_objects",
+                     "Crop + warp objects for object-based baselines"),
+    "train-baseline": ("mvfcnn.baselines.cli:train_baseline",
+                       "Train/evaluate one object-based baseline"),
+    "crossval": ("mvfcnn.evaluation.cli:crossval",
                  "Cross-validation table: per fold, mean ± SE, literature"),
-    "crossval-objects": ("mvfcnn.evaluation.crossval_objects",
-                         "MVFCNN vs the object-based baselines on "
-                         "every fold: object accuracy, class recall, mean ± SE"),
-    "crossval-curves": ("mvfcnn.evaluation.crossval:learning_curves_cli",
+    "crossval-objects": ("mvfcnn.evaluation.cli:crossval_objects",
+                         "MVFCNN vs the object-based baselines on every fold: object accuracy, "
+                         "class recall, mean ± SE"),
+    "crossval-curves": ("mvfcnn.evaluation.cli:crossval_curves",
                         "Every fold's validation mean IU per stage (CSV + figure)"),
-    "crossval-figure": ("mvfcnn.evaluation.crossval:figure_cli",
+    "crossval-figure": ("mvfcnn.evaluation.cli:crossval_figure",
                         "One test image per fold: micrograph | truth | prediction"),
-    "best-run": ("mvfcnn.report.collect:best_run_cli", "Which MVFCNN variant the report shows, per "
-                 "modality (results/best.json)"),
-    "tables": ("mvfcnn.report.summary:report_cli", "Regenerate the paper's tables and summary.md"),
-    "figures": ("mvfcnn.report.figures", "Regenerate the paper's figures"),
-    "compare-tables": ("mvfcnn.report.compare", "Two runs' tables: the same numbers and words, "
-                       "measured times aside?"),
-    "bundle": ("mvfcnn.classify.bundle",
+    "best-run": ("mvfcnn.report.cli:best_run",
+                 "Which MVFCNN variant the report shows, per modality (results/best.json)"),
+    "tables": ("mvfcnn.report.cli:tables", "Regenerate the paper's tables and summary.md"),
+    "figures": ("mvfcnn.report.cli:figures", "Regenerate the paper's figures"),
+    "compare-tables": ("mvfcnn.report.cli:compare_tables",
+                       "Two runs' tables: the same numbers and words, measured times aside?"),
+    "bundle": ("mvfcnn.classify.cli:bundle",
                "Self-contained model bundle for classify (weights + settings)"),
-    "classify": ("mvfcnn.classify.cli", "Classify new micrographs with a trained model bundle"),
+    "classify": ("mvfcnn.classify.cli:classify",
+                 "Classify new micrographs with a trained model bundle"),
 }
 
 
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, function = VERBS[verb][0].partition(":")
     module = importlib.import_module(module_name)
     try:
-        result = getattr(module, function or "cli")(rest)
+        result = getattr(module, function)(rest)
     except InputError as err:
         print(f"mvfcnn {verb}: error: {err}", file=sys.stderr)
         return 1

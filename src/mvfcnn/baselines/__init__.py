@@ -2,7 +2,8 @@
 hand-crafted features + SVM, CIFARNet from scratch, VGG19 DeCAF + SVM, or a fine-tuned VGG16.
 
 ``crops`` (verb ``crop-objects``) cuts and warps the objects; ``run`` (verb ``train-baseline``)
-trains one method and writes the shared evaluation format. Importing this package is cheap.
+trains one method and writes the shared evaluation format; ``cli`` holds the command lines of
+both verbs. Importing this package is cheap.
 """
 
 from __future__ import annotations

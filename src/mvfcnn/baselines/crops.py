@@ -24,7 +24,6 @@ converted to grey one at a time.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,11 +33,8 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.baselines.features import handcrafted_features, handcrafted_names
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import json_arg
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import atomic_path, read_image, to_gray, to_unit_float
-from mvfcnn.core.settings import with_defaults
 
 TABLE_COLUMNS = ("object_id", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "true_class")
 
@@ -256,38 +252,3 @@ def crop_objects(
                      else np.zeros((0, len(names)), np.float32)),
         handcrafted_names=np.asarray(names, dtype=str),
         modality=modality, split=split, crop_size=int(size))
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser(
-        "crop-objects",
-        "Crop every labelled object (true_class >= 1) by its bounding box from the "
-        "masked image, warp it to crop_size^2 and compute its hand-crafted "
-        "features; write one .npz per (modality, split).")
-    parser.add_argument("--modality", required=True, help="sem | lom (recorded in the file)")
-    parser.add_argument("--split", required=True, choices=("train", "test", "sample"),
-                        help="the split the samples form, or 'sample' for one sample's objects "
-                        "(cross-validation: its fold decides where they train or test)")
-    parser.add_argument("--samples", nargs="+", required=True, help="sample ids")
-    parser.add_argument("--images", nargs="+", required=True,
-                        help="masked SEM or registered LOM, one per sample")
-    parser.add_argument("--masks", nargs="+", default=None,
-                        help="binary second-phase masks (0 = matrix), one per sample")
-    parser.add_argument("--objects-tables", nargs="+", required=True, help="objects CSVs")
-    parser.add_argument("--objects-ids", nargs="+", required=True, help="object id images")
-    parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
-    parser.add_argument("--out", required=True, help="output .npz")
-    args = parser.parse_args(argv)
-
-    params = json_arg(args.params_json, "--params-json")
-    size = int(with_defaults("baselines", params)["crop_size"])
-    if size < 8:
-        raise InputError(f"baselines.crop_size must be >= 8, got {size}")
-    crops = crop_objects(args.samples, args.images, args.objects_tables, args.objects_ids,
-                         modality=args.modality, split=args.split, size=size, masks=args.masks,
-                         handcrafted=params.get("handcrafted"))
-    crops.save(args.out)
-    counts = pd.Series(crops.true_class).value_counts().sort_index().to_dict()
-    print(f"mvfcnn crop-objects: {args.modality}/{args.split}: {len(crops)} objects from "
-          f"{len(args.samples)} samples, {size}x{size}, per class {counts}", file=sys.stderr)
-    return 0

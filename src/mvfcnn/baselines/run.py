@@ -43,7 +43,6 @@ one-vs-rest SVM decision value (SVMs). With ``--out-model`` the trained model is
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,14 +55,12 @@ from mvfcnn.baselines import MATCH, METHODS
 from mvfcnn.baselines.crops import CropSet
 from mvfcnn.baselines.features import decaf_features
 from mvfcnn.baselines.svm import fit_svm
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import atomic_path, write_json
+from mvfcnn.core.io import atomic_path
 from mvfcnn.core.progress import progress
-from mvfcnn.core.runtime import announce, autocast, choose_precision, resolve_device, set_threads
+from mvfcnn.core.runtime import announce, autocast, choose_precision
 from mvfcnn.core.settings import with_defaults
-from mvfcnn.evaluation.evaluate import write_evaluation
 from mvfcnn.fcn.train_loop import Step, fit
 from mvfcnn.models.cifarnet import cifarnet
 from mvfcnn.models.io import save_model
@@ -244,17 +241,6 @@ def _imagenet_preprocess(x: Any) -> Any:
 # --------------------------------------------------------------------------- methods
 
 
-def _check_sets(train: CropSet, test: CropSet, modality: str) -> None:
-    for name, crops in (("train", train), ("test", test)):
-        if crops.modality != modality:
-            raise InputError(f"{name} crops are of modality {crops.modality!r}, not {modality!r}")
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise InputError(f"train crops {train.images.shape[1:]} and test crops "
-                         f"{test.images.shape[1:]} differ in size")
-    if len(train) == 0:
-        raise InputError("no labelled training objects (true_class >= 1) to train on")
-
-
 def _check_init(method: str, pretrained: str) -> str:
     if pretrained in (MATCH, "patches"):
         raise InputError(f"baselines.{method}.pretrained: {pretrained} is resolved by the workflow "
@@ -386,7 +372,9 @@ def run_baseline(
     return predictions_frame(test, pred, confidence, classes), info, model
 
 
-def _save(model: Any, path: str | Path) -> None:
+def save_trained(model: Any, path: str | Path) -> None:
+    """The model :func:`run_baseline` returns (a network tuple or a fitted scikit-learn model)
+    as a file: a model file of :mod:`mvfcnn.models.io`, else a joblib dump."""
     if isinstance(model, tuple):
         net, arch, kwargs, extra = model
         save_model(path, net, arch=arch, kwargs=kwargs, extra=extra)
@@ -395,55 +383,3 @@ def _save(model: Any, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         joblib.dump(model, tmp)
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser(
-        "train-baseline",
-        "Train one object-based baseline on the training crops, classify the test "
-        "crops and write objects.csv / metrics.json / confusion.csv.", shared=("classes_json",))
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--modality", required=True, help="sem | lom")
-    parser.add_argument("--train", nargs="+", required=True,
-                        help="training crops (.npz of crop-objects; several are concatenated)")
-    parser.add_argument("--test", nargs="+", required=True, help="test crops (.npz, as --train)")
-    parser.add_argument("--params-json", default="{}", help="the config 'baselines' section")
-    parser.add_argument("--trunk-json", default=None,
-                        help="the FCN trunk layout {width, fc_channels} for a trunk init")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-metrics", required=True)
-    parser.add_argument("--out-objects", required=True)
-    parser.add_argument("--out-confusion", required=True)
-    parser.add_argument("--out-model", default=None, help="optional trained model file")
-    parser.add_argument("--out-info", default=None,
-                        help="optional JSON with timings, training curve, chosen SVM parameters")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: config)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    classes = classes_from_json(args.classes_json)
-    params = json_arg(args.params_json, "--params-json")
-    train = CropSet.load_all(args.train, split="train")
-    test = CropSet.load_all(args.test, split="test")
-    _check_sets(train, test, args.modality)
-
-    p = merged_params(params)
-    device = str(resolve_device(args.device or p["device"]))
-    if args.threads and args.method != "handcrafted_svm":
-        set_threads(args.threads)
-    trunk = json_arg(args.trunk_json, "--trunk-json") if args.trunk_json else None
-    frame, info, model = run_baseline(args.method, train, test, classes, params=params,
-                                      seed=args.seed, device=device, trunk=trunk)
-
-    metrics = write_evaluation(frame, classes, method=args.method, modality=args.modality,
-                               variant=None, out_metrics=args.out_metrics,
-                               out_objects=args.out_objects, out_confusion=args.out_confusion)
-    if args.out_model:
-        _save(model, args.out_model)
-    if args.out_info:
-        write_json(args.out_info, {**info, "device": device, "seed": args.seed})
-    acc = metrics["object_accuracy"]
-    print(f"mvfcnn train-baseline: {args.method}/{args.modality}: {len(train)} train, "
-          f"{metrics['n_objects']} test objects, accuracy "
-          f"{'n/a' if acc is None else f'{acc:.4f}'} ({info['total_seconds']:.1f} s on {device})",
-          file=sys.stderr)
-    return 0

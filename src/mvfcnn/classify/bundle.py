@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import mvfcnn
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_json
 from mvfcnn.core.runtime import choose_precision, resolve_device
 from mvfcnn.core.settings import defaults, with_defaults
 from mvfcnn.models.io import load_model, save_model
@@ -179,35 +177,3 @@ def load_for_inference(path: str | Path, classes: ClassSet | None = None) -> Loa
     return LoadedModel(model=model, path=path, classes=use, inference=inference, masking=masking,
                        pixel_size_um=None if pixel is None else float(pixel),
                        modality=extra.get("modality"), is_bundle=is_bundle, extra=extra)
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser(
-        "bundle",
-        "Write a self-contained model bundle (weights + classes, inference and "
-        "masking settings, pixel size, training config, metrics, git commit) so "
-        "`mvfcnn classify` needs no workflow config.", shared=("classes_json",))
-    parser.add_argument("--model", required=True, help="trained final-stage model (fcn8s.pt)")
-    parser.add_argument("--inference-json", required=True, help="config 'inference' section")
-    parser.add_argument("--masking-json", default="{}", help="config 'masking' section")
-    parser.add_argument("--training-json", default="{}",
-                        help="training config to record: {fcn, variant, tiles, seed}")
-    parser.add_argument("--metrics", help="the run's metrics.json")
-    parser.add_argument("--pixel-size", type=float, default=None,
-                        help="pixel size of the training images, µm/px (default: unknown)")
-    parser.add_argument("--modality", choices=("sem", "lom"), default=None)
-    parser.add_argument("--variant", default=None, help="variant name (for provenance)")
-    parser.add_argument("--out", required=True, help="bundle file to write")
-    args = parser.parse_args(argv)
-
-    classes = classes_from_json(args.classes_json)
-    if args.pixel_size is not None and not args.pixel_size > 0:
-        raise InputError(f"--pixel-size must be > 0, got {args.pixel_size}")
-    metrics = read_json(args.metrics) if args.metrics else None
-    write_bundle(args.model, args.out, classes=classes,
-                 inference=json_arg(args.inference_json, "--inference-json"),
-                 masking=json_arg(args.masking_json, "--masking-json"),
-                 training=json_arg(args.training_json, "--training-json"),
-                 pixel_size_um=args.pixel_size, modality=args.modality, variant=args.variant,
-                 metrics=metrics)
-    return 0

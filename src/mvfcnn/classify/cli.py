@@ -1,6 +1,6 @@
-"""The ``mvfcnn classify`` command line: its options, per-image output names and the loop
-over images (the classification itself is :mod:`mvfcnn.classify.pipeline`). Every input is checked
-before anything is written.
+"""The command lines of ``mvfcnn classify`` (its options, per-image output names and the loop
+over images; the classification itself is :mod:`mvfcnn.classify.pipeline`; every input is checked
+before anything is written) and ``mvfcnn bundle`` (the bundle is :mod:`mvfcnn.classify.bundle`).
 """
 
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mvfcnn.classify.bundle import load_for_inference
+from mvfcnn.classify.bundle import load_for_inference, write_bundle
 from mvfcnn.classify.outputs import (
     OUTPUT_FILES,
     write_outputs,
@@ -23,9 +23,9 @@ from mvfcnn.classify.pipeline import (
     read_micrograph,
 )
 from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import classes_from_json
+from mvfcnn.core.config import classes_from_json, json_arg
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import check_writable
+from mvfcnn.core.io import check_writable, read_json
 from mvfcnn.core.progress import progress
 from mvfcnn.core.runtime import announce, choose_precision, resolve_device, set_threads
 
@@ -135,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli(argv: list[str]) -> int:
+def classify(argv: list[str]) -> int:
+    """`mvfcnn classify`: classify new micrographs with a trained model bundle."""
     args = _parser().parse_args(argv)
 
     set_threads(args.threads)
@@ -218,4 +219,37 @@ def cli(argv: list[str]) -> int:
               f"{megapixels:.2f} MP in {result.seconds:.1f} s", file=sys.stderr)
         bar.update(1)
     bar.close()
+    return 0
+
+
+def bundle(argv: list[str]) -> int:
+    """`mvfcnn bundle`: a trained model and its settings as one self-contained file."""
+    parser = verb_parser(
+        "bundle",
+        "Write a self-contained model bundle (weights + classes, inference and "
+        "masking settings, pixel size, training config, metrics, git commit) so "
+        "`mvfcnn classify` needs no workflow config.", shared=("classes_json",))
+    parser.add_argument("--model", required=True, help="trained final-stage model (fcn8s.pt)")
+    parser.add_argument("--inference-json", required=True, help="config 'inference' section")
+    parser.add_argument("--masking-json", default="{}", help="config 'masking' section")
+    parser.add_argument("--training-json", default="{}",
+                        help="training config to record: {fcn, variant, tiles, seed}")
+    parser.add_argument("--metrics", help="the run's metrics.json")
+    parser.add_argument("--pixel-size", type=float, default=None,
+                        help="pixel size of the training images, µm/px (default: unknown)")
+    parser.add_argument("--modality", choices=("sem", "lom"), default=None)
+    parser.add_argument("--variant", default=None, help="variant name (for provenance)")
+    parser.add_argument("--out", required=True, help="bundle file to write")
+    args = parser.parse_args(argv)
+
+    classes = classes_from_json(args.classes_json)
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise InputError(f"--pixel-size must be > 0, got {args.pixel_size}")
+    metrics = read_json(args.metrics) if args.metrics else None
+    write_bundle(args.model, args.out, classes=classes,
+                 inference=json_arg(args.inference_json, "--inference-json"),
+                 masking=json_arg(args.masking_json, "--masking-json"),
+                 training=json_arg(args.training_json, "--training-json"),
+                 pixel_size_um=args.pixel_size, modality=args.modality, variant=args.variant,
+                 metrics=metrics)
     return 0

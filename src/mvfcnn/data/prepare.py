@@ -22,19 +22,16 @@ the same grid, and measures the pixel size from the scale bar where its length i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import (
     check_micrograph_integers,
     read_image,
     read_labels,
-    write_image,
-    write_json,
 )
 from mvfcnn.objects.components import check_labels
 
@@ -149,35 +146,3 @@ def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
         info = np.iinfo(image.dtype)
         return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
     return out.astype(image.dtype)
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser("prepare", __doc__.split("\n")[0], shared=("sample", "classes_json"))
-    parser.add_argument("--image", required=True, help="micrograph as released (any format)")
-    parser.add_argument("--labels", default=None, help="label map as released (optional)")
-    parser.add_argument("--crop-bottom", type=int, default=0, help="information band rows")
-    parser.add_argument("--scale-bar-um", type=float, default=None,
-                        help="length of the scale bar printed in the band (µm)")
-    parser.add_argument("--upscale", type=int, default=1,
-                        help="enlarge image (bilinear) and labels (replicated) by this factor")
-    parser.add_argument("--out-image", required=True)
-    parser.add_argument("--out-labels", default=None,
-                        help="checked labels; without --labels all pixels are ignore")
-    parser.add_argument("--out-json", required=True)
-    args = parser.parse_args(argv)
-    if args.labels and not args.out_labels:
-        raise InputError("--labels needs --out-labels", sample=args.sample)
-    classes = classes_from_json(args.classes_json)
-    image, labels, record = prepare_sample(args.sample, args.image, args.labels, classes,
-                                           crop_bottom=args.crop_bottom,
-                                           scale_bar_um=args.scale_bar_um,
-                                           upscale=args.upscale)
-    # uncompressed: the tile loader memory-maps these
-    write_image(args.out_image, image, compression=None)
-    if args.out_labels:
-        if labels is None:  # unlabelled (split predict): every pixel is ignore
-            labels = np.full(image.shape, classes.ignore_index, dtype=np.uint8)
-        write_image(args.out_labels, labels, compression=None)
-    write_json(args.out_json, asdict(record))
-    return 0
-

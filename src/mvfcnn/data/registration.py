@@ -41,7 +41,6 @@ Conventions: points are ``(x, y) = (column, row)`` with pixel centres at integer
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -50,12 +49,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.errors import InputError, warn
-from mvfcnn.core.io import read_image, read_json, write_image, write_json
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_json
 from mvfcnn.data.registration_search import (
     coarse_search,
-    corner_rms_error,
     level_score,
     pyramid_levels,
     refine,
@@ -193,7 +190,7 @@ def footprint(matrix: np.ndarray, lom_shape: tuple[int, ...], shape: tuple[int, 
 
 
 def read_warp_metadata(path: str) -> dict[str, Any] | None:
-    """The transform stored in a registered LOM TIFF by :func:`cli` (None if absent)."""
+    """The transform stored in a registered LOM TIFF by ``mvfcnn register`` (None if absent)."""
     import tifffile
 
     try:
@@ -204,19 +201,6 @@ def read_warp_metadata(path: str) -> dict[str, Any] | None:
     if not meta or "lom_to_sem" not in meta[0] or "lom_shape" not in meta[0]:
         return None
     return dict(meta[0])
-
-
-# --------------------------------------------------------------------------- CLI
-def _params(text: str, sample: str) -> dict[str, Any]:
-    try:
-        params = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise InputError(f"--params-json is not valid JSON ({err})", sample=sample) from err
-    params = {"model": "similarity", "max_side": 1024, "max_rms_error_px": 1.0, **params}
-    if params["model"] not in MODELS:
-        raise InputError(f"registration.model must be one of {list(MODELS)}, got "
-                         f"{params['model']!r}", sample=sample)
-    return params
 
 
 def read_truth(path: str, sample: str) -> np.ndarray:
@@ -234,70 +218,3 @@ def read_truth(path: str, sample: str) -> np.ndarray:
         raise InputError(f"'lom_to_sem' must be a finite 3x3 matrix, got shape {matrix.shape}",
                          sample=sample, path=path)
     return matrix
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser("register", __doc__.split("\n")[0], shared=("sample",))
-    parser.add_argument("--sem", required=True)
-    parser.add_argument("--lom", required=True)
-    parser.add_argument("--truth", help="transform.json with the true 'lom_to_sem' matrix")
-    parser.add_argument("--params-json", default="{}", help="the config's registration section")
-    parser.add_argument("--out-json", required=True)
-    parser.add_argument("--out-lom", required=True)
-    args = parser.parse_args(argv)
-    _setup_logging()
-    sample = args.sample
-    params = _params(args.params_json, sample)
-    sem = read_image(args.sem, sample=sample, gray=True, micrograph=True)
-    lom = read_image(args.lom, sample=sample, micrograph=True)
-    truth = read_truth(args.truth, sample) if args.truth else None
-    if min(lom.shape[:2]) < 16 or min(sem.shape[:2]) < 16:
-        raise InputError(f"image too small to register (SEM {sem.shape}, LOM {lom.shape})",
-                         sample=sample, path=args.lom)
-    try:
-        reg = register(sem, lom, model=params["model"], max_side=int(params["max_side"]))
-    except NoContrastError as err:
-        raise InputError(str(err), sample=sample,
-                         path=args.sem if err.which == "sem" else args.lom) from err
-    except ValueError as err:
-        raise InputError(f"registration failed: {err}", sample=sample, path=args.lom) from err
-    report: dict[str, Any] = {
-        "sample": sample,
-        "model": params["model"],
-        "matrix": reg.matrix.tolist(),
-        "score_before": round(reg.score_before, 6),
-        "score_after": round(reg.score_after, 6),
-        "contrast": "inverted" if reg.contrast_sign < 0 else "same",
-        "sem_shape": list(sem.shape[:2]),
-        "lom_shape": list(lom.shape[:2]),
-        "coverage": round(float(footprint(reg.matrix, lom.shape, sem.shape).mean()), 6),
-        "warnings": [],
-    }
-    if report["coverage"] < MIN_LOM_COVERAGE:
-        report["warnings"].append(warn(
-            "register", f"the registered LOM covers only {100 * report['coverage']:.1f} % of the "
-            f"SEM (< {100 * MIN_LOM_COVERAGE:.0f} %): registration probably failed, or the LOM "
-            "shows another area", sample=sample, path=args.lom))
-    if truth is not None:
-        rms = corner_rms_error(reg.matrix, truth, sem.shape)
-        limit = float(params["max_rms_error_px"])
-        report.update(rms_error_px=round(rms, 4), truth_matrix=truth.tolist(),
-                      max_rms_error_px=limit, passed=bool(rms <= limit))
-        if rms > limit:
-            report["warnings"].append(warn(
-                "register", f"registration corner RMS error {rms:.2f} px exceeds the limit "
-                f"{limit:.2f} px (outputs written; check them)", sample=sample, path=args.lom))
-        else:
-            log.info("sample %r: corner RMS error %.3f px", sample, rms)
-    log.info("sample %r: NCC %.3f -> %.3f", sample, reg.score_before, reg.score_after)
-    warped = warp_to_grid(lom, reg.matrix, sem.shape)
-    # The transform travels with the image, so masking can tell "no LOM data" from matrix.
-    write_image(args.out_lom, warped, metadata={"sample": sample, "lom_to_sem": reg.matrix.tolist(),
-                                                "lom_shape": list(lom.shape[:2])})
-    write_json(args.out_json, report)
-    return 0

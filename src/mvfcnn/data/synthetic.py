@@ -39,8 +39,6 @@ salted ``hash()``, so the same seed gives byte-identical files in any process.
 from __future__ import annotations
 
 import re
-import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import SAMPLE_COLUMNS, ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import SAMPLE_COLUMNS, ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import write_image, write_json
 from mvfcnn.core.settings import with_defaults
@@ -198,23 +195,3 @@ def large_sem(height: int, width: int, seed: int, classes: ClassSet,
     labels = scene.labels
     sem = finish_sem(scene.sem, sem_ss)
     return sem, labels
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser("synthesize", __doc__.split("\n")[0], shared=("sample", "classes_json"))
-    parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--params-json", required=True, help="the config's `synthetic` section")
-    parser.add_argument("--outdir", required=True)
-    args = parser.parse_args(argv)
-
-    try:
-        cfg = json_arg(args.params_json, "--params-json")
-        classes = classes_from_json(args.classes_json)
-    except InputError as err:
-        raise InputError(str(err), sample=args.sample) from err
-    start = time.perf_counter()
-    generate_sample(args.sample, cfg, classes, args.seed, args.outdir)
-    print(f"synthesize: wrote {args.outdir}/{{sem,lom,labels}}.tif + transform.json for "
-          f"{args.sample!r} (seed {args.seed}) in {time.perf_counter() - start:.2f} s",
-          file=sys.stderr)
-    return 0

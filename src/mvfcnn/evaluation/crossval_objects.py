@@ -27,10 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import write_table, write_text
 from mvfcnn.evaluation.crossval import mean_and_se, pct
 from mvfcnn.report.describe import (
     baseline_budget_words,
@@ -308,59 +306,3 @@ def budget_notes(config: dict[str, Any], runs: list[tuple[str, str, Path]]) -> l
             text += f"; training {seconds_text(float(np.mean(seconds)))} per fold (mean)"
         notes.append(f"{LABELS.get(method, method)}: {text}")
     return notes
-
-
-def cli(argv: list[str]) -> int:
-    import yaml
-
-    parser = verb_parser("crossval-objects", __doc__.split("\n")[0], shared=("classes_json",))
-    parser.add_argument("--run", action="append", nargs=3, default=[], required=True,
-                        metavar=("METHOD", "FOLD", "METRICS_JSON"),
-                        help="one method's metrics.json on one fold (repeat; MVFCNN as mvfcnn)")
-    parser.add_argument("--paper", default=None, help="paper_tables.yaml: Table 1 beside ours")
-    parser.add_argument("--config-json", default=None,
-                        help="the workflow config (report view): each method's budget as notes")
-    parser.add_argument("--secondary-exclude", nargs="*", default=[],
-                        help="classes left out of a second object accuracy (e.g. classes whose "
-                        "labels are unreliable)")
-    parser.add_argument("--title", default="Object classification on the cross-validation folds")
-    parser.add_argument("--note", action="append", default=[], help="a note under the tables")
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-md", required=True)
-    parser.add_argument("--out-html", required=True)
-    args = parser.parse_args(argv)
-    classes = classes_from_json(args.classes_json)
-    metrics: dict[tuple[str, str], dict[str, Any]] = {}
-    for method, fold, path in args.run:
-        if not Path(path).is_file():
-            raise InputError("metrics file not found", path=path)
-        try:
-            metrics[(method, fold)] = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"not valid JSON ({err})", path=path) from err
-    if MVFCNN not in {m for m, _ in metrics}:
-        raise InputError("no MVFCNN run given (--run mvfcnn FOLD METRICS_JSON)")
-    rows = fold_rows(metrics, classes)
-    check_same_objects(rows)
-    unknown = sorted(set(args.secondary_exclude) - set(classes.foreground_names))
-    if unknown:
-        raise InputError(f"--secondary-exclude names unknown second-phase class(es) {unknown}")
-    secondary = tuple(args.secondary_exclude)
-    rows = add_accuracy_without(add_majority(rows, classes), secondary)
-    table = summarize(rows)
-    differences = paired_differences(table)
-    paper: dict[str, float] = {}
-    if args.paper:
-        paper = {e["method"]: float(e["accuracy"])
-                 for e in yaml.safe_load(Path(args.paper).read_text())["table1"]}
-    notes = list(args.note)
-    if args.config_json:
-        notes += budget_notes(json_arg(args.config_json, "--config-json"),
-                              [(m, f, Path(p)) for m, f, p in args.run])
-    markdown = objects_markdown(table, differences, classes, title=args.title, paper=paper,
-                               notes=notes, secondary_exclude=secondary)
-    write_table(args.out_csv, table)
-    write_text(args.out_md, markdown)
-    write_text(args.out_html, objects_html(table, differences, markdown))
-    print("mvfcnn crossval-objects: " + verdict(differences), flush=True)
-    return 0

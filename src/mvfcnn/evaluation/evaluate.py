@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import read_image, read_labels, write_json, write_table
 from mvfcnn.evaluation.metrics import (
@@ -130,15 +127,6 @@ def pixel_confusion(pairs: Iterable[tuple[str, PathLike, PathLike]],
     return total
 
 
-def _read_csv(path: PathLike, sample: str) -> pd.DataFrame:
-    if not Path(path).exists():
-        raise InputError("file not found", sample=sample, path=path)
-    try:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"cannot read table ({err})", sample=sample, path=path) from err
-
-
 def merge_votes(objects: pd.DataFrame, votes: pd.DataFrame, sample: str) -> pd.DataFrame:
     """Ground-truth objects table + votes table of one sample -> OBJECT_COLUMNS rows."""
     for name, table, need in (("objects", objects, ("object_id", "true_class")),
@@ -163,64 +151,3 @@ def merge_votes(objects: pd.DataFrame, votes: pd.DataFrame, sample: str) -> pd.D
     if "true_class_name" in merged:
         merged["true_class_name"] = merged["true_class_name"].fillna("").astype(str)
     return merged
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser(
-        "evaluate",
-        "Pixel metrics (one confusion matrix over all test images) and object "
-        "metrics (max-voted objects) of one MVFCNN model over the test samples. "
-        "Every per-sample list (--labels, --preds, --votes, --objects) follows the "
-        "order of --samples; instead of a list, --pred-dir/--votes-dir/--objects-dir "
-        "name a folder holding {sample}.tif / {sample}.csv.", shared=("classes_json",))
-    parser.add_argument("--method", default="mvfcnn", help="method name (default mvfcnn)")
-    parser.add_argument("--variant", default=None, help="training variant, e.g. ft_balanced_aug")
-    parser.add_argument("--modality", required=True, help="sem | lom")
-    parser.add_argument("--samples", nargs="+", required=True, help="test sample ids")
-    parser.add_argument("--labels", nargs="+", required=True,
-                        help="label images (uint8, 255 = ignore), one per sample, same order")
-    for flag, dest, what, suffix in (("preds", "pred", "stitched class maps", "tif"),
-                                     ("votes", "votes", "vote tables", "csv"),
-                                     ("objects", "objects", "ground-truth objects tables", "csv")):
-        group = parser.add_mutually_exclusive_group(required=True)
-        group.add_argument(f"--{flag}", dest=f"{dest}_files", nargs="+", metavar="F",
-                           help=f"{what}, one per sample, same order as --samples")
-        group.add_argument(f"--{dest}-dir", dest=f"{dest}_dir", metavar="D",
-                           help=f"or: folder holding {{sample}}.{suffix} {what}")
-    parser.add_argument("--out-metrics", required=True, help="metrics.json")
-    parser.add_argument("--out-objects", required=True, help="objects.csv")
-    parser.add_argument("--out-confusion", required=True, help="object confusion.csv (Table 4)")
-    parser.add_argument("--out-pixel-confusion", default=None,
-                        help="optional pixel confusion CSV (rows true, columns predicted)")
-    args = parser.parse_args(argv)
-
-    classes = classes_from_json(args.classes_json)
-    if len(args.labels) != len(args.samples):
-        raise InputError(f"{len(args.samples)} samples but {len(args.labels)} label images")
-    if len(set(args.samples)) != len(args.samples):
-        raise InputError(f"duplicate sample ids in --samples: {args.samples}")
-    n = len(args.samples)
-    paths: dict[str, list[Path]] = {}
-    for dest, suffix in (("pred", "tif"), ("votes", "csv"), ("objects", "csv")):
-        files, folder = getattr(args, f"{dest}_files"), getattr(args, f"{dest}_dir")
-        if files is not None and len(files) != n:
-            raise InputError(f"{n} samples but {len(files)} {dest} file(s)")
-        paths[dest] = ([Path(f) for f in files] if files is not None
-                       else [Path(folder) / f"{s}.{suffix}" for s in args.samples])
-    confusion = pixel_confusion(zip(args.samples, paths["pred"], args.labels, strict=True),
-                                classes)
-    frames = [merge_votes(_read_csv(obj, s), _read_csv(vts, s), s)
-              for s, obj, vts in zip(args.samples, paths["objects"], paths["votes"], strict=True)]
-    frame = pd.concat(frames, ignore_index=True)
-    metrics = write_evaluation(
-        frame, classes, method=args.method, modality=args.modality, variant=args.variant,
-        out_metrics=args.out_metrics, out_objects=args.out_objects,
-        out_confusion=args.out_confusion, pixel_confusion=confusion,
-        out_pixel_confusion=args.out_pixel_confusion)
-    acc = metrics["object_accuracy"]
-    pix = metrics["pixel"]["pixel_accuracy"]
-    print(f"mvfcnn evaluate: {args.method}/{args.variant}/{args.modality}: "
-          f"{metrics['n_objects']} objects, accuracy "
-          f"{'n/a' if acc is None else f'{acc:.4f}'}, pixel accuracy "
-          f"{'n/a' if pix is None else f'{pix:.4f}'}", file=sys.stderr)
-    return 0

@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, write_table
 from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 
 VOTE_COLUMNS = ["object_id", "pred_class", "pred_class_name", "vote_share", "n_pixels",
@@ -110,38 +108,3 @@ def vote_table(pred: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame,
     for column in ("pred_class", "n_pixels", "n_foreground"):
         votes[column] = votes[column].astype(np.int64)
     return votes[VOTE_COLUMNS]
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser(
-        "vote",
-        "Max-vote the predicted classes inside each object (matrix pixels do not "
-        "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).",
-        shared=("classes_json", "sample"))
-    parser.add_argument("--pred", required=True, help="stitched uint8 class map (TIFF)")
-    parser.add_argument("--objects-ids", required=True, help="uint32 object-id image (TIFF)")
-    parser.add_argument("--objects", required=True, help="objects table CSV (object_id column)")
-    parser.add_argument("--out", required=True, help="votes CSV to write")
-    args = parser.parse_args(argv)
-
-    classes = classes_from_json(args.classes_json)
-    pred = read_image(args.pred, sample=args.sample)
-    ids = read_image(args.objects_ids, sample=args.sample)
-    if pred.ndim != 2 or ids.ndim != 2:
-        raise InputError("prediction and object-id images must be 2-D", sample=args.sample)
-    if pred.shape != ids.shape:
-        raise InputError(f"prediction {pred.shape} and object ids {ids.shape} differ in size",
-                         sample=args.sample, path=args.objects_ids)
-    try:
-        objects = pd.read_csv(args.objects)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"cannot read objects table ({err})", sample=args.sample,
-                         path=args.objects) from err
-    try:
-        votes = vote_table(pred, ids, objects, classes, sample=args.sample)
-    except InputError as err:
-        if err.sample is None:
-            raise InputError(str(err), sample=args.sample, path=args.pred) from err
-        raise
-    write_table(args.out, votes)
-    return 0

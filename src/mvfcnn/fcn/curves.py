@@ -9,9 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import FCN_STAGES as STAGES
-from mvfcnn.core.io import atomic_path, read_tables, write_table
+from mvfcnn.core.io import atomic_path, write_table
 
 CSV_COLUMNS = ["iteration", "loss", "lr", "seconds", "pixel_accuracy", "mean_iu"]
 
@@ -102,22 +100,6 @@ def plot_learning_curve(curve: pd.DataFrame, path: str | os.PathLike[str], *,
         ax.legend(fontsize=7, ncol=2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-
-
-def learning_curve_cli(argv: list[str]) -> int:
-    """`mvfcnn learning-curve`: a run's validation mean IU per stage (CSV + PNG)."""
-
-    parser = verb_parser("learning-curve", learning_curve_cli.__doc__)
-    parser.add_argument("--stages", nargs="+", required=True, choices=STAGES)
-    parser.add_argument("--csvs", nargs="+", required=True, help="train_<stage>.csv, same order")
-    parser.add_argument("--title", default="learning curve")
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-png", required=True)
-    args = parser.parse_args(argv)
-    curve = learning_curve(read_tables(args.stages, args.csvs, what="training CSV"))
-    write_table(args.out_csv, curve)
-    plot_learning_curve(curve, args.out_png, title=args.title)
-    return 0
 
 
 def write_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:

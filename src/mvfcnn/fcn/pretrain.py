@@ -35,7 +35,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +43,7 @@ import torch
 from torch import nn
 
 from mvfcnn.core import runtime
-from mvfcnn.core.cli_args import job_parser
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import atomic_path, read_image, read_labels, to_uint8, write_table
 from mvfcnn.core.progress import progress
@@ -354,25 +352,3 @@ def plot_pretraining(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     ax_loss.set_title("trunk pretraining on labelled training patches")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-
-
-def cli(argv: list[str]) -> int:
-    """`mvfcnn pretrain-trunk`: the ``pretrained: patches`` trunk of one modality."""
-
-    parser = job_parser("pretrain-trunk", __doc__.split("\n")[0],
-                        params_help="the `pretrain` config section", reports_required=False)
-    parser.add_argument("--images", nargs="+", required=True, help="training images")
-    parser.add_argument("--labels", nargs="+", required=True, help="their label maps")
-    parser.add_argument("--fcn-json", required=True, help="the `fcn` section (width, fc_channels)")
-    parser.add_argument("--unlabelled", nargs="*", default=[],
-                        help="label-free micrographs for the SSL phase only (split unlabelled)")
-    args = runtime.start_job(parser, argv)
-    cfg = json_arg(args.params_json, "--params-json")
-    fcn_cfg = json_arg(args.fcn_json, "--fcn-json")
-    summary = pretrain_trunk(images=args.images, labels=args.labels,
-                             classes=classes_from_json(args.classes_json), cfg=cfg,
-                             fcn_cfg=fcn_cfg, seed=args.seed, out_model=args.out,
-                             out_csv=args.out_csv, out_png=args.out_png,
-                             unlabelled=args.unlabelled)
-    log.info("pretrained trunk -> %s (%s)", Path(args.out), summary)
-    return 0

@@ -33,10 +33,8 @@ held out for validation), so the validation tiles are those of the plain index.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +43,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, read_labels, write_json, write_table
-from mvfcnn.core.settings import with_defaults
+from mvfcnn.core.io import read_image, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -388,54 +384,3 @@ def build_image_table(samples: Sequence[str], images: Sequence[str], labels: Seq
         rows.append({"sample": sample, "height": shape[0], "width": shape[1], "class": name,
                      "image": str(image), "labels": str(label)})
     return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"true", "1", "yes"}:
-        return True
-    if value in {"false", "0", "no"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def cli(argv: list[str]) -> int:
-    """`mvfcnn tile-index`: write the tile table (CSV) and a per-class stride/count summary."""
-    parser = verb_parser("tile-index", __doc__.split("\n")[0], shared=("classes_json",))
-    parser.add_argument("--samples", nargs="+", required=True)
-    parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--labels", nargs="+", required=True)
-    parser.add_argument("--classes", nargs="+", required=True,
-                        help='image-level class per sample; "" = majority class of its labels')
-    parser.add_argument("--params-json", required=True, help="the `tiles` config section")
-    parser.add_argument("--balanced", type=_bool, required=True)
-    parser.add_argument("--augment", type=_bool, required=True)
-    parser.add_argument("--strict", action="store_true",
-                        help="fail if a class cannot be balanced within the tolerance")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="draws the rare-class centres (tiles.rare_share > 0)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--out-summary", default=None, help="JSON: strides and counts per class")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-    classes = classes_from_json(args.classes_json)
-    params = with_defaults("tiles", json_arg(args.params_json, "--params-json"))
-    table = build_image_table(args.samples, args.images, args.labels, args.classes, classes)
-    index = tile_index(table, size=int(params["size"]), stride=int(params["stride"]),
-                       balanced=args.balanced, augment=args.augment,
-                       tolerance=float(params["balance_tolerance"]), strict=args.strict)
-    if float(params["rare_share"]) > 0:
-        maps = [np.asarray(read_labels(p, sample=s))
-                for s, p in zip(table["sample"], table["labels"], strict=True)]
-        index = add_rare_tiles(index, maps, classes, share=float(params["rare_share"]),
-                               names=params["rare_classes"],
-                               max_frequency=float(params["rare_max_frequency"]), seed=args.seed)
-    write_table(args.out, index.tiles)
-    summary = index.summary()
-    if args.out_summary:
-        write_json(args.out_summary, summary)
-    log.info("tile-index: %d tiles; %s", len(index.tiles),
-             json.dumps({n: {"stride": c.stride, "rows": index.counts[n]}
-                         for n, c in index.classes.items()}))
-    return 0

@@ -12,11 +12,12 @@ Validation
 Every ``validate_every`` iterations (and after the last) pixel accuracy and mean IU (Long et al.,
 :mod:`mvfcnn.evaluation.metrics`) are computed on ``val_tiles`` and added to that CSV row (empty
 cells
-elsewhere). The CLI holds out every k-th tile *position* of the index (``fcn.val_holdout_every``,
-default 10; all rotations of a held-out position leave the training set; the validation set is
-their rot = 0 tiles, at most ``fcn.val_max_tiles``, evenly spaced) or takes a separate index
-(``--val-tiles``). Held-out windows overlap neighbouring training windows, so these numbers track
-fitting within the training images; they are never computed on test images.
+elsewhere). ``mvfcnn train-fcn`` holds out every k-th tile *position* of the index
+(``fcn.val_holdout_every``, default 10, :func:`split_validation`; all rotations of a held-out
+position leave the training set; the validation set is their rot = 0 tiles, at most
+``fcn.val_max_tiles``, evenly spaced) or takes a separate index (``--val-tiles``). Held-out
+windows overlap neighbouring training windows, so these numbers track fitting within the
+training images; they are never computed on test images.
 
 Within a stage the learning rate is constant (the paper's) or decays (``fcn.lr_schedule``:
 ``poly``, ``cosine``; :func:`mvfcnn.fcn.losses.lr_factor`); the CSV's ``lr`` column is the rate of
@@ -57,9 +58,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mvfcnn.core.cli_args import job_parser
 from mvfcnn.core.config import FCN_STAGES as STAGES
-from mvfcnn.core.config import ClassSet, classes_from_json, json_arg
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.progress import progress
 from mvfcnn.core.runtime import (
@@ -67,7 +67,6 @@ from mvfcnn.core.runtime import (
     autocast,
     choose_precision,
     resolve_device,
-    start_job,
 )
 from mvfcnn.core.settings import with_defaults
 from mvfcnn.evaluation.metrics import confusion_matrix, pixel_report
@@ -365,62 +364,3 @@ def train_stage(
     return {"iterations": iterations, "resumed_from": start, "final_loss": final_loss,
             "seconds": seconds}
 
-
-# --------------------------------------------------------------------------- CLI
-
-
-def read_tiles(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A tile index CSV written by ``mvfcnn tile-index``."""
-    if not Path(path).is_file():
-        raise InputError("tile index not found", path=path)
-    try:
-        frame = pd.read_csv(path, dtype={"sample": str, "class": str, "image": str,
-                                         "labels": str}, keep_default_na=False)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"cannot parse tile index ({err})", path=path) from err
-    if len(frame) == 0:
-        raise InputError("tile index is empty (no training tiles)", path=path)
-    return frame
-
-
-def cli(argv: list[str]) -> int:
-    """`mvfcnn train-fcn`: one FCN stage from a tile index (see the module docstring)."""
-    parser = job_parser("train-fcn", __doc__.split("\n")[0],
-                        params_help="the `fcn` config section", reports_required=True)
-    parser.add_argument("--stage", required=True, choices=STAGES)
-    parser.add_argument("--parent", default=None, help="trained previous stage (16s, 8s)")
-    parser.add_argument("--tiles", required=True)
-    parser.add_argument("--variant-json", required=True, help="{pretrained, balanced, augment}")
-    parser.add_argument("--checkpoint-dir", required=True)
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 (default: fcn."
-                        "device or auto)")
-    parser.add_argument("--val-tiles", default=None,
-                        help="separate validation tile index (default: held-out positions)")
-    parser.add_argument("--val-holdout-every", type=int, default=None,
-                        help="hold out every k-th tile position (default fcn.val_holdout_every)")
-    parser.add_argument("--num-workers", type=int, default=None)
-    args = start_job(parser, argv)
-
-    cfg = json_arg(args.params_json, "--params-json")
-    variant = json_arg(args.variant_json, "--variant-json")
-    if args.num_workers is not None:
-        cfg["num_workers"] = args.num_workers
-    full = with_defaults("fcn", cfg)
-    tiles = read_tiles(args.tiles)
-    if args.val_tiles:
-        val_tiles = read_tiles(args.val_tiles)
-    else:
-        every = (args.val_holdout_every if args.val_holdout_every is not None
-                 else int(full["val_holdout_every"]))
-        if int(full["validate_every"]) <= 0:
-            every = 0
-        tiles, val_tiles = split_validation(tiles, every, int(full["val_max_tiles"]))
-        if every > 1:
-            log.info("validation: %d held-out tiles (every %d-th position); training on %d",
-                     len(val_tiles), every, len(tiles))
-    train_stage(stage=args.stage, tiles=tiles, classes=classes_from_json(args.classes_json),
-                cfg=cfg, variant=variant, parent=args.parent, out_model=args.out,
-                out_csv=args.out_csv, out_png=args.out_png, checkpoint_dir=args.checkpoint_dir,
-                seed=args.seed, device=args.device or str(full["device"]),
-                val_tiles=val_tiles)
-    return 0

@@ -1,1 +1,2 @@
-"""Segmenting a micrograph: sliding-window prediction and stitching (predict)."""
+"""Segmenting a micrograph: sliding-window prediction and stitching (predict); the command line
+of ``mvfcnn predict`` (cli)."""

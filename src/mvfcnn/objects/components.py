@@ -12,16 +12,13 @@ Ties go to the lowest class index (so a 50/50 matrix/phase object counts as matr
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from mvfcnn.core.cli_args import verb_parser
-from mvfcnn.core.config import ClassSet, classes_from_json
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, read_labels, write_image, write_table
+from mvfcnn.core.io import read_image
 
 CONNECTIVITY = 8
 STRUCTURE = np.ones((3, 3), dtype=bool)  # 8-connectivity
@@ -256,44 +253,3 @@ def read_mask(path: str, sample: str) -> np.ndarray:
 
     mask = read_image(path, sample=sample, gray=True)
     return np.asarray(mask) > 0
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser("objects", __doc__.split("\n")[0], shared=("sample", "classes_json"))
-    parser.add_argument("--mask", help="binary second-phase mask; without it, objects are the "
-                        "connected components of each second-phase class of --labels")
-    parser.add_argument("--labels", help="ground-truth label image on the SEM grid")
-    parser.add_argument("--min-area", type=int, default=0,
-                        help="objects from labels: drop components smaller than this (px)")
-    parser.add_argument("--label-objects", choices=LABEL_OBJECTS, default="per_class",
-                        help="objects from labels: components per class, or of all second-phase "
-                        "pixels together (majority class)")
-    parser.add_argument("--image-class", help="class name every object of this image gets")
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-ids", required=True)
-    args = parser.parse_args(argv)
-    sample = args.sample
-    try:
-        classes = classes_from_json(args.classes_json)
-    except InputError as err:
-        raise InputError(str(err), sample=sample) from err
-    if args.image_class:
-        try:
-            classes.index_of(args.image_class)
-        except InputError as err:
-            raise InputError(f"--image-class: {err}", sample=sample) from err
-    if not args.mask and not args.labels:
-        raise InputError("objects need a --mask or --labels", sample=sample)
-    labels: Any = None
-    mask = read_mask(args.mask, sample) if args.mask else None
-    if args.labels:
-        labels = read_labels(args.labels, sample=sample)
-        check_labels(labels, classes, sample=sample, path=args.labels,
-                     shape=None if mask is None else mask.shape)
-    ids = find_objects(mask) if mask is not None else label_objects(
-        labels, classes, min_area=args.min_area, mode=args.label_objects)
-    del mask
-    table = object_table(ids, labels, classes, image_class=args.image_class or None)
-    write_image(args.out_ids, ids)
-    write_table(args.out_table, table)
-    return 0

@@ -17,10 +17,9 @@ from typing import Any
 import pandas as pd
 
 from mvfcnn.core import layout
-from mvfcnn.core.cli_args import report_parser
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_json, write_json
+from mvfcnn.core.io import read_json
 from mvfcnn.core.runs import (
     PREFERRED_VARIANT,
     baseline_runs,
@@ -161,20 +160,6 @@ def read_best_run(path: str | Path, modality: str = "sem") -> tuple[str | None, 
     if entry is None:
         return None, f"no MVFCNN run on {modality.upper()}"
     return entry["variant"], entry["why"]
-
-
-def best_run_cli(argv: list[str]) -> int:
-    parser = report_parser(
-        "best-run", "Decide once which MVFCNN variant stands for 'MVFCNN' in the report, "
-                           "per modality (the paper's best configuration if run, else the best "
-                           "object accuracy), and write it as JSON for the figure jobs.")
-    parser.add_argument("--out", required=True, help="output JSON (results/best.json)")
-    args = parser.parse_args(argv)
-
-    runs = collect_runs(args.results_dir, load_config_arg(args.config_json), args.runs)
-    write_json(args.out, best_runs(runs))
-    print(f"mvfcnn best-run: wrote {args.out}", file=sys.stderr)
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------

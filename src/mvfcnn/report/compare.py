@@ -9,11 +9,9 @@ two runs, even of the same code on the same data, and are the only text that may
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.errors import InputError
 from mvfcnn.report.describe import without_measured_times
 
@@ -64,21 +62,3 @@ def compare_tables(old_dir: str | Path, new_dir: str | Path,
         else:
             out.append(compare_file(old, new))
     return out
-
-
-def cli(argv: list[str]) -> int:
-    parser = verb_parser("compare-tables", "Two runs' tables (csv, md): identical, the same "
-                         "but for measured times, or different (exit status 1).")
-    parser.add_argument("old", help="a results/tables folder")
-    parser.add_argument("new", help="the results/tables folder to compare with it")
-    args = parser.parse_args(argv)
-    comparisons = compare_tables(args.old, args.new)
-    if not comparisons:
-        raise InputError(f"no tables ({', '.join(PATTERNS)}) in {args.old} or {args.new}")
-    for item in comparisons:
-        print(f"{item.verdict:<12} {item.name}" + (f"  ({item.first_difference})"
-                                                  if item.first_difference else ""))
-    same = all(item.verdict in {"identical", "times only"} for item in comparisons)
-    print(f"{len(comparisons)} files: " + ("the same numbers and words (measured times aside)"
-                                          if same else "DIFFERENT"), file=sys.stderr)
-    return 0 if same else 1

@@ -13,7 +13,6 @@ run, else the variant with the best SEM object accuracy (``mvfcnn.report.collect
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +20,10 @@ import numpy as np
 import pandas as pd
 
 from mvfcnn.core import layout
-from mvfcnn.core.cli_args import report_parser
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.runs import PREFERRED_VARIANT
 from mvfcnn.inference.predict import window_starts
-from mvfcnn.report.collect import load_config_arg
 from mvfcnn.report.figure_kit import (
     DISPLAY_MAX,
     DPI,
@@ -42,7 +39,6 @@ from mvfcnn.report.figure_kit import (
     crop_square,
     display_gray,
     figure_grid,
-    make_context,
     placeholder,
     read_optional,
     row_label,
@@ -343,7 +339,7 @@ def fig8a_lom_vs_sem(ctx: Context, *, patch: int = PATCH):
 
 
 # ----------------------------------------------------------------------------------------------
-# Driver and CLI
+# Driver
 
 
 def make_figure(name: str, ctx: Context, *, model: str | Path | None = None,
@@ -379,25 +375,3 @@ def write_figures(ctx: Context, outdir: str | Path, which: list[str] | None = No
         fig = make_figure(name, ctx, model=model, predictor=predictor, patch=patch)
         written.append(save_figure(fig, Path(outdir) / FIGURES[name], dpi=dpi))
     return written
-
-
-def cli(argv: list[str]) -> int:
-    parser = report_parser(
-        "figures", "The paper's Figures 4, 6, 7, 8a, 8b as PNGs (class names and colours "
-                          "from the config). Missing inputs give a placeholder PNG with a note.")
-    parser.add_argument("--outdir", default="results/figures", help="output folder")
-    parser.add_argument("--which", nargs="+", choices=list(FIGURES), default=None,
-                        help="figures to make (default: all)")
-    parser.add_argument("--model", default=None,
-                        help="model file for fig8b (default: the best SEM variant's final stage)")
-    parser.add_argument("--patch", type=int, default=PATCH, help="patch size of the crops, px")
-    parser.add_argument("--best-run", default=None,
-                        help="`mvfcnn best-run` output (default: decide from the metrics)")
-    args = parser.parse_args(argv)
-    config = load_config_arg(args.config_json)
-    ctx = make_context(args.results_dir, config, best_run=args.best_run,
-                       declared_runs=args.runs)
-    written = write_figures(ctx, args.outdir, args.which, model=args.model, patch=args.patch)
-    for path in written:
-        print(f"mvfcnn figures: wrote {path}", file=sys.stderr)
-    return 0

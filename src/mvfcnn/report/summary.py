@@ -8,15 +8,12 @@ The numbers come from the table frames of :mod:`mvfcnn.report.tables`; this modu
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mvfcnn.core.cli_args import report_parser
 from mvfcnn.core.config import ClassSet
-from mvfcnn.core.io import write_text
 from mvfcnn.core.runs import (
     PREFERRED_VARIANT,
     baseline_runs,
@@ -29,10 +26,7 @@ from mvfcnn.report.collect import (
     Run,
     best_variant,
     collect_runs,
-    load_config_arg,
-    load_paper,
     paper_classes_match,
-    without_paper,
 )
 from mvfcnn.report.describe import (
     baseline_init_text,
@@ -42,8 +36,8 @@ from mvfcnn.report.describe import (
     test_info,
     train_info,
 )
-from mvfcnn.report.rendering import PIXEL_LABELS, cell, markdown_page_html, write_tables
-from mvfcnn.report.tables import PIXEL_METRICS, TABLE_NAMES, build_tables
+from mvfcnn.report.rendering import PIXEL_LABELS, cell
+from mvfcnn.report.tables import PIXEL_METRICS, TABLE_NAMES
 
 
 def _compact(value: Any) -> str:
@@ -246,32 +240,3 @@ def class_match_notes(paper: dict[str, Any], classes: ClassSet) -> dict[str, str
                            f"paper's ({', '.join(paper_names)}), so the paper's class-wise cells "
                            f"are empty.\n")
     return notes
-
-
-def report_cli(argv: list[str]) -> int:
-    """`mvfcnn tables`: Tables 1-6 and summary.md (here, not in tables, which summary reads)."""
-    parser = report_parser(
-        "tables", "Tables 1-6 of the paper with our numbers beside the paper's, and "
-                         "summary.md. Missing runs give rows with an empty 'ours'.")
-    parser.add_argument("--paper", default="workflow/resources/paper_tables.yaml",
-                        help="the paper's numbers (YAML)")
-    parser.add_argument("--outdir", default="results/tables", help="output folder")
-    parser.add_argument("--no-html", action="store_true", help="skip the .html renderings")
-    args = parser.parse_args(argv)
-
-    config = load_config_arg(args.config_json)
-    classes = ClassSet.from_config(config)
-    paper = load_paper(args.paper)
-    runs = collect_runs(args.results_dir, config, args.runs)
-    tables = build_tables(args.results_dir, classes, config, paper, runs=runs)
-    if not paper_classes_match(classes, paper):
-        tables = without_paper(tables)
-    written = write_tables(tables, args.outdir, html=not args.no_html,
-                           notes=class_match_notes(paper, classes))
-    summary = summary_markdown(tables, args.results_dir, classes, config, paper, runs=runs)
-    write_text(Path(args.outdir) / "summary.md", summary)
-    if not args.no_html:
-        write_text(Path(args.outdir) / "summary.html", markdown_page_html(summary))
-    print(f"mvfcnn tables: wrote {len(written)} table files and summary.md to {args.outdir}",
-          file=sys.stderr)
-    return 0

@@ -1,0 +1,68 @@
+"""The command line of ``mvfcnn predict`` (the science is in :mod:`~mvfcnn.inference.predict`).
+torch is imported when the verb runs, not when this module is."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from mvfcnn.core.cli_args import verb_parser
+from mvfcnn.core.config import json_arg
+from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import read_image, write_image
+from mvfcnn.inference.predict import inference_kwargs, predict_image
+
+
+def _load_model(path: str):
+    from mvfcnn.models.io import load_model  # lazy: torch
+
+    return load_model(path)
+
+
+def _parse_params(text: str) -> dict:
+    return inference_kwargs(json_arg(text, "--params-json"))
+
+
+def predict(argv: list[str]) -> int:
+    """`mvfcnn predict`: the stitched class map (and probabilities) of one micrograph."""
+    parser = verb_parser(
+        "predict",
+        "Sliding-window FCN inference on one micrograph; writes the stitched uint8 "
+        "class map (and optionally float16 (K, H, W) probabilities).", shared=("sample",))
+    parser.add_argument("--model", required=True, help="model file (mvfcnn.models.save_model)")
+    parser.add_argument("--image", required=True, help="SEM or registered LOM image")
+    parser.add_argument("--params-json", required=True,
+                        help="config 'inference' section as JSON: tile_size, overlap, batch_size, "
+                             "precision (auto|fp32|bf16|fp16), tta_rotations, tta_flips, "
+                             "fit_tiles")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
+    parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
+                             "inherited OMP_NUM_THREADS=1 would cut to one core)")
+    args = parser.parse_args(argv)
+    from mvfcnn.core.runtime import announce, choose_precision, resolve_device, set_threads  # torch
+
+    set_threads(args.threads)
+    params = _parse_params(args.params_json)
+    device = str(resolve_device(args.device))
+    announce(f"predict {args.sample}", choose_precision(params["precision"], device), device)
+    image = read_image(args.image, sample=args.sample, micrograph=True)
+    model, _meta = _load_model(args.model)
+    start = time.perf_counter()
+    try:
+        result = predict_image(model, image, device=device, return_probs=bool(args.out_probs),
+                               progress=not args.no_progress, **params)
+    except InputError as err:
+        raise InputError(str(err), sample=args.sample, path=args.image) from err
+    seconds = time.perf_counter() - start
+    class_map, probs = result if isinstance(result, tuple) else (result, None)
+    write_image(args.out, class_map)
+    if args.out_probs and probs is not None:
+        write_image(args.out_probs, probs)
+    megapixels = class_map.size / 1e6
+    print(f"mvfcnn predict: {args.sample}: {megapixels:.2f} MP in {seconds:.1f} s "
+          f"({megapixels / max(seconds, 1e-9):.3f} MP/s)", file=sys.stderr)
+    return 0
