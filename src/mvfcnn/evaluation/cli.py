@@ -162,7 +162,8 @@ def crossval(argv: list[str]) -> int:
     import yaml
 
     parser = verb_parser("crossval", "Cross-validation summary: per-fold pixel metrics, "
-                         "their mean ± standard error, the pooled", shared=("classes_json",))
+                         "their mean ± standard error, the pooled confusion matrix, phase "
+                         "fractions and the literature", shared=("classes_json",))
     parser.add_argument("--folds", nargs="+", required=True, help="fold names, in order")
     parser.add_argument("--confusions", nargs="+", required=True,
                         help="pixel confusion CSV of each fold (same order as --folds)")
@@ -281,7 +282,8 @@ def crossval_objects(argv: list[str]) -> int:
     import yaml
 
     parser = verb_parser("crossval-objects", "The paper's central comparison on "
-                         "cross-validation folds: MVFCNN against the object-based",
+                         "cross-validation folds: MVFCNN against the object-based baselines on "
+                         "the same test objects",
                          shared=("classes_json",))
     parser.add_argument("--run", action="append", nargs=3, default=[], required=True,
                         metavar=("METHOD", "FOLD", "METRICS_JSON"),
