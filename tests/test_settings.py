@@ -19,7 +19,7 @@ READERS = {
     "fcn/train.py": ("cfg|full", ("fcn",)),
     "fcn/stage_model.py": ("cfg", ("fcn",)),
     "fcn/pretrain.py": ("cfg", ("pretrain",)),
-    "objects/masking.py": ("params", ("masking",)),
+    "objects/cli.py": ("params", ("masking",)),
     "data/synthetic.py": ("cfg", ("synthetic",)),
     "baselines/features.py": ("p", ("baselines", "handcrafted")),
     "baselines/svm.py": ("p", ("baselines", "svm")),
