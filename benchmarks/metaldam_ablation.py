@@ -4,8 +4,8 @@ lever measured on all 6 folds, over the 6.
 Usage: ``python benchmarks/metaldam_ablation.py [--out benchmarks/results/metaldam_ablation.json]``.
 
 Reads what ``benchmarks/metaldam.py --folds ...`` wrote for each lever (the overlay in
-``benchmarks/overlays/metaldam_lever_<lever>.yaml``; ``baseline`` = ``config/metaldam.yaml``
-alone) from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean
+``benchmarks/overlays/metaldam_lever_<lever>.yaml``, layered on the former default, FCN-8s on
+2x images: ``benchmarks/overlays/metaldam_former_default.yaml``, which ``baseline`` is alone) from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean
 IoU as the workflow's metrics.json computes it (Long et al.: a class neither labelled nor
 predicted in a fold's test images is left out, one predicted but absent counts 0), the 4-class
 mean without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
@@ -32,7 +32,7 @@ FOLDS = ("0", "1", "2")
 ALL_FOLDS = tuple(str(f) for f in range(6))
 #: lever -> (what it changes, in the committed default?)
 LEVERS = {
-    "baseline": "config/metaldam.yaml alone (FCN-8s on 2x images, patch pretraining)",
+    "baseline": "the former default alone (FCN-8s on 2x images, patch pretraining)",
     "rare": "tiles.rare_share 0.1 (rare-class-centred tiles)",
     "dice": "fcn.dice_weight 0.5 (cross-entropy + soft Dice)",
     "aug": "fcn.augmentation (flips, brightness, contrast, gamma, blur, noise)",
