@@ -505,17 +505,41 @@ def test_tta_on_a_real_crop(real_crops, one_torch_thread):
                          ids=lambda p: p.stem)
 def test_benchmark_overlays_validate_on_metaldam(overlay):
     """The lever overlays the MetalDAM ablation runs with pass the schema on config/metaldam.yaml
-    and each switches at least one lever on."""
+    + the former default they were measured against, and each switches at least one lever on."""
     from snakemake.utils import validate
 
     from mvfcnn.core.settings import merge
 
     schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     base = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())
+    former = ROOT / "benchmarks" / "overlays" / "metaldam_former_default.yaml"
+    if overlay != former:
+        base = merge(base, yaml.safe_load(former.read_text()))
     config = merge(base, yaml.safe_load(overlay.read_text()))
     validate(config, schema)
     validate(base, schema)  # fills the schema defaults the overlay must differ from
     assert config != base
+
+
+def test_the_metaldam_default_is_the_measured_recipe():
+    """config/metaldam.yaml is what the 6-fold measurements of the README ran: the former default
+    + the FCN-4s lever + test-time augmentation (metaldam_folds{012,345}_fcn4s_tta_amx.json)."""
+    from mvfcnn.core.settings import merge
+
+    def load(path: str) -> dict:
+        return yaml.safe_load((ROOT / path).read_text())
+
+    default = merge(load("config/config.yaml"), load("config/metaldam.yaml"))
+    measured = default
+    for name in ("metaldam_former_default", "metaldam_lever_fcn4s", "metaldam_lever_tta"):
+        measured = merge(measured, load(f"benchmarks/overlays/{name}.yaml"))
+    assert measured == default
+    former = merge(default, load("benchmarks/overlays/metaldam_former_default.yaml"))
+    assert former["fcn"]["stages"] == ["32s", "16s", "8s"] and former["prepare"]["upscale"] == 2
+    assert former["tiles"]["rare_share"] == 0 and not former["inference"]["tta_flips"]
+    paper = merge(default, load("config/metaldam_paper.yaml"))
+    assert paper["fcn"]["stages"] == ["32s", "16s", "8s"] and paper["prepare"]["upscale"] == 2
+    assert not paper["inference"]["tta_flips"] and paper["fcn"]["dice_weight"] == 0
 
 
 # --------------------------------------------------------------------------- schedule, 4s, SSL
