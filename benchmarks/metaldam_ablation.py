@@ -5,10 +5,11 @@ Usage: ``python benchmarks/metaldam_ablation.py [--out benchmarks/results/metald
 
 Reads what ``benchmarks/metaldam.py --folds ...`` wrote for each lever (the overlay in
 ``benchmarks/overlays/metaldam_lever_<lever>.yaml``, layered on the former default, FCN-8s on
-2x images: ``benchmarks/overlays/metaldam_former_default.yaml``, which ``baseline`` is alone) from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean
-IoU as the workflow's metrics.json computes it (Long et al.: a class neither labelled nor
-predicted in a fold's test images is left out, one predicted but absent counts 0), the 4-class
-mean without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
+2x images: ``benchmarks/overlays/metaldam_former_default.yaml``, which ``baseline`` is alone)
+from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean IoU
+as the workflow's metrics.json computes it (Long et al.: a class neither labelled nor predicted
+in a fold's test images is left out, one predicted but absent counts 0), the 4-class mean
+without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
 the run / its folds, so shared steps are spread). Folds come from several runs of the same
 lever (fold 0 earlier, then 1 and 2, or 0-2 and 3-5) only when they used the same configs.
 Writes the JSON (``levers``: folds 0-2; ``six_folds``) and prints the README's markdown tables.
