@@ -156,6 +156,7 @@ def test_layer_flops_add_up_and_names(bench) -> None:
     ("scaling.py", ["--sizes", "100x100,200x200"]),
     ("layers.py", ["--repeats", "1"]),
     ("precision_traps.py", ["--repeats", "1"]),
+    ("conv_padding.py", ["--repeats", "1"]),
 ])
 def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None:
     out = tmp_path / "result.json"
@@ -164,6 +165,14 @@ def test_benchmark_script_quick(script: str, extra: list[str], tmp_path) -> None
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    if script == "conv_padding.py":  # per conv shape: both paddings timed, the verdict kept
+        heights = [r["height"] for r in report["layers"]]  # conv1_2 .. conv5_x, distinct
+        assert len(heights) >= 5 and heights == sorted(heights, reverse=True)
+        assert all(r["onednn_padding_ms"] > 0 and r["prepadded_ms"] > 0 for r in report["layers"])
+        assert report["prepadded_faster"] == [
+            f"{r['cin']}->{r['cout']} at {r['height']}x{r['width']}" for r in report["layers"]
+            if r["prepadded_ratio"] < report["faster_below"]]
+        return
     if script == "precision_traps.py":  # per layer, not a suite: its own keys
         assert report["quick"] is True and report["precision_auto"] in ("fp32", "bf16")
         assert set(report["cases"]) == {"train_quick_32s", "train_quick_16s",
