@@ -8,6 +8,7 @@ headline figures are also given as ratios measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -84,6 +85,16 @@ def loadavg() -> list[float]:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (ru_maxrss is in kB on Linux)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def layer_parser(doc: str, *, quick_help: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every per-layer timing script takes: --quick, --repeats, --threads, --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    return parser
 
 
 def set_threads(threads: int | None) -> int:

@@ -18,7 +18,6 @@ Nothing here changes inference: it says whether a per-layer padding choice would
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,13 +29,14 @@ from _common import (
     QUICK_LAYOUT,
     REAL_LAYOUT,
     RESULTS,
+    layer_parser,
     loadavg,
     machine_info,
     matmul_peak,
     set_threads,
     write_result,
 )
-from inference import DEFAULT
+from inference import default_window
 
 #: pre-padded must take less than this share of the padded op's time to count as faster
 FASTER_BELOW = 0.9
@@ -97,23 +97,14 @@ def time_shape(shape: dict[str, int], dtype: Any, repeats: int) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="thin network, small window")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None)
+    parser = layer_parser(__doc__, quick_help="thin network, small window", repeats=7)
     args = parser.parse_args(argv)
     import torch
 
     from mvfcnn.core.runtime import choose_precision
-    from mvfcnn.inference.predict import tile_shape
-
     threads = set_threads(args.threads)
     layout = QUICK_LAYOUT if args.quick else REAL_LAYOUT
-    height, width = tile_shape(7000, 8000, DEFAULT["tile_size"], DEFAULT["overlap"],
-                               DEFAULT["fit_tiles"])
-    if args.quick:
-        height, width = height // 10, width // 10
+    height, width = default_window(args.quick)
     out = Path(args.out or RESULTS / ("conv_padding_quick.json" if args.quick
                                       else "conv_padding.json"))
     precision = choose_precision("auto", "cpu")

@@ -88,6 +88,16 @@ AGREEMENT = [("fp32_cl_t1000_o100", "bf16_cl_t1000_o100", "bf16 vs fp32"),
               "torch.compile vs eager (bf16)")]
 
 
+def default_window(quick: bool = False) -> tuple[int, int]:
+    """The window the default configuration infers a 7000x8000 image with (a tenth of it per
+    side with ``quick``, for the thin test network)."""
+    from mvfcnn.inference.predict import tile_shape
+
+    height, width = tile_shape(7000, 8000, DEFAULT["tile_size"], DEFAULT["overlap"],
+                               DEFAULT["fit_tiles"])
+    return (height // 10, width // 10) if quick else (height, width)
+
+
 def peak_dtypes() -> tuple[str, ...]:
     """Matmul peaks worth measuring: bf16 only where it is native (emulated, one 4096^3 bf16
     product takes minutes and is no reference for anything)."""

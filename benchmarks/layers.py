@@ -12,7 +12,6 @@ run. Time outside leaf modules (crops, additions of the skip scores) is reported
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ from _common import (
     QUICK_LAYOUT,
     REAL_LAYOUT,
     RESULTS,
+    layer_parser,
     loadavg,
     machine_info,
     matmul_peak,
@@ -32,7 +32,7 @@ from _common import (
     set_threads,
     write_result,
 )
-from inference import DEFAULT
+from inference import default_window
 
 from mvfcnn.core.progress import progress
 
@@ -119,26 +119,17 @@ def time_layers(model: Any, x: Any, precision: str, repeats: int) -> tuple[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="thin network, small window")
+    parser = layer_parser(__doc__, quick_help="thin network, small window", repeats=2)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-fuse", action="store_true",
                         help="time the plain model, not the conv + ReLU fused one that "
                              "mvfcnn.inference.predict.predict_image runs on a CPU")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     import torch
 
-    from mvfcnn.inference.predict import tile_shape
-
     threads = set_threads(args.threads)
     layout = QUICK_LAYOUT if args.quick else REAL_LAYOUT
-    height, width = tile_shape(7000, 8000, DEFAULT["tile_size"], DEFAULT["overlap"],
-                               DEFAULT["fit_tiles"])
-    if args.quick:
-        height, width = height // 10, width // 10
+    height, width = default_window(args.quick)
     out = Path(args.out or RESULTS / ("layers_quick.json" if args.quick else "layers.json"))
     peaks = {dt: matmul_peak(dt, size=1024 if args.quick else 4096) for dt in ("fp32", "bf16")}
     model = random_fcn8s(layout).to(memory_format=torch.channels_last)

@@ -30,7 +30,6 @@ tiles (seconds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -43,12 +42,13 @@ from _common import (
     QUICK_LAYOUT,
     REAL_LAYOUT,
     RESULTS,
+    layer_parser,
     loadavg,
     machine_info,
     set_threads,
     write_result,
 )
-from inference import DEFAULT
+from inference import default_window
 from layers import layer_name
 from train_step import DEMO_FREEZE, DEMO_LAYOUT, DEMO_SIZE
 
@@ -79,10 +79,7 @@ print("ok")
 
 def cases(quick: bool) -> dict[str, dict[str, Any]]:
     """name -> network layout, stage, frozen trunk part, input (H, W) and training or not."""
-    from mvfcnn.inference.predict import tile_shape
-
-    window = tile_shape(7000, 8000, DEFAULT["tile_size"], DEFAULT["overlap"],
-                        DEFAULT["fit_tiles"])
+    window = default_window()
     if quick:
         out = {f"train_quick_{s}": {"layout": QUICK_LAYOUT, "stage": s, "freeze": "none",
                                     "shape": (64, 64), "train": True} for s in STAGES}
@@ -197,11 +194,7 @@ def crash_probe(threads: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="thin network, small tiles")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None)
+    parser = layer_parser(__doc__, quick_help="thin network, small tiles", repeats=3)
     args = parser.parse_args(argv)
     import torch
 
