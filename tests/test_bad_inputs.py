@@ -618,7 +618,7 @@ def test_classify_output_folder_is_taken_by_a_folder(tmp_path, capsys):
 def test_learning_curve_clis_name_the_missing_csv_and_mismatched_lists(tmp_path):
     """mvfcnn learning-curve / crossval-curves: one line naming the file or the list lengths,
     nothing written."""
-    from mvfcnn.evaluation.cli import crossval_curves
+    from mvfcnn.evaluation.crossval_cli import crossval_curves
     from mvfcnn.fcn.cli import learning_curve
 
     out = ["--out-csv", str(tmp_path / "c.csv"), "--out-png", str(tmp_path / "c.png")]

@@ -12,7 +12,7 @@ import pytest
 
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
-from mvfcnn.evaluation.cli import crossval_objects as cli
+from mvfcnn.evaluation.crossval_cli import crossval_objects as cli
 from mvfcnn.evaluation.crossval_objects import (
     add_majority,
     check_same_objects,

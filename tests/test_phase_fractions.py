@@ -96,7 +96,7 @@ def test_phase_rows_and_summary_exact():
 
 def test_crossval_cli_writes_the_phase_fractions(tmp_path):
     from mvfcnn.core.io import write_image
-    from mvfcnn.evaluation.cli import crossval as cli
+    from mvfcnn.evaluation.crossval_cli import crossval as cli
 
     pairs = []
     for fold, sample, lab, pred in _images():
@@ -125,7 +125,7 @@ def test_crossval_cli_writes_the_phase_fractions(tmp_path):
 
 
 def test_crossval_cli_phase_arguments_go_together(tmp_path):
-    from mvfcnn.evaluation.cli import crossval as cli
+    from mvfcnn.evaluation.crossval_cli import crossval as cli
 
     with pytest.raises(InputError, match="go together"):
         cli(["--folds", "0", "--confusions", "c.csv", "--classes-json",
