@@ -277,6 +277,20 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     assert record["object_areas"]["label_maps"] == 4
     chosen = record["object_areas"]["chosen"]["0.05"]
     assert all(share <= 0.05 for share in chosen["area_dropped_share"].values())
+    # the decision-offset lever on the same models: its plain prediction is the run's own
+    out = tmp_path / "calibration.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_calibration.py"),
+                            "--workdir", str(work), "--folds", "a", "b", "--configfile",
+                            str(ROOT / "tests" / "data" / "mini.yaml"), str(overlay),
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "differs from the run's" not in bench.stderr
+    record = json.loads(out.read_text())
+    for fold in ("a", "b"):
+        run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
+        metrics = json.loads((run / "metrics.json").read_text())["pixel"]
+        assert record["per_fold"][fold]["plain"]["mean_iu"] == pytest.approx(metrics["mean_iu"])
+        assert record["per_fold"][fold]["oracle"]["mean_iu"] >= metrics["mean_iu"] - 1e-9
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):
