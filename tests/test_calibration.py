@@ -69,3 +69,86 @@ def test_bad_arguments_are_clear_errors():
         fit_class_bias(logs, np.array([0, 1, 2, 0]))
     with pytest.raises(InputError, match="K, H, W"):
         biased_labels(np.zeros((2, 3)), np.zeros(2))
+
+
+# --- the workflow's path: fit-class-offsets -> predict --class-offsets -> bundle --class-offsets
+
+
+def test_fitted_offsets_reach_predict_and_the_bundle(tmp_path, classes, one_thread):
+    import json
+
+    import pandas as pd
+    import torch
+
+    from mvfcnn.classify.bundle import load_for_inference, write_bundle
+    from mvfcnn.classify.cli import bundle as bundle_cli
+    from mvfcnn.core.io import read_image, write_image
+    from mvfcnn.inference import cli as inference_cli
+    from mvfcnn.inference.calibration import read_class_offsets
+    from mvfcnn.inference.predict import predict_image
+    from mvfcnn.models.fcn import fcn8s
+    from mvfcnn.models.io import load_model, save_model
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (128, 160), dtype=np.uint8)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[:, 80:] = 1
+    labels[40:70, 20:60] = 2
+    labels[:4] = 255  # ignored pixels are left out of the fit
+    write_image(tmp_path / "image.tif", image)
+    write_image(tmp_path / "labels.tif", labels)
+    # 4 x 5 positions of 32-px tiles, 4 rotations each: every 10th position held out (2)
+    tiles = pd.DataFrame([{"sample": "s", "y": y, "x": x, "h": 32, "w": 32, "rot": r,
+                           "class": "", "image": str(tmp_path / "image.tif"),
+                           "labels": str(tmp_path / "labels.tif")}
+                          for y in range(0, 128, 32) for x in range(0, 160, 32)
+                          for r in range(4)])
+    tiles.to_csv(tmp_path / "tiles.csv", index=False)
+    torch.manual_seed(0)
+    model = fcn8s(num_classes=classes.num_classes, width=0.0625, fc_channels=16).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("score") and name.endswith("weight"):
+                torch.nn.init.normal_(param, std=0.5)
+    save_model(tmp_path / "fcn8s.pt", model, arch="fcn8s", kwargs=dict(model.kwargs),
+               extra={"classes": classes.to_dict()})
+    inference = {"tile_size": 64, "overlap": 8, "batch_size": 1, "precision": "fp32"}
+    assert inference_cli.fit_class_offsets([
+        "--model", str(tmp_path / "fcn8s.pt"), "--tiles", str(tmp_path / "tiles.csv"),
+        "--params-json", json.dumps(inference), "--holdout-every", "10",
+        "--objective", "fractions", "--threads", "1", "--out", str(tmp_path / "off.json")]) == 0
+    record = json.loads((tmp_path / "off.json").read_text())
+    assert record["classes"] == list(classes.names) and record["objective"] == "fractions"
+    # positions 9 and 19 (y, x) = (32, 128) and (96, 128): rows 32-63 and 96-127, no ignored row
+    assert record["fit_pixels"] == 2 * 32 * 32
+    offsets = read_class_offsets(tmp_path / "off.json", list(classes.names))
+    assert offsets[0] == 0 and len(offsets) == classes.num_classes
+
+    out = tmp_path / "pred.tif"
+    assert inference_cli.predict([
+        "--model", str(tmp_path / "fcn8s.pt"), "--image", str(tmp_path / "image.tif"),
+        "--sample", "s", "--params-json", json.dumps(inference), "--class-offsets",
+        str(tmp_path / "off.json"), "--no-progress", "--threads", "1", "--out", str(out)]) == 0
+    loaded_model, _ = load_model(tmp_path / "fcn8s.pt")
+    expected = predict_image(loaded_model, image, **inference, decision_offsets=offsets,
+                             progress=False)
+    np.testing.assert_array_equal(read_image(out), expected)
+
+    assert bundle_cli(["--model", str(tmp_path / "fcn8s.pt"), "--classes-json",
+                       json.dumps(classes.to_dict()), "--inference-json", json.dumps(inference),
+                       "--class-offsets", str(tmp_path / "off.json"),
+                       "--out", str(tmp_path / "bundle.pt")]) == 0
+    bundled = load_for_inference(tmp_path / "bundle.pt")
+    assert bundled.inference["decision_offsets"] == offsets
+    # mvfcnn classify predicts with them, as the workflow's predict did
+    from mvfcnn.classify.pipeline import predict_class_map
+
+    np.testing.assert_array_equal(predict_class_map(image, bundled, progress=False), expected)
+    write_bundle(tmp_path / "fcn8s.pt", tmp_path / "plain.pt", classes=classes,
+                 inference=inference)
+    assert "decision_offsets" not in load_for_inference(tmp_path / "plain.pt").inference
+    # offsets for another class set are refused, naming the file
+    other = {**record, "classes": record["classes"][::-1]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match="class offsets are for classes"):
+        read_class_offsets(tmp_path / "other.json", list(classes.names))

@@ -487,3 +487,28 @@ def test_images_smaller_or_thinner_than_a_window_run_as_one_padded_window(shape,
     for t in tiles:
         covered[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] += 1
     assert (covered == 1).all()  # the keep regions still partition the image
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_decision_offsets_move_the_argmax_of_the_log_probabilities(tta) -> None:
+    """Offsets act on log-probabilities: with logits (no TTA) or averaged softmax (TTA) the
+    class map equals the argmax of log(probabilities) + offsets; zero offsets change nothing."""
+    image = np.random.default_rng(8).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    model = _d4_symmetric_conv()
+    kwargs = {"tile_size": 32, "overlap": 8, "batch_size": 2, "progress": False,
+              "preprocess": _float_input, "tta_rotations": tta, "tta_flips": tta}
+    plain, probs = predict_image(model, image, return_probs=True, **kwargs)
+    np.testing.assert_array_equal(predict_image(model, image, decision_offsets=[0.0] * 4,
+                                                **kwargs), plain)
+    logs = np.log(probs.astype(np.float32))
+    # class 1 raised by the median of its gap to the winning class: pixels switch to it
+    offsets = np.array([0.0, np.median(logs.max(0) - logs[1]), -0.3, 0.1], np.float32)
+    shifted = predict_image(model, image, decision_offsets=offsets, **kwargs)
+    expected = (logs + offsets[:, None, None]).argmax(0)
+    assert (shifted == expected).mean() > 0.999  # float16 probabilities: ties may differ
+    assert (shifted != plain).any()
+    # a large enough offset makes one class win everywhere
+    only = predict_image(model, image, decision_offsets=[0.0, 0.0, 1.0e4, 0.0], **kwargs)
+    assert (only == 2).all()
+    with pytest.raises(InputError, match="3 class offsets for a model of 4 classes"):
+        predict_image(model, image, decision_offsets=[0.0, 1.0, 0.0], **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -337,6 +338,27 @@ def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
     assert "crossval_table" in result.stdout and "train_fcn" in result.stdout
     # one model per fold: 6 folds x 3 stages
     assert "fold5" in result.stdout
+
+
+def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path):
+    overlay = tmp_path / "offsets.yaml"
+    overlay.write_text(yaml.safe_dump({"inference": {"class_offsets": "fractions"}}))
+    command = [str(SNAKEMAKE), "-n", "-p", "--snakefile", str(SNAKEFILE), "--directory",
+               str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
+               str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--config",
+               f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    fits = [line for line in result.stdout.splitlines() if "mvfcnn fit-class-offsets" in line]
+    predicts = [line for line in result.stdout.splitlines() if "mvfcnn predict " in line]
+    assert len(fits) == 6
+    assert all("--objective fractions" in f and "/fcn4s.pt" in f for f in fits)
+    assert len(predicts) == 42
+    for line in predicts:
+        fold = re.search(r"/(fold\d)/fcn4s.pt", line).group(1)
+        assert f"--class-offsets results/mvfcnn/ft_balanced_aug/sem/{fold}/class_offsets.json" \
+            in line
 
 
 def test_a_lom_run_on_sem_only_data_is_a_clear_error(tmp_path):

@@ -28,6 +28,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "learning-curve": ("mvfcnn.fcn.cli:learning_curve",
                        "A run's validation mean IU per stage, over all stages (CSV + PNG)"),
     "predict": ("mvfcnn.inference.cli:predict", "Sliding-window inference + stitching"),
+    "fit-class-offsets": ("mvfcnn.inference.cli:fit_class_offsets",
+                          "Per-class decision offsets fitted on held-out tiles"),
     "vote": ("mvfcnn.evaluation.cli:vote", "Max-vote predicted pixels inside each object"),
     "evaluate": ("mvfcnn.evaluation.cli:evaluate", "Pixel and object metrics over a test set"),
     "crop-objects": ("mvfcnn.baselines.cli:crop_objects",

@@ -23,9 +23,11 @@ rule bundle:
     input:
         model=f"results/mvfcnn/{{variant}}/{{modality}}/fcn{FINAL_STAGE}.pt",
         metrics="results/mvfcnn/{variant}/{modality}/metrics.json",
+        offsets=class_offsets_file,
     output:
         "results/mvfcnn/{variant}/{modality}/model_bundle.pt",
     params:
+        offsets=class_offsets_arg,
         classes=CLASSES_JSON,
         inference=cfg_json("inference"),
         masking=cfg_json("masking"),
@@ -43,7 +45,8 @@ rule bundle:
         "mvfcnn bundle --model {input.model:q} --metrics {input.metrics:q}"
         " --classes-json {params.classes:q} --inference-json {params.inference:q}"
         " --masking-json {params.masking:q} --training-json {params.training:q} {params.pixel:q}"
-        " --modality {wildcards.modality:q} --variant {wildcards.variant:q} --out {output:q} 2> {log:q}"
+        " --modality {wildcards.modality:q} --variant {wildcards.variant:q} {params.offsets}"
+        " --out {output:q} 2> {log:q}"
 
 
 rule classify:

@@ -165,15 +165,46 @@ rule learning_curve:
         " --title {params.title:q} --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"
 
 
+rule fit_class_offsets:
+    """Per-class decision offsets of the final stage, fitted on the tile positions it never saw."""
+    input:
+        model=os.path.join(RUN, f"fcn{FINAL_STAGE}.pt"),
+        tiles=f"{TILES}.csv",
+    output:
+        os.path.join(RUN, layout.CLASS_OFFSETS),
+    params:
+        inference=cfg_json("inference"),
+        objective=config["inference"]["class_offsets"],
+        # the positions train_fcn held out (none when validation is off: the offsets stay 0)
+        every=config["fcn"]["val_holdout_every"] if config["fcn"]["validate_every"] > 0 else 0,
+    log:
+        layout.log_path("fit_class_offsets", CV),
+    benchmark:
+        layout.benchmark_path("fit_class_offsets", CV),
+    conda:
+        ENV
+    threads: rule_resources("predict", "threads", 2)
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "mvfcnn fit-class-offsets --model {input.model:q} --tiles {input.tiles:q}"
+        " --params-json {params.inference:q} --holdout-every {params.every}"
+        " --objective {params.objective:q} --threads {threads} --out {output:q} 2> {log:q}"
+
+
 rule predict:
-    """Sliding-window FCN-8s inference over one whole image, stitched into a class map."""
+    """Sliding-window FCN inference over one whole image, stitched into a class map."""
     input:
         model=os.path.join(RUN, f"fcn{FINAL_STAGE}.pt"),
         image=lambda w: modality_image(w.modality, w.sample),
+        offsets=class_offsets_file,
     output:
         os.path.join(RUN, layout.PREDICTION),
     params:
         inference=cfg_json("inference"),
+        offsets=class_offsets_arg,
     log:
         layout.log_path("predict", CV, extra="_{sample}"),
     benchmark:
@@ -187,7 +218,8 @@ rule predict:
         runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
     shell:
         "mvfcnn predict --model {input.model:q} --image {input.image:q} --sample {wildcards.sample:q}"
-        " --params-json {params.inference:q} --threads {threads} --out {output:q} 2> {log:q}"
+        " --params-json {params.inference:q} {params.offsets} --threads {threads} --out {output:q}"
+        " 2> {log:q}"
 
 
 rule vote:

@@ -8,10 +8,11 @@ those facts in its ``extra`` dict (same ``mvfcnn-model/1`` format: :func:`load_m
 
 Bundle ``extra`` keys (besides the training keys of ``fcn{stage}.pt``, kept under ``model``):
 ``bundle`` (format tag), ``classes``, ``normalisation``, ``tile_size`` (training),
-``inference``, ``precision_choice`` (what ``inference.precision`` resolved to on the machine
-that wrote the bundle, and why; classify resolves it again on its own machine, so ``auto``
-travels), ``masking``, ``pixel_size_um``, ``modality``, ``variant``, ``training``
-(``fcn``, ``variant``, ``tiles``, ``seed``), ``metrics`` (the run's metrics.json),
+``inference`` (with ``decision_offsets`` when the run fitted them), ``precision_choice`` (what
+``inference.precision`` resolved to on the machine that wrote the bundle, and why; classify
+resolves it again on its own machine, so ``auto`` travels), ``masking``, ``pixel_size_um``,
+``modality``, ``variant``, ``training`` (``fcn``, ``variant``, ``tiles``, ``seed``), ``metrics``
+(the run's metrics.json),
 ``git_commit``, ``git_dirty``, ``mvfcnn_version``.
 """
 
@@ -80,8 +81,11 @@ def bundle_extra(model_extra: dict[str, Any], *, classes: ClassSet, inference: d
                  masking: dict[str, Any] | None = None, pixel_size_um: float | None = None,
                  modality: str | None = None, variant: str | None = None,
                  training: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The bundle's ``extra`` dict (see module docstring); plain values only."""
+                 metrics: dict[str, Any] | None = None,
+                 decision_offsets: list[float] | None = None) -> dict[str, Any]:
+    """The bundle's ``extra`` dict (see module docstring); plain values only. The run's fitted
+    ``decision_offsets`` (``inference.class_offsets``) travel in ``inference``, where
+    :func:`mvfcnn.inference.predict.predict_image` takes them."""
     missing = [k for k in ("tile_size", "overlap", "batch_size", "precision") if k not in inference]
     if missing:
         raise InputError(f"inference settings lack key(s) {missing}")
@@ -93,7 +97,9 @@ def bundle_extra(model_extra: dict[str, Any], *, classes: ClassSet, inference: d
         "classes": classes.to_dict(),
         "normalisation": model_extra.get("normalisation", "imagenet"),
         "tile_size": model_extra.get("tile_size"),
-        "inference": with_defaults("inference", inference),
+        "inference": {**with_defaults("inference", inference),
+                      **({"decision_offsets": [float(v) for v in decision_offsets]}
+                         if decision_offsets is not None else {})},
         "precision_choice": choice.as_dict(),
         "masking": with_defaults("masking", masking),
         "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),

@@ -28,6 +28,7 @@ from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import check_writable, read_json
 from mvfcnn.core.progress import progress
 from mvfcnn.core.runtime import announce, choose_precision, resolve_device, set_threads
+from mvfcnn.inference.calibration import read_class_offsets
 
 # ----------------------------------------------------------------------------------------------
 # CLI
@@ -239,10 +240,14 @@ def bundle(argv: list[str]) -> int:
                         help="pixel size of the training images, µm/px (default: unknown)")
     parser.add_argument("--modality", choices=("sem", "lom"), default=None)
     parser.add_argument("--variant", default=None, help="variant name (for provenance)")
+    parser.add_argument("--class-offsets", default=None,
+                        help="the run's class offsets JSON (mvfcnn fit-class-offsets)")
     parser.add_argument("--out", required=True, help="bundle file to write")
     args = parser.parse_args(argv)
 
     classes = classes_from_json(args.classes_json)
+    offsets = (read_class_offsets(args.class_offsets, list(classes.names))
+               if args.class_offsets else None)
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be > 0, got {args.pixel_size}")
     metrics = read_json(args.metrics) if args.metrics else None
@@ -251,5 +256,5 @@ def bundle(argv: list[str]) -> int:
                  masking=json_arg(args.masking_json, "--masking-json"),
                  training=json_arg(args.training_json, "--training-json"),
                  pixel_size_um=args.pixel_size, modality=args.modality, variant=args.variant,
-                 metrics=metrics)
+                 metrics=metrics, decision_offsets=offsets)
     return 0

@@ -30,6 +30,8 @@ MASK = f"{RESULTS}/masks/{{sample}}.tif"
 OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
 BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
 PREDICTION = "pred/{sample}.tif"  # under a run directory
+#: a run's per-class decision offsets (inference.class_offsets; under a run directory)
+CLASS_OFFSETS = "class_offsets.json"
 #: a run's validation mean IU per stage on one step axis (under a run directory)
 LEARNING_CURVE = "learning_curve.csv"
 LEARNING_CURVE_PNG = "learning_curve.png"

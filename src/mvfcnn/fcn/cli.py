@@ -8,17 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from mvfcnn.core.cli_args import job_parser, verb_parser
 from mvfcnn.core.config import FCN_STAGES as STAGES
 from mvfcnn.core.config import classes_from_json, json_arg
-from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import read_labels, read_tables, write_json, write_table
 from mvfcnn.core.settings import with_defaults
 from mvfcnn.fcn import curves, tiling
@@ -109,20 +106,6 @@ def pretrain_trunk(argv: list[str]) -> int:
     return 0
 
 
-def read_tiles(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A tile index CSV written by ``mvfcnn tile-index``."""
-    if not Path(path).is_file():
-        raise InputError("tile index not found", path=path)
-    try:
-        frame = pd.read_csv(path, dtype={"sample": str, "class": str, "image": str,
-                                         "labels": str}, keep_default_na=False)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"cannot parse tile index ({err})", path=path) from err
-    if len(frame) == 0:
-        raise InputError("tile index is empty (no training tiles)", path=path)
-    return frame
-
-
 def train_fcn(argv: list[str]) -> int:
     """`mvfcnn train-fcn`: one FCN stage from a tile index (see :mod:`mvfcnn.fcn.train`)."""
     parser = job_parser("train-fcn", "Train one FCN stage (32s → 16s → 8s, Azimi et al. 2018 "
@@ -148,9 +131,9 @@ def train_fcn(argv: list[str]) -> int:
     if args.num_workers is not None:
         cfg["num_workers"] = args.num_workers
     full = with_defaults("fcn", cfg)
-    tiles = read_tiles(args.tiles)
+    tiles = tiling.read_tiles(args.tiles)
     if args.val_tiles:
-        val_tiles = read_tiles(args.val_tiles)
+        val_tiles = tiling.read_tiles(args.val_tiles)
     else:
         every = (args.val_holdout_every if args.val_holdout_every is not None
                  else int(full["val_holdout_every"]))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,3 +385,17 @@ def build_image_table(samples: Sequence[str], images: Sequence[str], labels: Seq
         rows.append({"sample": sample, "height": shape[0], "width": shape[1], "class": name,
                      "image": str(image), "labels": str(label)})
     return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+
+
+def read_tiles(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A tile index CSV written by ``mvfcnn tile-index``."""
+    if not Path(path).is_file():
+        raise InputError("tile index not found", path=path)
+    try:
+        frame = pd.read_csv(path, dtype={"sample": str, "class": str, "image": str,
+                                         "labels": str}, keep_default_na=False)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"cannot parse tile index ({err})", path=path) from err
+    if len(frame) == 0:
+        raise InputError("tile index is empty (no training tiles)", path=path)
+    return frame

@@ -7,13 +7,24 @@ retraining. The offsets are fitted by coordinate ascent on a grid (class 0 stays
 differences matter), for one of two objectives: the mean IU of the held-out pixels
 (``mean_iu``) or how closely their predicted class shares match the labelled ones
 (``fractions``, the phase fractions a metallographer reports).
+
+The held-out pixels are the positions training never saw (every ``fcn.val_holdout_every``-th
+tile position of the run's tile index, rot 0, all of them; their windows overlap trained ones),
+predicted with the run's inference settings, test-time augmentation included
+(:mod:`mvfcnn.inference.held_out`; ``inference.class_offsets``: the workflow's
+``fit_class_offsets`` rule, read by ``predict`` and kept in the classify bundle).
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
+from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_json
 from mvfcnn.evaluation.metrics import mean_iu
 
 OBJECTIVES = ("mean_iu", "fractions")
@@ -84,3 +95,33 @@ def biased_labels(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
                          f"{bias.shape}")
     logs = np.log(np.maximum(probs, np.float32(1e-12)))
     return (logs + bias[:, None, None]).argmax(0).astype(np.uint8)
+
+
+def write_class_offsets(path: str | os.PathLike[str], offsets: np.ndarray, *, objective: str,
+                        class_names: list[str], fit_pixels: int) -> None:
+    """The fitted offsets as JSON, named by class, with what they were fitted on."""
+    write_json(path, {"objective": objective, "fit_pixels": int(fit_pixels),
+                      "classes": list(class_names),
+                      "offsets": [round(float(v), 6) for v in offsets]})
+
+
+def read_class_offsets(path: str | os.PathLike[str], class_names: list[str]) -> list[float]:
+    """The offsets of a :func:`write_class_offsets` file, checked against the model's classes."""
+    try:
+        record = json.loads(open(path, encoding="utf-8").read())
+        names, offsets = list(record["classes"]), [float(v) for v in record["offsets"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"not a class-offsets file ({err})", path=path) from err
+    if names != list(class_names) or len(offsets) != len(names):
+        raise InputError(f"class offsets are for classes {names}, the model has "
+                         f"{list(class_names)}", path=path)
+    return offsets
+
+
+def model_class_set(meta: dict, path: str | os.PathLike[str]) -> ClassSet:
+    """The class set a model file was trained with (offsets are matched to it by name)."""
+    stored = (meta.get("extra") or {}).get("classes")
+    if not stored:
+        raise InputError("model file holds no class set, so class offsets cannot be matched",
+                         path=path)
+    return ClassSet.from_config(stored)

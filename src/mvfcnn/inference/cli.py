@@ -1,5 +1,6 @@
-"""The command line of ``mvfcnn predict`` (the science is in :mod:`~mvfcnn.inference.predict`).
-torch is imported when the verb runs, not when this module is."""
+"""The command lines of ``mvfcnn predict`` and ``mvfcnn fit-class-offsets`` (the science is in
+:mod:`~mvfcnn.inference.predict` and :mod:`~mvfcnn.inference.calibration`). torch is imported
+when a verb runs, not when this module is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import json_arg
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import read_image, write_image
+from mvfcnn.inference.calibration import (
+    OBJECTIVES,
+    model_class_set,
+    read_class_offsets,
+    write_class_offsets,
+)
 from mvfcnn.inference.predict import inference_kwargs, predict_image
 
 
@@ -21,6 +28,16 @@ def _load_model(path: str):
 
 def _parse_params(text: str) -> dict:
     return inference_kwargs(json_arg(text, "--params-json"))
+
+
+def _threads_arg(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
+                             "inherited OMP_NUM_THREADS=1 would cut to one core)")
+
+
+def _class_names(meta: dict, path: str) -> list[str]:
+    return list(model_class_set(meta, path).names)
 
 
 def predict(argv: list[str]) -> int:
@@ -38,10 +55,11 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
+    parser.add_argument("--class-offsets", default=None,
+                        help="class offsets JSON (mvfcnn fit-class-offsets) added to the "
+                             "log-probabilities before the argmax")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (e.g. {threads}; default: torch's, which an "
-                             "inherited OMP_NUM_THREADS=1 would cut to one core)")
+    _threads_arg(parser)
     args = parser.parse_args(argv)
     from mvfcnn.core.runtime import announce, choose_precision, resolve_device, set_threads  # torch
 
@@ -50,11 +68,14 @@ def predict(argv: list[str]) -> int:
     device = str(resolve_device(args.device))
     announce(f"predict {args.sample}", choose_precision(params["precision"], device), device)
     image = read_image(args.image, sample=args.sample, micrograph=True)
-    model, _meta = _load_model(args.model)
+    model, meta = _load_model(args.model)
+    offsets = (read_class_offsets(args.class_offsets, _class_names(meta, args.model))
+               if args.class_offsets else None)
     start = time.perf_counter()
     try:
         result = predict_image(model, image, device=device, return_probs=bool(args.out_probs),
-                               progress=not args.no_progress, **params)
+                               progress=not args.no_progress, decision_offsets=offsets,
+                               **params)
     except InputError as err:
         raise InputError(str(err), sample=args.sample, path=args.image) from err
     seconds = time.perf_counter() - start
@@ -65,4 +86,35 @@ def predict(argv: list[str]) -> int:
     megapixels = class_map.size / 1e6
     print(f"mvfcnn predict: {args.sample}: {megapixels:.2f} MP in {seconds:.1f} s "
           f"({megapixels / max(seconds, 1e-9):.3f} MP/s)", file=sys.stderr)
+    return 0
+
+
+def fit_class_offsets(argv: list[str]) -> int:
+    """`mvfcnn fit-class-offsets`: per-class decision offsets of a trained FCN, fitted on the
+    tile positions its training held out (:mod:`mvfcnn.inference.calibration`)."""
+    parser = verb_parser("fit-class-offsets", fit_class_offsets.__doc__)
+    parser.add_argument("--model", required=True, help="the run's final FCN stage")
+    parser.add_argument("--tiles", required=True, help="the run's tile index (mvfcnn tile-index)")
+    parser.add_argument("--params-json", required=True, help="config 'inference' section")
+    parser.add_argument("--holdout-every", type=int, required=True,
+                        help="fcn.val_holdout_every: which tile positions training held out "
+                             "(0: none)")
+    parser.add_argument("--objective", choices=OBJECTIVES, required=True)
+    parser.add_argument("--out", required=True, help="class offsets JSON to write")
+    _threads_arg(parser)
+    args = parser.parse_args(argv)
+    from mvfcnn.inference import held_out  # torch
+
+    names, offsets, pixels = held_out.fit_offsets(
+        args.model, args.tiles, inference=_parse_params(args.params_json),
+        holdout_every=args.holdout_every, objective=args.objective, threads=args.threads)
+    if pixels == 0:
+        print(f"mvfcnn fit-class-offsets: {args.tiles}: no tile position was held out (every "
+              f"{args.holdout_every}-th; 0 = validation off, or too few positions): offsets 0",
+              file=sys.stderr)
+    write_class_offsets(args.out, offsets, objective=args.objective, class_names=names,
+                        fit_pixels=pixels)
+    print(f"mvfcnn fit-class-offsets: {pixels} held-out pixels, offsets "
+          + ", ".join(f"{n} {v:+.1f}" for n, v in zip(names, offsets, strict=True)),
+          file=sys.stderr)
     return 0

@@ -19,7 +19,7 @@ the (padded) window area, so this removes work that the keep-centre stitching wo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -146,6 +146,7 @@ def predict_image(
     fit_tiles: bool = False,
     channels_last: bool = True,
     timings: dict[str, float] | None = None,
+    decision_offsets: Sequence[float] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Class map (H, W) uint8 of ``image`` (H, W) or (H, W, 3); with ``return_probs`` also
     (K, H, W) float16 softmax probabilities.
@@ -162,7 +163,9 @@ def predict_image(
     forward pass per window, so 8x the network time; :func:`tta_scores`). ``fit_tiles``
     shrinks the windows to fit the image (see the module docstring). ``timings``, if given,
     receives the seconds spent reading, in the network and stitching, plus the window count
-    and shape (for benchmarks).
+    and shape (for benchmarks). ``decision_offsets`` (K,) are added to each pixel's class
+    log-probabilities before the argmax (:mod:`mvfcnn.inference.calibration`); the
+    probabilities returned stay the network's.
     """
     import torch  # lazy: torch, as above
 
@@ -193,6 +196,8 @@ def predict_image(
     # convolution + ReLU as one oneDNN op on CPU: the same scores, one pass less over memory
     net = fuse_conv_relu(model) if device == "cpu" else model
     choice = choose_precision(precision, device)
+    offsets = (None if decision_offsets is None or not np.any(decision_offsets) else
+               torch.as_tensor(np.asarray(decision_offsets, np.float32), device=device))
     # no_grad, not inference_mode: autocast caches its weight casts only outside inference mode
     amp = autocast(device, choice.precision, cpu_fp16=True)
 
@@ -217,7 +222,8 @@ def predict_image(
             else:
                 scores = net(batch)
             _check_scores(scores, len(group), shape)
-            labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            labels = _decide(scores, offsets, probabilities=tta_rotations or tta_flips
+                             or return_probs).to(torch.uint8).cpu().numpy()
             clock["forward"] += time.perf_counter() - tick
             tick = time.perf_counter()
             soft = scores.to(torch.float16).cpu().numpy() if return_probs else None
@@ -240,6 +246,21 @@ def predict_image(
     if return_probs:
         return out, probs
     return out
+
+
+def _decide(scores, offsets, *, probabilities: bool):
+    """The class of each pixel: the argmax of the scores, or, with offsets, of the
+    log-probabilities plus the offsets (logits differ from log-probabilities by a per-pixel
+    constant, so logits take the offsets directly)."""
+    import torch
+
+    if offsets is None:
+        return scores.argmax(dim=1)
+    if offsets.numel() != scores.shape[1]:
+        raise InputError(f"{offsets.numel()} class offsets for a model of {scores.shape[1]} "
+                         f"classes")
+    logs = torch.log(scores.float().clamp_min(1e-12)) if probabilities else scores.float()
+    return (logs + offsets.view(1, -1, 1, 1)).argmax(dim=1)
 
 
 def tta_transforms(rotations: bool, flips: bool) -> list[tuple[bool, int]]:

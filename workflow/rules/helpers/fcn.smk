@@ -43,3 +43,14 @@ def _variant_json(wildcards):
     if settings["pretrained"] == PRETRAINED_PATCHES:
         settings["pretrained"] = pretrained_trunk_file(wildcards)
     return json.dumps(settings, separators=(",", ":"))
+
+
+def class_offsets_file(wildcards):
+    """The run's fitted decision offsets when `inference.class_offsets` is on, else nothing."""
+    if config["inference"]["class_offsets"] == "none":
+        return []
+    return os.path.join(RUN.format(**wildcards), layout.CLASS_OFFSETS)
+
+
+def class_offsets_arg(wildcards, input):
+    return f"--class-offsets {shlex.quote(str(input.offsets))}" if input.offsets else ""
