@@ -1,20 +1,21 @@
 """MetalDAM: per-class decision offsets fitted on held-out training tiles, on the models of a
 finished run (issue 22's lever "per-class logit bias").
 
-Usage: ``python benchmarks/metaldam_calibration.py --workdir DIR [--folds 0 1 ...]
-[--out benchmarks/results/metaldam_calibration.json]``.
+Usage: ``python benchmarks/metaldam_calibration.py --workdir DIR [--folds 0 1 ...] [--out
+benchmarks/results/metaldam_calibration.json]``.
 
 For each fold of a finished ``benchmarks/metaldam.py`` workdir (the committed config unless
 ``--configfile`` overlays were used there too): the final FCN stage predicts the fold's held-out
 training positions (every ``fcn.val_holdout_every``-th tile position, rot 0, all of them: the
 positions training never saw, though their windows overlap trained ones) with the config's
 inference settings (test-time augmentation included); offsets are fitted on those pixels
-(:func:`mvfcnn.inference.calibration.fit_class_bias`, objectives ``mean_iu`` and
-``fractions``); then the fold's test images are predicted once and scored plain and with each
-fit's offsets, and with the ``oracle``'s (``mean_iu`` fitted on the test pixels themselves: not a
-method, the most this lever could give): 5-class and 4-class mean IoU, per-class IoU and the
-phase-fraction errors. The plain prediction must equal the run's own ``pred/*.tif`` (checked),
-so the comparison is on the same models and windows.
+(:func:`mvfcnn.inference.held_out.held_out_pixels`,
+:func:`mvfcnn.inference.calibration.fit_class_bias`, objectives ``mean_iu`` and ``fractions``, as
+the workflow's ``inference.class_offsets`` does); then the fold's test images are predicted once
+and scored plain and with each fit's offsets, and with the ``oracle``'s (``mean_iu`` fitted on the
+test pixels themselves: not a method, the most this lever could give): 5-class and 4-class mean
+IoU, per-class IoU and the phase-fraction errors. The plain prediction must equal the run's own
+``pred/*.tif`` (checked), so the comparison is on the same models and windows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_FIT_PIXELS = 2_000_000
 
 
 def merged_config(overlays: list[str]) -> dict[str, Any]:
@@ -40,35 +40,6 @@ def merged_config(overlays: list[str]) -> dict[str, Any]:
     for path in [ROOT / "config" / "config.yaml", ROOT / "config" / "metaldam.yaml", *overlays]:
         config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
     return config
-
-
-def held_out_pixels(model, tiles, cfg: dict[str, Any], infer: dict[str, Any], num_classes: int,
-                    ignore: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log-probabilities (N, K), labels (N,)) of every held-out position's rot-0 tile, thinned
-    evenly to at most MAX_FIT_PIXELS labelled pixels."""
-    from mvfcnn.fcn.dataset import TileDataset
-    from mvfcnn.fcn.train import split_validation
-    from mvfcnn.inference.predict import predict_image
-
-    _, val = split_validation(tiles, int(cfg["val_holdout_every"]), None)
-    if len(val) == 0:  # too few positions to hold any out: nothing to fit on
-        return np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64)
-    dataset = TileDataset(val, ignore_index=ignore)
-    logs, labels = [], []
-    for i in range(len(dataset)):
-        image, lab = dataset.read(i)
-        _, probs = predict_image(model, image, **{**infer, "tile_size": max(image.shape[:2]),
-                                                  "fit_tiles": True},
-                                 return_probs=True, progress=False)
-        keep = lab.reshape(-1) != ignore
-        flat = probs.reshape(num_classes, -1)[:, keep].T.astype(np.float32)
-        logs.append(np.log(np.maximum(flat, 1e-12)))
-        labels.append(lab.reshape(-1)[keep])
-    log_probs, flat_labels = np.concatenate(logs), np.concatenate(labels)
-    if len(flat_labels) > MAX_FIT_PIXELS:
-        pick = np.linspace(0, len(flat_labels) - 1, MAX_FIT_PIXELS).round().astype(np.int64)
-        log_probs, flat_labels = log_probs[pick], flat_labels[pick]
-    return log_probs, flat_labels
 
 
 def scores(confusion: np.ndarray, classes, excluded: list[str]) -> dict[str, Any]:
@@ -97,8 +68,9 @@ def main() -> int:
     from mvfcnn.core.settings import with_defaults
     from mvfcnn.evaluation.crossval import phase_fraction_summary, phase_image_rows
     from mvfcnn.evaluation.metrics import confusion_matrix
-    from mvfcnn.fcn.cli import read_tiles
+    from mvfcnn.fcn.tiling import read_tiles
     from mvfcnn.inference.calibration import OBJECTIVES, biased_labels, fit_class_bias
+    from mvfcnn.inference.held_out import MAX_FIT_PIXELS, held_out_pixels
     from mvfcnn.inference.predict import inference_kwargs, predict_image
     from mvfcnn.models.io import load_model
 
@@ -120,7 +92,9 @@ def main() -> int:
                            / f"fold{fold}.csv")
         for column in ("image", "labels"):  # the index's paths are relative to the workdir
             tiles[column] = [str(args.workdir / p) for p in tiles[column]]
-        log_probs, labels = held_out_pixels(model, tiles, cfg, infer, classes.num_classes, ignore)
+        log_probs, labels = held_out_pixels(
+            model, tiles, holdout_every=int(cfg["val_holdout_every"]), inference=infer,
+            num_classes=classes.num_classes, ignore_index=ignore)
         biases = {"plain": np.zeros(classes.num_classes, np.float32)}
         for objective in OBJECTIVES:
             biases[objective] = fit_class_bias(log_probs, labels, ignore_index=ignore,
