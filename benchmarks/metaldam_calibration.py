@@ -2,7 +2,8 @@
 finished run (issue 22's lever "per-class logit bias").
 
 Usage: ``python benchmarks/metaldam_calibration.py --workdir DIR [--folds 0 1 ...] [--out
-benchmarks/results/metaldam_calibration.json]``.
+benchmarks/results/metaldam_calibration.json]``; ``--merge A.json B.json ... --out X.json``
+combines results of disjoint folds (e.g. one per fold, run as each fold finished).
 
 For each fold of a finished ``benchmarks/metaldam.py`` workdir (the committed config unless
 ``--configfile`` overlays were used there too): the final FCN stage predicts the fold's held-out
@@ -31,6 +32,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: plain argmax, the two fitted objectives, and the test-pixel oracle (the lever's ceiling)
+METHODS = ("plain", "mean_iu", "fractions", "oracle")
 
 
 def merged_config(overlays: list[str]) -> dict[str, Any]:
@@ -53,20 +56,72 @@ def scores(confusion: np.ndarray, classes, excluded: list[str]) -> dict[str, Any
                              for n, v in zip(classes.names, iu, strict=True)}}
 
 
+def finish(report: dict[str, Any], classes, out: Path) -> None:
+    """Add the mean ± SE over the report's folds and the pooled phase-fraction errors; write."""
+    import pandas as pd
+
+    from mvfcnn.evaluation.crossval import phase_fraction_summary
+
+    per_fold = report["per_fold"]
+    folds = sorted(per_fold)
+    summary = {}
+    for m in METHODS:
+        values = np.array([per_fold[f][m]["mean_iu"] for f in folds])
+        values4 = np.array([per_fold[f][m]["mean_iu_4"] for f in folds])
+        rows = [r for f in folds for r in per_fold[f]["phase_images"][m]]
+        phase = phase_fraction_summary(pd.DataFrame(rows), classes)
+        se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+        summary[m] = {"mean_iu": float(values.mean()), "mean_iu_se": se,
+                      "mean_iu_4": float(values4.mean()),
+                      "per_class_iu": {c: float(np.mean([per_fold[f][m]["per_class_iu"][c]
+                                                         for f in folds
+                                                         if per_fold[f][m]["per_class_iu"][c]
+                                                         is not None]))
+                                       for c in classes.names},
+                      "phase_fractions": phase.to_dict(orient="records")}
+    _common.write_result(out, {**report, "folds": folds, "summary": summary})
+    for m in METHODS:
+        print(f"{m}: mean IoU {summary[m]['mean_iu']:.4f} (4-class {summary[m]['mean_iu_4']:.4f})")
+
+
+def merge(paths: list[Path], out: Path, overlays: list[str]) -> int:
+    """One result from several (their folds must not overlap)."""
+    import json
+
+    from mvfcnn.core.config import ClassSet
+
+    reports = [json.loads(p.read_text()) for p in paths]
+    per_fold: dict[str, Any] = {}
+    for report in reports:
+        clash = set(per_fold) & set(report["per_fold"])
+        if clash:
+            raise SystemExit(f"fold(s) {sorted(clash)} in more than one result")
+        per_fold.update(report["per_fold"])
+    merged = {**reports[0], "per_fold": per_fold, "merged_from": [str(p) for p in paths]}
+    finish(merged, ClassSet.from_config(merged_config(overlays)), out)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, help="a finished run (all but --merge)")
     parser.add_argument("--configfile", nargs="*", default=[], help="overlays the run used")
     parser.add_argument("--folds", nargs="*", default=[str(f) for f in range(6)])
     parser.add_argument("--variant", default="ft_balanced_aug")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                         "metaldam_calibration.json")
+    parser.add_argument("--merge", nargs="*", type=Path, default=None,
+                        help="combine the folds of earlier results (e.g. one per fold) into --out")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out, args.configfile)
+    if args.workdir is None:
+        parser.error("--workdir is required (unless --merge)")
 
     from mvfcnn.core.config import ClassSet
     from mvfcnn.core.io import read_image, read_labels
     from mvfcnn.core.settings import with_defaults
-    from mvfcnn.evaluation.crossval import phase_fraction_summary, phase_image_rows
+    from mvfcnn.evaluation.crossval import phase_image_rows
     from mvfcnn.evaluation.metrics import confusion_matrix
     from mvfcnn.fcn.tiling import read_tiles
     from mvfcnn.inference.calibration import OBJECTIVES, biased_labels, fit_class_bias
@@ -81,10 +136,10 @@ def main() -> int:
     infer = inference_kwargs(config.get("inference", {}))
     excluded = list(config.get("crossval", {}).get("secondary_mean_excludes", []))
     final = cfg["stages"][-1]
-    methods = ("plain", *OBJECTIVES, "oracle")
+    methods = METHODS
     per_fold: dict[str, Any] = {}
-    phase_rows: dict[str, list] = {m: [] for m in methods}
     for fold in args.folds:
+        phase_rows: dict[str, list] = {m: [] for m in methods}
         tick = time.perf_counter()
         run = args.workdir / "results" / "mvfcnn" / args.variant / "sem" / f"fold{fold}"
         model, _ = load_model(run / f"fcn{final}.pt")
@@ -130,27 +185,15 @@ def main() -> int:
         per_fold[fold] = {"fit_pixels": int(len(labels)), "seconds": round(
             time.perf_counter() - tick, 1), "fit_seconds": round(fit_s, 1),
             **{m: {"bias": [round(float(b), 3) for b in biases[m]],
-                   **scores(confusions[m], classes, excluded)} for m in methods}}
+                   **scores(confusions[m], classes, excluded)} for m in methods},
+            "phase_images": phase_rows}
         print(f"fold {fold}: " + ", ".join(f"{m} {per_fold[fold][m]['mean_iu']:.4f}"
                                            for m in methods), flush=True)
 
-    import pandas as pd
-
-    summary = {}
-    for m in methods:
-        values = np.array([per_fold[f][m]["mean_iu"] for f in args.folds])
-        values4 = np.array([per_fold[f][m]["mean_iu_4"] for f in args.folds])
-        phase = phase_fraction_summary(pd.DataFrame(phase_rows[m]), classes)
-        se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-        summary[m] = {"mean_iu": float(values.mean()), "mean_iu_se": se,
-                      "mean_iu_4": float(values4.mean()),
-                      "phase_fractions": phase.to_dict(orient="records")}
     report = {"benchmark": "metaldam_calibration", "machine": _common.machine_info(("torch",)),
-              "workdir": str(args.workdir), "configfile": args.configfile, "folds": args.folds,
-              "inference": infer, "summary": summary, "per_fold": per_fold}
-    _common.write_result(args.out, report)
-    for m in methods:
-        print(f"{m}: mean IoU {summary[m]['mean_iu']:.4f} (4-class {summary[m]['mean_iu_4']:.4f})")
+              "workdir": str(args.workdir), "configfile": args.configfile,
+              "inference": infer, "per_fold": per_fold}
+    finish(report, classes, args.out)
     return 0
 
 
