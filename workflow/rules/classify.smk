@@ -45,7 +45,7 @@ rule bundle:
         "mvfcnn bundle --model {input.model:q} --metrics {input.metrics:q}"
         " --classes-json {params.classes:q} --inference-json {params.inference:q}"
         " --masking-json {params.masking:q} --training-json {params.training:q} {params.pixel:q}"
-        " --modality {wildcards.modality:q} --variant {wildcards.variant:q} {params.offsets}"
+        " --modality {wildcards.modality:q} --variant {wildcards.variant:q} {params.offsets:q}"
         " --out {output:q} 2> {log:q}"
 
 

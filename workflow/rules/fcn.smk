@@ -190,7 +190,7 @@ rule fit_class_offsets:
         runtime=30,
     shell:
         "mvfcnn fit-class-offsets --model {input.model:q} --tiles {input.tiles:q}"
-        " --params-json {params.inference:q} --holdout-every {params.every}"
+        " --params-json {params.inference:q} --holdout-every {params.every:q}"
         " --objective {params.objective:q} --threads {threads} --out {output:q} 2> {log:q}"
 
 
@@ -218,7 +218,7 @@ rule predict:
         runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
     shell:
         "mvfcnn predict --model {input.model:q} --image {input.image:q} --sample {wildcards.sample:q}"
-        " --params-json {params.inference:q} {params.offsets} --threads {threads} --out {output:q}"
+        " --params-json {params.inference:q} {params.offsets:q} --threads {threads} --out {output:q}"
         " 2> {log:q}"
 
 

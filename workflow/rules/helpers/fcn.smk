@@ -53,4 +53,5 @@ def class_offsets_file(wildcards):
 
 
 def class_offsets_arg(wildcards, input):
-    return f"--class-offsets {shlex.quote(str(input.offsets))}" if input.offsets else ""
+    """`--class-offsets FILE` (as a list for :q) when the offsets are fitted."""
+    return ["--class-offsets", str(input.offsets)] if input.offsets else []
