@@ -48,6 +48,7 @@ LEVERS = {
     "fcn4s_recipe": "fcn4s + poly rate + best weights + rare tiles for M/A and precipitate only",
     "fcn4s_ssl": "fcn4s + SSL (masked-image modelling on the training images) before the patches",
     "fcn2s": "fcn4s + an FCN-2s stage (pool1 skip, output stride 2), 800 iterations",
+    "fcn4s_lr": "the committed recipe (fcn4s_tta) + Adam 3e-4 decaying (poly) in each stage",
 }
 #: a job of one fold (train_fcn/<variant>_sem_fold2_8s): counted only for the folds reported
 _FOLD_JOB = re.compile(r"fold(\d+)")
