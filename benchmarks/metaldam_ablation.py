@@ -12,7 +12,11 @@ in a fold's test images is left out, one predicted but absent counts 0), the 4-c
 without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
 the run / its folds, so shared steps are spread). Folds come from several runs of the same
 lever (fold 0 earlier, then 1 and 2, or 0-2 and 3-5) only when they used the same configs.
-Writes the JSON (``levers``: folds 0-2; ``six_folds``) and prints the README's markdown tables.
+Whether a lever is in the committed default: its overlays (a run's /tmp copy read as
+``benchmarks/overlays/metaldam_lever_<name>.yaml``; the former default left out, it is what the
+early levers were layered on) change nothing when layered on ``config/config.yaml`` +
+``config/metaldam.yaml``. Writes the JSON (``levers``: folds 0-2; ``six_folds``) and prints the
+README's markdown tables.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import _common
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+OVERLAYS = ROOT / "benchmarks" / "overlays"
+FORMER_DEFAULT = "metaldam_former_default.yaml"
 FOLDS = ("0", "1", "2")
 ALL_FOLDS = tuple(str(f) for f in range(6))
 #: lever -> (what it changes, in the committed default?)
@@ -87,6 +93,40 @@ def mean_se(values: list[float]) -> tuple[float, float, int]:
     return mean, math.sqrt(var / len(kept)), len(kept)
 
 
+def _overlay_path(config: str) -> Path | None:
+    """The committed overlay a run's config entry stands for (None: a committed config)."""
+    if config.startswith("config/"):
+        return None
+    name = Path(config).name
+    if config.startswith("/tmp/lev_"):  # the first fold-0 levers ran from copies in /tmp
+        name = "metaldam_lever_" + name[len("lev_"):]
+    return OVERLAYS / name
+
+
+def in_default(configs: list[str], root: Path = ROOT) -> bool | None:
+    """True when the lever's overlays change nothing on the committed MetalDAM default; None when
+    an overlay is not in the repository (it cannot be judged)."""
+    import yaml
+
+    from mvfcnn.core.settings import merge
+
+    def load(path: Path) -> dict[str, Any]:
+        return yaml.safe_load(path.read_text()) or {}
+
+    overlays = [p for p in map(_overlay_path, configs)
+                if p is not None and p.name != FORMER_DEFAULT]
+    if not overlays:  # the former default alone
+        return False
+    overlays = [root / p.relative_to(ROOT) for p in overlays]
+    if not all(p.exists() for p in overlays):
+        return None
+    default = merge(load(root / "config" / "config.yaml"), load(root / "config" / "metaldam.yaml"))
+    layered = default
+    for path in overlays:
+        layered = merge(layered, load(path))
+    return layered == default
+
+
 def collect(results: Path) -> dict[str, dict[str, Any]]:
     levers: dict[str, dict[str, Any]] = {}
     for path in sorted(results.glob("metaldam_fold*_*.json")):
@@ -143,6 +183,7 @@ def summarize(levers: dict[str, dict[str, Any]],
                       "per_fold": folds, "stats": stats,
                       "minutes_per_fold": sum(minutes) / len(minutes) if minutes else math.nan,
                       "configs": entry["configs"], "machine": entry["machine"],
+                      "in_default": in_default(entry["configs"] or []),
                       "sources": entry["sources"]}
     return out
 
@@ -155,10 +196,13 @@ def _cell(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.3f} ± {stat['se']:.3f}"
 
 
+_DEFAULT_CELL = {True: "yes", False: "no", None: "–"}
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["| lever | folds | 5-class mIoU | 4-class (no precipitate) | M/A IoU | defect IoU "
-             "| precipitate IoU | min / fold |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| precipitate IoU | min / fold | in default |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     order = [k for k in LEVERS if k in summary] + [k for k in summary if k not in LEVERS]
     for lever in order:
         entry = summary[lever]
@@ -168,7 +212,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{_cell(stats.get('mean_iu'))} | {_cell(stats.get('mean_iu_without_precipitate'))}"
             f" | {_cell(stats.get('iu_martensite_austenite'))} | "
             f"{_cell(stats.get('iu_defect'))} | {_cell(stats.get('iu_precipitate'))} | "
-            f"{entry['minutes_per_fold']:.1f} |")
+            f"{entry['minutes_per_fold']:.1f} | {_DEFAULT_CELL[entry.get('in_default')]} |")
     return "\n".join(lines) + "\n"
 
 

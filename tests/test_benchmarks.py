@@ -297,6 +297,33 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
     assert six["rare"]["stats"]["iu_martensite_austenite"]["n"] == 6
 
 
+def test_metaldam_ablation_tells_which_levers_the_default_holds(bench, tmp_path) -> None:
+    """A lever is in the default when its overlays change nothing on it; the former default
+    (which the early levers were layered on) does not count as a lever's overlay."""
+    import metaldam_ablation as ablation
+
+    (tmp_path / "config").mkdir()
+    overlays = tmp_path / "benchmarks" / "overlays"
+    overlays.mkdir(parents=True)
+    (tmp_path / "config" / "config.yaml").write_text("fcn: {dice_weight: 0, lr: 1.0e-4}\n")
+    (tmp_path / "config" / "metaldam.yaml").write_text("fcn: {dice_weight: 0.5}\n")
+    (overlays / "metaldam_former_default.yaml").write_text("fcn: {dice_weight: 0}\n")
+    (overlays / "metaldam_lever_dice.yaml").write_text("fcn: {dice_weight: 0.5}\n")
+    (overlays / "metaldam_lever_lr.yaml").write_text("fcn: {lr: 3.0e-4}\n")
+    base = ["config/config.yaml", "config/metaldam.yaml"]
+    former = "benchmarks/overlays/metaldam_former_default.yaml"
+    assert ablation.in_default(base + [former, "benchmarks/overlays/metaldam_lever_dice.yaml"],
+                               tmp_path) is True
+    assert ablation.in_default(base + ["/tmp/lev_dice.yaml"], tmp_path) is True  # a /tmp copy
+    assert ablation.in_default(base + ["benchmarks/overlays/metaldam_lever_lr.yaml"],
+                               tmp_path) is False
+    assert ablation.in_default(base + [former], tmp_path) is False  # the former default alone
+    assert ablation.in_default(base + ["/tmp/elsewhere.yaml"], tmp_path) is None
+    table = ablation.markdown({"dice": {"what": "Dice", "folds": ["0"], "stats": {},
+                                        "minutes_per_fold": 7.0, "in_default": True}})
+    assert table.splitlines()[-1].endswith("| 7.0 | yes |")
+
+
 def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None:
     """benchmarks/metaldam.py --folds: each test prediction against its prepared labels, in
     percentage points (a 10x10 image: truth 60 matrix / 40 austenite, prediction 50 / 50;
