@@ -37,7 +37,7 @@ OVERLAYS = ROOT / "benchmarks" / "overlays"
 FORMER_DEFAULT = "metaldam_former_default.yaml"
 FOLDS = ("0", "1", "2")
 ALL_FOLDS = tuple(str(f) for f in range(6))
-#: lever -> (what it changes, in the committed default?)
+#: lever -> what it changes (whether the default holds it: in_default)
 LEVERS = {
     "baseline": "the former default alone (FCN-8s on 2x images, patch pretraining)",
     "rare": "tiles.rare_share 0.1 (rare-class-centred tiles)",
