@@ -94,13 +94,14 @@ def mean_se(values: list[float]) -> tuple[float, float, int]:
 
 
 def _overlay_path(config: str) -> Path | None:
-    """The committed overlay a run's config entry stands for (None: a committed config)."""
+    """The committed overlay a run's config entry stands for, relative to the repository (None:
+    a committed config)."""
     if config.startswith("config/"):
         return None
     name = Path(config).name
     if config.startswith("/tmp/lev_"):  # the first fold-0 levers ran from copies in /tmp
         name = "metaldam_lever_" + name[len("lev_"):]
-    return OVERLAYS / name
+    return OVERLAYS.relative_to(ROOT) / name
 
 
 def in_default(configs: list[str], root: Path = ROOT) -> bool | None:
@@ -117,7 +118,7 @@ def in_default(configs: list[str], root: Path = ROOT) -> bool | None:
                 if p is not None and p.name != FORMER_DEFAULT]
     if not overlays:  # the former default alone
         return False
-    overlays = [root / p.relative_to(ROOT) for p in overlays]
+    overlays = [root / p for p in overlays]
     if not all(p.exists() for p in overlays):
         return None
     default = merge(load(root / "config" / "config.yaml"), load(root / "config" / "metaldam.yaml"))
