@@ -19,11 +19,14 @@ earlier run left in ``--workdir``: it first marks that run's files current (``--
 dataset copied again since would otherwise retrain everything), then reruns prediction, voting
 and scoring (``--forcerun predict``).
 ``--extend`` measures a lever that only adds stages (e.g. FCN-2s on top of FCN-4s) on a copy of an
-earlier run's folder (``cp -a``, so the times of its files are kept): Snakemake then decides by
-file times alone (``--rerun-triggers mtime``), so the earlier stages' models (bit-identical to
-what a fresh run trains: seeded, and a stage reads only its own iterations and rate) and the
-baselines are kept, and only the new stages, prediction and what follows run. The report's
-``job_min_sum`` (every job's time, the copied ones included) then stands in for the wall time.
+earlier run's folder (``cp -a``). Its files are first marked current under the earlier run's
+overlays (``--extend [OVERLAY ...]``, none = the committed default; ``--touch`` as above), then
+Snakemake decides by file times alone (``--rerun-triggers mtime``): the earlier stages' models
+(bit-identical to what a fresh run trains: seeded, and a stage reads only its own iterations and
+rate) and the baselines are kept; prediction is forced (by file times alone a present prediction
+would not ask for its missing new model), so the new stages, prediction and what follows run. The
+report's ``job_min_sum`` (every job's time, the copied ones included) then stands in for the
+wall time.
 """
 
 from __future__ import annotations
@@ -104,8 +107,9 @@ def main() -> int:
                         help="add --workdir's --folds phase fractions to this result JSON")
     parser.add_argument("--predict-only", action="store_true",
                         help="reuse --workdir's trained models: rerun predict and what follows")
-    parser.add_argument("--extend", action="store_true",
-                        help="--workdir is a copy of an earlier run: train only what is missing")
+    parser.add_argument("--extend", nargs="*", default=None, metavar="OVERLAY",
+                        help="--workdir is a copy of an earlier run (made with these overlays): "
+                             "train only what is missing")
     args = parser.parse_args()
     if args.phase_only is not None:
         report = json.loads(args.phase_only.read_text())
@@ -122,8 +126,11 @@ def main() -> int:
                if args.folds else [])
     config = ["--config", f"metaldam={{path: {dataset}}}"]
     targets = ["--", *targets] if targets else []
-    if args.predict_only:
-        proc, _ = _common.run_workflow(args.workdir, configs, cores=args.cores,
+    extend = args.extend is not None
+    if args.predict_only or extend:
+        earlier = (configs if not extend else
+                   [*configs[:2], *[str(Path(c).resolve()) for c in args.extend]])
+        proc, _ = _common.run_workflow(args.workdir, earlier, cores=args.cores,
                                        extra=["--touch", *config, *targets])
         if proc.returncode != 0:
             print(proc.stderr[-4000:], file=sys.stderr)
@@ -131,8 +138,8 @@ def main() -> int:
     load_before = _common.loadavg()
     proc, wall = _common.run_workflow(
         args.workdir, configs, cores=args.cores,
-        extra=[*(["--forcerun", "predict"] if args.predict_only else []),
-               *(["--rerun-triggers", "mtime"] if args.extend else []), *config, *targets])
+        extra=[*(["--forcerun", "predict"] if args.predict_only or extend else []),
+               *(["--rerun-triggers", "mtime"] if extend else []), *config, *targets])
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr)
         return proc.returncode
@@ -141,14 +148,15 @@ def main() -> int:
         "load_before": load_before, "load_after": _common.loadavg(),
         "configs": [str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c
                     for c in configs],
-        "folds": folds, "predict_only": args.predict_only, "extend": args.extend,
+        "folds": folds, "predict_only": args.predict_only,
+        "extend": args.extend,
         "wall_s": round(wall, 1), "wall_min": round(wall / 60, 2),
         "target_wall_min": TARGET_WALL_MIN, "target_mean_iou": TARGET_MEAN_IOU,
         "per_fold": fold_metrics(args.workdir, args.variant, folds),
         "job_s": _common.job_times(args.workdir),
     }
     report["job_min_sum"] = round(sum(report["job_s"].values()) / 60, 2)
-    minutes = report["job_min_sum"] if args.extend else report["wall_min"]
+    minutes = report["job_min_sum"] if extend else report["wall_min"]
     table = args.workdir / "results" / "tables" / "metaldam.csv"
     if not args.folds and table.exists():
         frame = pd.read_csv(table)
