@@ -348,3 +348,43 @@ def test_metaldam_fold_subset_phase_fractions_are_exact(bench, tmp_path) -> None
     assert rows["austenite"]["bias_pp"] == pytest.approx(100 * (50 / 99 - 40 / 99))
     assert rows["matrix"]["mean_abs_error_pp"] == pytest.approx(100 * 10 / 99)
     assert rows["precipitate"]["max_abs_error_pp"] == 0
+
+
+def test_metaldam_extend_keeps_the_earlier_run_and_trains_what_is_new(bench, tmp_path,
+                                                                        monkeypatch) -> None:
+    """benchmarks/metaldam.py --extend: the copied run's files are marked current under its own
+    overlays, then prediction is forced with file-time triggers only (so only missing stages
+    train), and the time target is judged on the sum of every job's time."""
+    import metaldam
+
+    calls = []
+
+    def fake_run(workdir, configs, *, cores, extra=()):
+        calls.append((list(configs), list(extra)))
+        return subprocess.CompletedProcess([], 0, "", ""), 5.0
+
+    monkeypatch.setattr(bench, "run_workflow", fake_run)
+    monkeypatch.setattr(bench, "machine_info", lambda *_: {})  # no precision probe here
+    tables = tmp_path / "work" / "results" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "metaldam.csv").write_text("fold,mean_iu,mean_iu_secondary\n0,0.5,0.6\n"
+                                         "mean,0.5,0.6\n")
+    tsvs = tmp_path / "work" / "results" / "benchmarks" / "train_fcn"
+    tsvs.mkdir(parents=True)
+    for name, seconds in (("a_32s", 3000.0), ("a_2s", 4800.0)):
+        (tsvs / f"{name}.tsv").write_text(f"s\th:m:s\n{seconds}\t0\n")
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", ["metaldam.py", "--workdir", str(tmp_path / "work"),
+                                      "--extend", str(old), "--configfile", str(new),
+                                      "--out", str(out)])
+    assert metaldam.main() == 0
+    (touch_configs, touch_extra), (run_configs, run_extra) = calls
+    assert touch_configs[2:] == [str(old)] and "--touch" in touch_extra
+    assert run_configs[2:] == [str(new)]
+    assert touch_configs[:2] == run_configs[:2]
+    assert run_extra[:4] == ["--forcerun", "predict", "--rerun-triggers", "mtime"]
+    report = json.loads(out.read_text())
+    assert report["job_min_sum"] == 130.0 and report["wall_min"] == pytest.approx(5 / 60, abs=0.01)
+    assert report["meets_time_target"] is False  # 130 min of jobs, though this call took 5 s
+    assert report["extend"] == [str(old)]
