@@ -389,3 +389,53 @@ def test_finer_stages_train_from_their_parents_only(tmp_path, tiles):
         assert load_model(parent)[1]["arch"] == f"fcn{stage}"
     with pytest.raises(InputError, match="FCN-4s needs a fcn8s parent, got fcn16s"):
         _run(tmp_path / "wrong", tiles, stage="4s", parent=tmp_path / "fcn16s.pt", cfg=cfg)
+
+
+def test_weight_average_follows_the_warmed_up_decay_exactly():
+    """avg <- d_n * avg + (1 - d_n) * live with d_n = min(decay, (1 + n) / (10 + n))."""
+    from mvfcnn.fcn.averaging import WeightAverage, ema_factor
+
+    assert ema_factor(0.995, 1) == pytest.approx(2 / 11)
+    assert ema_factor(0.9, 1000) == 0.9
+    live = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+        live.bias.fill_(0.0)
+    average = WeightAverage(live, 0.5)
+    expected = 1.0
+    for n, value in enumerate((3.0, 5.0, -1.0), start=1):
+        with torch.no_grad():
+            live.weight.fill_(value)
+        average.update(live)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+        assert float(average.model.weight) == pytest.approx(expected, rel=1e-6)
+    assert not average.model.weight.requires_grad
+    restored = WeightAverage(live, 0.5)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 3 and float(restored.model.weight) == float(average.model.weight)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(live, 1.0)
+
+
+def test_ema_model_is_the_average_and_resumes_bit_identically(tmp_path, tiles):
+    """fcn.ema_decay: the kept model is the average (not the last iterate, which a run without
+    it keeps), and a run resumed from a checkpoint ends on the same bits."""
+    train, val = split_validation(tiles, every=4)
+    cfg = {**CFG, "iterations": {**CFG["iterations"], "32s": 8}, "validate_every": 4,
+           "checkpoint_every": 4, "keep_checkpoints": True}
+    plain, _ = _run(tmp_path / "plain", train, val=val, cfg=cfg)
+    ema_cfg = {**cfg, "ema_decay": 0.9}
+    averaged, _ = _run(tmp_path / "ema", train, val=val, cfg=ema_cfg)
+    assert load_model(averaged)[1]["extra"]["ema_decay"] == 0.9
+    last, kept = _state(plain), _state(averaged)
+    assert any(not torch.equal(last[k], kept[k]) for k in last)
+    # resumed from iteration 4: the checkpoint holds the average as well
+    _, summary = _run(tmp_path / "ema", train, val=val, cfg=ema_cfg)
+    assert summary["resumed_from"] == 4
+    resumed = _state(averaged)
+    for key, value in kept.items():
+        assert torch.equal(resumed[key], value), key
+    ema_rows = pd.read_csv(tmp_path / "ema" / "train_32s.csv")
+    plain_rows = pd.read_csv(tmp_path / "plain" / "train_32s.csv")
+    np.testing.assert_array_equal(ema_rows["loss"], plain_rows["loss"])  # same steps

@@ -24,6 +24,9 @@ Within a stage the learning rate is constant (the paper's) or decays (``fcn.lr_s
 each step.
 ``fcn.keep_best`` makes each stage's model the weights of its best validation mean IU rather
 than the last iteration's (kept in the checkpoints, so a resumed stage keeps the same best).
+``fcn.ema_decay`` > 0 validates and keeps an exponential moving average of the weights
+(:mod:`mvfcnn.fcn.averaging`) instead of the last iterate; with ``keep_best`` the best validated
+average. The average is in the checkpoints too.
 
 Rare classes (issue 22): ``fcn.dice_weight`` adds a soft-Dice term to the cross-entropy
 (:func:`mvfcnn.fcn.losses.soft_dice_loss`) and ``fcn.class_weight_cap`` clips median-frequency
@@ -70,6 +73,7 @@ from mvfcnn.core.runtime import (
 )
 from mvfcnn.core.settings import with_defaults
 from mvfcnn.evaluation.metrics import confusion_matrix, pixel_report
+from mvfcnn.fcn.averaging import WeightAverage
 from mvfcnn.fcn.checkpoints import (
     _remove_stale_temporaries,
     _rng_state,
@@ -217,6 +221,10 @@ def train_stage(
                                    kind=str(cfg["optimizer"]))
         scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
         schedule, keep_best = str(cfg["lr_schedule"]), bool(cfg["keep_best"])
+        ema_decay = float(cfg["ema_decay"])
+        average = WeightAverage(model, ema_decay) if ema_decay > 0 else None
+        # what is validated and kept: the average of the weights, or the weights themselves
+        kept_model = average.model if average is not None else model
         lr_factor(schedule, 0, iterations)  # validates the name before any work
         base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
 
@@ -254,6 +262,8 @@ def train_stage(
             _set_rng_state(ckpt["rng"])
             start, rows = int(ckpt["iteration"]), list(ckpt["rows"])
             best = ckpt.get("best")
+            if average is not None:
+                average.load_state_dict(ckpt["average"])
             log.info("resuming from iteration %d (%s)", start, checkpoint_dir)
         del ckpt
         if keep_best and val_loader is None:
@@ -306,9 +316,11 @@ def train_stage(
         def after(iteration: int, row: dict[str, Any]) -> None:
             nonlocal best
             row["iteration"] = iteration
+            if average is not None:
+                average.update(model)
             if val_loader is not None and (iteration % validate_every == 0
                                            or iteration == iterations):
-                row.update(evaluate_tiles(model, val_loader, device=dev, precision=precision,
+                row.update(evaluate_tiles(kept_model, val_loader, device=dev, precision=precision,
                                           classes=classes))
                 log.info("iteration %d: loss %.4f, validation pixel accuracy %.4f, mean IU "
                          "%.4f", iteration, row["loss"], row["pixel_accuracy"], row["mean_iu"])
@@ -316,7 +328,7 @@ def train_stage(
                     # a CPU copy: on a GPU the real VGG16's weights would double its memory
                     best = {"mean_iu": row["mean_iu"], "iteration": iteration,
                             "model": {k: v.detach().to("cpu", copy=True)
-                                      for k, v in model.state_dict().items()}}
+                                      for k, v in kept_model.state_dict().items()}}
             rows.append(row)
             if checkpoint_every > 0 and iteration % checkpoint_every == 0 \
                     and iteration < iterations:
@@ -324,7 +336,8 @@ def train_stage(
                     "fingerprint": fingerprint, "iteration": iteration,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "rng": _rng_state(), "rows": rows,
-                    "best": best, "precision_choice": choice.as_dict()})
+                    "best": best, "precision_choice": choice.as_dict(),
+                    "average": None if average is None else average.state_dict()})
                 write_rows(checkpoint_dir / "progress.csv", rows)
 
         fit(loader, step, optimizer, bar=progress(iterations, f"fcn{stage}", initial=start,
@@ -332,6 +345,8 @@ def train_stage(
             after=after, start=start, scaler=scaler, before=set_rate,
             what=f"FCN-{stage} training", hint=f"lower fcn.lr.{stage} (loss {loss_kind})")
         kept = iterations
+        if average is not None:
+            model.load_state_dict(average.model.state_dict())
         if keep_best and best is not None:
             model.load_state_dict(best["model"])
             kept = int(best["iteration"])
@@ -343,7 +358,7 @@ def train_stage(
         "classes": classes.to_dict(), "stage": stage, "iterations": iterations,
         "variant": dict(variant), "normalisation": "imagenet", "tile_size": int(train_set.size),
         "batch_size": batch_size, "loss": loss_kind, "lr": lr, "lr_schedule": schedule,
-        "kept_iteration": kept, "precision": precision,
+        "kept_iteration": kept, "ema_decay": ema_decay, "precision": precision,
         "precision_choice": choice.as_dict(),
         "seed": int(seed), "parent": str(parent) if parent is not None else None,
         "n_tiles": int(len(train_set)), "final_loss": final_loss,
