@@ -54,8 +54,14 @@ LEVERS = {
     "fcn4s_recipe": "fcn4s + poly rate + best weights + rare tiles for M/A and precipitate only",
     "fcn4s_ssl": "fcn4s + SSL (masked-image modelling on the training images) before the patches",
     "fcn2s": "fcn4s + an FCN-2s stage (pool1 skip, output stride 2), 800 iterations",
-    "fcn4s_lr": "the committed recipe (fcn4s_tta) + Adam 3e-4 decaying (poly) in each stage",
+    "fcn4s_lr": "fcn4s_tta + Adam 3e-4 decaying (poly) in each stage",
+    "fcn2s_tta": "fcn2s + test-time augmentation: one 6-fold job (a 2s stage on the 6-fold "
+                 "fcn4s_tta job's models, with its baselines)",
+    "ema": "fcn2s_tta + an exponential moving average of each stage's weights (ema_decay 0.995)",
 }
+#: object-baseline jobs: not part of a lever's cost (only the 6-fold jobs with the objects
+#: table run them)
+_BASELINE_JOBS = ("train_baseline/", "crop_objects/")
 #: a job of one fold (train_fcn/<variant>_sem_fold2_8s): counted only for the folds reported
 _FOLD_JOB = re.compile(r"fold(\d+)")
 _NAME = re.compile(r"metaldam_folds?(\d+)_(\w+?)_(amx|avx2|zen\w*)\.json$")
@@ -154,13 +160,16 @@ def collect(results: Path) -> dict[str, dict[str, Any]]:
         folds = [f for f in report["folds"] if f in report["per_fold"]]
         for fold in folds:
             entry["folds"][fold] = fold_record(report["per_fold"][fold])
-        if folds and (report.get("predict_only") or report.get("resumed")):
-            # an inference lever on an earlier run's models: that run's jobs (their TSVs were
-            # in the reused workdir) plus the new prediction, i.e. the summed job times; a
-            # resumed run's wall time misses its first part, so it is counted the same way
+        if folds and (report.get("predict_only") or report.get("resumed")
+                      or report.get("extend") is not None):
+            # an inference lever on an earlier run's models (or new stages on them): that run's
+            # jobs (their TSVs were in the reused workdir) plus the new ones, i.e. the summed
+            # job times; a resumed run's wall time misses its first part, so it is counted the
+            # same way
             entry["minutes_per_fold"].append(
                 sum(seconds for job, seconds in report["job_s"].items()
-                    if _job_fold(job) in (None, *report["folds"])) / 60 / len(folds))
+                    if _job_fold(job) in (None, *report["folds"])
+                    and not job.startswith(_BASELINE_JOBS)) / 60 / len(folds))
         elif folds:
             entry["minutes_per_fold"].append(report["wall_min"] / len(report["folds"]))
     return levers

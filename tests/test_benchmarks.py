@@ -285,6 +285,14 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
                   "train_fcn/v_sem_fold2_8s": 300.0}}))  # fold 2 is not reported: left out
     ssl = ablation.summarize(ablation.collect(tmp_path))["ssl"]
     assert ssl["minutes_per_fold"] == pytest.approx(10.0)
+    # new stages on a copied run (--extend): summed job times, the object baselines left out
+    (tmp_path / "metaldam_folds0_grow_amx.json").write_text(json.dumps({
+        "folds": ["0"], "per_fold": {"0": per_fold(0.3, None)}, "wall_min": 1.0,
+        "extend": [], "configs": base, "machine": machine,
+        "job_s": {"train_fcn/v_sem_fold0_2s": 300.0, "train_fcn/v_sem_fold0_4s": 540.0,
+                  "train_baseline/vgg16_sem_fold0": 900.0, "crop_objects/f0": 60.0}}))
+    grow = ablation.summarize(ablation.collect(tmp_path))["grow"]
+    assert grow["minutes_per_fold"] == pytest.approx(14.0)
     # folds 0-2 and 3-5 of one lever from two runs: the 6-fold summary; folds 0-2 stay apart
     (tmp_path / "metaldam_folds345_rare_amx.json").write_text(json.dumps({
         "folds": ["3", "4", "5"], "per_fold": {f: per_fold(0.7, 0.5) for f in "345"},

@@ -352,11 +352,12 @@ def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path
     assert result.returncode == 0, result.stderr[-4000:]
     fits = [line for line in result.stdout.splitlines() if "mvfcnn fit-class-offsets" in line]
     predicts = [line for line in result.stdout.splitlines() if "mvfcnn predict " in line]
+    final = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())["fcn"]["stages"][-1]
     assert len(fits) == 6
-    assert all("--objective fractions" in f and "/fcn4s.pt" in f for f in fits)
+    assert all("--objective fractions" in f and f"/fcn{final}.pt" in f for f in fits)
     assert len(predicts) == 42
     for line in predicts:
-        fold = re.search(r"/(fold\d)/fcn4s.pt", line).group(1)
+        fold = re.search(rf"/(fold\d)/fcn{final}.pt", line).group(1)
         assert f"--class-offsets results/mvfcnn/ft_balanced_aug/sem/{fold}/class_offsets.json" \
             in line
 
