@@ -585,6 +585,34 @@ def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tm
 
 
 @needs_metaldam
+def test_weight_average_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
+    """fcn.ema_decay on real tiles: the same steps as a plain run, but the kept model is the
+    average of the stage's weights, not its last iterate."""
+    import torch
+
+    from mvfcnn.fcn.train import split_validation, train_stage
+    from mvfcnn.models.io import load_model
+
+    table, _ = real_crops
+    train, val = split_validation(_index(table).tiles, 4, 4)
+    states, rows = {}, {}
+    for name, decay in (("plain", 0.0), ("ema", 0.9)):
+        out = tmp_path / f"{name}.pt"
+        train_stage(stage="32s", tiles=train, classes=classes, cfg={**TINY, "ema_decay": decay},
+                    variant={"pretrained": "none", "balanced": True, "augment": True},
+                    parent=None, out_model=out, out_csv=tmp_path / f"{name}.csv",
+                    out_png=tmp_path / f"{name}.png", checkpoint_dir=tmp_path / name, seed=0,
+                    device="cpu", val_tiles=val)
+        model, meta = load_model(out)
+        assert meta["extra"]["ema_decay"] == decay
+        states[name] = model.state_dict()
+        rows[name] = pd.read_csv(tmp_path / f"{name}.csv")
+        assert all(torch.isfinite(v).all() for v in states[name].values())
+    assert any(not torch.equal(states["plain"][k], states["ema"][k]) for k in states["plain"])
+    np.testing.assert_array_equal(rows["plain"]["loss"], rows["ema"]["loss"])  # same steps
+
+
+@needs_metaldam
 def test_ssl_pretraining_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
     from mvfcnn.fcn.pretrain import pretrain_trunk
 
