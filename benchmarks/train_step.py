@@ -8,8 +8,10 @@ Usage: ``python benchmarks/train_step.py [--quick] [--networks real,demo] [--sta
 The step is the one ``mvfcnn.fcn.train.train_stage`` runs (channels_last model and batch,
 ``normalize_batch``, ``autocast``, ``pixel_loss``, ``make_optimizer``) with random weights and a
 batch of synthetic uint8 tiles. Networks: ``real`` (the VGG16 layout, nothing frozen, the
-sizes given) and ``demo`` (config/config.yaml's: width 0.25, fc 512, conv1..pool4 frozen, one
-384 px tile). Each (network, stage, size, precision) runs in a fresh process after one warm-up
+sizes given), ``demo`` (config/config.yaml's: width 0.25, fc 512, conv1..pool4 frozen, one
+384 px tile) and ``metaldam`` (config/metaldam.yaml's: the demo layout, nothing frozen, 256 px
+tiles; pass ``--batch 4`` and ``--stages 32s,8s,4s,2s`` as it trains). Each (network, stage,
+size, precision) runs in a fresh process after one warm-up
 iteration; the JSON gives seconds per iteration, the tiles per second the step consumes (what
 the loader must keep up with, see ``benchmarks/tiles.py``), the bf16/fp32 speed ratio and, per
 network and precision, FCN-32s's time over FCN-8s's on the same tiles (issue 23: ≤ 1.3; a
@@ -46,8 +48,12 @@ from mvfcnn.core.progress import progress
 DEMO_LAYOUT = {"width": 0.25, "fc_channels": 512}
 DEMO_FREEZE = "pool4"
 DEMO_SIZE = 384
+#: config/metaldam.yaml's training: the demo layout, nothing frozen, 256 px tiles (batch 4)
+METALDAM_SIZE = 256
 NETWORKS = {"real": (REAL_LAYOUT, "none"), "demo": (DEMO_LAYOUT, DEMO_FREEZE),
-            "quick": (QUICK_LAYOUT, "none")}
+            "metaldam": (DEMO_LAYOUT, "none"), "quick": (QUICK_LAYOUT, "none")}
+#: networks whose tile size is fixed by their config, not by --sizes
+FIXED_SIZES = {"demo": DEMO_SIZE, "metaldam": METALDAM_SIZE}
 
 
 def measure(size: int, precision: str, layout: dict[str, Any], *, batch: int, iters: int,
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "FCN training iteration (forward + loss + backward + SGD step) per stage",
         "quick": args.quick,
         "networks": {n: {**NETWORKS[n][0], "freeze": NETWORKS[n][1], "weights": "random",
-                         "sizes": [DEMO_SIZE] if n == "demo" else sizes} for n in networks},
+                         "sizes": [FIXED_SIZES[n]] if n in FIXED_SIZES else sizes}
+                     for n in networks},
         "machine": machine_info(("torch",)), "loadavg_start": loadavg(), "runs": {}}
     common = ["--batch", str(args.batch), "--iters", str(args.iters), "--threads", str(threads)]
     runs = [(network, stage, size, precision) for network in networks
