@@ -2,7 +2,8 @@
 precision ``precision: auto`` picks here and in fp32.
 
 Usage: ``python benchmarks/precision_traps.py [--quick] [--repeats 3] [--threads N]
-[--out benchmarks/results/precision_traps.json]``.
+[--cases PREFIX ...] [--out benchmarks/results/precision_traps.json]``.
+``--cases`` keeps the cases whose names start with one of the prefixes (e.g. ``train_metaldam``).
 
 A CPU can be fast in bf16 on the whole and slow on one layer shape: on 2 Intel Xeon AMX cores the
 FCN-32s upsampler (a C x C transposed convolution, k64 s32) took 1055 ms in bf16 against 21 ms
@@ -12,6 +13,8 @@ is per layer, not per network. Cases:
 * ``train_demo_<stage>``: config/config.yaml's network (width 0.25, fc 512, conv1..pool4
   frozen), one 384 px tile, forward + backward of every layer after the frozen part;
 * ``train_real_<stage>``: the real VGG16 layout, one 512 px tile, nothing frozen;
+* ``train_metaldam_<stage>``: config/metaldam.yaml's network (the demo layout, nothing frozen,
+  stages 32s to 2s), one 256 px tile;
 * ``inference``: the real FCN-8s on the default inference window of a 7000x8000 image,
   forward only.
 
@@ -91,6 +94,9 @@ def cases(quick: bool) -> dict[str, dict[str, Any]]:
         out[f"train_demo_{stage}"] = {"layout": DEMO_LAYOUT, "stage": stage,
                                       "freeze": DEMO_FREEZE, "shape": (DEMO_SIZE, DEMO_SIZE),
                                       "train": True}
+    for stage in (*STAGES, "4s", "2s"):
+        out[f"train_metaldam_{stage}"] = {"layout": DEMO_LAYOUT, "stage": stage,
+                                          "freeze": "none", "shape": (256, 256), "train": True}
     for stage in STAGES:
         out[f"train_real_{stage}"] = {"layout": REAL_LAYOUT, "stage": stage, "freeze": "none",
                                       "shape": (512, 512), "train": True}
@@ -195,6 +201,8 @@ def crash_probe(threads: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = layer_parser(__doc__, quick_help="thin network, small tiles", repeats=3)
+    parser.add_argument("--cases", nargs="*", default=None, metavar="PREFIX",
+                        help="only the cases whose names start with these")
     args = parser.parse_args(argv)
     import torch
 
@@ -213,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "flag_ratio": FLAG_RATIO, "flag_min_ms": FLAG_MIN_MS, "loadavg_start": loadavg(),
         "cases": {}, "layers": []}
     measured: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for name, case in progress(cases(args.quick).items(), "precision traps", unit="case"):
+    selected = {name: case for name, case in cases(args.quick).items()
+                if not args.cases or name.startswith(tuple(args.cases))}
+    for name, case in progress(selected.items(), "precision traps", unit="case"):
         model = build(case)
         inputs = {"fp32": layer_inputs(model, case, "fp32"),
                   chosen: layer_inputs(model, case, chosen)}
