@@ -117,6 +117,9 @@ def main() -> int:
             args.workdir, args.variant, args.folds or report["folds"])
         _common.write_result(args.phase_only, report)
         return 0
+    if (args.extend is not None or args.predict_only) and not (args.workdir / "results").is_dir():
+        parser.error(f"--workdir {args.workdir} holds no earlier run (no results/ folder): "
+                     "--extend and --predict-only reuse one; copy it there first (cp -a)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     configs = [str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "metaldam.yaml"),
                *[str(Path(c).resolve()) for c in args.configfile]]

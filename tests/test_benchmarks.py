@@ -396,3 +396,9 @@ def test_metaldam_extend_keeps_the_earlier_run_and_trains_what_is_new(bench, tmp
     assert report["job_min_sum"] == 130.0 and report["wall_min"] == pytest.approx(5 / 60, abs=0.01)
     assert report["meets_time_target"] is False  # 130 min of jobs, though this call took 5 s
     assert report["extend"] == [str(old)]
+    # an empty folder holds nothing to extend: a clear error before any workflow call
+    monkeypatch.setattr(sys, "argv", ["metaldam.py", "--workdir", str(tmp_path / "empty"),
+                                      "--extend", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        metaldam.main()
+    assert len(calls) == 2 and not (tmp_path / "empty").exists()
