@@ -511,3 +511,29 @@ def test_output_names_refuse_control_characters_and_paths(name):
     with pytest.raises(InputError, match="invalid output name"):
         output_names(["one.tif"], [name])
     assert output_names(["one.tif"], ["ok name.v2"]) == ["ok name.v2"]
+
+
+def test_a_finer_stage_bundle_classifies_like_fcn8s(files, classes, default_config, tmp_path):
+    """config/metaldam.yaml ends on FCN-2s: its bundle carries the stage and classifies a
+    micrograph end to end (every output, one class or 'not segmented' per object)."""
+    import torch
+
+    from mvfcnn.models.fcn import fcn2s
+    from mvfcnn.models.io import save_model
+
+    torch.manual_seed(0)
+    model = fcn2s(num_classes=classes.num_classes, width=0.0625, fc_channels=16).eval()
+    path, bundle = tmp_path / "fcn2s.pt", tmp_path / "bundle.pt"
+    save_model(path, model, arch="fcn2s", kwargs=dict(model.kwargs),
+               extra={"classes": classes.to_dict(), "stage": "2s", "tile_size": 96,
+                      "normalisation": "imagenet"})
+    write_bundle(path, bundle, classes=classes, inference=INFERENCE,
+                 masking=default_config["masking"], pixel_size_um=PIXEL_UM, modality="sem",
+                 variant="tiny", training={"seed": 0}, metrics={})
+    assert load_for_inference(bundle).extra["model"]["stage"] == "2s"
+    out = tmp_path / "out"
+    assert classify_cli([str(files["sem"]), "--model", str(bundle), "--mask", str(files["mask"]),
+                         "--out", str(out), "--no-progress"]) == 0
+    assert sorted(OUTPUT_FILES) == listing(out / "new_sem")
+    objects = pd.read_csv(out / "new_sem" / "objects.csv", keep_default_na=False)
+    assert len(objects) > 5 and set(objects["class_name"]) <= {*classes.names, "not_segmented"}
