@@ -44,6 +44,7 @@ from mvfcnn.models.fcn_layers import (
     bilinear_filter,
     bilinear_upsampler,
     caffe_crop,
+    upsample_same,
 )
 from mvfcnn.models.vgg_trunk import CONV_INDICES
 
@@ -125,15 +126,18 @@ def test_real_layout_matches_torchvision_vgg16_names_shapes_and_count():
 # --------------------------------------------------------------------------- sizes and crops
 
 
-def test_output_size_equals_input_for_every_size_meta():
+@pytest.mark.parametrize("padding", ["caffe", "same"])
+def test_output_size_equals_input_for_every_size_meta(padding):
     """H takes every size 32..2048 and W = 2080 - H every other; trunk once, then each head."""
     with torch.device("meta"):
-        models = {s: build_fcn(s, num_classes=5, width=1 / 16, fc_channels=8).eval()
+        models = {s: build_fcn(s, num_classes=5, width=1 / 16, fc_channels=8,
+                               padding=padding).eval()
                   for s in STAGES}
     trunk = models["8s"].trunk
     wrong = []
     with torch.no_grad():
-        for size in range(32, 2049):
+        # "same" has no crop offsets to get wrong at some size: a sample of sizes suffices
+        for size in range(32, 2049) if padding == "caffe" else range(1, 2049, 11):
             features = trunk(torch.empty(1, 3, size, 2080 - size, device="meta"), early=True)
             for stage, model in models.items():
                 out = model.head(features, size, 2080 - size)
@@ -144,13 +148,14 @@ def test_output_size_equals_input_for_every_size_meta():
         assert models["16s"](torch.empty(2, 3, 31, 2048, device="meta")).shape == (2, 5, 31, 2048)
 
 
-@pytest.mark.parametrize("size", [32, 33, 63, 100, 224, 257])
-def test_cpu_forward_sizes_and_fresh_model_outputs_zeros(size):
+@pytest.mark.parametrize("padding", ["caffe", "same"])
+@pytest.mark.parametrize("size", [1, 32, 33, 63, 100, 224, 257])
+def test_cpu_forward_sizes_and_fresh_model_outputs_zeros(size, padding):
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size + 7)
     with torch.no_grad():
         for stage in STAGES:
-            out = small(stage, num_classes=4)(x)
+            out = small(stage, num_classes=4, padding=padding)(x)
             assert out.shape == (2, 4, size, size + 7)
             assert out.dtype == torch.float32
             assert torch.count_nonzero(out) == 0  # zero score layers -> all-zero scores
@@ -276,11 +281,48 @@ def test_stage_upsampling_chains_align_on_affine_score_maps():
     torch.testing.assert_close(p8[inner], p32[inner], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [2, 4, 8, 16, 32])
+def test_same_upsampling_is_exact_bilinear_interpolation(stride):
+    """fcn.padding same: each upsampler equals F.interpolate(bilinear, align_corners=False) at
+    every pixel, the edges included, whatever the output size it is cropped to."""
+    layer = bilinear_upsampler(3, 2 * stride, stride)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(3, 2 * stride))
+    coarse = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(stride))
+    expected = nn.functional.interpolate(coarse, scale_factor=stride, mode="bilinear",
+                                         align_corners=False)
+    torch.testing.assert_close(upsample_same(layer, coarse, 5 * stride, 7 * stride), expected,
+                               rtol=0, atol=1e-5)
+    cropped = upsample_same(layer, coarse, 5 * stride - stride // 2, 6 * stride + 1)
+    torch.testing.assert_close(cropped, expected[..., :5 * stride - stride // 2, :6 * stride + 1],
+                               rtol=0, atol=1e-5)
+
+
+def test_same_padding_is_a_layout_kept_by_model_files_and_children(tmp_path):
+    """A same-padded model: conv1_1 pads 1, fc6 pads 3, the padding survives save/load and
+    staging, and the trunk weights are those of the Caffe layout (same shapes)."""
+    model = randomize_scores(small("8s", padding="same"))
+    assert model.trunk.features[0].padding == (1, 1) and model.trunk.fc6.padding == (3, 3)
+    assert model.kwargs["padding"] == "same" and "padding" not in small("8s").kwargs
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in small("8s").state_dict().items()}
+    save_model(tmp_path / "m.pt", model, arch=model.arch, kwargs=model.kwargs)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.padding == "same"
+    x = torch.randn(1, 3, 70, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+        assert fcn4s_from(model).padding == "same"
+    with pytest.raises(InputError, match="unknown FCN padding 'valid'"):
+        small("8s", padding="valid")
+
+
 @pytest.mark.parametrize(("stage", "skip"), [("8s", "score_pool3"), ("4s", "score_pool3"),
                                              ("4s", "score_pool2"), ("2s", "score_pool2"),
                                              ("2s", "score_pool1")])
 @pytest.mark.parametrize("size", [(150, 161), (176, 176)])
-def test_skip_outputs_centre_on_their_own_input_pixel(stage, skip, size):
+@pytest.mark.parametrize("padding", ["caffe", "same"])
+def test_skip_outputs_centre_on_their_own_input_pixel(stage, skip, size, padding):
     """Each output pixel of a skip path is centred on the input pixel it labels.
 
     With average pools (max pooling's geometry), positive weights and a positive input the
@@ -288,7 +330,7 @@ def test_skip_outputs_centre_on_their_own_input_pixel(stage, skip, size):
     d input is where the crops put it: exactly (y, x) when they are right, a whole pixel or more
     off when one crop is wrong."""
     torch.manual_seed(0)
-    model = small(stage, num_classes=1).eval()
+    model = small(stage, num_classes=1, padding=padding).eval()
     trunk = model.trunk
     with torch.no_grad():
         for index, layer in enumerate(trunk.features):

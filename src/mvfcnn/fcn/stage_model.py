@@ -24,7 +24,7 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     cfg = with_defaults("fcn", cfg)
     kwargs = {"num_classes": classes.num_classes, "width": float(cfg["width"]),
               "fc_channels": int(cfg["fc_channels"]), "dropout": float(cfg["dropout"]),
-              "batch_norm": bool(cfg["batch_norm"])}
+              "batch_norm": bool(cfg["batch_norm"]), "padding": str(cfg["padding"])}
     if stage == "32s":
         if parent is not None:
             raise InputError("FCN-32s is the first stage and takes no --parent")
@@ -40,8 +40,8 @@ def build_stage_model(stage: str, *, classes: ClassSet, cfg: dict[str, Any],
     parent_classes = meta.get("extra", {}).get("classes")
     if parent_classes is not None and parent_classes != classes.to_dict():
         raise InputError("parent model was trained with other classes", path=parent)
-    parent_kwargs = {"batch_norm": False, **meta["kwargs"]}
-    for key in ("num_classes", "width", "fc_channels", "batch_norm"):
+    parent_kwargs = {"batch_norm": False, "padding": "caffe", **meta["kwargs"]}
+    for key in ("num_classes", "width", "fc_channels", "batch_norm", "padding"):
         if key in parent_kwargs and parent_kwargs[key] != kwargs[key]:
             raise InputError(f"parent model has {key}={parent_kwargs[key]}, the config says "
                              f"{kwargs[key]}", path=parent)

@@ -30,6 +30,13 @@ per channel in fp32 (:class:`BilinearUpsample`). Under bf16 autocast the trunk r
 the head in fp32 (score layers in inference excepted): the head is a negligible share of the
 FLOPs, and bf16 there was a slow path or a crash on Intel AMX (issue 23).
 With conv1_1 padding 100 and ceil-mode pooling the output is (B, num_classes, H, W) for any H, W.
+
+``padding="same"`` (``fcn.padding``) is the same network without the 100-px margin: conv1_1 pads
+1 and fc6 pads 3, so every map keeps its size up to the pools (pool k cell i centred on input
+pixel 2^k i + (2^k - 1) / 2), and each upsampler is exact bilinear interpolation
+(``align_corners=False``, edges repeated; :func:`~mvfcnn.models.fcn_layers.upsample_same`),
+so no crop offsets. A 256-px tile is then a 256-px map at conv1 instead of 454 px: about a
+third of the FLOPs in every layer. The output is (B, num_classes, H, W) for any H, W as well.
 """
 
 
@@ -45,8 +52,15 @@ from torch import Tensor, nn
 
 from mvfcnn.core.config import FCN_STAGES
 from mvfcnn.core.errors import InputError
-from mvfcnn.models.fcn_layers import ScoreConv, bilinear_kernel, bilinear_upsampler, caffe_crop
+from mvfcnn.models.fcn_layers import (
+    ScoreConv,
+    bilinear_kernel,
+    bilinear_upsampler,
+    caffe_crop,
+    upsample_same,
+)
 from mvfcnn.models.vgg_trunk import (
+    FCN_CONV1_PADDING,
     TrunkFeatures,
     VGGTrunk,
     adapt_trunk_state,
@@ -75,6 +89,8 @@ FINAL_UPSAMPLER = {"32s": "upscore", "16s": "upscore16", "8s": "upscore8", "4s":
                    "2s": "upscore_pool1"}
 #: each stage's parent in the staged training (32s starts from the trunk)
 PARENT_STAGE = {"16s": "32s", "8s": "16s", "4s": "8s", "2s": "4s"}
+#: ``fcn.padding``: the Caffe FCN's 100-px conv1_1 margin and crops, or size-keeping convolutions
+PADDINGS = ("caffe", "same")
 #: the real VGG16 layout, the only one ImageNet weights fit
 IMAGENET_LAYOUT = {"width": 1.0, "fc_channels": 4096}
 
@@ -91,16 +107,23 @@ class FCN(nn.Module):
         fc_channels: int = 4096,
         dropout: float = 0.5,
         batch_norm: bool = False,
+        padding: str = "caffe",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise InputError(f"unknown FCN padding {padding!r}; expected one of {PADDINGS}")
         if stage not in STAGES:
             raise InputError(f"unknown FCN stage {stage!r}; expected one of {STAGES}")
         if num_classes < 1:
             raise InputError(f"num_classes must be >= 1, got {num_classes}")
         self.stage = stage
         self.num_classes = int(num_classes)
+        self.padding = padding
+        same = padding == "same"
         self.trunk = VGGTrunk(width=width, fc_channels=fc_channels, dropout=dropout,
-                              batch_norm=batch_norm)
+                              batch_norm=batch_norm,
+                              conv1_padding=1 if same else FCN_CONV1_PADDING,
+                              fc6_padding=3 if same else 0)
         c1, c2, c3, c4, _ = self.trunk.pool_channels
         nc = self.num_classes
         depth = STAGES.index(stage)  # 0 = 32s ... 4 = 2s
@@ -115,6 +138,8 @@ class FCN(nn.Module):
                         "fc_channels": int(fc_channels), "dropout": float(dropout)}
         if batch_norm:  # absent = False: model files written before the option load unchanged
             self._kwargs["batch_norm"] = True
+        if same:  # absent = "caffe", likewise
+            self._kwargs["padding"] = padding
         self.reset_head()
 
     @property
@@ -146,16 +171,23 @@ class FCN(nn.Module):
         pool3, pool4, _, fc7, pool1, pool2 = features
         pools = {"score_pool4": pool4, "score_pool3": pool3, "score_pool2": pool2,
                  "score_pool1": pool1}
+        same = self.padding == "same"
         score = self.score_fr(fc7)
         for upsampler, skip in SKIP_CHAIN[:STAGES.index(self.stage)]:
             if pools[skip] is None:
                 raise RuntimeError(f"FCN-{self.stage} needs the trunk's early pools "
                                    "(trunk(x, early=True))")
-            score = getattr(self, upsampler)(score)
-            score = score + caffe_crop(getattr(self, skip)(pools[skip]), CROPS[skip],
-                                       *score.shape[-2:])
-        final = FINAL_UPSAMPLER[self.stage]
-        return caffe_crop(getattr(self, final)(score), CROPS[final], height, width)
+            skip_score = getattr(self, skip)(pools[skip])
+            if same:
+                score = upsample_same(getattr(self, upsampler), score,
+                                      *skip_score.shape[-2:]) + skip_score
+            else:
+                score = getattr(self, upsampler)(score)
+                score = score + caffe_crop(skip_score, CROPS[skip], *score.shape[-2:])
+        final = getattr(self, FINAL_UPSAMPLER[self.stage])
+        if same:
+            return upsample_same(final, score, height, width)
+        return caffe_crop(final(score), CROPS[FINAL_UPSAMPLER[self.stage]], height, width)
 
 
 # --------------------------------------------------------------------------- pretrained trunks

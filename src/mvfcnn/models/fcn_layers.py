@@ -115,6 +115,19 @@ def bilinear_upsampler(channels: int, kernel_size: int, stride: int) -> Bilinear
     return BilinearUpsample(channels, kernel_size, stride)
 
 
+def upsample_same(upsampler: BilinearUpsample, x: Tensor, height: int, width: int) -> Tensor:
+    """``x`` (cell i centred on output pixel ``stride * i + (stride - 1) / 2``) upsampled by
+    ``upsampler``'s stride to ``height`` x ``width``: bilinear interpolation with
+    ``align_corners=False`` at every pixel, the edge cells repeated (a transposed convolution
+    alone would fade the border pixels towards zero)."""
+    stride = upsampler.stride[0]
+    if upsampler.kernel_size[0] != 2 * stride:
+        raise ValueError(f"a same-padded upsampler needs kernel 2 x stride, got "
+                         f"{upsampler.kernel_size[0]} for stride {stride}")
+    padded = upsampler(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"))
+    return caffe_crop(padded, stride + stride // 2, height, width)
+
+
 def caffe_crop(x: Tensor, offset: int, height: int, width: int) -> Tensor:
     """Caffe Crop layer: ``x[..., offset:offset + height, offset:offset + width]``."""
     if x.shape[-2] < offset + height or x.shape[-1] < offset + width:

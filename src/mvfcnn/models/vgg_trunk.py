@@ -74,6 +74,7 @@ class VGGTrunk(nn.Module):
         fc_channels: int = 4096,
         dropout: float = 0.5,
         conv1_padding: int = FCN_CONV1_PADDING,
+        fc6_padding: int = 0,
         in_channels: int = 3,
         batch_norm: bool = False,
     ) -> None:
@@ -101,7 +102,7 @@ class VGGTrunk(nn.Module):
             channels = out
         self.features = nn.Sequential(*layers)
         self.out_channels = channels  # C5: channels of pool5
-        self.fc6 = nn.Conv2d(channels, fc_channels, kernel_size=7)
+        self.fc6 = nn.Conv2d(channels, fc_channels, kernel_size=7, padding=fc6_padding)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout2d(dropout)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, kernel_size=1)
@@ -140,7 +141,8 @@ class VGGTrunk(nn.Module):
         return (*out, x)
 
     def forward_fc(self, pool5: Tensor) -> Tensor:
-        """fc6 -> fc7 on pool5 (valid 7x7 convolution: 6 cells smaller than pool5)."""
+        """fc6 -> fc7 on pool5 (a valid 7x7 convolution, 6 cells smaller than pool5, unless
+        built with ``fc6_padding`` 3)."""
         x = self.drop6(self.relu6(self.fc6(pool5)))
         return self.drop7(self.relu7(self.fc7(x)))
 
