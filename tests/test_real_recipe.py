@@ -585,6 +585,44 @@ def test_poly_schedule_keep_best_and_fcn4s_on_real_crops(real_crops, classes, tm
 
 
 @needs_metaldam
+def test_same_padding_chain_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
+    """fcn.padding same on real tiles: the chain to FCN-2s keeps the padding in every model
+    file, its output is the input size, and a parent of the other padding is refused."""
+    import torch
+
+    from mvfcnn.core.errors import InputError
+    from mvfcnn.fcn.train import split_validation, train_stage
+    from mvfcnn.models.io import load_model
+
+    table, _ = real_crops
+    train, val = split_validation(_index(table).tiles, 4, 4)
+    stages = ["32s", "16s", "8s", "4s", "2s"]
+    cfg = {**TINY, "stages": stages, "iterations": dict.fromkeys(stages, 2),
+           "lr": dict.fromkeys(stages, 1e-3), "padding": "same"}
+    variant = {"pretrained": "none", "balanced": True, "augment": True}
+
+    def train_one(stage, parent, stage_cfg, name):
+        out = tmp_path / f"{name}.pt"
+        train_stage(stage=stage, tiles=train, classes=classes, cfg=stage_cfg, variant=variant,
+                    parent=parent, out_model=out, out_csv=tmp_path / f"{name}.csv",
+                    out_png=tmp_path / f"{name}.png", checkpoint_dir=tmp_path / name,
+                    seed=0, device="cpu", val_tiles=val)
+        return out
+
+    parent = None
+    for stage in stages:
+        parent = train_one(stage, parent, cfg, f"fcn{stage}")
+        assert load_model(parent)[1]["kwargs"]["padding"] == "same"
+    model = load_model(parent)[0].eval()
+    assert model.trunk.features[0].padding == (1, 1)
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 75, 90))
+    assert y.shape == (1, classes.num_classes, 75, 90) and torch.isfinite(y).all()
+    with pytest.raises(InputError, match="padding=same, the config says caffe"):
+        train_one("16s", tmp_path / "fcn32s.pt", {**cfg, "padding": "caffe"}, "mixed")
+
+
+@needs_metaldam
 def test_weight_average_on_real_crops(real_crops, classes, tmp_path, one_torch_thread):
     """fcn.ema_decay on real tiles: the same steps as a plain run, but the kept model is the
     average of the stage's weights, not its last iterate."""
