@@ -26,7 +26,8 @@ Snakemake decides by file times alone (``--rerun-triggers mtime``): the earlier 
 rate) and the baselines are kept; prediction is forced (by file times alone a present prediction
 would not ask for its missing new model), so the new stages, prediction and what follows run. The
 report's ``job_min_sum`` (every job's time, the copied ones included) then stands in for the
-wall time.
+wall time. The time target is always judged on the larger of the two (``time_judged_min``), so a
+resumed run or one in a folder assembled from earlier runs' files is judged on all its jobs.
 """
 
 from __future__ import annotations
@@ -159,7 +160,12 @@ def main() -> int:
         "job_s": _common.job_times(args.workdir),
     }
     report["job_min_sum"] = round(sum(report["job_s"].values()) / 60, 2)
-    minutes = report["job_min_sum"] if extend else report["wall_min"]
+    # the time target is judged on the larger of the wall time and the summed job times: a run
+    # that reuses or resumes an earlier one's files (--extend, a copied or interrupted workdir)
+    # has a wall time of only its last part, and jobs run one at a time on 2 cores (each takes
+    # both) sum to about the wall time of one uninterrupted run
+    minutes = max(report["wall_min"], report["job_min_sum"])
+    report["time_judged_min"] = minutes
     table = args.workdir / "results" / "tables" / "metaldam.csv"
     if not args.folds and table.exists():
         frame = pd.read_csv(table)

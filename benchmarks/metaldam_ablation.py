@@ -58,6 +58,8 @@ LEVERS = {
     "fcn2s_tta": "fcn2s + test-time augmentation: one 6-fold job (a 2s stage on the 6-fold "
                  "fcn4s_tta job's models, with its baselines)",
     "ema": "fcn2s_tta + an exponential moving average of each stage's weights (ema_decay 0.995)",
+    "same": "fcn2s_tta with size-keeping convolutions (fcn.padding same: no 100-px conv1_1 "
+            "margin, a 256-px tile is 256 px at conv1 instead of 454)",
 }
 #: object-baseline jobs: not part of a lever's cost (only the 6-fold jobs with the objects
 #: table run them)
@@ -161,11 +163,11 @@ def collect(results: Path) -> dict[str, dict[str, Any]]:
         for fold in folds:
             entry["folds"][fold] = fold_record(report["per_fold"][fold])
         if folds and (report.get("predict_only") or report.get("resumed")
-                      or report.get("extend") is not None):
+                      or report.get("assembled") or report.get("extend") is not None):
             # an inference lever on an earlier run's models (or new stages on them): that run's
             # jobs (their TSVs were in the reused workdir) plus the new ones, i.e. the summed
-            # job times; a resumed run's wall time misses its first part, so it is counted the
-            # same way
+            # job times; a resumed run's wall time misses its first part, and so does that of
+            # a run in a folder assembled from earlier runs' files: counted the same way
             entry["minutes_per_fold"].append(
                 sum(seconds for job, seconds in report["job_s"].items()
                     if _job_fold(job) in (None, *report["folds"])

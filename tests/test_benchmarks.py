@@ -285,6 +285,13 @@ def test_metaldam_ablation_folds_means_and_table(bench, tmp_path) -> None:
                   "train_fcn/v_sem_fold2_8s": 300.0}}))  # fold 2 is not reported: left out
     ssl = ablation.summarize(ablation.collect(tmp_path))["ssl"]
     assert ssl["minutes_per_fold"] == pytest.approx(10.0)
+    # so does one whose folder was assembled from earlier runs' files
+    (tmp_path / "metaldam_fold0_pieces_amx.json").write_text(json.dumps({
+        "folds": ["0"], "per_fold": {"0": per_fold(0.3, None)}, "wall_min": 1.0,
+        "assembled": "folds copied in", "configs": base, "machine": machine,
+        "job_s": {"train_fcn/v_sem_fold0_8s": 480.0, "train_baseline/v_sem_fold0": 900.0}}))
+    pieces = ablation.summarize(ablation.collect(tmp_path))["pieces"]
+    assert pieces["minutes_per_fold"] == pytest.approx(8.0)
     # new stages on a copied run (--extend): summed job times, the object baselines left out
     (tmp_path / "metaldam_folds0_grow_amx.json").write_text(json.dumps({
         "folds": ["0"], "per_fold": {"0": per_fold(0.3, None)}, "wall_min": 1.0,
@@ -395,6 +402,7 @@ def test_metaldam_extend_keeps_the_earlier_run_and_trains_what_is_new(bench, tmp
     report = json.loads(out.read_text())
     assert report["job_min_sum"] == 130.0 and report["wall_min"] == pytest.approx(5 / 60, abs=0.01)
     assert report["meets_time_target"] is False  # 130 min of jobs, though this call took 5 s
+    assert report["time_judged_min"] == 130.0
     assert report["extend"] == [str(old)]
     # an empty folder holds nothing to extend: a clear error before any workflow call
     monkeypatch.setattr(sys, "argv", ["metaldam.py", "--workdir", str(tmp_path / "empty"),
