@@ -13,8 +13,8 @@ is per layer, not per network. Cases:
 * ``train_demo_<stage>``: config/config.yaml's network (width 0.25, fc 512, conv1..pool4
   frozen), one 384 px tile, forward + backward of every layer after the frozen part;
 * ``train_real_<stage>``: the real VGG16 layout, one 512 px tile, nothing frozen;
-* ``train_metaldam_<stage>``: config/metaldam.yaml's network (the demo layout, nothing frozen,
-  stages 32s to 2s), one 256 px tile;
+* ``train_metaldam_<stage>``: config/metaldam.yaml's network (the demo layout with
+  ``fcn.padding: same``, nothing frozen, stages 32s to 2s), one 256 px tile;
 * ``inference``: the real FCN-8s on the default inference window of a 7000x8000 image,
   forward only.
 
@@ -95,8 +95,9 @@ def cases(quick: bool) -> dict[str, dict[str, Any]]:
                                       "freeze": DEMO_FREEZE, "shape": (DEMO_SIZE, DEMO_SIZE),
                                       "train": True}
     for stage in (*STAGES, "4s", "2s"):
-        out[f"train_metaldam_{stage}"] = {"layout": DEMO_LAYOUT, "stage": stage,
-                                          "freeze": "none", "shape": (256, 256), "train": True}
+        out[f"train_metaldam_{stage}"] = {"layout": {**DEMO_LAYOUT, "padding": "same"},
+                                          "stage": stage, "freeze": "none", "shape": (256, 256),
+                                          "train": True}
     for stage in STAGES:
         out[f"train_real_{stage}"] = {"layout": REAL_LAYOUT, "stage": stage, "freeze": "none",
                                       "shape": (512, 512), "train": True}

@@ -9,11 +9,11 @@ The step is the one ``mvfcnn.fcn.train.train_stage`` runs (channels_last model a
 ``normalize_batch``, ``autocast``, ``pixel_loss``, ``make_optimizer``) with random weights and a
 batch of synthetic uint8 tiles. Networks: ``real`` (the VGG16 layout, nothing frozen, the
 sizes given), ``demo`` (config/config.yaml's: width 0.25, fc 512, conv1..pool4 frozen, one
-384 px tile) and ``metaldam`` (config/metaldam.yaml's: the demo layout, nothing frozen, 256 px
-tiles; pass ``--batch 4`` and ``--stages 32s,8s,4s,2s`` as it trains; ``metaldam_same`` is it
-with ``fcn.padding: same``). Each (network, stage,
-size, precision) runs in a fresh process after one warm-up
-iteration; the JSON gives seconds per iteration, the tiles per second the step consumes (what
+384 px tile) and ``metaldam_same`` (config/metaldam.yaml's: the demo layout with
+``fcn.padding: same``, nothing frozen, 256 px tiles; pass ``--batch 4`` and
+``--stages 32s,8s,4s,2s`` as it trains; ``metaldam`` is it with the Caffe 100-px margin).
+Each (network, stage, size, precision) runs in a fresh process after one warm-up iteration;
+the JSON gives seconds per iteration, the tiles per second the step consumes (what
 the loader must keep up with, see ``benchmarks/tiles.py``), the bf16/fp32 speed ratio and, per
 network and precision, FCN-32s's time over FCN-8s's on the same tiles (issue 23: ≤ 1.3; a
 precision trap in one upsampler made it 8x on Intel AMX). ``--quick``: a thin network on small
@@ -49,7 +49,8 @@ from mvfcnn.core.progress import progress
 DEMO_LAYOUT = {"width": 0.25, "fc_channels": 512}
 DEMO_FREEZE = "pool4"
 DEMO_SIZE = 384
-#: config/metaldam.yaml's training: the demo layout, nothing frozen, 256 px tiles (batch 4)
+#: config/metaldam.yaml's training: the demo layout, nothing frozen, 256 px tiles (batch 4),
+#: with the Caffe margin (``metaldam``) and as committed (``metaldam_same``)
 METALDAM_SIZE = 256
 #: ``metaldam_same``: the same with ``fcn.padding: same`` (no 100-px conv1_1 margin)
 NETWORKS = {"real": (REAL_LAYOUT, "none"), "demo": (DEMO_LAYOUT, DEMO_FREEZE),
