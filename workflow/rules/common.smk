@@ -44,7 +44,8 @@ def needs_prepare(sample):
     """Released files (JPEG, RGB, an information band, a scale bar) go through `prepare` first."""
     row = SAMPLES.loc[sample]
     return layout.needs_prepare(row["sem"], row["labels"], row["crop_bottom"], row["scale_bar_um"],
-                                config["prepare"]["upscale"])
+                                config["prepare"]["upscale"],
+                                config["prepare"]["intensity_percentiles"] is not None)
 
 
 def sem_file(sample):

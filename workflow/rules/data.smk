@@ -48,6 +48,11 @@ rule prepare:
         labels=lambda w, input: ["--labels", input.labels] if input.labels else [],
         crop=lambda w: SAMPLES.loc[w.sample, "crop_bottom"] or 0,
         upscale=config["prepare"]["upscale"],
+        stretch=(
+            ["--intensity-percentiles", *map(str, config["prepare"]["intensity_percentiles"])]
+            if config["prepare"]["intensity_percentiles"] is not None
+            else []
+        ),
         scale_bar=lambda w: (
             ["--scale-bar-um", str(float(SAMPLES.loc[w.sample, "scale_bar_um"]))]
             if SAMPLES.loc[w.sample, "scale_bar_um"]
@@ -67,7 +72,7 @@ rule prepare:
         "mvfcnn prepare --sample {wildcards.sample:q} --image {input.image:q}"
         " {params.labels:q} --classes-json {params.classes:q}"
         " --crop-bottom {params.crop:q} {params.scale_bar:q} --upscale {params.upscale:q}"
-        " --out-image {output.image:q}"
+        " {params.stretch:q} --out-image {output.image:q}"
         " --out-labels {output.labels:q} --out-json {output.report:q} 2> {log:q}"
 
 

@@ -78,10 +78,10 @@ def prepared(sample: str) -> dict[str, str]:
 
 
 def needs_prepare(sem: str, labels: str, crop_bottom: str, scale_bar_um: str,
-                  upscale: int = 1) -> bool:
+                  upscale: int = 1, stretch: bool = False) -> bool:
     """A sample is prepared when its files are not plain TIFFs, it has a band to crop, or the
-    images are enlarged."""
-    if str(crop_bottom or "0") not in ("", "0") or scale_bar_um or upscale != 1:
+    images are enlarged or their grey values stretched."""
+    if str(crop_bottom or "0") not in ("", "0") or scale_bar_um or upscale != 1 or stretch:
         return True
     return any(path and Path(path).suffix.lower() not in DIRECT_SUFFIXES
                for path in (sem, labels))

@@ -66,6 +66,9 @@ def prepare(argv: list[str]) -> int:
                         help="length of the scale bar printed in the band (µm)")
     parser.add_argument("--upscale", type=int, default=1,
                         help="enlarge image (bilinear) and labels (replicated) by this factor")
+    parser.add_argument("--intensity-percentiles", type=float, nargs=2, default=None,
+                        metavar=("LOW", "HIGH"),
+                        help="stretch these grey-value percentiles to the full range")
     parser.add_argument("--out-image", required=True)
     parser.add_argument("--out-labels", default=None,
                         help="checked labels; without --labels all pixels are ignore")
@@ -77,7 +80,8 @@ def prepare(argv: list[str]) -> int:
     image, labels, record = prepare_sample(args.sample, args.image, args.labels, classes,
                                            crop_bottom=args.crop_bottom,
                                            scale_bar_um=args.scale_bar_um,
-                                           upscale=args.upscale)
+                                           upscale=args.upscale,
+                                           intensity_percentiles=args.intensity_percentiles)
     # uncompressed: the tile loader memory-maps these
     write_image(args.out_image, image, compression=None)
     if args.out_labels:

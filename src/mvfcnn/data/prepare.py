@@ -18,6 +18,11 @@ the same grid, and measures the pixel size from the scale bar where its length i
 * ``scale_bar_um``: the length of the scale bar printed in the band, in µm. The bar is the longest
   horizontal run of foreground pixels (contrasting with the band's background) shorter than half
   the band; pixel size = length / run. No band, or no bar found: the pixel size is unknown.
+* ``intensity_percentiles`` (config ``prepare.intensity_percentiles``, ``[low, high]`` or none):
+  each image's grey values are stretched linearly so its ``low`` and ``high`` percentiles (of
+  the sample, the band excluded) become the ends of its dtype's range. Real SEM sessions differ
+  in brightness and contrast (MetalDAM's image medians run from 39 to 117 of 255); the network
+  then sees the same phase at the same grey value in every image, at training and at test time.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Prepared:
     pixel_size_um: float | None
     class_pixels: list[int] | None
     intensity_warning: str | None = None
+    intensity_percentiles: list[float] | None = None
+    intensity_range: list[float] | None = None
 
 
 def scale_bar_pixels(band: np.ndarray) -> int | None:
@@ -92,6 +99,7 @@ def prepare_sample(
     crop_bottom: int = 0,
     scale_bar_um: float | None = None,
     upscale: int = 1,
+    intensity_percentiles: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Prepared]:
     """Read, crop, check and enlarge one sample; returns the grey image, labels and the record.
 
@@ -124,6 +132,10 @@ def prepare_sample(
     bar_px = scale_bar_pixels(band) if scale_bar_um else None
     pixel_size = (round(float(scale_bar_um) / bar_px / upscale, 6)
                   if bar_px and scale_bar_um else None)
+    stretched_from = None
+    if intensity_percentiles is not None:
+        image, stretched_from = stretch_intensity(image, intensity_percentiles, sample=sample,
+                                                  path=image_path)
     if upscale > 1:
         image = enlarge_image(image, upscale)
         if labels is not None:
@@ -131,8 +143,38 @@ def prepare_sample(
     record = Prepared(sample, str(image_path), str(labels_path) if labels_path else None,
                       int(image.shape[0]), int(image.shape[1]), int(crop_bottom), int(upscale),
                       float(scale_bar_um) if scale_bar_um else None, bar_px, pixel_size, counts,
-                      intensity_warning)
+                      intensity_warning,
+                      list(map(float, intensity_percentiles)) if intensity_percentiles else None,
+                      stretched_from)
     return image, labels, record
+
+
+def stretch_intensity(image: np.ndarray, percentiles: tuple[float, float], *, sample: str = "",
+                      path: str = "") -> tuple[np.ndarray, list[float]]:
+    """The image stretched linearly so its ``percentiles`` (low, high) span its dtype's range
+    (floats: [0, 1]), clipped; returns it with the two grey values that were stretched.
+
+    A flat image (both percentiles equal) cannot be stretched: an error naming the file, since
+    the network would see one grey value.
+    """
+    low, high = (float(p) for p in percentiles)
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got "
+                         f"{list(percentiles)}", sample=sample, path=path)
+    lo, hi = (float(v) for v in np.percentile(image, [low, high]))
+    if hi <= lo:
+        raise InputError(f"cannot stretch the grey values: the {low:g}th and {high:g}th "
+                         f"percentiles are both {lo:g} (a flat image)", sample=sample, path=path)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        top, bottom = float(info.max), float(info.min)
+    else:
+        top, bottom = 1.0, 0.0
+    out = (image.astype(np.float64) - lo) * ((top - bottom) / (hi - lo)) + bottom
+    out = np.clip(out, bottom, top)
+    if np.issubdtype(image.dtype, np.integer):
+        out = np.rint(out)
+    return out.astype(image.dtype), [lo, hi]
 
 
 def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:
