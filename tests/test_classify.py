@@ -537,3 +537,38 @@ def test_a_finer_stage_bundle_classifies_like_fcn8s(files, classes, default_conf
     assert sorted(OUTPUT_FILES) == listing(out / "new_sem")
     objects = pd.read_csv(out / "new_sem" / "objects.csv", keep_default_na=False)
     assert len(objects) > 5 and set(objects["class_name"]) <= {*classes.names, "not_segmented"}
+
+
+def test_a_bundle_trained_on_stretched_images_stretches_new_ones(files, classes, tmp_path):
+    """A bundle whose training record has prepare.intensity_percentiles stretches each new
+    image the same way before the network (run.json records it): its class map equals that of
+    the pre-stretched image given with --prepared (the workflow's classify rule, whose images
+    were already stretched by prepare), and differs from the unstretched image's."""
+    from mvfcnn.core.io import read_image
+    from mvfcnn.data.prepare import stretch_intensity
+
+    bundle = tmp_path / "stretch_bundle.pt"
+    write_bundle(files["model"], bundle, classes=classes, inference=INFERENCE,
+                 masking={"min_object_area": 80}, pixel_size_um=PIXEL_UM, modality="sem",
+                 training={"prepare": {"upscale": 1, "intensity_percentiles": [1, 99]}})
+    image = np.asarray(read_image(files["sem"]))
+    dim = (image // 2).astype(image.dtype)  # a darker, flatter take of the same field
+    stretched, grey = stretch_intensity(dim, (1, 99))
+    write_image(tmp_path / "dim.tif", dim)
+    write_image(tmp_path / "stretched.tif", stretched)
+    maps = {}
+    for name, path, model, extra in (("raw", "dim.tif", bundle, []),
+                                     ("prepared", "stretched.tif", bundle, ["--prepared"]),
+                                     ("plain", "dim.tif", files["bundle"], [])):
+        out = tmp_path / name
+        assert classify_cli([str(tmp_path / path), "--model", str(model), "--mask",
+                             str(files["mask"]), "--out", str(out), "--names", "a",
+                             "--no-progress", *extra]) == 0
+        with tifffile.TiffFile(out / "a" / "classmap.ome.tif") as tif:
+            maps[name] = tif.series[0].asarray()[0]
+        run = json.loads((out / "a" / "run.json").read_text())
+        maps[name + "_run"] = run["intensity_stretch"]
+    np.testing.assert_array_equal(maps["raw"], maps["prepared"])
+    assert maps["raw_run"] == {"percentiles": [1.0, 99.0], "grey_values": grey}
+    assert maps["prepared_run"] is None and maps["plain_run"] is None
+    assert not np.array_equal(maps["raw"], maps["plain"])

@@ -100,7 +100,8 @@ rule classify:
     shell:
         "mvfcnn classify {input.image:q} --model {input.bundle:q} --mask {input.mask:q}"
         " --names {wildcards.sample:q} --out {params.outdir:q} --classes-json {params.classes:q}"
-        " --low-confidence {params.low_confidence:q} --threads {threads} --no-progress 2> {log:q}"
+        " --low-confidence {params.low_confidence:q} --threads {threads} --prepared --no-progress"
+        " 2> {log:q}"
 
 
 # A cross-validated sheet trains one model per fold: there is no single model to bundle or to

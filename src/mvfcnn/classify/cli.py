@@ -17,10 +17,12 @@ from mvfcnn.classify.outputs import (
 )
 from mvfcnn.classify.pipeline import (
     IMAGE_SUFFIXES,
+    as_trained,
     classify_image,
     read_lom_for,
     read_mask_for,
     read_micrograph,
+    training_stretch,
 )
 from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import classes_from_json, json_arg
@@ -132,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; an inherited "
                              "OMP_NUM_THREADS=1 would cut it to one core)")
+    parser.add_argument("--prepared", action="store_true",
+                        help="the images are the workflow's prepared TIFFs: the grey-value "
+                             "stretch the bundle's training used (prepare."
+                             "intensity_percentiles) is already applied")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -181,6 +187,8 @@ def classify(argv: list[str]) -> int:
     gray = loaded.modality == "sem"
     for image_path, mask_path, lom_path in zip(args.images, masks, loms, strict=True):
         image = read_micrograph(image_path, gray=gray, value_range=value_range)
+        if not args.prepared:
+            as_trained(image, loaded, image_path)  # a flat image is refused before any output
         if mask_path:
             read_mask_for(mask_path, image.shape[:2], image_path)
         if lom_path:
@@ -193,11 +201,14 @@ def classify(argv: list[str]) -> int:
     for image_path, name, mask_path, lom_path in zip(args.images, names, masks, loms,
                                                      strict=True):
         image = read_micrograph(image_path, gray=gray, value_range=value_range)
+        model_image, stretched = image, None
+        if not args.prepared:
+            model_image, stretched = as_trained(image, loaded, image_path)
         mask = read_mask_for(mask_path, image.shape[:2], image_path) if mask_path else None
         lom, valid = (read_lom_for(lom_path, image.shape[:2], image_path) if lom_path
                       else (None, None))
         try:
-            result = classify_image(image, loaded, mask=mask, lom=lom, lom_valid=valid,
+            result = classify_image(model_image, loaded, mask=mask, lom=lom, lom_valid=valid,
                                     threshold=threshold, name=name, pixel_size_um=pixel,
                                     low_confidence_threshold=args.low_confidence,
                                     inference=inference, device=device,
@@ -206,9 +217,12 @@ def classify(argv: list[str]) -> int:
             if err.path is None:
                 raise InputError(str(err), path=lom_path or image_path) from err
             raise
-        del mask, lom, valid
+        del mask, lom, valid, model_image
         info = {"image": str(image_path), "mask": mask_path, "lom": lom_path,
                 "lom_threshold": threshold if lom_path else None,
+                "intensity_stretch": (None if stretched is None else
+                                      {"percentiles": list(training_stretch(loaded) or ()),
+                                       "grey_values": stretched}),
                 "inference": inference, "precision_choice": choice.as_dict(),
                 "model": loaded.provenance()}
         write_outputs(result, image, loaded.classes, Path(args.out) / name, info=info)

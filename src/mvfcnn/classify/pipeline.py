@@ -81,6 +81,28 @@ def read_micrograph(path: str | Path, *, gray: bool = False,
     return image
 
 
+def training_stretch(loaded: LoadedModel) -> tuple[float, float] | None:
+    """The grey-value percentiles the model's SEM training images were stretched by
+    (``prepare.intensity_percentiles`` in the bundle's training record), or None."""
+    if loaded.modality == "lom":  # the workflow stretches SEM images only (the prepare rule)
+        return None
+    prepare = ((loaded.extra.get("training") or {}).get("prepare") or {})
+    percentiles = prepare.get("intensity_percentiles")
+    return None if percentiles is None else (float(percentiles[0]), float(percentiles[1]))
+
+
+def as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path
+               ) -> tuple[np.ndarray, list[float] | None]:
+    """``image`` as the model's training images were prepared: grey values stretched like
+    theirs (returns the grey values stretched, for the record; None when nothing was done)."""
+    from mvfcnn.data.prepare import stretch_intensity
+
+    percentiles = training_stretch(loaded)
+    if percentiles is None:
+        return image, None
+    return stretch_intensity(image, percentiles, path=str(path))
+
+
 def read_mask_for(path: str | Path, shape: tuple[int, int], image_path: str | Path) -> np.ndarray:
     """A binary mask (> 0 = second phase) that must lie on the image's pixel grid."""
 

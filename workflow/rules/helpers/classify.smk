@@ -41,6 +41,7 @@ def _bundle_training_json(wildcards):
             "fcn": config["fcn"],
             "variant": variant_cfg(wildcards.variant),
             "tiles": config["tiles"],
+            "prepare": config["prepare"],
             "seed": config["seed"],
             "samples": config["samples"],
         },
