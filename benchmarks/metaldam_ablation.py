@@ -63,6 +63,7 @@ LEVERS = {
     "same_ema": "same + an exponential moving average of each stage's weights (ema_decay 0.995)",
     "stretch": "same + each image's grey percentiles 1/99 stretched to 0..255 "
                "(prepare.intensity_percentiles)",
+    "pretrain": "same + 5x longer patch pretraining (pretrain.iterations 2000 instead of 400)",
 }
 #: object-baseline jobs: not part of a lever's cost (only the 6-fold jobs with the objects
 #: table run them)
