@@ -160,11 +160,7 @@ def main() -> int:
         "job_s": _common.job_times(args.workdir),
     }
     report["job_min_sum"] = round(sum(report["job_s"].values()) / 60, 2)
-    # the time target is judged on the larger of the wall time and the summed job times: a run
-    # that reuses or resumes an earlier one's files (--extend, a copied or interrupted workdir)
-    # has a wall time of only its last part, and jobs run one at a time on 2 cores (each takes
-    # both) sum to about the wall time of one uninterrupted run
-    minutes = max(report["wall_min"], report["job_min_sum"])
+    minutes = round(_common.judged_seconds(report["wall_s"], report["job_s"].values()) / 60, 2)
     report["time_judged_min"] = minutes
     table = args.workdir / "results" / "tables" / "metaldam.csv"
     if not args.folds and table.exists():

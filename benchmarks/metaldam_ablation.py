@@ -9,8 +9,9 @@ Reads what ``benchmarks/metaldam.py --folds ...`` wrote for each lever (the over
 from ``benchmarks/results/metaldam_fold*_<lever>_<tag>.json``, per fold: the 5-class mean IoU
 as the workflow's metrics.json computes it (Long et al.: a class neither labelled nor predicted
 in a fold's test images is left out, one predicted but absent counts 0), the 4-class mean
-without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (wall time of
-the run / its folds, so shared steps are spread). Folds come from several runs of the same
+without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (the run's time
+/ its folds, so shared steps are spread: the larger of its wall time and its summed jobs, the
+object baselines left out of both, as ``benchmarks/metaldam.py`` judges a run). Folds come from several runs of the same
 lever (fold 0 earlier, then 1 and 2, or 0-2 and 3-5) only when they used the same configs.
 Whether a lever is in the committed default: its overlays (a run's /tmp copy read as
 ``benchmarks/overlays/metaldam_lever_<name>.yaml``; the former default left out, it is what the
@@ -166,18 +167,17 @@ def collect(results: Path) -> dict[str, dict[str, Any]]:
         folds = [f for f in report["folds"] if f in report["per_fold"]]
         for fold in folds:
             entry["folds"][fold] = fold_record(report["per_fold"][fold])
-        if folds and (report.get("predict_only") or report.get("resumed")
-                      or report.get("assembled") or report.get("extend") is not None):
-            # an inference lever on an earlier run's models (or new stages on them): that run's
-            # jobs (their TSVs were in the reused workdir) plus the new ones, i.e. the summed
-            # job times; a resumed run's wall time misses its first part, and so does that of
-            # a run in a folder assembled from earlier runs' files: counted the same way
-            entry["minutes_per_fold"].append(
-                sum(seconds for job, seconds in report["job_s"].items()
-                    if _job_fold(job) in (None, *report["folds"])
-                    and not job.startswith(_BASELINE_JOBS)) / 60 / len(folds))
-        elif folds:
-            entry["minutes_per_fold"].append(report["wall_min"] / len(report["folds"]))
+        if folds:
+            # one rule with benchmarks/metaldam.py (_common.judged_seconds): the larger of the
+            # wall time and the summed jobs (of the reported folds and the shared ones), both
+            # without the object baselines, which only the 6-fold jobs run
+            jobs = report.get("job_s") or {}
+            baseline_s = sum(s for job, s in jobs.items() if job.startswith(_BASELINE_JOBS))
+            lever_jobs = [s for job, s in jobs.items()
+                          if _job_fold(job) in (None, *report["folds"])
+                          and not job.startswith(_BASELINE_JOBS)]
+            seconds = _common.judged_seconds(report["wall_min"] * 60 - baseline_s, lever_jobs)
+            entry["minutes_per_fold"].append(seconds / 60 / len(folds))
     return levers
 
 

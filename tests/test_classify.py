@@ -569,6 +569,24 @@ def test_a_bundle_trained_on_stretched_images_stretches_new_ones(files, classes,
         run = json.loads((out / "a" / "run.json").read_text())
         maps[name + "_run"] = run["intensity_stretch"]
     np.testing.assert_array_equal(maps["raw"], maps["prepared"])
-    assert maps["raw_run"] == {"percentiles": [1.0, 99.0], "grey_values": grey}
-    assert maps["prepared_run"] is None and maps["plain_run"] is None
+    assert maps["raw_run"] == {"percentiles": [1.0, 99.0], "grey_values": grey,
+                               "applied": "here"}
+    assert maps["prepared_run"] == {"percentiles": [1.0, 99.0], "grey_values": None,
+                                    "applied": "by prepare (--prepared)"}
+    assert maps["plain_run"] is None
     assert not np.array_equal(maps["raw"], maps["plain"])
+
+
+def test_a_bundle_trained_on_enlarged_images_refuses_a_raw_one(files, classes, tmp_path):
+    """prepare.upscale 2 in the bundle's training record: a raw image would be classified at
+    half the scale the model learned, so classify stops with one message naming the image
+    (nothing written); --prepared (the image already enlarged) runs."""
+    bundle = tmp_path / "upscale_bundle.pt"
+    write_bundle(files["model"], bundle, classes=classes, inference=INFERENCE,
+                 masking={"min_object_area": 80}, pixel_size_um=PIXEL_UM, modality="sem",
+                 training={"prepare": {"upscale": 2, "intensity_percentiles": None}})
+    argv = [str(files["sem"]), "--model", str(bundle), "--mask", str(files["mask"]),
+            "--names", "a"]
+    _fails(argv, tmp_path / "raw", "trained on images enlarged 2x", str(files["sem"]))
+    assert classify_cli([*argv, "--out", str(tmp_path / "prepared"), "--prepared",
+                         "--no-progress"]) == 0

@@ -314,37 +314,6 @@ def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata)
     assert abs(float(image2.mean()) - float(image1.mean())) < 1.0
 
 
-def test_stretch_maps_the_percentiles_to_the_full_range_exactly():
-    """Exact values on a hand-made ramp: percentiles 0/100 of 10..50 map 10 -> 0, 50 -> 255,
-    30 -> 127.5 rounded to 128; clipping outside [low, high] percentiles; floats to [0, 1]."""
-    from mvfcnn.data.prepare import stretch_intensity
-
-    ramp = np.array([[10, 20, 30, 40, 50]], dtype=np.uint8)
-    out, grey = stretch_intensity(ramp, (0, 100))
-    assert grey == [10.0, 50.0] and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, [[0, 64, 128, 191, 255]])
-    out, grey = stretch_intensity(ramp, (25, 75))  # 20 and 40: the ends are clipped
-    assert grey == [20.0, 40.0]
-    np.testing.assert_array_equal(out, [[0, 0, 128, 255, 255]])
-    wide = np.array([[1000, 3000]], dtype=np.uint16)
-    np.testing.assert_array_equal(stretch_intensity(wide, (0, 100))[0], [[0, 65535]])
-    unit = np.array([[0.2, 0.3, 0.4]], dtype=np.float32)
-    np.testing.assert_allclose(stretch_intensity(unit, (0, 100))[0], [[0.0, 0.5, 1.0]],
-                               atol=1e-6)
-
-
-@pytest.mark.parametrize("percentiles, message", [
-    ((50, 50), "0 <= low < high <= 100"), ((-1, 99), "0 <= low < high <= 100"),
-    ((1, 99), "percentiles are both 7 (a flat image)"),
-])
-def test_stretch_refuses_what_it_cannot_do(percentiles, message):
-    from mvfcnn.data.prepare import stretch_intensity
-
-    with pytest.raises(InputError, match=re.escape(message)) as err:
-        stretch_intensity(np.full((4, 4), 7, np.uint8), percentiles, sample="s", path="flat.tif")
-    assert "flat.tif" in str(err.value)
-
-
 def test_stretch_makes_a_dark_and_a_bright_micrograph_alike(classes, metadata):
     """micrograph0 (the darkest release image, median ~39) and micrograph18 (~116): after
     stretching percentiles 1/99 (the band excluded: the cut happens first) both span the full
@@ -389,18 +358,6 @@ def test_prepare_cli_stretches_and_records_it(tmp_path):
     assert 0 <= low < 10 and 140 < high < 170  # micrograph0: dark, p99 ~152
     image = np.asarray(read_image(tmp_path / "out" / "image.tif"))
     assert np.percentile(image, 1) <= 1 and np.percentile(image, 99) >= 254
-
-
-def test_needs_prepare_decides_from_the_sheet_and_upscale():
-    from mvfcnn.core.layout import needs_prepare
-
-    assert not needs_prepare("a.tif", "l.tif", "", "")
-    assert needs_prepare("a.jpg", "l.tif", "", "")
-    assert needs_prepare("a.tif", "l.png", "", "")
-    assert needs_prepare("a.tif", "l.tif", "65", "")
-    assert needs_prepare("a.tif", "l.tif", "", "2.0")
-    assert needs_prepare("a.tif", "l.tif", "0", "", upscale=2)
-    assert needs_prepare("a.tif", "l.tif", "0", "", stretch=True)
 
 
 @pytest.mark.parametrize("overlays", [["metaldam.yaml"], ["metaldam.yaml", "metaldam_paper.yaml"],

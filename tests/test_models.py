@@ -377,8 +377,9 @@ def test_init_from_parent_copies_matching_and_keeps_new_layers_zero():
     assert torch.count_nonzero(grandchild.score_pool3.weight) == 0
 
 
-def test_fresh_child_reproduces_parent():
-    """A new stage starts from its parent's prediction (zero skip scores).
+@pytest.mark.parametrize("padding", ["caffe", "same"])
+def test_fresh_child_reproduces_parent(padding):
+    """A new stage starts from its parent's prediction (zero skip scores), in both paddings.
 
     Exact wherever the coarse score map is locally affine (tested with a constant map: identical
     away from the top/left border, where the transposed convolutions taper), and the same up to
@@ -388,7 +389,7 @@ def test_fresh_child_reproduces_parent():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 100, 129)
     # constant coarse score map: score_fr weight 0, bias != 0
-    parent = small("32s")
+    parent = small("32s", padding=padding)
     with torch.no_grad():
         parent.score_fr.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
     child = fcn16s_from(parent).eval()
@@ -404,7 +405,7 @@ def test_fresh_child_reproduces_parent():
         assert torch.equal(out.argmax(1), outs[0].argmax(1))
 
     # random ("trained-ish") coarse score map
-    parent = randomize_scores(small("32s"), seed=3)
+    parent = randomize_scores(small("32s", padding=padding), seed=3)
     child = fcn16s_from(parent).eval()
     randomize_scores(child, seed=4)  # trained 16s: non-zero score_pool4
     grandchild = fcn8s_from(child).eval()

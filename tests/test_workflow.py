@@ -183,6 +183,12 @@ def test_classify_predict_samples(mini_run):
         assert tif.is_ome and tif.series[0].shape == (2, 256, 256)
     bundle = mini_run / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / "model_bundle.pt"
     assert bundle.stat().st_size > 0
+    # the prepare settings travel in the bundle (classify repeats the training images' stretch)
+    from mvfcnn.classify.bundle import load_for_inference
+
+    training = load_for_inference(bundle).extra["training"]
+    assert training["prepare"] == {"upscale": 1, "intensity_percentiles": None}
+    assert run["intensity_stretch"] is None
     votes = "results/mvfcnn/ft_balanced_aug/sem/votes/predict_0.csv"
     snakemake(mini_run, "--resources", "gpu=1", "--cores", "2", votes)  # targets last
     ours = pd.read_csv(out / "objects.csv")

@@ -11,7 +11,8 @@ Bundle ``extra`` keys (besides the training keys of ``fcn{stage}.pt``, kept unde
 ``inference`` (with ``decision_offsets`` when the run fitted them), ``precision_choice`` (what
 ``inference.precision`` resolved to on the machine that wrote the bundle, and why; classify
 resolves it again on its own machine, so ``auto`` travels), ``masking``, ``pixel_size_um``,
-``modality``, ``variant``, ``training`` (``fcn``, ``variant``, ``tiles``, ``seed``), ``metrics``
+``modality``, ``variant``, ``training`` (``fcn``, ``variant``, ``tiles``, ``prepare``, ``seed``,
+``samples``; classify repeats ``prepare``'s grey-value stretch on new images), ``metrics``
 (the run's metrics.json),
 ``git_commit``, ``git_dirty``, ``mvfcnn_version``.
 """

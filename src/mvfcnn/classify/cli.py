@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from mvfcnn.classify.bundle import load_for_inference, write_bundle
+from mvfcnn.classify.bundle import LoadedModel, load_for_inference, write_bundle
 from mvfcnn.classify.outputs import (
     OUTPUT_FILES,
     write_outputs,
@@ -18,6 +19,7 @@ from mvfcnn.classify.outputs import (
 from mvfcnn.classify.pipeline import (
     IMAGE_SUFFIXES,
     as_trained,
+    check_as_trained,
     classify_image,
     read_lom_for,
     read_mask_for,
@@ -135,11 +137,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="torch intra-op threads (default: torch's; an inherited "
                              "OMP_NUM_THREADS=1 would cut it to one core)")
     parser.add_argument("--prepared", action="store_true",
-                        help="the images are the workflow's prepared TIFFs: the grey-value "
-                             "stretch the bundle's training used (prepare."
-                             "intensity_percentiles) is already applied")
+                        help="the images are prepared like the training images (the "
+                             "workflow's prepared TIFFs: information band cropped, prepare."
+                             "upscale and prepare.intensity_percentiles applied); without it "
+                             "the bundle's stretch is applied here and an enlarged-image model "
+                             "is refused")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
+
+
+def _stretch_record(loaded: LoadedModel, grey_values: list[float] | None, prepared: bool
+                    ) -> dict[str, Any] | None:
+    """run.json's record of the training images' grey-value stretch (None: they had none)."""
+    percentiles = training_stretch(loaded)
+    if percentiles is None:
+        return None
+    return {"percentiles": list(percentiles),
+            "grey_values": None if prepared else grey_values,
+            "applied": "by prepare (--prepared)" if prepared else "here"}
 
 
 def classify(argv: list[str]) -> int:
@@ -187,8 +202,8 @@ def classify(argv: list[str]) -> int:
     gray = loaded.modality == "sem"
     for image_path, mask_path, lom_path in zip(args.images, masks, loms, strict=True):
         image = read_micrograph(image_path, gray=gray, value_range=value_range)
-        if not args.prepared:
-            as_trained(image, loaded, image_path)  # a flat image is refused before any output
+        if not args.prepared:  # e.g. a flat image, refused before any output
+            check_as_trained(image, loaded, image_path)
         if mask_path:
             read_mask_for(mask_path, image.shape[:2], image_path)
         if lom_path:
@@ -220,9 +235,7 @@ def classify(argv: list[str]) -> int:
         del mask, lom, valid, model_image
         info = {"image": str(image_path), "mask": mask_path, "lom": lom_path,
                 "lom_threshold": threshold if lom_path else None,
-                "intensity_stretch": (None if stretched is None else
-                                      {"percentiles": list(training_stretch(loaded) or ()),
-                                       "grey_values": stretched}),
+                "intensity_stretch": _stretch_record(loaded, stretched, args.prepared),
                 "inference": inference, "precision_choice": choice.as_dict(),
                 "model": loaded.provenance()}
         write_outputs(result, image, loaded.classes, Path(args.out) / name, info=info)

@@ -81,22 +81,47 @@ def read_micrograph(path: str | Path, *, gray: bool = False,
     return image
 
 
+def training_prepare(loaded: LoadedModel) -> dict[str, Any]:
+    """The ``prepare`` settings the model's training images went through (the bundle's training
+    record; empty for a bare model file or an older bundle)."""
+    return dict((loaded.extra.get("training") or {}).get("prepare") or {})
+
+
 def training_stretch(loaded: LoadedModel) -> tuple[float, float] | None:
     """The grey-value percentiles the model's SEM training images were stretched by
-    (``prepare.intensity_percentiles`` in the bundle's training record), or None."""
-    if loaded.modality == "lom":  # the workflow stretches SEM images only (the prepare rule)
+    (``prepare.intensity_percentiles``), or None. The ``prepare`` rule handles SEM images only
+    (:func:`mvfcnn.core.layout.needs_prepare` routes them), so a LOM model saw none."""
+    if loaded.modality == "lom":
         return None
-    prepare = ((loaded.extra.get("training") or {}).get("prepare") or {})
-    percentiles = prepare.get("intensity_percentiles")
+    percentiles = training_prepare(loaded).get("intensity_percentiles")
     return None if percentiles is None else (float(percentiles[0]), float(percentiles[1]))
+
+
+def check_as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path) -> None:
+    """Refuse an image :func:`as_trained` cannot make look like the training images: the model
+    learned on images enlarged by ``prepare.upscale`` (classify would see structures at another
+    scale), or the stretch meets a flat image."""
+    from mvfcnn.data.prepare import stretch_range
+
+    upscale = int(training_prepare(loaded).get("upscale") or 1)
+    if upscale != 1 and loaded.modality != "lom":
+        raise InputError(f"the model was trained on images enlarged {upscale}x "
+                         "(prepare.upscale): enlarge this image the same way (bilinear) and crop "
+                         "any information band first, then pass --prepared", path=path)
+    percentiles = training_stretch(loaded)
+    if percentiles is not None:
+        stretch_range(image, percentiles, path=str(path))
 
 
 def as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path
                ) -> tuple[np.ndarray, list[float] | None]:
-    """``image`` as the model's training images were prepared: grey values stretched like
-    theirs (returns the grey values stretched, for the record; None when nothing was done)."""
+    """``image`` with the grey-value stretch of the model's training images (``prepare``), and
+    the two grey values stretched (None when the training images were not stretched). The
+    information band is not cropped here: the caller gives the sample alone
+    (:func:`check_as_trained` refuses what cannot be matched)."""
     from mvfcnn.data.prepare import stretch_intensity
 
+    check_as_trained(image, loaded, path)
     percentiles = training_stretch(loaded)
     if percentiles is None:
         return image, None

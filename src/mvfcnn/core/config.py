@@ -180,6 +180,10 @@ def check_config_fields(config: dict[str, Any]) -> None:
     if overlap >= window:
         raise InputError(f"inference.overlap ({overlap}) must be smaller than "
                          f"inference.tile_size ({window}): windows would not advance")
+    percentiles = (config.get("prepare") or {}).get("intensity_percentiles")
+    if percentiles is not None and not percentiles[0] < percentiles[1]:
+        raise InputError(f"prepare.intensity_percentiles {list(percentiles)} needs low < high: "
+                         "the grey values between them are stretched to the full range")
     size, stride = config["tiles"]["size"], config["tiles"]["stride"]
     if stride > size:
         raise InputError(f"tiles.stride ({stride}) must not exceed tiles.size ({size}): the "

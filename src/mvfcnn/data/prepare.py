@@ -19,10 +19,12 @@ the same grid, and measures the pixel size from the scale bar where its length i
   horizontal run of foreground pixels (contrasting with the band's background) shorter than half
   the band; pixel size = length / run. No band, or no bar found: the pixel size is unknown.
 * ``intensity_percentiles`` (config ``prepare.intensity_percentiles``, ``[low, high]`` or none):
-  each image's grey values are stretched linearly so its ``low`` and ``high`` percentiles (of
-  the sample, the band excluded) become the ends of its dtype's range. Real SEM sessions differ
-  in brightness and contrast (MetalDAM's image medians run from 39 to 117 of 255); the network
-  then sees the same phase at the same grey value in every image, at training and at test time.
+  each SEM image's grey values are stretched linearly so its ``low`` and ``high`` percentiles (of
+  the sample, the band excluded) become the ends of its range (0 and the integer dtype's maximum;
+  floats 0 and 1). LOM images (registered, not prepared) are left as they are. Real SEM
+  sessions differ in brightness and contrast (MetalDAM's image medians run from 39 to 117 of
+  255); the network then sees the same phase at about the same grey value in every image, at
+  training and at test time.
 """
 
 from __future__ import annotations
@@ -149,14 +151,11 @@ def prepare_sample(
     return image, labels, record
 
 
-def stretch_intensity(image: np.ndarray, percentiles: tuple[float, float], *, sample: str = "",
-                      path: str = "") -> tuple[np.ndarray, list[float]]:
-    """The image stretched linearly so its ``percentiles`` (low, high) span its dtype's range
-    (floats: [0, 1]), clipped; returns it with the two grey values that were stretched.
-
-    A flat image (both percentiles equal) cannot be stretched: an error naming the file, since
-    the network would see one grey value.
-    """
+def stretch_range(image: np.ndarray, percentiles: tuple[float, float] | list[float], *,
+                  sample: str = "", path: str = "") -> tuple[float, float]:
+    """The grey values at ``percentiles`` (low, high) of ``image``: what
+    :func:`stretch_intensity` maps to the ends of the range. A flat image (both equal) cannot be
+    stretched: an error naming the file, since the network would see one grey value."""
     low, high = (float(p) for p in percentiles)
     if not 0.0 <= low < high <= 100.0:
         raise InputError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got "
@@ -165,16 +164,30 @@ def stretch_intensity(image: np.ndarray, percentiles: tuple[float, float], *, sa
     if hi <= lo:
         raise InputError(f"cannot stretch the grey values: the {low:g}th and {high:g}th "
                          f"percentiles are both {lo:g} (a flat image)", sample=sample, path=path)
+    return lo, hi
+
+
+def stretch_intensity(image: np.ndarray, percentiles: tuple[float, float] | list[float], *,
+                      sample: str = "", path: str = "") -> tuple[np.ndarray, list[float]]:
+    """The image stretched linearly so its ``percentiles`` (low, high) span its dtype's range
+    (floats: [0, 1]), clipped; returns it with the two grey values that were stretched.
+
+    Computed in float64 in place: one image-sized buffer (8 bytes per pixel).
+    """
+    lo, hi = stretch_range(image, percentiles, sample=sample, path=path)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
-        top, bottom = float(info.max), float(info.min)
+        bottom, top = float(info.min), float(info.max)
     else:
-        top, bottom = 1.0, 0.0
-    out = (image.astype(np.float64) - lo) * ((top - bottom) / (hi - lo)) + bottom
-    out = np.clip(out, bottom, top)
+        bottom, top = 0.0, 1.0
+    out = image.astype(np.float64)
+    np.subtract(out, lo, out=out)
+    np.multiply(out, (top - bottom) / (hi - lo), out=out)
+    np.add(out, bottom, out=out)
+    np.clip(out, bottom, top, out=out)
     if np.issubdtype(image.dtype, np.integer):
-        out = np.rint(out)
-    return out.astype(image.dtype), [lo, hi]
+        np.rint(out, out=out)
+    return out.astype(image.dtype, copy=False), [lo, hi]
 
 
 def enlarge_image(image: np.ndarray, factor: int) -> np.ndarray:

@@ -2,10 +2,13 @@
 
 Differences from torchvision's ``vgg16().features``, all taken from Long et al.'s Caffe FCN:
 
-* ``conv1_1`` has padding 100 and every max-pool uses ``ceil_mode=True``; together with the
-  Caffe crop offsets in :mod:`mvfcnn.models.fcn` this makes the output exactly the input size for
-  every input size (torchvision's floor pooling breaks many sizes).
-* fc6/fc7 are convolutions (``Conv2d(C5, fc, 7)``, ``Conv2d(fc, fc, 1)``), each + ReLU + Dropout2d.
+* every max-pool uses ``ceil_mode=True`` and, in the Caffe layout (``fcn.padding: caffe``, the
+  paper's), ``conv1_1`` has padding 100; together with the Caffe crop offsets in
+  :mod:`mvfcnn.models.fcn` this makes the output exactly the input size for every input size
+  (torchvision's floor pooling breaks many sizes). With ``fcn.padding: same`` conv1_1 pads 1 and
+  fc6 pads 3 (``fc6_padding``), and the FCN interpolates instead of cropping.
+* fc6/fc7 are convolutions (``Conv2d(C5, fc, 7)`` valid or padded 3, ``Conv2d(fc, fc, 1)``),
+  each + ReLU + Dropout2d.
 * ``width`` scales every channel count (1.0 = the real VGG16), for fast CPU experiments.
 * ``batch_norm`` puts a BatchNorm after every convolution (``features.N`` becomes
   ``Sequential(conv, bn)``, so every index stays put), for training from scratch: a BN-free
