@@ -38,6 +38,7 @@ from mvfcnn.classify.outputs import (
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import read_image
+from mvfcnn.data.prepare import stretch_intensity, stretch_range
 from mvfcnn.data.registration import footprint, read_warp_metadata
 from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL, area_fractions
 from mvfcnn.evaluation.voting import vote
@@ -101,8 +102,6 @@ def check_as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path) -
     """Refuse an image :func:`as_trained` cannot make look like the training images: the model
     learned on images enlarged by ``prepare.upscale`` (classify would see structures at another
     scale), or the stretch meets a flat image."""
-    from mvfcnn.data.prepare import stretch_range
-
     upscale = int(training_prepare(loaded).get("upscale") or 1)
     if upscale != 1 and loaded.modality != "lom":
         raise InputError(f"the model was trained on images enlarged {upscale}x "
@@ -119,8 +118,6 @@ def as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path
     the two grey values stretched (None when the training images were not stretched). The
     information band is not cropped here: the caller gives the sample alone
     (:func:`check_as_trained` refuses what cannot be matched)."""
-    from mvfcnn.data.prepare import stretch_intensity
-
     check_as_trained(image, loaded, path)
     percentiles = training_stretch(loaded)
     if percentiles is None:
