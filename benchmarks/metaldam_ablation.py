@@ -11,8 +11,9 @@ as the workflow's metrics.json computes it (Long et al.: a class neither labelle
 in a fold's test images is left out, one predicted but absent counts 0), the 4-class mean
 without precipitate, M/A, defect and precipitate IoU; and the minutes per fold (the run's time
 / its folds, so shared steps are spread: the larger of its wall time and its summed jobs, the
-object baselines left out of both, as ``benchmarks/metaldam.py`` judges a run). Folds come from several runs of the same
-lever (fold 0 earlier, then 1 and 2, or 0-2 and 3-5) only when they used the same configs.
+object baselines left out of both, as ``benchmarks/metaldam.py`` judges a run). Folds come
+from several runs of the same lever (fold 0 earlier, then 1 and 2, or 0-2 and 3-5) only when
+they used the same configs.
 Whether a lever is in the committed default: its overlays (a run's /tmp copy read as
 ``benchmarks/overlays/metaldam_lever_<name>.yaml``; the former default left out, it is what the
 early levers were layered on) change nothing when layered on ``config/config.yaml`` +
