@@ -98,15 +98,19 @@ def training_stretch(loaded: LoadedModel) -> tuple[float, float] | None:
     return None if percentiles is None else (float(percentiles[0]), float(percentiles[1]))
 
 
-def check_as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path) -> None:
-    """Refuse an image :func:`as_trained` cannot make look like the training images: the model
-    learned on images enlarged by ``prepare.upscale`` (classify would see structures at another
-    scale), or the stretch meets a flat image."""
+def _check_scale(loaded: LoadedModel, path: str | Path) -> None:
     upscale = int(training_prepare(loaded).get("upscale") or 1)
     if upscale != 1 and loaded.modality != "lom":
         raise InputError(f"the model was trained on images enlarged {upscale}x "
                          "(prepare.upscale): enlarge this image the same way (bilinear) and crop "
                          "any information band first, then pass --prepared", path=path)
+
+
+def check_as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path) -> None:
+    """Refuse an image :func:`as_trained` cannot make look like the training images: the model
+    learned on images enlarged by ``prepare.upscale`` (classify would see structures at another
+    scale), or the stretch meets a flat image."""
+    _check_scale(loaded, path)
     percentiles = training_stretch(loaded)
     if percentiles is not None:
         stretch_range(image, percentiles, path=str(path))
@@ -118,7 +122,7 @@ def as_trained(image: np.ndarray, loaded: LoadedModel, path: str | Path
     the two grey values stretched (None when the training images were not stretched). The
     information band is not cropped here: the caller gives the sample alone
     (:func:`check_as_trained` refuses what cannot be matched)."""
-    check_as_trained(image, loaded, path)
+    _check_scale(loaded, path)  # the stretch refuses a flat image itself
     percentiles = training_stretch(loaded)
     if percentiles is None:
         return image, None
