@@ -63,9 +63,11 @@ LEVERS = {
     "same": "fcn2s_tta with size-keeping convolutions (fcn.padding same: no 100-px conv1_1 "
             "margin, a 256-px tile is 256 px at conv1 instead of 454)",
     "same_ema": "same + an exponential moving average of each stage's weights (ema_decay 0.995)",
-    "stretch": "same + each image's grey percentiles 1/99 stretched to 0..255 "
-               "(prepare.intensity_percentiles)",
-    "pretrain": "same + 5x longer patch pretraining (pretrain.iterations 2000 instead of 400)",
+    "same_ema_stretch": "same_ema + each image's grey percentiles 1/99 stretched to 0..255 "
+                        "(prepare.intensity_percentiles)",
+    "same_ema_pretrain": "same_ema + 5x longer patch pretraining (pretrain.iterations 2000 "
+                         "instead of 400)",
+    "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",
 }
 #: object-baseline jobs: not part of a lever's cost (only the 6-fold jobs with the objects
 #: table run them)

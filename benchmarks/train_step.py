@@ -11,7 +11,8 @@ batch of synthetic uint8 tiles. Networks: ``real`` (the VGG16 layout, nothing fr
 sizes given), ``demo`` (config/config.yaml's: width 0.25, fc 512, conv1..pool4 frozen, one
 384 px tile) and ``metaldam_same`` (config/metaldam.yaml's: the demo layout with
 ``fcn.padding: same``, nothing frozen, 256 px tiles; pass ``--batch 4`` and
-``--stages 32s,8s,4s,2s`` as it trains; ``metaldam`` is it with the Caffe 100-px margin).
+``--stages 32s,8s,4s,2s`` as it trains; ``metaldam`` is it with the Caffe 100-px margin,
+``metaldam_wide`` at trunk width 0.5).
 Each (network, stage, size, precision) runs in a fresh process after one warm-up iteration;
 the JSON gives seconds per iteration, the tiles per second the step consumes (what
 the loader must keep up with, see ``benchmarks/tiles.py``), the bf16/fp32 speed ratio and, per
@@ -52,13 +53,16 @@ DEMO_SIZE = 384
 #: config/metaldam.yaml's training: the demo layout, nothing frozen, 256 px tiles (batch 4),
 #: with the Caffe margin (``metaldam``) and as committed (``metaldam_same``)
 METALDAM_SIZE = 256
-#: ``metaldam_same``: the same with ``fcn.padding: same`` (no 100-px conv1_1 margin)
+#: ``metaldam_same``: the same with ``fcn.padding: same`` (no 100-px conv1_1 margin);
+#: ``metaldam_wide``: that at twice the trunk width (the width lever of issue 22)
 NETWORKS = {"real": (REAL_LAYOUT, "none"), "demo": (DEMO_LAYOUT, DEMO_FREEZE),
             "metaldam": (DEMO_LAYOUT, "none"),
             "metaldam_same": ({**DEMO_LAYOUT, "padding": "same"}, "none"),
+            "metaldam_wide": ({**DEMO_LAYOUT, "padding": "same", "width": 0.5}, "none"),
             "quick": (QUICK_LAYOUT, "none")}
 #: networks whose tile size is fixed by their config, not by --sizes
-FIXED_SIZES = {"demo": DEMO_SIZE, "metaldam": METALDAM_SIZE, "metaldam_same": METALDAM_SIZE}
+FIXED_SIZES = {"demo": DEMO_SIZE, "metaldam": METALDAM_SIZE, "metaldam_same": METALDAM_SIZE,
+               "metaldam_wide": METALDAM_SIZE}
 
 
 def measure(size: int, precision: str, layout: dict[str, Any], *, batch: int, iters: int,
