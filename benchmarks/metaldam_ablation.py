@@ -68,6 +68,8 @@ LEVERS = {
     "same_ema_pretrain": "same_ema + 5x longer patch pretraining (pretrain.iterations 2000 "
                          "instead of 400)",
     "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",
+    "same_ema_aug": "same_ema + fcn.augmentation (flips, brightness, contrast, gamma, blur, "
+                    "noise)",
     "same_ema_iters": "same_ema with 150 of FCN-32s's and 150 of FCN-16s's iterations moved to "
                       "FCN-2s (50/150/800/800/1100, the same 2900)",
 }

@@ -11,8 +11,9 @@ its targets) and records, beside the machine: the objects table (per fold and me
 accuracy, mean class recall and per-class recall of every method, and of always answering the
 most frequent class), MVFCNN's paired per-fold lead over each method and the verdict on the
 paper's ordering, each method's job seconds from Snakemake's benchmark TSVs (summed over folds),
-and the component areas of every class over all label maps with the minimum area
-:func:`mvfcnn.objects.components.min_area_for_area_loss` chooses at 1, 2 and 5 % area loss.
+the component areas of every class over all label maps with the minimum area
+:func:`mvfcnn.objects.components.min_area_for_area_loss` chooses at 1, 2 and 5 % area loss, and
+MVFCNN's voted objects per true class and area bin (right, not segmented).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = (0.01, 0.02, 0.05)
+#: object-area bins (px, lower edges) of MVFCNN's accuracy per class and size
+AREA_BINS = (0, 30, 100, 300, 1000)
 #: the job TSVs (results/benchmarks/<rule>/...) that make each method's number
 METHOD_JOBS = {"mvfcnn": ("pretrain_trunk/", "tile_index/", "train_fcn/", "predict/", "vote/"),
                "crops (all baselines)": ("crop_objects/",)}
@@ -76,6 +79,40 @@ def area_record(workdir: Path, classes: Any) -> dict[str, Any]:
     return record
 
 
+def mvfcnn_by_area(workdir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """MVFCNN's voted objects of every fold, per true class and area bin: how many, how many
+    right and how many not segmented (no non-matrix pixel predicted), so the objects table's
+    shortfall can be traced to the classes and sizes it comes from."""
+    from mvfcnn.core import layout
+    from mvfcnn.core.io import read_labels
+    from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX
+
+    variant, modality = config["run"]["variants"][0], config["run"]["modalities"][0]
+    pattern = layout.under(workdir / "results", layout.run_dir(True), variant=variant,
+                           modality=modality, fold="*")
+    runs = sorted(pattern.parent.glob(pattern.name))
+    frames = []
+    for run in runs:
+        objects = pd.read_csv(run / "objects.csv", dtype={"sample": str})
+        for sample, rows in objects.groupby("sample"):
+            ids = read_labels(layout.under(workdir / "results", layout.OBJECT_IDS, sample=sample))
+            areas = np.bincount(np.asarray(ids).ravel())
+            frames.append(rows.assign(area=areas[rows["object_id"].to_numpy()]))
+    if not frames:
+        return []
+    table = pd.concat(frames, ignore_index=True)
+    edges = [*AREA_BINS, np.inf]
+    labels = [f"{lo}-{hi}" if np.isfinite(hi) else f">={lo}"
+              for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    table["bin"] = pd.cut(table["area"], edges, right=False, labels=labels)
+    out = []
+    for (name, area_bin), rows in table.groupby(["true_class_name", "bin"], observed=True):
+        out.append({"true_class": name, "area_px": str(area_bin), "objects": len(rows),
+                    "right": int((rows["pred_class"] == rows["true_class"]).sum()),
+                    "not_segmented": int((rows["pred_class"] == NOT_SEGMENTED_INDEX).sum())})
+    return out
+
+
 def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
     from mvfcnn.core import layout
     from mvfcnn.core.config import ClassSet
@@ -107,6 +144,7 @@ def summarize(workdir: Path, config: dict[str, Any]) -> dict[str, Any]:
         "method_job_s": method_seconds(job_s, methods),
         "job_s": job_s,
         "object_areas": area_record(workdir, ClassSet.from_config(config)),
+        "mvfcnn_by_class_and_area": mvfcnn_by_area(workdir, config),
         "min_object_area": config["masking"]["min_object_area"],
     }
 

@@ -278,6 +278,13 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
     assert record["object_areas"]["label_maps"] == 4
     chosen = record["object_areas"]["chosen"]["0.05"]
     assert all(share <= 0.05 for share in chosen["area_dropped_share"].values())
+    # MVFCNN's objects by class and size: the same objects, and as many right, as the table's
+    by_area = record["mvfcnn_by_class_and_area"]
+    voted = per_fold[per_fold["method"] == "mvfcnn"]
+    assert sum(r["objects"] for r in by_area) == int(voted["n_objects"].sum())
+    assert sum(r["right"] for r in by_area) == round(float(
+        (voted["object_accuracy"] * voted["n_objects"]).sum()))
+    assert all(r["right"] + r["not_segmented"] <= r["objects"] for r in by_area)
     # the decision-offset lever on the same models: its plain prediction is the run's own
     out = tmp_path / "calibration.json"
     bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_calibration.py"),
