@@ -82,7 +82,8 @@ def area_record(workdir: Path, classes: Any) -> dict[str, Any]:
 def mvfcnn_by_area(workdir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     """MVFCNN's voted objects of every fold, per true class and area bin: how many, how many
     right and how many not segmented (no non-matrix pixel predicted), so the objects table's
-    shortfall can be traced to the classes and sizes it comes from."""
+    shortfall can be traced to the classes and sizes it comes from. Areas are in pixels of the
+    prepared grid (``prepare.upscale`` enlarges them), as ``masking.min_object_area``."""
     from mvfcnn.core import layout
     from mvfcnn.core.io import read_labels
     from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX
