@@ -86,9 +86,10 @@ def mvfcnn_by_area(workdir: Path, config: dict[str, Any]) -> list[dict[str, Any]
     prepared grid (``prepare.upscale`` enlarges them), as ``masking.min_object_area``."""
     from mvfcnn.core import layout
     from mvfcnn.core.io import read_labels
+    from mvfcnn.core.runs import mvfcnn_runs
     from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX
 
-    variant, modality = config["run"]["variants"][0], config["run"]["modalities"][0]
+    variant, modality = mvfcnn_runs(config)[0]  # the run the cross-validation table reports
     pattern = layout.under(workdir / "results", layout.run_dir(True), variant=variant,
                            modality=modality, fold="*")
     runs = sorted(pattern.parent.glob(pattern.name))
