@@ -70,6 +70,8 @@ LEVERS = {
     "pretrain": "same_ema_pretrain as one 6-fold job with the object baselines, on 2 AMD Zen 4 "
                 "cores (the same_ema_pretrain folds ran on Intel AMX)",
     "pretrain_long": "the default (pretrain: 2000 steps) with 6000 patch-pretraining steps",
+    "pretrain_cosine": "pretrain_long with the pretraining rate decaying as half a cosine to 0 "
+                       "(pretrain.lr_schedule cosine)",
     "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",
     "same_ema_aug": "same_ema + fcn.augmentation (flips, brightness, contrast, gamma, blur, "
                     "noise)",

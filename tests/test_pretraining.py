@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ import torch
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.io import write_image
+from mvfcnn.fcn import pretrain as P
 from mvfcnn.fcn.pretrain import SSL_BLOCK, PatchSampler, block_mask, pretrain_trunk
 from mvfcnn.models.fcn import build_fcn
 from mvfcnn.models.io import load_model
@@ -218,7 +221,6 @@ def test_ssl_settings_that_cannot_work(tmp_path, change, message):
 def test_unlabelled_micrographs_feed_the_ssl_crops_only(tmp_path, monkeypatch, caplog):
     """Sheet rows of split `unlabelled` (issue 22 item 1): SSL crops come from the training
     images and them; the labelled patch phase never sees them."""
-    import mvfcnn.fcn.pretrain as P
 
     images, labels = _toy_images(tmp_path, count=1, size=128)
     extra = write_path(tmp_path / "unlabelled.tif", np.full((160, 144), 90, np.uint8))
@@ -245,3 +247,26 @@ def test_unlabelled_micrographs_feed_the_ssl_crops_only(tmp_path, monkeypatch, c
                                  out_model=tmp_path / "u.pt", unlabelled=[extra])
     assert summary["ssl_images"] == 0 and not seen
     assert "unused" in caplog.text
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_pretrain_lr_schedule_sets_each_patch_step_rate(tmp_path, monkeypatch, schedule):
+    images, labels = _toy_images(tmp_path)
+    rates: list[float] = []
+    original = P.fit
+
+    def spy(batches, step, optimizer, *, before=None, **kwargs):
+        def recording(iteration):
+            if before is not None:
+                before(iteration)
+            rates.append(optimizer.param_groups[0]["lr"])
+        return original(batches, step, optimizer, before=recording, **kwargs)
+
+    monkeypatch.setattr(P, "fit", spy)
+    cfg = {"patch_size": 32, "iterations": 4, "batch_size": 4, "lr": 2e-3,
+           "lr_schedule": schedule, "precision": "fp32", "progress": False}
+    pretrain_trunk(images=images, labels=labels, classes=CLASSES, cfg=cfg, fcn_cfg=FCN_CFG,
+                   seed=0, out_model=tmp_path / "t.pt")
+    expected = {"constant": [2e-3] * 4,
+                "cosine": [2e-3 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]}
+    assert rates == pytest.approx(expected[schedule], rel=1e-12)

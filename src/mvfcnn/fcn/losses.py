@@ -118,7 +118,7 @@ def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_inde
     return torch.from_numpy(weights)
 
 
-#: learning-rate schedules within one stage (``fcn.lr_schedule``)
+#: learning-rate schedules within one stage (``fcn.lr_schedule``, ``pretrain.lr_schedule``)
 LR_SCHEDULES = ("constant", "poly", "cosine")
 
 
@@ -136,7 +136,7 @@ def lr_factor(schedule: str, step: int, iterations: int) -> float:
         return (1.0 - progress) ** 0.9
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise InputError(f"fcn.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,

@@ -49,6 +49,7 @@ from mvfcnn.core.io import atomic_path, read_image, read_labels, to_uint8, write
 from mvfcnn.core.progress import progress
 from mvfcnn.core.settings import with_defaults
 from mvfcnn.fcn.checkpoints import deterministic
+from mvfcnn.fcn.losses import lr_factor
 from mvfcnn.fcn.train_loop import Step, fit
 from mvfcnn.models.io import save_model
 from mvfcnn.models.patch_classifier import fold_batch_norm, patch_classifier
@@ -243,6 +244,12 @@ def pretrain_trunk(
                                             memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
+        schedule = str(cfg["lr_schedule"])
+        lr_factor(schedule, 0, iterations)  # validates the name before any work
+
+        def set_rate(iteration: int) -> None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(cfg["lr"]) * lr_factor(schedule, iteration, iterations)
 
         def patches_step(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
             x = normalize_batch(batch[0].to(dev)).contiguous(memory_format=memory_format)
@@ -260,7 +267,8 @@ def pretrain_trunk(
 
         fit((sampler.draw(batch_size) for _ in range(iterations)), patches_step, optimizer,
             bar=progress(iterations, "pretrain", enabled=bool(cfg["progress"])),
-            after=record, what="trunk pretraining (patches)", hint="lower pretrain.lr")
+            before=set_rate, after=record, what="trunk pretraining (patches)",
+            hint="lower pretrain.lr")
         model.eval()
         if not fcn_cfg.get("batch_norm", False):
             fold_batch_norm(model)  # a plain trunk for the paper's BN-free FCN
