@@ -69,7 +69,9 @@ LEVERS = {
                          "instead of 400)",
     "pretrain": "same_ema_pretrain as one 6-fold job with the object baselines, on 2 AMD Zen 4 "
                 "cores (the same_ema_pretrain folds ran on Intel AMX)",
-    "pretrain_long": "the default (pretrain: 2000 steps) with 6000 patch-pretraining steps",
+    "pretrain_long": "pretrain with 6000 patch-pretraining steps instead of 2000: one 6-fold "
+                     "job with the object baselines on 2 AMD Zen 4 cores (folds 0-2 equal to the "
+                     "last digit to the 3-fold run before it)",
     "pretrain_cosine": "pretrain_long with the pretraining rate decaying as half a cosine to 0 "
                        "(pretrain.lr_schedule cosine)",
     "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",

@@ -524,7 +524,7 @@ def test_benchmark_overlays_validate_on_metaldam(overlay):
 def test_the_metaldam_default_is_the_measured_recipe():
     """config/metaldam.yaml is what the 6-fold measurement of the README ran: the former default
     + the FCN-4s and FCN-2s levers + test-time augmentation + size-keeping convolutions +
-    averaged weights + 2000 pretraining steps (benchmarks/results/metaldam.json)."""
+    averaged weights + 6000 pretraining steps (benchmarks/results/metaldam.json)."""
     from mvfcnn.core.settings import merge
 
     def load(path: str) -> dict:
@@ -534,7 +534,7 @@ def test_the_metaldam_default_is_the_measured_recipe():
     measured = default
     for name in ("metaldam_former_default", "metaldam_lever_fcn4s", "metaldam_lever_fcn2s",
                  "metaldam_lever_tta", "metaldam_lever_same", "metaldam_lever_ema",
-                 "metaldam_lever_pretrain"):
+                 "metaldam_lever_pretrain", "metaldam_lever_pretrain_long"):
         measured = merge(measured, load(f"benchmarks/overlays/{name}.yaml"))
     assert measured == default
     former = merge(default, load("benchmarks/overlays/metaldam_former_default.yaml"))
@@ -542,7 +542,7 @@ def test_the_metaldam_default_is_the_measured_recipe():
     assert former["tiles"]["rare_share"] == 0 and not former["inference"]["tta_flips"]
     assert former["fcn"]["padding"] == "caffe" and default["fcn"]["padding"] == "same"
     assert former["fcn"]["ema_decay"] == 0 and default["fcn"]["ema_decay"] == 0.995
-    assert former["pretrain"]["iterations"] == 400 and default["pretrain"]["iterations"] == 2000
+    assert former["pretrain"]["iterations"] == 400 and default["pretrain"]["iterations"] == 6000
     paper = merge(default, load("config/metaldam_paper.yaml"))
     assert paper["fcn"]["stages"] == ["32s", "16s", "8s"] and paper["prepare"]["upscale"] == 2
     assert paper["fcn"]["padding"] == "caffe"  # the paper's FCN for ImageNet weights
