@@ -346,6 +346,8 @@ def test_lr_factor_schedules_exact():
     assert lr_factor("cosine", 10, 10) == pytest.approx(0.0)
     with pytest.raises(InputError, match="fcn.lr_schedule"):
         lr_factor("step", 1, 10)
+    with pytest.raises(InputError, match="pretrain.lr_schedule"):
+        lr_factor("step", 1, 10, key="pretrain.lr_schedule")
 
 
 def test_poly_schedule_lr_column_and_keep_best_weights(tmp_path, tiles):

@@ -122,12 +122,13 @@ def class_balance_weights(dataset: TileDataset, num_classes: int, *, ignore_inde
 LR_SCHEDULES = ("constant", "poly", "cosine")
 
 
-def lr_factor(schedule: str, step: int, iterations: int) -> float:
+def lr_factor(schedule: str, step: int, iterations: int, *, key: str = "fcn.lr_schedule") -> float:
     """Multiplier of a stage's learning rate at 0-based ``step`` of ``iterations``.
 
     ``poly`` is DeepLab's (1 - step/iterations)^0.9 and ``cosine`` half a cosine to 0: both end
     a stage with small steps, so its last weights are not one noisy step of a constant rate.
-    A function of the step alone, so a resumed stage continues the same schedule.
+    A function of the step alone, so a resumed stage continues the same schedule. ``key`` names
+    the setting in the error.
     """
     if schedule == "constant" or iterations <= 0:
         return 1.0
@@ -136,7 +137,7 @@ def lr_factor(schedule: str, step: int, iterations: int) -> float:
         return (1.0 - progress) ** 0.9
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    raise InputError(f"{key} must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,

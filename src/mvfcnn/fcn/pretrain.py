@@ -245,7 +245,7 @@ def pretrain_trunk(
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
         schedule = str(cfg["lr_schedule"])
-        lr_factor(schedule, 0, iterations)  # validates the name before any work
+        lr_factor(schedule, 0, iterations, key="pretrain.lr_schedule")  # before any work
 
         def set_rate(iteration: int) -> None:
             for group in optimizer.param_groups:
