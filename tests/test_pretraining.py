@@ -221,7 +221,6 @@ def test_ssl_settings_that_cannot_work(tmp_path, change, message):
 def test_unlabelled_micrographs_feed_the_ssl_crops_only(tmp_path, monkeypatch, caplog):
     """Sheet rows of split `unlabelled` (issue 22 item 1): SSL crops come from the training
     images and them; the labelled patch phase never sees them."""
-
     images, labels = _toy_images(tmp_path, count=1, size=128)
     extra = write_path(tmp_path / "unlabelled.tif", np.full((160, 144), 90, np.uint8))
     seen: list[list[tuple[int, ...]]] = []

@@ -244,12 +244,12 @@ def pretrain_trunk(
                                             memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
                                      weight_decay=float(cfg["weight_decay"]))
-        schedule = str(cfg["lr_schedule"])
+        schedule, base_lr = str(cfg["lr_schedule"]), float(cfg["lr"])
         lr_factor(schedule, 0, iterations, key="pretrain.lr_schedule")  # before any work
 
         def set_rate(iteration: int) -> None:
             for group in optimizer.param_groups:
-                group["lr"] = float(cfg["lr"]) * lr_factor(schedule, iteration, iterations)
+                group["lr"] = base_lr * lr_factor(schedule, iteration, iterations)
 
         def patches_step(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
             x = normalize_batch(batch[0].to(dev)).contiguous(memory_format=memory_format)
