@@ -75,6 +75,10 @@ LEVERS = {
     "pretrain_cosine": "pretrain_long with the pretraining rate decaying as half a cosine to 0 "
                        "(pretrain.lr_schedule cosine)",
     "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",
+    "pretrain_patch64": "pretrain_long with 64-px pretraining patches instead of 48 "
+                        "(pretrain.patch_size 64)",
+    "class_weights": "pretrain_long + median-frequency class weights clipped to [1/2, 2] "
+                     "(fcn.class_weighting, fcn.class_weight_cap 2) beside the Dice term",
     "same_ema_aug": "same_ema + fcn.augmentation (flips, brightness, contrast, gamma, blur, "
                     "noise)",
     "same_ema_iters": "same_ema with 150 of FCN-32s's and 150 of FCN-16s's iterations moved to "
