@@ -330,6 +330,52 @@ def test_analyse_exact_values():
     assert result.low_confidence["object_id"].tolist() == [3, 1]
 
 
+
+def test_analyse_votes_on_the_vote_map_when_given():
+    """inference.object_vote second_phase: objects vote on each pixel's best non-matrix class;
+    the pixel summary stays the class map's."""
+    ids = np.zeros((10, 10), np.uint32)
+    ids[0:2, 0:2] = 1
+    ids[0:1, 8:10] = 2
+    pred = np.zeros((10, 10), np.uint8)
+    pred[0:2, 0:2] = [[1, 1], [2, 0]]
+    second = np.ones((10, 10), np.uint8)
+    second[0:2, 0:2] = [[1, 2], [2, 2]]     # beta 3/4
+    second[0:1, 8:10] = 2                   # predicted all matrix, yet beta
+    result = analyse(pred, ids, SMALL, vote_map=second)
+    assert result.objects["class"].tolist() == [2, 2]
+    assert result.objects["vote_share"].tolist() == [0.75, 1.0]
+    assert result.summary.set_index("class_name").loc["alpha", "pixel_fraction"] == 0.02
+    assert analyse(pred, ids, SMALL).objects["class"].tolist() == [1, -1]
+    with pytest.raises(InputError, match="vote map"):
+        analyse(pred, ids, SMALL, vote_map=second[:5])
+
+
+def test_classify_follows_the_bundles_object_vote(files, classes):
+    from mvfcnn.classify.pipeline import classify_image
+    from mvfcnn.inference.predict import predict_image
+
+    image = tifffile.imread(files["sem"])
+    mask = tifffile.imread(files["mask"])
+    bundle = files["root"] / "second_phase_bundle.pt"
+    write_bundle(files["model"], bundle, classes=classes,
+                 inference={**INFERENCE, "object_vote": "second_phase"})
+    loaded = load_for_inference(bundle)
+    assert loaded.inference["object_vote"] == "second_phase"
+    assert load_for_inference(files["bundle"]).inference["object_vote"] == "majority"
+    voted = classify_image(image, loaded, mask=mask, progress=False)
+    plain = classify_image(image, load_for_inference(files["bundle"]), mask=mask,
+                           progress=False)
+    np.testing.assert_array_equal(voted.class_map, plain.class_map)
+    second = np.empty(image.shape, np.uint8)
+    settings = {k: v for k, v in loaded.inference.items() if k in INFERENCE}
+    predict_image(loaded.model, image, progress=False, second_phase_out=second, **settings)
+    expected = analyse(plain.class_map, plain.object_ids, classes, vote_map=second).objects
+    pd.testing.assert_frame_equal(voted.objects, expected)
+    assert (voted.objects["class"] >= 1).all()
+    # matrix-predicted pixels vote too: the shares differ from max-voting's
+    assert (voted.objects["vote_share"] != plain.objects["vote_share"]).any()
+
 def test_objects_from_prediction_cleans_like_a_mask():
     pred = np.zeros((60, 60), np.uint8)
     pred[10:30, 10:30] = 1

@@ -512,3 +512,58 @@ def test_decision_offsets_move_the_argmax_of_the_log_probabilities(tta) -> None:
     assert (only == 2).all()
     with pytest.raises(InputError, match="3 class offsets for a model of 4 classes"):
         predict_image(model, image, decision_offsets=[0.0, 1.0, 0.0], **kwargs)
+
+
+# ---------------------------------------------------------------- second-phase map (object_vote)
+
+
+@pytest.mark.parametrize("tile,overlap,tta", [(32, 8, False), (64, 0, False), (32, 8, True)])
+def test_second_phase_map_is_the_best_non_matrix_class(tile, overlap, tta) -> None:
+    """Integer scores, no TTA, windows inside the image: exactly the argmax over classes 1.. of
+    the whole-image scores. Always: 1..K-1, equal to the class map wherever that is not
+    matrix, offsets included."""
+    image = np.random.default_rng(3).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    model = _integer_conv(radius=1, classes=4, seed=5) if not tta else _d4_symmetric_conv()
+    kwargs = {"tile_size": tile, "overlap": overlap, "batch_size": 2, "progress": False,
+              "preprocess": _float_input, "tta_rotations": tta, "tta_flips": tta}
+    for offsets in (None, [0.0, 0.5, -0.4, 0.2]):
+        second = np.full(image.shape[:2], 9, np.uint8)
+        class_map = predict_image(model, image, decision_offsets=offsets,
+                                  second_phase_out=second, **kwargs)
+        assert 1 <= second.min() and second.max() <= 3
+        foreground = class_map > 0
+        np.testing.assert_array_equal(second[foreground], class_map[foreground])
+        assert (class_map == 0).any() and (second != class_map).any()
+    if not tta and tile <= min(image.shape[:2]):  # windows inside the image: no padding
+        x = torch.from_numpy(image).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            scores = model(_float_input(x))[0]
+        expected = (scores[1:].argmax(0) + 1).to(torch.uint8).numpy()
+        second = np.empty(image.shape[:2], np.uint8)
+        predict_image(model, image, second_phase_out=second, **kwargs)
+        np.testing.assert_array_equal(second, expected)
+    with pytest.raises(InputError, match=r"second_phase_out must be a \(45, 70\) uint8 array"):
+        predict_image(model, image, second_phase_out=np.empty((45, 70), np.int64), **kwargs)
+
+
+def test_cli_predict_writes_the_second_phase_map(tmp_path, monkeypatch) -> None:
+    import tifffile
+
+    from mvfcnn.cli import main
+
+    image = np.random.default_rng(4).integers(0, 256, (50, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "sem.tif", image)
+    model = _integer_conv(radius=1, classes=5)
+    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    params = {"tile_size": 32, "overlap": 8, "batch_size": 2, "precision": "fp32"}
+    out = tmp_path / "pred" / "s.tif"
+    second_out = tmp_path / "pred_second_phase" / "s.tif"
+    assert main(["predict", "--model", "m.pt", "--image", str(tmp_path / "sem.tif"), "--sample",
+                 "s", "--params-json", json.dumps(params), "--device", "cpu", "--out", str(out),
+                 "--out-second-phase", str(second_out)]) == 0
+    expected = np.empty(image.shape, np.uint8)
+    class_map = predict_image(model, image, tile_size=32, overlap=8, batch_size=2,
+                              progress=False, preprocess=_float_input, second_phase_out=expected)
+    np.testing.assert_array_equal(tifffile.imread(out), class_map)
+    np.testing.assert_array_equal(tifffile.imread(second_out), expected)

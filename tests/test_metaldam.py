@@ -299,6 +299,22 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())["pixel"]
         assert record["per_fold"][fold]["plain"]["mean_iu"] == pytest.approx(metrics["mean_iu"])
         assert record["per_fold"][fold]["oracle"]["mean_iu"] >= metrics["mean_iu"] - 1e-9
+    # the object-vote rules on the same models: the workflow's (metaldam.yaml: second_phase)
+    # gives the objects table's accuracy, and no rule but the paper's leaves objects unsegmented
+    out = tmp_path / "vote_rules.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_vote_rules.py"),
+                            "--workdir", str(work), "--folds", "a", "b", "--configfile",
+                            str(ROOT / "tests" / "data" / "mini.yaml"), str(overlay),
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "differs from the run's" not in bench.stderr
+    record = json.loads(out.read_text())
+    for fold in ("a", "b"):
+        row = voted[voted["fold"] == fold].iloc[0]
+        rules = record["per_fold"][fold]
+        assert rules["second_phase"]["objects"] == int(row["n_objects"])
+        assert rules["second_phase"]["object_accuracy"] == pytest.approx(row["object_accuracy"])
+        assert all(rules[r]["not_segmented"] == 0 for r in ("fallback", "second_phase", "soft"))
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):
@@ -403,6 +419,31 @@ def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path
         assert f"--class-offsets results/mvfcnn/ft_balanced_aug/sem/{fold}/class_offsets.json" \
             in line
 
+
+
+@pytest.mark.parametrize("rule", ["second_phase", "majority"])
+def test_object_vote_decides_which_map_predict_writes_and_vote_reads(tmp_path, rule):
+    overlay = tmp_path / "vote.yaml"
+    overlay.write_text(yaml.safe_dump({"inference": {"object_vote": rule}}))
+    command = [str(SNAKEMAKE), "-n", "-p", "--snakefile", str(SNAKEFILE), "--directory",
+               str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
+               str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--config",
+               f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    predicts = [line for line in lines if "mvfcnn predict " in line]
+    votes = [line for line in lines if "mvfcnn vote " in line]
+    assert len(predicts) == len(votes) == 42
+    for line in votes:
+        sample = re.search(r"--sample (\S+)", line).group(1)
+        folder = "pred_second_phase" if rule == "second_phase" else "pred"
+        assert re.search(rf"--pred \S+/fold\d/{folder}/{sample}\.tif", line), line
+    for line in predicts:
+        sample = re.search(r"--sample (\S+)", line).group(1)
+        wanted = f"pred_second_phase/{sample}.tif"
+        assert ("--out-second-phase" in line and wanted in line) == (rule == "second_phase")
 
 def test_a_lom_run_on_sem_only_data_is_a_clear_error(tmp_path):
     overlay = tmp_path / "lom.yaml"

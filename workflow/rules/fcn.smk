@@ -201,10 +201,11 @@ rule predict:
         image=lambda w: modality_image(w.modality, w.sample),
         offsets=class_offsets_file,
     output:
-        os.path.join(RUN, layout.PREDICTION),
+        **predict_outputs(),
     params:
         inference=cfg_json("inference"),
         offsets=class_offsets_arg,
+        second_phase=second_phase_arg,
     log:
         layout.log_path("predict", CV, extra="_{sample}"),
     benchmark:
@@ -218,14 +219,15 @@ rule predict:
         runtime=lambda w, attempt: rule_resources("predict", "runtime", 30) * attempt,
     shell:
         "mvfcnn predict --model {input.model:q} --image {input.image:q} --sample {wildcards.sample:q}"
-        " --params-json {params.inference:q} {params.offsets:q} --threads {threads} --out {output:q}"
-        " 2> {log:q}"
+        " --params-json {params.inference:q} {params.offsets:q} --threads {threads}"
+        " --out {output.pred:q} {params.second_phase:q} 2> {log:q}"
 
 
 rule vote:
-    """Max-voting: each object takes the majority non-matrix class of its predicted pixels."""
+    """Max-voting: each object takes the majority non-matrix class of its predicted pixels
+    (inference.object_vote: of the class map, or of each pixel's best non-matrix class)."""
     input:
-        pred=os.path.join(RUN, layout.PREDICTION),
+        pred=os.path.join(RUN, VOTED_MAP),
         ids=layout.OBJECT_IDS,
         objects="results/objects/{sample}.csv",
     output:

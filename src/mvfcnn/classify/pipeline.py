@@ -4,7 +4,9 @@ The trained FCN-8s segments the image with the same sliding window as the workfl
 ``predict`` rule (:func:`mvfcnn.inference.predict.predict_image`, settings from the model bundle),
 and every object takes the max-voted class of its predicted pixels
 (:func:`mvfcnn.evaluation.voting.vote`,
-the ``vote`` rule's code), so a sample classified here and in the workflow gets the same classes.
+the ``vote`` rule's code; of each pixel's best non-matrix class under the bundle's
+``inference.object_vote: second_phase``), so a sample classified here and in the workflow gets the
+same classes.
 Objects come from a supplied binary mask, from a registered LOM thresholded like the ``mask``
 rule (:func:`mvfcnn.objects.masking.make_mask`), or, with neither, from the predicted second phase
 itself (cleaned with the same opening/closing/minimum area).
@@ -56,7 +58,8 @@ SUMMARY_COLUMNS = (["class", "class_name", "n_objects", "area_px", "area_um2", "
                     "pixel_fraction", "mean_vote_share"]
                    + [f"eqd_px_p{q}" for q in QUANTILES] + [f"eqd_um_p{q}" for q in QUANTILES])
 #: predict_image arguments that are not inference settings
-_RUNTIME_ARGS = {"model", "image", "device", "progress", "return_probs", "preprocess", "timings"}
+_RUNTIME_ARGS = {"model", "image", "device", "progress", "return_probs", "preprocess", "timings",
+                 "second_phase_out"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,15 +301,18 @@ def low_confidence(objects: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def predict_class_map(image: np.ndarray, loaded: LoadedModel, *,
                       inference: dict[str, Any] | None = None, device: str = "auto",
-                      progress: bool = True) -> np.ndarray:
-    """The stitched class map, through the workflow's own inference function and settings."""
+                      progress: bool = True, second_phase_out: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """The stitched class map, through the workflow's own inference function and settings
+    (``second_phase_out``: see :func:`~mvfcnn.inference.predict.predict_image`)."""
 
     params = {**loaded.inference, **(inference or {})}
     # every setting of the config's `inference` section that predict_image knows (as the
     # predict rule passes them), so new options reach both the same way
     accepted = set(inspect.signature(predict_image).parameters) - _RUNTIME_ARGS
     settings = {k: v for k, v in params.items() if k in accepted}
-    class_map = predict_image(loaded.model, image, device=device, progress=progress, **settings)
+    class_map = predict_image(loaded.model, image, device=device, progress=progress,
+                              second_phase_out=second_phase_out, **settings)
     assert isinstance(class_map, np.ndarray)
     if int(class_map.max(initial=0)) >= loaded.classes.num_classes:
         raise InputError(f"model predicted class {int(class_map.max())} but its class set has "
@@ -317,11 +323,17 @@ def predict_class_map(image: np.ndarray, loaded: LoadedModel, *,
 def analyse(class_map: np.ndarray, object_ids: np.ndarray, classes: ClassSet, *,
             name: str = "image", object_source: str = "mask",
             pixel_size_um: float | None = None,
-            low_confidence_threshold: float = 0.6) -> Classification:
-    """Tables of one image from its class map and object ids (no network involved)."""
+            low_confidence_threshold: float = 0.6,
+            vote_map: np.ndarray | None = None) -> Classification:
+    """Tables of one image from its class map and object ids (no network involved); objects
+    vote on ``vote_map`` when given (``inference.object_vote: second_phase``), else on the
+    class map."""
     if class_map.shape != object_ids.shape:
         raise InputError(f"class map {class_map.shape} and object ids {object_ids.shape} differ")
-    objects = voted_object_table(class_map, object_ids, classes, pixel_size_um)
+    voted = class_map if vote_map is None else vote_map
+    if voted.shape != class_map.shape:
+        raise InputError(f"vote map {voted.shape} and class map {class_map.shape} differ")
+    objects = voted_object_table(voted, object_ids, classes, pixel_size_um)
     return Classification(
         name=name, class_map=class_map, object_ids=object_ids, objects=objects,
         summary=class_summary(objects, class_map, classes, pixel_size_um),
@@ -342,8 +354,11 @@ def classify_image(image: np.ndarray, loaded: LoadedModel, *, mask: np.ndarray |
     :func:`read_lom_for`); ``threshold`` applies to ``lom`` (None = Otsu).
     """
     start = time.perf_counter()
+    vote_rule = {**loaded.inference, **(inference or {})}.get("object_vote", "majority")
+    vote_map = (np.empty(image.shape[:2], dtype=np.uint8) if vote_rule == "second_phase"
+                else None)
     class_map = predict_class_map(image, loaded, inference=inference, device=device,
-                                  progress=progress)
+                                  progress=progress, second_phase_out=vote_map)
     if mask is not None:
         ids, source = objects_from_mask(mask), "mask"
     elif lom is not None:
@@ -353,6 +368,6 @@ def classify_image(image: np.ndarray, loaded: LoadedModel, *, mask: np.ndarray |
         ids, source = objects_from_prediction(class_map, loaded.masking), "prediction"
     result = analyse(class_map, ids, loaded.classes, name=name, object_source=source,
                      pixel_size_um=pixel_size_um,
-                     low_confidence_threshold=low_confidence_threshold)
+                     low_confidence_threshold=low_confidence_threshold, vote_map=vote_map)
     result.seconds = time.perf_counter() - start
     return result

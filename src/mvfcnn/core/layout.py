@@ -30,6 +30,8 @@ MASK = f"{RESULTS}/masks/{{sample}}.tif"
 OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
 BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
 PREDICTION = "pred/{sample}.tif"  # under a run directory
+#: each pixel's most probable non-matrix class (inference.object_vote second_phase; under a run)
+SECOND_PHASE_PREDICTION = "pred_second_phase/{sample}.tif"
 #: a run's per-class decision offsets (inference.class_offsets; under a run directory)
 CLASS_OFFSETS = "class_offsets.json"
 #: a run's validation mean IU per stage on one step axis (under a run directory)

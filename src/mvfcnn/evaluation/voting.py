@@ -4,6 +4,11 @@ Matrix pixels (class 0) do not vote: an object is "the second phase", so predict
 means "missed", not "matrix object". An object without any non-matrix predicted pixel is
 "not segmented" (``pred_class = -1``), the 48 objects of the paper's Table 4 note. Ties between
 classes go to the LOWEST class index (``argmax`` order), which keeps the result deterministic.
+
+With ``inference.object_vote: second_phase`` the same vote runs on another map: each pixel's most
+probable NON-matrix class (``predict``'s ``pred_second_phase``), so every pixel of an object
+votes and none is left not segmented (on MetalDAM's 6 folds: object accuracy 81.1 % vs 75.8 %,
+M/A recall 0.70 vs 0.46; ``benchmarks/metaldam_vote_rules.py``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
+
 from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import json_arg
 from mvfcnn.core.errors import InputError
@@ -55,6 +57,9 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     parser.add_argument("--out", required=True, help="class map TIFF to write (uint8)")
     parser.add_argument("--out-probs", default=None, help="optional float16 probabilities TIFF")
+    parser.add_argument("--out-second-phase", default=None,
+                        help="optional uint8 TIFF of each pixel's most probable non-matrix class "
+                             "(what inference.object_vote second_phase votes on)")
     parser.add_argument("--class-offsets", default=None,
                         help="class offsets JSON (mvfcnn fit-class-offsets) added to the "
                              "log-probabilities before the argmax")
@@ -71,11 +76,13 @@ def predict(argv: list[str]) -> int:
     model, meta = _load_model(args.model)
     offsets = (read_class_offsets(args.class_offsets, _class_names(meta, args.model))
                if args.class_offsets else None)
+    second_phase = (np.empty(image.shape[:2], dtype=np.uint8) if args.out_second_phase
+                    else None)
     start = time.perf_counter()
     try:
         result = predict_image(model, image, device=device, return_probs=bool(args.out_probs),
                                progress=not args.no_progress, decision_offsets=offsets,
-                               **params)
+                               second_phase_out=second_phase, **params)
     except InputError as err:
         raise InputError(str(err), sample=args.sample, path=args.image) from err
     seconds = time.perf_counter() - start
@@ -83,6 +90,8 @@ def predict(argv: list[str]) -> int:
     write_image(args.out, class_map)
     if args.out_probs and probs is not None:
         write_image(args.out_probs, probs)
+    if second_phase is not None:
+        write_image(args.out_second_phase, second_phase)
     megapixels = class_map.size / 1e6
     print(f"mvfcnn predict: {args.sample}: {megapixels:.2f} MP in {seconds:.1f} s "
           f"({megapixels / max(seconds, 1e-9):.3f} MP/s)", file=sys.stderr)

@@ -147,6 +147,7 @@ def predict_image(
     channels_last: bool = True,
     timings: dict[str, float] | None = None,
     decision_offsets: Sequence[float] | None = None,
+    second_phase_out: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Class map (H, W) uint8 of ``image`` (H, W) or (H, W, 3); with ``return_probs`` also
     (K, H, W) float16 softmax probabilities.
@@ -165,7 +166,10 @@ def predict_image(
     receives the seconds spent reading, in the network and stitching, plus the window count
     and shape (for benchmarks). ``decision_offsets`` (K,) are added to each pixel's class
     log-probabilities before the argmax (:mod:`mvfcnn.inference.calibration`); the
-    probabilities returned stay the network's.
+    probabilities returned stay the network's. ``second_phase_out``, an (H, W) uint8 array, is
+    filled with each pixel's most probable NON-matrix class (1..K-1, offsets included): what
+    ``inference.object_vote: second_phase`` votes on, where every object is second phase by
+    construction and the matrix score has nothing left to decide.
     """
     import torch  # lazy: torch, as above
 
@@ -186,6 +190,10 @@ def predict_image(
         preprocess = _default_preprocess()
     device = str(resolve_device(device))
     height, width = image.shape[:2]
+    if second_phase_out is not None and (second_phase_out.shape != (height, width)
+                                         or second_phase_out.dtype != np.uint8):
+        raise InputError(f"second_phase_out must be a ({height}, {width}) uint8 array, got "
+                         f"{second_phase_out.shape} {second_phase_out.dtype}")
     shape = tile_shape(height, width, tile_size, overlap, fit_tiles)
     tiles = tile_grid(height, width, tile_size, overlap, fit=fit_tiles)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -222,8 +230,12 @@ def predict_image(
             else:
                 scores = net(batch)
             _check_scores(scores, len(group), shape)
-            labels = _decide(scores, offsets, probabilities=tta_rotations or tta_flips
-                             or return_probs).to(torch.uint8).cpu().numpy()
+            probabilities = tta_rotations or tta_flips or return_probs
+            labels = _decide(scores, offsets, probabilities=probabilities)
+            labels = labels.to(torch.uint8).cpu().numpy()
+            second = (None if second_phase_out is None else
+                      _decide(scores, offsets, probabilities=probabilities, first=1)
+                      .to(torch.uint8).cpu().numpy())
             clock["forward"] += time.perf_counter() - tick
             tick = time.perf_counter()
             soft = scores.to(torch.float16).cpu().numpy() if return_probs else None
@@ -234,6 +246,8 @@ def predict_image(
                 src = (slice(t.keep_y0 - t.y, t.keep_y1 - t.y),
                        slice(t.keep_x0 - t.x, t.keep_x1 - t.x))
                 out[dst] = labels[b][src]
+                if second is not None and second_phase_out is not None:
+                    second_phase_out[dst] = second[b][src]
                 if soft is not None and probs is not None:
                     probs[:, dst[0], dst[1]] = soft[b, :, src[0], src[1]]
             clock["stitch"] += time.perf_counter() - tick
@@ -248,19 +262,19 @@ def predict_image(
     return out
 
 
-def _decide(scores, offsets, *, probabilities: bool):
-    """The class of each pixel: the argmax of the scores, or, with offsets, of the
-    log-probabilities plus the offsets (logits differ from log-probabilities by a per-pixel
-    constant, so logits take the offsets directly)."""
+def _decide(scores, offsets, *, probabilities: bool, first: int = 0):
+    """The class of each pixel among classes ``first``.. : the argmax of the scores, or, with
+    offsets, of the log-probabilities plus the offsets (logits differ from log-probabilities by
+    a per-pixel constant, so logits take the offsets directly, and so does a subset of them)."""
     import torch
 
-    if offsets is None:
-        return scores.argmax(dim=1)
-    if offsets.numel() != scores.shape[1]:
+    if offsets is not None and offsets.numel() != scores.shape[1]:
         raise InputError(f"{offsets.numel()} class offsets for a model of {scores.shape[1]} "
                          f"classes")
-    logs = torch.log(scores.float().clamp_min(1e-12)) if probabilities else scores.float()
-    return (logs + offsets.view(1, -1, 1, 1)).argmax(dim=1)
+    if offsets is not None:
+        logs = torch.log(scores.float().clamp_min(1e-12)) if probabilities else scores.float()
+        scores = logs + offsets.view(1, -1, 1, 1)
+    return scores[:, first:].argmax(dim=1) + first if first else scores.argmax(dim=1)
 
 
 def tta_transforms(rotations: bool, flips: bool) -> list[tuple[bool, int]]:

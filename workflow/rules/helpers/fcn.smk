@@ -55,3 +55,23 @@ def class_offsets_file(wildcards):
 def class_offsets_arg(wildcards, input):
     """`--class-offsets FILE` (as a list for :q) when the offsets are fitted."""
     return ["--class-offsets", str(input.offsets)] if input.offsets else []
+
+
+#: `inference.object_vote: second_phase`: objects vote on each pixel's best non-matrix class,
+#: a map predict writes beside the class map (src/mvfcnn/inference/predict.py)
+SECOND_PHASE_VOTE = config["inference"]["object_vote"] == "second_phase"
+#: the map the vote rule reads
+VOTED_MAP = layout.SECOND_PHASE_PREDICTION if SECOND_PHASE_VOTE else layout.PREDICTION
+
+
+def predict_outputs():
+    """The class map, and the second-phase map when objects vote on it."""
+    outputs = {"pred": os.path.join(RUN, layout.PREDICTION)}
+    if SECOND_PHASE_VOTE:
+        outputs["second_phase"] = os.path.join(RUN, layout.SECOND_PHASE_PREDICTION)
+    return outputs
+
+
+def second_phase_arg(wildcards, output):
+    """`--out-second-phase FILE` (as a list for :q) when objects vote on that map."""
+    return ["--out-second-phase", str(output.second_phase)] if SECOND_PHASE_VOTE else []
