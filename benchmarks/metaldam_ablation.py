@@ -78,6 +78,8 @@ LEVERS = {
     "pretrain_patch64": "pretrain_long with 64-px pretraining patches instead of 48 "
                         "(pretrain.patch_size 64)",
     "pretrain_12k": "pretrain_long with 12000 patch-pretraining steps instead of 6000",
+    "seed1": "pretrain_long with seed 1 instead of 0 (initialisation, sampling, augmentation): "
+             "the run-to-run spread a lever must clear, not a lever",
     "freeze": "pretrain_long with the pretrained trunk fixed up to pool2 while the FCN stages "
               "train (fcn.freeze pool2)",
     "class_weights": "pretrain_long + median-frequency class weights clipped to [1/2, 2] "
