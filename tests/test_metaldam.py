@@ -315,6 +315,25 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         assert rules["second_phase"]["objects"] == int(row["n_objects"])
         assert rules["second_phase"]["object_accuracy"] == pytest.approx(row["object_accuracy"])
         assert all(rules[r]["not_segmented"] == 0 for r in ("fallback", "second_phase", "soft"))
+    # the seed ensemble of one run with itself is that run (its softmax averaged with itself)
+    out = tmp_path / "ensemble.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_ensemble.py"),
+                            "--workdirs", str(work), str(work), "--folds", "a", "b",
+                            "--configfile", str(ROOT / "tests" / "data" / "mini.yaml"),
+                            str(overlay), "--out", str(out)], capture_output=True, text=True,
+                           timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "differs from the run's" not in bench.stderr
+    record = json.loads(out.read_text())
+    for fold in ("a", "b"):
+        run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
+        metrics = json.loads((run / "metrics.json").read_text())["pixel"]
+        for method in ("run0", "run1"):
+            assert record["per_fold"][fold][method]["mean_iu"] == pytest.approx(
+                metrics["mean_iu"])
+        # from float16 probabilities: a tie may break the other way on a few pixels
+        assert record["per_fold"][fold]["ensemble"]["mean_iu"] == pytest.approx(
+            metrics["mean_iu"], abs=1e-3)
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):

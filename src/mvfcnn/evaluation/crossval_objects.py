@@ -3,7 +3,8 @@ baselines, on the same test objects of every fold (e.g. MetalDAM's 6 folds).
 
 Objects are the test images' second-phase objects (for MetalDAM the connected components of each
 non-matrix class of the labels, ``masking.min_object_area`` up). MVFCNN gives each the majority
-class of its predicted pixels (``vote``/``evaluate``); every baseline classifies the object's
+class of its predicted pixels (``vote``/``evaluate``; of their best non-matrix classes under
+``inference.object_vote: second_phase``); every baseline classifies the object's
 crop, trained on the crops of the fold's training images (``train_baseline``). Each run's
 ``metrics.json`` (the shared evaluation format) gives its object accuracy and per-class recall.
 
