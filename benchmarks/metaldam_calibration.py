@@ -45,6 +45,22 @@ def merged_config(overlays: list[str]) -> dict[str, Any]:
     return config
 
 
+def predict_as_the_run(model, image: np.ndarray, infer: dict[str, Any], saved_path: Path,
+                       label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class map, float16 softmax) of one test image with the run's inference settings; says
+    on stderr when the class map differs from the run's own ``pred/*.tif`` (the check that a
+    comparison on "the same models" is one)."""
+    from mvfcnn.core.io import read_labels
+    from mvfcnn.inference.predict import predict_image
+
+    plain, probs = predict_image(model, image, **infer, return_probs=True, progress=False)
+    saved = read_labels(saved_path, sample=label)
+    if not np.array_equal(plain, saved):
+        print(f"{label}: the prediction differs from the run's ({int((plain != saved).sum())} "
+              f"px)", file=sys.stderr)
+    return plain, probs
+
+
 def scores(confusion: np.ndarray, classes, excluded: list[str]) -> dict[str, Any]:
     from mvfcnn.evaluation.metrics import per_class_iu, pixel_accuracy
 
@@ -126,7 +142,7 @@ def main() -> int:
     from mvfcnn.fcn.tiling import read_tiles
     from mvfcnn.inference.calibration import OBJECTIVES, biased_labels, fit_class_bias
     from mvfcnn.inference.held_out import MAX_FIT_PIXELS, held_out_pixels
-    from mvfcnn.inference.predict import inference_kwargs, predict_image
+    from mvfcnn.inference.predict import inference_kwargs
     from mvfcnn.models.io import load_model
 
     config = merged_config(args.configfile)
@@ -161,12 +177,8 @@ def main() -> int:
             prepared = args.workdir / "results" / "prepared" / sample
             image = read_image(prepared / "image.tif", sample=sample, micrograph=True)
             truth = read_labels(prepared / "labels.tif", sample=sample)
-            plain, probs = predict_image(model, image, **infer, return_probs=True,
-                                         progress=False)
-            saved = read_labels(pred_path, sample=sample)
-            if not np.array_equal(plain, saved):
-                print(f"fold {fold} {sample}: the plain prediction differs from the run's "
-                      f"({int((plain != saved).sum())} px)", file=sys.stderr)
+            plain, probs = predict_as_the_run(model, image, infer, pred_path,
+                                              f"fold {fold} {sample}")
             tests.append((sample, truth, plain, probs))
         # the oracle: offsets fitted on the test pixels themselves, the most this lever can give
         flat_logs = np.concatenate([np.log(np.maximum(p.reshape(len(p), -1).T.astype(

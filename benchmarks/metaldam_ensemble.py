@@ -23,7 +23,7 @@ from typing import Any
 
 import _common
 import numpy as np
-from metaldam_calibration import merged_config, scores
+from metaldam_calibration import merged_config, predict_as_the_run, scores
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE = "ensemble"
@@ -50,7 +50,7 @@ def main() -> int:
     from mvfcnn.core.settings import with_defaults
     from mvfcnn.evaluation.crossval import phase_fraction_summary, phase_image_rows
     from mvfcnn.evaluation.metrics import confusion_matrix
-    from mvfcnn.inference.predict import inference_kwargs, predict_image
+    from mvfcnn.inference.predict import inference_kwargs
     from mvfcnn.models.io import load_model
 
     config = merged_config(args.configfile)
@@ -76,12 +76,9 @@ def main() -> int:
             truth = read_labels(prepared / "labels.tif", sample=sample)
             total = None
             for name, run, model in zip(members, runs, models, strict=True):
-                plain, probs = predict_image(model, image, **infer, return_probs=True,
-                                             progress=False)
-                saved = read_labels(run / "pred" / f"{sample}.tif", sample=sample)
-                if not np.array_equal(plain, saved):
-                    print(f"fold {fold} {sample} {name}: the prediction differs from the run's "
-                          f"({int((plain != saved).sum())} px)", file=sys.stderr)
+                plain, probs = predict_as_the_run(model, image, infer,
+                                                  run / "pred" / f"{sample}.tif",
+                                                  f"fold {fold} {sample} {name}")
                 confusions[name] += confusion_matrix(truth, plain, k, ignore)
                 phase_rows[name] += phase_image_rows(fold, sample, truth, plain, classes)
                 total = probs.astype(np.float32) if total is None else total + probs

@@ -313,16 +313,25 @@ def test_default_preprocess_from_models_package() -> None:
 # ---------------------------------------------------------------- CLI
 
 
+def _cli_on_integer_conv(tmp_path, monkeypatch, shape: tuple[int, int], seed: int):
+    """A grey image at tmp_path/sem.tif and the 5-class integer conv that `mvfcnn predict`
+    will load whatever --model says (with the float preprocessing the tests compare against)."""
+    import tifffile
+
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "sem.tif", image)
+    model = _integer_conv(radius=1, classes=5)
+    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
+    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    return image, model
+
+
 def test_cli_predict_writes_class_map(tmp_path, monkeypatch) -> None:
     import tifffile
 
     from mvfcnn.cli import main
 
-    image = np.random.default_rng(8).integers(0, 256, (70, 60), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "sem.tif", image)
-    model = _integer_conv(radius=1, classes=5)
-    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
-    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    image, model = _cli_on_integer_conv(tmp_path, monkeypatch, (70, 60), seed=8)
     params = {"tile_size": 32, "overlap": 8, "batch_size": 2, "precision": "fp32",
               "tta_rotations": False}
     argv = ["predict", "--model", str(tmp_path / "m.pt"), "--image", str(tmp_path / "sem.tif"),
@@ -551,11 +560,7 @@ def test_cli_predict_writes_the_second_phase_map(tmp_path, monkeypatch) -> None:
 
     from mvfcnn.cli import main
 
-    image = np.random.default_rng(4).integers(0, 256, (50, 40), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "sem.tif", image)
-    model = _integer_conv(radius=1, classes=5)
-    monkeypatch.setattr(inference_cli, "_load_model", lambda path: (model, {"path": path}))
-    monkeypatch.setattr(inference, "_default_preprocess", lambda: _float_input)
+    image, model = _cli_on_integer_conv(tmp_path, monkeypatch, (50, 40), seed=4)
     params = {"tile_size": 32, "overlap": 8, "batch_size": 2, "precision": "fp32"}
     out = tmp_path / "pred" / "s.tif"
     second_out = tmp_path / "pred_second_phase" / "s.tif"

@@ -210,6 +210,18 @@ def _mini_release(root: Path) -> Path:
     return sheet
 
 
+def _same_models_benchmark(script: str, tmp_path: Path, *args: str, overlays: list[str]) -> dict:
+    """A benchmark that re-predicts a finished run's test images (folds a and b): its record,
+    after checking it ran and that its predictions equal the run's own."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args,
+                            "--folds", "a", "b", "--configfile", *overlays, "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "differs from the run's" not in bench.stderr
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_mini_crossval_run_reaches_the_table(tmp_path):
     sheet = _mini_release(tmp_path / "data")
@@ -286,14 +298,9 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         (voted["object_accuracy"] * voted["n_objects"]).sum()))
     assert all(r["right"] + r["not_segmented"] <= r["objects"] for r in by_area)
     # the decision-offset lever on the same models: its plain prediction is the run's own
-    out = tmp_path / "calibration.json"
-    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_calibration.py"),
-                            "--workdir", str(work), "--folds", "a", "b", "--configfile",
-                            str(ROOT / "tests" / "data" / "mini.yaml"), str(overlay),
-                            "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert bench.returncode == 0, bench.stderr[-3000:]
-    assert "differs from the run's" not in bench.stderr
-    record = json.loads(out.read_text())
+    overlays = [str(ROOT / "tests" / "data" / "mini.yaml"), str(overlay)]
+    record = _same_models_benchmark("metaldam_calibration.py", tmp_path, "--workdir", str(work),
+                                    overlays=overlays)
     for fold in ("a", "b"):
         run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
         metrics = json.loads((run / "metrics.json").read_text())["pixel"]
@@ -301,30 +308,22 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         assert record["per_fold"][fold]["oracle"]["mean_iu"] >= metrics["mean_iu"] - 1e-9
     # the object-vote rules on the same models: the workflow's (metaldam.yaml: second_phase)
     # gives the objects table's accuracy, and no rule but the paper's leaves objects unsegmented
-    out = tmp_path / "vote_rules.json"
-    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_vote_rules.py"),
-                            "--workdir", str(work), "--folds", "a", "b", "--configfile",
-                            str(ROOT / "tests" / "data" / "mini.yaml"), str(overlay),
-                            "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert bench.returncode == 0, bench.stderr[-3000:]
-    assert "differs from the run's" not in bench.stderr
-    record = json.loads(out.read_text())
+    record = _same_models_benchmark("metaldam_vote_rules.py", tmp_path, "--workdir", str(work),
+                                    overlays=overlays)
     for fold in ("a", "b"):
         row = voted[voted["fold"] == fold].iloc[0]
         rules = record["per_fold"][fold]
         assert rules["second_phase"]["objects"] == int(row["n_objects"])
         assert rules["second_phase"]["object_accuracy"] == pytest.approx(row["object_accuracy"])
         assert all(rules[r]["not_segmented"] == 0 for r in ("fallback", "second_phase", "soft"))
+        # offsets start at 0 (= second_phase) and only move to a better score
+        assert rules["offsets_oracle"]["object_accuracy"] >= rules["second_phase"][
+            "object_accuracy"]
+        assert {"offsets_accuracy", "offsets_balanced"} <= set(rules)
+        assert len(record["offsets"][fold]["offsets_accuracy"]) == 5
     # the seed ensemble of one run with itself is that run (its softmax averaged with itself)
-    out = tmp_path / "ensemble.json"
-    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metaldam_ensemble.py"),
-                            "--workdirs", str(work), str(work), "--folds", "a", "b",
-                            "--configfile", str(ROOT / "tests" / "data" / "mini.yaml"),
-                            str(overlay), "--out", str(out)], capture_output=True, text=True,
-                           timeout=300)
-    assert bench.returncode == 0, bench.stderr[-3000:]
-    assert "differs from the run's" not in bench.stderr
-    record = json.loads(out.read_text())
+    record = _same_models_benchmark("metaldam_ensemble.py", tmp_path, "--workdirs", str(work),
+                                    str(work), overlays=overlays)
     for fold in ("a", "b"):
         run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
         metrics = json.loads((run / "metrics.json").read_text())["pixel"]
@@ -417,18 +416,24 @@ def test_metaldam_configs_pass_the_schema_and_a_dry_run(tmp_path, overlays):
     assert "fold5" in result.stdout
 
 
-def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path):
-    overlay = tmp_path / "offsets.yaml"
-    overlay.write_text(yaml.safe_dump({"inference": {"class_offsets": "fractions"}}))
+def _dry_run_commands(tmp_path: Path, overlay: dict) -> list[str]:
+    """The shell commands (``-n -p``) of the MetalDAM job with ``overlay`` on top."""
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
     command = [str(SNAKEMAKE), "-n", "-p", "--snakefile", str(SNAKEFILE), "--directory",
                str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
-               str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--config",
+               str(ROOT / "config" / "metaldam.yaml"), str(path), "--config",
                f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    fits = [line for line in result.stdout.splitlines() if "mvfcnn fit-class-offsets" in line]
-    predicts = [line for line in result.stdout.splitlines() if "mvfcnn predict " in line]
+    return result.stdout.splitlines()
+
+
+def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path):
+    lines = _dry_run_commands(tmp_path, {"inference": {"class_offsets": "fractions"}})
+    fits = [line for line in lines if "mvfcnn fit-class-offsets" in line]
+    predicts = [line for line in lines if "mvfcnn predict " in line]
     final = yaml.safe_load((ROOT / "config" / "metaldam.yaml").read_text())["fcn"]["stages"][-1]
     assert len(fits) == 6
     assert all("--objective fractions" in f and f"/fcn{final}.pt" in f for f in fits)
@@ -439,19 +444,9 @@ def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path
             in line
 
 
-
 @pytest.mark.parametrize("rule", ["second_phase", "majority"])
 def test_object_vote_decides_which_map_predict_writes_and_vote_reads(tmp_path, rule):
-    overlay = tmp_path / "vote.yaml"
-    overlay.write_text(yaml.safe_dump({"inference": {"object_vote": rule}}))
-    command = [str(SNAKEMAKE), "-n", "-p", "--snakefile", str(SNAKEFILE), "--directory",
-               str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
-               str(ROOT / "config" / "metaldam.yaml"), str(overlay), "--config",
-               f"metaldam={{path: {METALDAM}}}", "--cores", "2", "--resources", "gpu=1"]
-    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.splitlines()
+    lines = _dry_run_commands(tmp_path, {"inference": {"object_vote": rule}})
     predicts = [line for line in lines if "mvfcnn predict " in line]
     votes = [line for line in lines if "mvfcnn vote " in line]
     assert len(predicts) == len(votes) == 42
