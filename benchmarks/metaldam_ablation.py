@@ -77,7 +77,9 @@ LEVERS = {
     "same_ema_width": "same_ema + a trunk twice as wide (fcn.width 0.5)",
     "pretrain_patch64": "pretrain_long with 64-px pretraining patches instead of 48 "
                         "(pretrain.patch_size 64)",
-    "pretrain_12k": "pretrain_long with 12000 patch-pretraining steps instead of 6000",
+    "pretrain_12k": "pretrain_long with 12000 patch-pretraining steps instead of 6000 (its "
+                    "minutes include a 20.5-min pause and other jobs on the 2 cores; quiet, "
+                    "fold 1's pretraining took 6.9 min against ~3.5 for 6000 steps)",
     "seed1": "pretrain_long with seed 1 instead of 0 (initialisation, sampling, augmentation): "
              "the run-to-run spread a lever must clear, not a lever",
     "freeze": "pretrain_long with the pretrained trunk fixed up to pool2 while the FCN stages "
