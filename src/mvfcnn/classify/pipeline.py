@@ -354,7 +354,8 @@ def classify_image(image: np.ndarray, loaded: LoadedModel, *, mask: np.ndarray |
     :func:`read_lom_for`); ``threshold`` applies to ``lom`` (None = Otsu).
     """
     start = time.perf_counter()
-    vote_rule = {**loaded.inference, **(inference or {})}.get("object_vote", "majority")
+    # loaded.inference holds every schema default, so the rule is always there
+    vote_rule = {**loaded.inference, **(inference or {})}["object_vote"]
     vote_map = (np.empty(image.shape[:2], dtype=np.uint8) if vote_rule == "second_phase"
                 else None)
     class_map = predict_class_map(image, loaded, inference=inference, device=device,
