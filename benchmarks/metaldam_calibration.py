@@ -49,12 +49,17 @@ def predict_as_the_run(model, image: np.ndarray, infer: dict[str, Any], saved_pa
                        label: str) -> tuple[np.ndarray, np.ndarray]:
     """(class map, float16 softmax) of one test image with the run's inference settings; says
     on stderr when the class map differs from the run's own ``pred/*.tif`` (the check that a
-    comparison on "the same models" is one)."""
-    from mvfcnn.core.io import read_labels
+    comparison on "the same models" is one). A run with ``inference.object_offsets`` kept its
+    softmax (``probs/*.tif`` beside ``pred/``): then those are read, not predicted again."""
+    from mvfcnn.core.io import read_labels, read_probabilities
+    from mvfcnn.core.layout import PROBABILITIES
     from mvfcnn.inference.predict import predict_image
 
-    plain, probs = predict_image(model, image, **infer, return_probs=True, progress=False)
     saved = read_labels(saved_path, sample=label)
+    kept = saved_path.parent.parent / PROBABILITIES.format(sample=saved_path.stem)
+    if kept.exists():
+        return saved, read_probabilities(kept, num_classes=model.num_classes, sample=label)
+    plain, probs = predict_image(model, image, **infer, return_probs=True, progress=False)
     if not np.array_equal(plain, saved):
         print(f"{label}: the prediction differs from the run's ({int((plain != saved).sum())} "
               f"px)", file=sys.stderr)

@@ -19,13 +19,14 @@ equal the run's own ``pred/*.tif``; checked):
 - ``soft``: the object takes the non-matrix class of the largest summed probability.
 
 Then ``second_phase`` with per-class offsets added to the pixels' non-matrix log-probabilities
-before their argmax (the first non-matrix class fixed at 0; coordinate ascent over
-``OFFSET_GRID``), fitted on OBJECTS the fold's test images do not hold:
+before their argmax (``inference.object_offsets``; the package's
+:func:`mvfcnn.evaluation.voting.fit_object_offsets`), fitted on OBJECTS the fold's test images do
+not hold:
 
 - ``offsets_accuracy`` / ``offsets_balanced``: cross-fitted, fold f's offsets maximise the object
   accuracy (or the mean of accuracy and mean class recall) of the OTHER folds' test objects, each
-  predicted by its own fold's model. Those models trained on fold f's test images, so this is not
-  strictly nested; a workflow lever would fit on out-of-fold predictions the same way;
+  predicted by its own fold's model, as the workflow's ``fit_object_offsets`` rule does. Those
+  models trained on fold f's test images, so this is not strictly nested;
 - ``offsets_oracle``: fitted on fold f's own test objects (accuracy): the ceiling, not a method.
 
 Per rule and fold: object accuracy (not-segmented objects wrong), mean class recall over the
@@ -51,13 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ("majority", "fallback", "second_phase", "soft")
 MAJORITY = "always_most_frequent"
 OFFSET_RULES = ("offsets_accuracy", "offsets_balanced", "offsets_oracle")
-#: the values each non-matrix class's offset may take (log-probability units)
-OFFSET_GRID = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
-
-
-def second_phase_map(probs: np.ndarray) -> np.ndarray:
-    """(H, W) uint8: each pixel's most probable non-matrix class (1..K-1)."""
-    return (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)
 
 
 def soft_classes(probs: np.ndarray, object_ids: np.ndarray) -> np.ndarray:
@@ -72,7 +66,7 @@ def soft_classes(probs: np.ndarray, object_ids: np.ndarray) -> np.ndarray:
 def rule_votes(rule: str, pred: np.ndarray, probs: np.ndarray, object_ids: np.ndarray,
                objects: pd.DataFrame, classes) -> np.ndarray:
     """Predicted class (-1 = not segmented) of every object of ``objects``, in its order."""
-    from mvfcnn.evaluation.voting import vote_table
+    from mvfcnn.evaluation.voting import second_phase_map, vote_table
 
     if rule == "soft":
         return soft_classes(probs, object_ids)[objects["object_id"].to_numpy(np.int64)]
@@ -82,50 +76,6 @@ def rule_votes(rule: str, pred: np.ndarray, probs: np.ndarray, object_ids: np.nd
         rescue = vote_table(second_phase_map(probs), object_ids, objects, classes)
         voted = np.where(voted < 0, rescue["pred_class"].to_numpy(np.int64), voted)
     return voted
-
-
-def object_evidence(probs: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(object index per object pixel, their non-matrix log-probabilities (N, K-1), true
-    classes): what offset votes need, the objects' pixels only."""
-    inside = object_ids > 0
-    lookup = np.full(int(object_ids.max()) + 1, -1, np.int64)
-    wanted = objects["object_id"].to_numpy(np.int64)
-    lookup[wanted] = np.arange(len(wanted))
-    index = lookup[object_ids[inside]]
-    logp = np.log(np.maximum(probs[1:, inside].astype(np.float32), 1e-12)).T
-    keep = index >= 0
-    return index[keep], logp[keep], objects["true_class"].to_numpy(np.int64)
-
-
-def offset_votes(evidence: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(true, voted) classes of every object: each pixel votes its best non-matrix class after
-    the offsets (K-1,) are added to its log-probabilities."""
-    trues, votes = [], []
-    for index, logp, true in evidence:
-        best = (logp + offsets).argmax(axis=1)
-        k = logp.shape[1]
-        counts = np.bincount(index * k + best, minlength=len(true) * k).reshape(len(true), k)
-        trues.append(true)
-        votes.append(counts.argmax(axis=1) + 1)
-    return np.concatenate(trues), np.concatenate(votes)
-
-
-def fit_object_offsets(evidence, objective) -> np.ndarray:
-    """Coordinate ascent over OFFSET_GRID (3 passes; the first non-matrix class stays 0)."""
-    k = evidence[0][1].shape[1]
-    offsets = np.zeros(k, np.float32)
-    best = objective(*offset_votes(evidence, offsets))
-    for _ in range(3):
-        for c in range(1, k):
-            for value in OFFSET_GRID:
-                trial = offsets.copy()
-                trial[c] = value
-                score = objective(*offset_votes(evidence, trial))
-                if score > best + 1e-12:
-                    best, offsets = score, trial
-    return offsets
 
 
 def scores(true: np.ndarray, pred: np.ndarray, names: list[str], excluded: list[int]
@@ -164,6 +114,13 @@ def main() -> int:
     from mvfcnn.core.config import ClassSet
     from mvfcnn.core.io import read_image, read_labels
     from mvfcnn.core.settings import with_defaults
+    from mvfcnn.evaluation.voting import (
+        OBJECT_OFFSET_BOUND,
+        OBJECT_OFFSET_STEP,
+        fit_object_offsets,
+        object_evidence,
+        offset_votes,
+    )
     from mvfcnn.inference.predict import inference_kwargs
     from mvfcnn.models.io import load_model
 
@@ -195,7 +152,7 @@ def main() -> int:
             ids = read_labels(args.workdir / "results" / "objects" / f"{sample}.tif",
                               sample=sample)
             true_all.append(objects["true_class"].to_numpy(np.int64))
-            evidence[fold].append(object_evidence(probs, ids, objects))
+            evidence[fold].append(object_evidence(probs, ids, objects, sample=sample))
             for rule in RULES:
                 pred_all[rule].append(rule_votes(rule, plain, probs, ids, objects, classes))
         true = np.concatenate(true_all)
@@ -209,24 +166,19 @@ def main() -> int:
                                            f"{fold_report[r]['mean_recall']:.3f}"
                                            for r in (*RULES, MAJORITY)), flush=True)
 
-    def accuracy(true, pred):
-        return float((true == pred).mean())
-
-    def balanced(true, pred):
-        return (accuracy(true, pred) + scores(true, pred, names, excluded)["mean_recall"]) / 2
-
+    k = classes.num_classes
     fitted: dict[str, dict[str, list[float]]] = {}
     for fold in args.folds:
         others = [e for f in args.folds if f != fold for e in evidence[f]]
-        fits = {"offsets_oracle": fit_object_offsets(evidence[fold], accuracy)}
+        fits = {"offsets_oracle": fit_object_offsets(evidence[fold], "accuracy", k)}
         if others:
-            fits["offsets_accuracy"] = fit_object_offsets(others, accuracy)
-            fits["offsets_balanced"] = fit_object_offsets(others, balanced)
+            fits["offsets_accuracy"] = fit_object_offsets(others, "accuracy", k)
+            fits["offsets_balanced"] = fit_object_offsets(others, "balanced", k)
         fitted[fold] = {}
         for rule, offsets in fits.items():
             true, pred = offset_votes(evidence[fold], offsets)
             per_fold[fold][rule] = scores(true, pred, names, excluded)
-            fitted[fold][rule] = [0.0, *[float(v) for v in offsets]]
+            fitted[fold][rule] = [float(v) for v in offsets]
         print(f"fold {fold}: " + ", ".join(
             f"{r} {per_fold[fold][r]['object_accuracy']:.3f}/{per_fold[fold][r]['mean_recall']:.3f}"
             f" {fitted[fold][r]}" for r in fits), flush=True)
@@ -245,7 +197,8 @@ def main() -> int:
             for name in names[1:]}
     report = {"benchmark": "metaldam_vote_rules", "machine": _common.machine_info(("torch",)),
               "workdir": str(args.workdir), "configfile": args.configfile,
-              "inference": infer, "offset_grid": list(OFFSET_GRID),
+              "inference": infer,
+              "offset_grid": {"bound": OBJECT_OFFSET_BOUND, "step": OBJECT_OFFSET_STEP},
               "offsets": fitted, "folds": folds, "per_fold": per_fold, "summary": summary}
     _common.write_result(args.out, report)
     for rule, row in summary.items():

@@ -659,6 +659,11 @@ CROSS_FIELD = [
      "config: fcn.iterations needs an entry for every stage in fcn.stages; missing ['4s']"),
     ("prepare: {intensity_percentiles: [99, 1]}\n",
      "config: prepare.intensity_percentiles [99, 1] needs low < high"),
+    ("inference: {object_offsets: accuracy}\n",
+     "config: inference.object_offsets accuracy needs inference.object_vote second_phase"),
+    ("inference: {object_vote: second_phase, object_offsets: balanced}\n",
+     "config: inference.object_offsets balanced needs a sample sheet with 2 or more "
+     "cross-validation folds (a `fold` column; this one has 0)"),
     ("seed: 1\nfcn: {batch_size: 2}\nfcn: {batch_size: 3}\n",
      "overlay.yaml': config file: key 'fcn' appears twice (lines 2 and 3); the last would "
      "silently win"),
@@ -668,7 +673,8 @@ CROSS_FIELD = [
 @pytest.mark.parametrize(("overlay", "message"), CROSS_FIELD,
                          ids=["overlap", "stride", "ignore_index", "variant", "combination",
                               "pretrained_file", "pretrained_dir", "stage_chain",
-                              "stage_iterations", "stretch", "duplicate_key"])
+                              "stage_iterations", "stretch", "object_offsets_vote",
+                              "object_offsets_folds", "duplicate_key"])
 def test_cross_field_config_errors_stop_the_dag_build(tmp_path, overlay, message):
     """One line naming the key, exit code != 0, no job and nothing written."""
     (tmp_path / "results").mkdir()  # a directory where a weights file is expected

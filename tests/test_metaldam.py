@@ -235,6 +235,8 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         "prepare": {"upscale": 1},  # the committed 2x enlargement is tested on its own above
         "pretrain": {"patch_size": 32},
         "tiles": {"size": 96, "stride": 64},
+        # each fold's object vote with offsets fitted on the other fold's test objects
+        "inference": {"object_offsets": "balanced"},
     }))
     work = tmp_path / "work"
     command = [str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--directory", str(work),
@@ -306,20 +308,25 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())["pixel"]
         assert record["per_fold"][fold]["plain"]["mean_iu"] == pytest.approx(metrics["mean_iu"])
         assert record["per_fold"][fold]["oracle"]["mean_iu"] >= metrics["mean_iu"] - 1e-9
-    # the object-vote rules on the same models: the workflow's (metaldam.yaml: second_phase)
-    # gives the objects table's accuracy, and no rule but the paper's leaves objects unsegmented
+    # the object-vote rules on the same models (the run's kept softmax): the workflow's
+    # (second_phase with offsets fitted on the other fold, rule fit_object_offsets) gives the
+    # objects table's accuracy, and no rule but the paper's leaves objects unsegmented
     record = _same_models_benchmark("metaldam_vote_rules.py", tmp_path, "--workdir", str(work),
                                     overlays=overlays)
     for fold in ("a", "b"):
         row = voted[voted["fold"] == fold].iloc[0]
         rules = record["per_fold"][fold]
-        assert rules["second_phase"]["objects"] == int(row["n_objects"])
-        assert rules["second_phase"]["object_accuracy"] == pytest.approx(row["object_accuracy"])
+        run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
+        fitted = json.loads((run / "object_offsets.json").read_text())
+        assert fitted["fit_samples"] == (["m2", "m26"] if fold == "a" else ["m0", "m1"])
+        assert record["offsets"][fold]["offsets_balanced"] == pytest.approx(fitted["offsets"])
+        assert rules["offsets_balanced"]["objects"] == int(row["n_objects"])
+        assert rules["offsets_balanced"]["object_accuracy"] == pytest.approx(
+            row["object_accuracy"])
         assert all(rules[r]["not_segmented"] == 0 for r in ("fallback", "second_phase", "soft"))
         # offsets start at 0 (= second_phase) and only move to a better score
         assert rules["offsets_oracle"]["object_accuracy"] >= rules["second_phase"][
             "object_accuracy"]
-        assert {"offsets_accuracy", "offsets_balanced"} <= set(rules)
         assert len(record["offsets"][fold]["offsets_accuracy"]) == 5
     # the seed ensemble of one run with itself is that run (its softmax averaged with itself)
     record = _same_models_benchmark("metaldam_ensemble.py", tmp_path, "--workdirs", str(work),
@@ -460,6 +467,30 @@ def test_object_vote_decides_which_map_predict_writes_and_vote_reads(tmp_path, r
         sample = re.search(r"--sample (\S+)", line).group(1)
         wanted = f"pred_second_phase/{sample}.tif"
         assert ("--out-second-phase" in line and wanted in line) == (rule == "second_phase")
+
+
+def test_object_offsets_fit_each_fold_on_the_other_folds_test_objects(tmp_path, sheet):
+    lines = _dry_run_commands(tmp_path, {"inference": {"object_offsets": "balanced"}})
+    fits = [line for line in lines if "mvfcnn fit-object-offsets" in line]
+    predicts = [line for line in lines if "mvfcnn predict " in line]
+    votes = [line for line in lines if "mvfcnn vote " in line]
+    assert len(fits) == 6 and len(predicts) == len(votes) == 42
+    test_fold = {s: str(f) for s, f in sheet["fold"].items()}
+    for line in fits:
+        fold = re.search(r"--out \S+/fold(\d)/object_offsets\.json", line).group(1)
+        probs = re.findall(r"fold(\d)/probs/(\S+)\.tif", line)
+        samples = re.search(r"--samples (.*?) --probs", line).group(1).split()
+        # every test image of the 5 other folds, each from its own fold's model; none of its own
+        assert sorted(s for _, s in probs) == sorted(s for s, f in test_fold.items() if f != fold)
+        assert all(test_fold[s] == f for f, s in probs)
+        assert [s for _, s in probs] == samples and "--objective balanced" in line
+    for line in predicts:  # the softmax, not the second-phase map, for the vote
+        assert "--out-probs" in line and "--out-second-phase" not in line
+    for line in votes:
+        fold, sample = re.search(r"--probs \S+/fold(\d)/probs/(\S+)\.tif", line).groups()
+        assert test_fold[sample] == fold
+        assert f"--object-offsets results/mvfcnn/ft_balanced_aug/sem/fold{fold}/object_offsets" \
+            ".json" in line and "--pred " not in line
 
 def test_a_lom_run_on_sem_only_data_is_a_clear_error(tmp_path):
     overlay = tmp_path / "lom.yaml"

@@ -124,3 +124,111 @@ def test_cli_vote(tmp_path) -> None:
     assert votes["pred_class"].tolist() == [1, 2, -1, -1, 3, 3, 2]
     tifffile.imwrite(tmp_path / "ids.tif", IDS[:, :5])
     assert main(argv) == 1  # size mismatch: one-line error, exit 1
+
+
+# --- inference.object_offsets: offsets on the second-phase vote --------------------------------
+
+# three objects in rows (ids 1, 2, 3; column 3 is matrix, id 0), true classes beta, alpha, gamma;
+# every pixel of an object has the same softmax over ferrite, alpha, beta, gamma
+OFFSET_IDS = np.array([[1, 1, 1, 0], [2, 2, 2, 0], [3, 3, 3, 0]], dtype=np.uint32)
+OFFSET_SOFTMAX = {1: [0.05, 0.5, 0.4, 0.05],   # beta, but alpha wins by log(0.5/0.4) = 0.22
+                  2: [0.25, 0.5, 0.2, 0.05],   # alpha; beta would need +0.92 to win
+                  3: [0.05, 0.6, 0.05, 0.3],   # gamma, but alpha wins by log(0.6/0.3) = 0.69
+                  0: [0.9, 0.04, 0.03, 0.03]}
+OFFSET_OBJECTS = pd.DataFrame({"object_id": [1, 2, 3], "true_class": [2, 1, 3]})
+
+
+def _offset_probs() -> np.ndarray:
+    rows = [OFFSET_SOFTMAX[int(i)] for i in OFFSET_IDS.reshape(-1)]
+    return np.asarray(rows, np.float16).T.reshape(4, *OFFSET_IDS.shape)
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "balanced"])
+def test_object_offsets_flip_exactly_the_objects_they_should(objective) -> None:
+    from mvfcnn.evaluation.voting import (
+        fit_object_offsets,
+        object_evidence,
+        object_scores,
+        offset_votes,
+        second_phase_map,
+    )
+
+    probs = _offset_probs()
+    evidence = [object_evidence(probs, OFFSET_IDS, OFFSET_OBJECTS)]
+    true, voted = offset_votes(evidence, np.zeros(4))
+    assert voted.tolist() == [1, 1, 1]  # alpha everywhere: 1 of 3 right
+    assert object_scores(true, voted, 4) == pytest.approx((1 / 3, 1 / 3))
+    offsets = fit_object_offsets(evidence, objective, 4)
+    # the smallest grid values that flip beta (> 0.22, < 0.92 or alpha flips too) and gamma
+    # (> 0.69); matrix and alpha stay at 0
+    assert offsets.tolist() == [0.0, 0.0, 0.5, 1.0]
+    assert offset_votes(evidence, offsets)[1].tolist() == [2, 1, 3]
+    # the map the vote rule votes on: matrix pixels too take their best non-matrix class
+    assert second_phase_map(probs).tolist() == [[1] * 4] * 3
+    assert second_phase_map(probs, offsets)[:, :3].tolist() == [[2] * 3, [1] * 3, [3] * 3]
+
+
+def test_object_offsets_stay_zero_when_nothing_beats_them_and_reject_bad_input() -> None:
+    from mvfcnn.evaluation.voting import fit_object_offsets, object_evidence, second_phase_map
+
+    objects = OFFSET_OBJECTS.assign(true_class=[1, 1, 1])  # alpha everywhere is already right
+    evidence = [object_evidence(_offset_probs(), OFFSET_IDS, objects)]
+    assert fit_object_offsets(evidence, "accuracy", 4).tolist() == [0.0] * 4
+    with pytest.raises(InputError, match="objective"):
+        fit_object_offsets(evidence, "recall", 4)
+    with pytest.raises(InputError, match="true_class"):
+        object_evidence(_offset_probs(), OFFSET_IDS, OFFSET_OBJECTS[["object_id"]])
+    with pytest.raises(InputError, match="differ in size"):
+        object_evidence(_offset_probs(), OFFSET_IDS[:, :3], OFFSET_OBJECTS)
+    with pytest.raises(InputError, match="3 object offsets for 4 classes"):
+        second_phase_map(_offset_probs(), np.zeros(3))
+
+
+def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
+    import tifffile
+
+    from mvfcnn.cli import main
+    from mvfcnn.core.io import write_probabilities
+
+    write_probabilities(tmp_path / "probs.tif", _offset_probs())  # as predict --out-probs
+    tifffile.imwrite(tmp_path / "ids.tif", OFFSET_IDS)
+    OFFSET_OBJECTS.to_csv(tmp_path / "objects.csv", index=False)
+    classes = json.dumps(CLASSES.to_dict())
+    offsets = tmp_path / "object_offsets.json"
+    fit = ["fit-object-offsets", "--classes-json", classes, "--samples", "s1", "--probs",
+           str(tmp_path / "probs.tif"), "--objects-ids", str(tmp_path / "ids.tif"),
+           "--objects", str(tmp_path / "objects.csv"), "--objective", "balanced",
+           "--out", str(offsets)]
+    assert main(fit) == 0
+    record = json.loads(offsets.read_text())
+    assert record["offsets"] == [0.0, 0.0, 0.5, 1.0]
+    assert record["classes"] == list(CLASSES.names) and record["fit_objects"] == 3
+    assert record["fit_accuracy"] == pytest.approx([1 / 3, 1.0], abs=1e-6)
+    vote_argv = ["vote", "--probs", str(tmp_path / "probs.tif"), "--objects-ids",
+                 str(tmp_path / "ids.tif"), "--objects", str(tmp_path / "objects.csv"),
+                 "--classes-json", classes, "--sample", "s1", "--out", str(tmp_path / "v.csv")]
+    assert main([*vote_argv, "--object-offsets", str(offsets)]) == 0
+    assert pd.read_csv(tmp_path / "v.csv")["pred_class"].tolist() == [2, 1, 3]
+    assert main(vote_argv) == 0  # the plain second-phase vote
+    assert pd.read_csv(tmp_path / "v.csv")["pred_class"].tolist() == [1, 1, 1]
+    assert main([*fit[:4], "s1", "s2", *fit[5:]]) == 1  # one entry per sample: a clear error
+    other = dict(record, classes=["ferrite", "alpha", "beta", "delta"])
+    offsets.write_text(json.dumps(other))
+    assert main([*vote_argv, "--object-offsets", str(offsets)]) == 1  # other classes
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_probabilities_round_trip_for_any_class_count(tmp_path, k) -> None:
+    """K of 3 or 4 must not turn into colour samples on the way (tifffile's RGB guess)."""
+    from mvfcnn.core.io import read_probabilities, write_probabilities
+
+    rng = np.random.default_rng(k)
+    probs = rng.dirichlet(np.ones(k), size=(7, 9)).transpose(2, 0, 1).astype(np.float16)
+    write_probabilities(tmp_path / "p.tif", probs)
+    back = read_probabilities(tmp_path / "p.tif", num_classes=k, sample="s")
+    assert back.shape == (k, 7, 9) and back.dtype == np.float16
+    assert np.array_equal(back, probs)
+    with pytest.raises(InputError, match=rf"p\.tif.: expected probabilities of {k + 1} classes"):
+        read_probabilities(tmp_path / "p.tif", num_classes=k + 1, sample="s")
+    with pytest.raises(InputError, match="file not found"):
+        read_probabilities(tmp_path / "none.tif", num_classes=k)

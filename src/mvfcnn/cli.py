@@ -31,6 +31,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "fit-class-offsets": ("mvfcnn.inference.cli:fit_class_offsets",
                           "Per-class decision offsets fitted on held-out tiles"),
     "vote": ("mvfcnn.evaluation.cli:vote", "Max-vote predicted pixels inside each object"),
+    "fit-object-offsets": ("mvfcnn.evaluation.cli:fit_object_offsets",
+                           "Per-class offsets for the second-phase object vote, fitted on "
+                           "labelled objects"),
     "evaluate": ("mvfcnn.evaluation.cli:evaluate", "Pixel and object metrics over a test set"),
     "crop-objects": ("mvfcnn.baselines.cli:crop_objects",
                      "Crop + warp objects for object-based baselines"),

@@ -34,7 +34,7 @@ rule crop_objects:
     input:
         images=lambda w: [_crop_source(w.modality, s) for s in _crop_samples(w)],
         masks=lambda w: [_crop_mask(s) for s in _crop_samples(w)],
-        tables=lambda w: [f"results/objects/{s}.csv" for s in _crop_samples(w)],
+        tables=lambda w: [layout.OBJECTS_TABLE.format(sample=s) for s in _crop_samples(w)],
         ids=lambda w: [layout.OBJECT_IDS.format(sample=s) for s in _crop_samples(w)],
     output:
         layout.crops(CV),

@@ -140,7 +140,7 @@ rule objects:
         mask=lambda w: f"results/masks/{w.sample}.tif" if has_mask_source(w.sample) else [],
         labels=sample_file("labels"),
     output:
-        table="results/objects/{sample}.csv",
+        table=layout.OBJECTS_TABLE,
         ids=layout.OBJECT_IDS,
     params:
         classes=CLASSES_JSON,
@@ -174,5 +174,5 @@ TARGETS["data"] = (
     [f"results/registration/{s}.json" for s in SAMPLES.index if has(s, "lom")]
     + [f"results/masks/{s}.json" for s in SAMPLES.index if has_mask_source(s)]
     + [layout.prepared(s)["json"] for s in SAMPLES.index if needs_prepare(s)]
-    + [f"results/objects/{s}.csv" for s in SAMPLES.index if SAMPLES.loc[s, "split"] not in SSL_ONLY_SPLITS]
+    + [layout.OBJECTS_TABLE.format(sample=s) for s in SAMPLES.index if SAMPLES.loc[s, "split"] not in SSL_ONLY_SPLITS]
 )

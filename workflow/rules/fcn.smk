@@ -205,7 +205,7 @@ rule predict:
     params:
         inference=cfg_json("inference"),
         offsets=class_offsets_arg,
-        second_phase=second_phase_arg,
+        extra=predict_extra_outputs_arg,
     log:
         layout.log_path("predict", CV, extra="_{sample}"),
     benchmark:
@@ -220,33 +220,7 @@ rule predict:
     shell:
         "mvfcnn predict --model {input.model:q} --image {input.image:q} --sample {wildcards.sample:q}"
         " --params-json {params.inference:q} {params.offsets:q} --threads {threads}"
-        " --out {output.pred:q} {params.second_phase:q} 2> {log:q}"
-
-
-rule vote:
-    """Max-voting: each object takes the majority non-matrix class of its predicted pixels
-    (inference.object_vote: of the class map, or of each pixel's best non-matrix class)."""
-    input:
-        pred=os.path.join(RUN, VOTED_MAP),
-        ids=layout.OBJECT_IDS,
-        objects="results/objects/{sample}.csv",
-    output:
-        os.path.join(RUN, "votes/{sample}.csv"),
-    params:
-        classes=CLASSES_JSON,
-    log:
-        layout.log_path("vote", CV, extra="_{sample}"),
-    benchmark:
-        layout.benchmark_path("vote", CV, extra="_{sample}"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "mvfcnn vote --pred {input.pred:q} --objects-ids {input.ids:q} --objects {input.objects:q}"
-        " --classes-json {params.classes:q} --sample {wildcards.sample:q} --out {output:q} 2> {log:q}"
+        " --out {output.pred:q} {params.extra:q} 2> {log:q}"
 
 
 rule evaluate:
@@ -254,7 +228,7 @@ rule evaluate:
     input:
         preds=lambda w: [os.path.join(RUN.format(**w), f"pred/{s}.tif") for s in test_samples(w)],
         votes=lambda w: [os.path.join(RUN.format(**w), f"votes/{s}.csv") for s in test_samples(w)],
-        objects=lambda w: [f"results/objects/{s}.csv" for s in test_samples(w)],
+        objects=lambda w: [layout.OBJECTS_TABLE.format(sample=s) for s in test_samples(w)],
         labels=lambda w: [labels_file(s) for s in test_samples(w)],
     output:
         metrics=os.path.join(RUN, "metrics.json"),

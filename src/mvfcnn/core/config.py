@@ -184,6 +184,11 @@ def check_config_fields(config: dict[str, Any]) -> None:
     if percentiles is not None and not percentiles[0] < percentiles[1]:
         raise InputError(f"prepare.intensity_percentiles {list(percentiles)} needs low < high: "
                          "the grey values between them are stretched to the full range")
+    inference = config["inference"]
+    if inference["object_offsets"] != "none" and inference["object_vote"] != "second_phase":
+        raise InputError(f"inference.object_offsets {inference['object_offsets']} needs "
+                         "inference.object_vote second_phase: the offsets move each pixel's "
+                         "choice among the non-matrix classes")
     size, stride = config["tiles"]["size"], config["tiles"]["stride"]
     if stride > size:
         raise InputError(f"tiles.stride ({stride}) must not exceed tiles.size ({size}): the "

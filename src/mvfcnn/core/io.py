@@ -290,6 +290,43 @@ def read_image(
     return array
 
 
+def write_probabilities(path: str | os.PathLike[str], probs: np.ndarray) -> None:
+    """Class probabilities (K, H, W) as one float16 TIFF of K grey pages (``mvfcnn predict
+    --out-probs``), so no K of 3 or 4 is mistaken for colour samples."""
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise InputError(f"probabilities must be (K, H, W), got shape {probs.shape}", path=path)
+    with atomic_path(Path(path)) as tmp:
+        import tifffile
+
+        tifffile.imwrite(tmp, probs.astype(np.float16, copy=False), photometric="minisblack",
+                         compression="zlib", bigtiff=probs.nbytes > 2**31)
+
+
+def read_probabilities(path: str | os.PathLike[str], *, num_classes: int,
+                       sample: str | None = None) -> np.ndarray:
+    """(K, H, W) class probabilities of :func:`write_probabilities`, checked: K pages of one
+    size, finite values in [0, 1]."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", sample=sample, path=path)
+    try:
+        import tifffile
+
+        probs = tifffile.imread(path)
+    except Exception as err:  # noqa: BLE001 - any decoder failure means an unreadable file
+        raise InputError(f"cannot read probabilities ({type(err).__name__}: {err})",
+                         sample=sample, path=path) from err
+    if probs.ndim != 3 or probs.shape[0] != num_classes:
+        raise InputError(f"expected probabilities of {num_classes} classes (K, H, W), got "
+                         f"shape {probs.shape}", sample=sample, path=path)
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise InputError(f"probabilities must be floats, got {probs.dtype}", sample=sample,
+                         path=path)
+    check_pixels(probs, sample=sample, path=path)  # floats: finite, within [0, 1]
+    return probs
+
+
 def channels_equal(rgb: np.ndarray) -> bool:
     """True when the three colour channels of (H, W, 3+) are identical (grey stored as RGB)."""
     for r0 in range(0, rgb.shape[0], _STRIP_ROWS):

@@ -28,12 +28,17 @@ def run_dir(cv: bool) -> str:
 REGISTERED_LOM = f"{RESULTS}/registration/{{sample}}_lom.tif"
 MASK = f"{RESULTS}/masks/{{sample}}.tif"
 OBJECT_IDS = f"{RESULTS}/objects/{{sample}}.tif"
+OBJECTS_TABLE = f"{RESULTS}/objects/{{sample}}.csv"
 BASELINE_DIR = f"{RESULTS}/baselines/{{method}}/{{modality}}"
 PREDICTION = "pred/{sample}.tif"  # under a run directory
 #: each pixel's most probable non-matrix class (inference.object_vote second_phase; under a run)
 SECOND_PHASE_PREDICTION = "pred_second_phase/{sample}.tif"
 #: a run's per-class decision offsets (inference.class_offsets; under a run directory)
 CLASS_OFFSETS = "class_offsets.json"
+#: float16 (K, H, W) softmax of a test image (inference.object_offsets; under a run)
+PROBABILITIES = "probs/{sample}.tif"
+#: a run's per-class offsets of the object vote (inference.object_offsets; under a run)
+OBJECT_OFFSETS = "object_offsets.json"
 #: a run's validation mean IU per stage on one step axis (under a run directory)
 LEARNING_CURVE = "learning_curve.csv"
 LEARNING_CURVE_PNG = "learning_curve.png"

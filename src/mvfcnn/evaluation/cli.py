@@ -1,4 +1,5 @@
-"""The command lines of the per-sample evaluation verbs: ``mvfcnn vote`` and ``evaluate``
+"""The command lines of the per-sample evaluation verbs: ``mvfcnn vote``, ``fit-object-offsets``
+and ``evaluate``
 (the science is in :mod:`~mvfcnn.evaluation.voting` and :mod:`~mvfcnn.evaluation.evaluate`).
 They run once per sample, so they load no cross-validation or figure code
 (:mod:`~mvfcnn.evaluation.crossval_cli` holds those verbs)."""
@@ -8,14 +9,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import classes_from_json
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, write_table
+from mvfcnn.core.io import read_image, read_probabilities, write_json, write_table
 from mvfcnn.evaluation.evaluate import PathLike, merge_votes, pixel_confusion, write_evaluation
-from mvfcnn.evaluation.voting import vote_table
+from mvfcnn.evaluation.voting import (
+    OBJECT_OFFSET_OBJECTIVES,
+    object_evidence,
+    object_scores,
+    offset_votes,
+    second_phase_map,
+    vote_table,
+)
+from mvfcnn.evaluation.voting import fit_object_offsets as fit_object_offsets_on
+from mvfcnn.inference.calibration import read_class_offsets
 
 
 def vote(argv: list[str]) -> int:
@@ -25,32 +36,89 @@ def vote(argv: list[str]) -> int:
         "Max-vote the predicted classes inside each object (matrix pixels do not "
         "vote; ties -> lowest class index; no non-matrix pixel -> not_segmented).",
         shared=("classes_json", "sample"))
-    parser.add_argument("--pred", required=True, help="stitched uint8 class map (TIFF)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", help="stitched uint8 class map (TIFF)")
+    source.add_argument("--probs", help="float16 (K, H, W) probabilities (mvfcnn predict "
+                                        "--out-probs): vote each pixel's best non-matrix class "
+                                        "after --object-offsets")
+    parser.add_argument("--object-offsets", default=None,
+                        help="object offsets JSON (mvfcnn fit-object-offsets); with --probs")
     parser.add_argument("--objects-ids", required=True, help="uint32 object-id image (TIFF)")
     parser.add_argument("--objects", required=True, help="objects table CSV (object_id column)")
     parser.add_argument("--out", required=True, help="votes CSV to write")
     args = parser.parse_args(argv)
+    if args.object_offsets and not args.probs:
+        parser.error("--object-offsets needs --probs")
 
     classes = classes_from_json(args.classes_json)
-    pred = read_image(args.pred, sample=args.sample)
     ids = read_image(args.objects_ids, sample=args.sample)
+    if args.probs:
+        probs = read_probabilities(args.probs, num_classes=classes.num_classes,
+                                   sample=args.sample)
+        offsets = (read_class_offsets(args.object_offsets, list(classes.names))
+                   if args.object_offsets else None)
+        pred, pred_path = second_phase_map(probs, offsets), args.probs
+    else:
+        pred, pred_path = read_image(args.pred, sample=args.sample), args.pred
     if pred.ndim != 2 or ids.ndim != 2:
         raise InputError("prediction and object-id images must be 2-D", sample=args.sample)
     if pred.shape != ids.shape:
         raise InputError(f"prediction {pred.shape} and object ids {ids.shape} differ in size",
                          sample=args.sample, path=args.objects_ids)
-    try:
-        objects = pd.read_csv(args.objects)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"cannot read objects table ({err})", sample=args.sample,
-                         path=args.objects) from err
+    objects = _read_csv(args.objects, args.sample)
     try:
         votes = vote_table(pred, ids, objects, classes, sample=args.sample)
     except InputError as err:
         if err.sample is None:
-            raise InputError(str(err), sample=args.sample, path=args.pred) from err
+            raise InputError(str(err), sample=args.sample, path=pred_path) from err
         raise
     write_table(args.out, votes)
+    return 0
+
+
+def fit_object_offsets(argv: list[str]) -> int:
+    """`mvfcnn fit-object-offsets`: per-class offsets for the second-phase object vote, fitted
+    on labelled objects (in the workflow: the other folds' test objects)."""
+    parser = verb_parser("fit-object-offsets", fit_object_offsets.__doc__,
+                         shared=("classes_json",))
+    parser.add_argument("--samples", nargs="+", required=True)
+    parser.add_argument("--probs", nargs="+", required=True,
+                        help="per sample: float16 (K, H, W) probabilities (predict --out-probs)")
+    parser.add_argument("--objects-ids", nargs="+", required=True,
+                        help="per sample: uint32 object-id image")
+    parser.add_argument("--objects", nargs="+", required=True,
+                        help="per sample: objects table CSV (object_id, true_class)")
+    parser.add_argument("--objective", choices=OBJECT_OFFSET_OBJECTIVES, required=True)
+    parser.add_argument("--out", required=True, help="object offsets JSON to write")
+    args = parser.parse_args(argv)
+    lengths = {len(args.samples), len(args.probs), len(args.objects_ids), len(args.objects)}
+    if len(lengths) != 1:
+        raise InputError("--samples, --probs, --objects-ids and --objects need one entry per "
+                         f"sample; got {len(args.samples)}, {len(args.probs)}, "
+                         f"{len(args.objects_ids)} and {len(args.objects)}")
+
+    classes = classes_from_json(args.classes_json)
+    evidence = []
+    for sample, probs_path, ids_path, objects_path in zip(
+            args.samples, args.probs, args.objects_ids, args.objects, strict=True):
+        probs = read_probabilities(probs_path, num_classes=classes.num_classes, sample=sample)
+        ids = read_image(ids_path, sample=sample)
+        evidence.append(object_evidence(probs, ids, _read_csv(objects_path, sample),
+                                        sample=sample))
+    offsets = fit_object_offsets_on(evidence, args.objective, classes.num_classes)
+    true, voted = offset_votes(evidence, offsets)
+    before = object_scores(*offset_votes(evidence, np.zeros_like(offsets)), classes.num_classes)
+    after = object_scores(true, voted, classes.num_classes)
+    write_json(args.out, {"objective": args.objective, "fit_samples": list(args.samples),
+                          "fit_objects": int(true.size), "classes": list(classes.names),
+                          "offsets": [round(float(v), 6) for v in offsets],
+                          "fit_accuracy": [round(before[0], 6), round(after[0], 6)],
+                          "fit_mean_recall": [round(before[1], 6), round(after[1], 6)]})
+    print(f"mvfcnn fit-object-offsets: {true.size} objects of {len(args.samples)} sample(s); "
+          "offsets " + ", ".join(f"{n} {v:+.1f}" for n, v in zip(classes.names, offsets,
+                                                                    strict=True))
+          + f"; accuracy {before[0]:.3f} -> {after[0]:.3f}, mean recall {before[1]:.3f} -> "
+          f"{after[1]:.3f}", file=sys.stderr)
     return 0
 
 

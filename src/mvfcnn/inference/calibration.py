@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -67,20 +68,33 @@ def fit_class_bias(log_probs: np.ndarray, labels: np.ndarray, *, ignore_index: i
         return np.zeros(k, dtype=np.float32)
     if labels.min() < 0 or labels.max() >= k:
         raise InputError(f"labels must be 0..{k - 1} or {ignore_index}")
-    # the grid by magnitude, then sign: the first best candidate is the smallest offset
+    return coordinate_ascent(
+        lambda bias: _score(_confusion(labels, (log_probs + bias).argmax(1), k), objective),
+        k, bound=bound, step=step, sweeps=sweeps)
+
+
+def coordinate_ascent(score: Callable[[np.ndarray], float], k: int, *, bound: float,
+                      step: float, sweeps: int = 3) -> np.ndarray:
+    """Offsets (K,) maximising ``score(offsets)``: class 0 stays at 0 (only differences move an
+    argmax), each other class in turn tries every value of a grid within ±``bound``.
+
+    The grid runs by magnitude, then sign, and only a strictly better score moves an offset, so
+    ties keep the smaller offset and zero offsets win when nothing beats them. Stops after
+    ``sweeps`` passes or a pass that moved nothing.
+    """
     half = np.round(np.arange(0.0, bound + step / 2, step), 6)
     grid = [0.0] + [float(s * v) for v in half[1:] for s in (-1, 1)]
     bias = np.zeros(k, dtype=np.float32)
-    best = _score(_confusion(labels, (log_probs + bias).argmax(1), k), objective)
+    best = score(bias)
     for _ in range(int(sweeps)):
         moved = False
         for c in range(1, k):
             trial = bias.copy()
             for value in grid:
                 trial[c] = value
-                score = _score(_confusion(labels, (log_probs + trial).argmax(1), k), objective)
-                if score > best + 1e-12:
-                    best, bias, moved = score, trial.copy(), True
+                value_score = score(trial)
+                if value_score > best + 1e-12:
+                    best, bias, moved = value_score, trial.copy(), True
         if not moved:
             break
     return bias

@@ -12,7 +12,7 @@ import numpy as np
 from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import json_arg
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, write_image
+from mvfcnn.core.io import read_image, write_image, write_probabilities
 from mvfcnn.inference.calibration import (
     OBJECTIVES,
     model_class_set,
@@ -89,7 +89,7 @@ def predict(argv: list[str]) -> int:
     class_map, probs = result if isinstance(result, tuple) else (result, None)
     write_image(args.out, class_map)
     if args.out_probs and probs is not None:
-        write_image(args.out_probs, probs)
+        write_probabilities(args.out_probs, probs)
     if second_phase is not None:
         write_image(args.out_second_phase, second_phase)
     megapixels = class_map.size / 1e6

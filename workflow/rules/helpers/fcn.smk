@@ -60,18 +60,68 @@ def class_offsets_arg(wildcards, input):
 #: `inference.object_vote: second_phase`: objects vote on each pixel's best non-matrix class,
 #: a map predict writes beside the class map (src/mvfcnn/inference/predict.py)
 SECOND_PHASE_VOTE = config["inference"]["object_vote"] == "second_phase"
-#: the map the vote rule reads
-VOTED_MAP = layout.SECOND_PHASE_PREDICTION if SECOND_PHASE_VOTE else layout.PREDICTION
+#: `inference.object_offsets`: that vote after per-class offsets fitted on the other folds'
+#: test objects, so predict writes the probabilities instead (rule fit_object_offsets)
+OBJECT_OFFSETS = config["inference"]["object_offsets"]
+OBJECT_OFFSETS_ON = OBJECT_OFFSETS != "none"
+if OBJECT_OFFSETS_ON and len(FOLDS) < 2:
+    raise WorkflowError(
+        f"config: inference.object_offsets {OBJECT_OFFSETS} needs a sample sheet with 2 or more "
+        f"cross-validation folds (a `fold` column; this one has {len(FOLDS)}): each fold's "
+        "offsets are fitted on the other folds' test objects"
+    )
 
 
 def predict_outputs():
-    """The class map, and the second-phase map when objects vote on it."""
+    """The class map, and what the vote reads: the second-phase map, or the probabilities."""
     outputs = {"pred": os.path.join(RUN, layout.PREDICTION)}
-    if SECOND_PHASE_VOTE:
+    if OBJECT_OFFSETS_ON:
+        outputs["probs"] = os.path.join(RUN, layout.PROBABILITIES)
+    elif SECOND_PHASE_VOTE:
         outputs["second_phase"] = os.path.join(RUN, layout.SECOND_PHASE_PREDICTION)
     return outputs
 
 
-def second_phase_arg(wildcards, output):
-    """`--out-second-phase FILE` (as a list for :q) when objects vote on that map."""
+def predict_extra_outputs_arg(wildcards, output):
+    """`--out-probs FILE` or `--out-second-phase FILE` (as a list for :q): what the vote reads."""
+    if OBJECT_OFFSETS_ON:
+        return ["--out-probs", str(output.probs)]
     return ["--out-second-phase", str(output.second_phase)] if SECOND_PHASE_VOTE else []
+
+
+def vote_inputs():
+    """The vote rule's inputs: the map it votes on, or the probabilities and the offsets."""
+    inputs = {"ids": layout.OBJECT_IDS, "objects": layout.OBJECTS_TABLE}
+    if OBJECT_OFFSETS_ON:
+        inputs["probs"] = os.path.join(RUN, layout.PROBABILITIES)
+        inputs["offsets"] = os.path.join(RUN, layout.OBJECT_OFFSETS)
+    else:
+        voted = layout.SECOND_PHASE_PREDICTION if SECOND_PHASE_VOTE else layout.PREDICTION
+        inputs["pred"] = os.path.join(RUN, voted)
+    return inputs
+
+
+def vote_source_arg(wildcards, input):
+    """`--pred MAP`, or `--probs FILE --object-offsets FILE` (as a list for :q)."""
+    if OBJECT_OFFSETS_ON:
+        return ["--probs", str(input.probs), "--object-offsets", str(input.offsets)]
+    return ["--pred", str(input.pred)]
+
+
+def other_folds_test_samples(wildcards):
+    """(fold, sample) of every test image of the folds other than this run's."""
+    return [(fold, sample) for fold in FOLDS if str(fold) != str(wildcards.fold)
+            for sample in fold_samples(SAMPLES, fold, "test")]
+
+
+def other_folds_evidence(wildcards):
+    """What fold f's object offsets are fitted on: the other folds' test probabilities (each
+    from its own fold's model), object ids and objects tables."""
+    pairs = other_folds_test_samples(wildcards)
+    run = {key: value for key, value in wildcards.items() if key != "fold"}
+    return {
+        "probs": [os.path.join(RUN.format(**run, fold=f), layout.PROBABILITIES.format(sample=s))
+                  for f, s in pairs],
+        "ids": [layout.OBJECT_IDS.format(sample=s) for _, s in pairs],
+        "objects": [layout.OBJECTS_TABLE.format(sample=s) for _, s in pairs],
+    }
