@@ -235,9 +235,7 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         "prepare": {"upscale": 1},  # the committed 2x enlargement is tested on its own above
         "pretrain": {"patch_size": 32},
         "tiles": {"size": 96, "stride": 64},
-        # each fold's object vote with offsets fitted on the other fold's test objects
-        "inference": {"object_offsets": "balanced"},
-    }))
+    }))  # config/metaldam.yaml's object vote: offsets fitted on the other fold's test objects
     work = tmp_path / "work"
     command = [str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), "--directory", str(work),
                "--configfile", str(ROOT / "config" / "config.yaml"),
@@ -455,7 +453,8 @@ def test_class_offsets_add_one_fit_per_fold_that_every_prediction_reads(tmp_path
 
 @pytest.mark.parametrize("rule", ["second_phase", "majority"])
 def test_object_vote_decides_which_map_predict_writes_and_vote_reads(tmp_path, rule):
-    lines = _dry_run_commands(tmp_path, {"inference": {"object_vote": rule}})
+    lines = _dry_run_commands(tmp_path, {"inference": {"object_vote": rule,
+                                                       "object_offsets": "none"}})
     predicts = [line for line in lines if "mvfcnn predict " in line]
     votes = [line for line in lines if "mvfcnn vote " in line]
     assert len(predicts) == len(votes) == 42
