@@ -41,6 +41,30 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, [f for f in _FLAGS if f in flags]
 
 
+def cpu_generation(text: str | None = None) -> str:
+    """Vendor, family and model from /proc/cpuinfo (``text``: its contents, for tests), with the
+    AMD core generation they imply: a VM's "model name" is often just "AMD EPYC", and Zen 4 and
+    Zen 5 share every flag ``cpu_flags`` reports (Zen 3 lacks avx512f)."""
+    fields: dict[str, str] = {}
+    try:
+        lines = (Path("/proc/cpuinfo").read_text() if text is None else text).splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    vendor, family, model = (fields.get(k, "") for k in ("vendor_id", "cpu family", "model"))
+    if not family:
+        return ""
+    described = f"{vendor} family {family} model {model}"
+    generation = {"23": "Zen/Zen 2", "25": "Zen 3/Zen 4", "26": "Zen 5"}.get(family)
+    if vendor == "AuthenticAMD" and generation:
+        if family == "25":
+            generation = "Zen 4" if "avx512f" in fields.get("flags", "").split() else "Zen 3"
+        described += f" (AMD {generation})"
+    return described
+
+
 def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     """CPU model and flags, the auto precision and why, cores, memory, load, library versions
     and thread settings, for every results JSON (timings mean little without the machine)."""
@@ -55,7 +79,8 @@ def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     except (ValueError, OSError):
         mem_gb = None
     info: dict[str, Any] = {
-        "cpu_model": model, "cpu_flags": flags, "logical_cores": os.cpu_count(),
+        "cpu_model": model, "cpu_generation": cpu_generation(), "cpu_flags": flags,
+        "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)), "memory_gb": mem_gb,
         "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),

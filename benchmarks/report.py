@@ -35,7 +35,9 @@ def machine_line(report: dict[str, Any]) -> str:
             if machine.get("precision_auto") else "precision auto: not recorded")
     load = machine.get("loadavg") or report.get("loadavg_start")
     cores = machine.get("usable_cores")
+    generation = machine.get("cpu_generation")
     return (f"Machine: {machine.get('cpu_model') or 'unknown CPU'}"
+            + (f" [{generation}]" if generation else "")
             + (f", {cores} cores" if cores else "") + f"; flags: {marks}; {auto}"
             + (f"; load {_load_str(load)} (1/5/15 min)" if load else "") + ".")
 

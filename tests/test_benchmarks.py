@@ -74,6 +74,21 @@ def test_matmul_peak_and_machine_info(bench) -> None:
     assert set(info["flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert info["precision_auto"] in ("fp32", "bf16") and info["precision_reason"]
     assert len(info["loadavg"]) == 3
+    assert "family" in info["cpu_generation"] or not Path("/proc/cpuinfo").exists()
+
+
+@pytest.mark.parametrize(("family", "flags", "expected"), [
+    ("26", "avx2 avx512f avx512_bf16", "AuthenticAMD family 26 model 2 (AMD Zen 5)"),
+    ("25", "avx2 avx512f avx512_bf16", "AuthenticAMD family 25 model 2 (AMD Zen 4)"),
+    ("25", "avx2", "AuthenticAMD family 25 model 2 (AMD Zen 3)"),
+])
+def test_cpu_generation_names_amd_cores_a_vm_hides(bench, family, flags, expected) -> None:
+    text = (f"vendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: 2\n"
+            f"model name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    assert bench.cpu_generation(text) == expected
+    intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+    assert bench.cpu_generation(intel) == "GenuineIntel family 6 model 143"
+    assert bench.cpu_generation("") == ""
 
 
 def test_report_names_the_machine(bench) -> None:
