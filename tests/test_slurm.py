@@ -415,6 +415,10 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
         # the timeouts catch a hang, not a slow machine: sized for the quiet machine's ~140 s,
         # the resubmitted job outlived 400 s while a benchmark shared the 2 cores (session 16)
         text = finish(running.pop("train"), timeout=TRAIN_TIMEOUT)
+        # slurmctld's records now: it forgets a job MinJobAge (600 s) after it ends, and the
+        # local training below took longer than that on 2 busy cores (session 23)
+        (attempts,) = assert_all_through_sbatch(text).values()
+        records = {j: slurm_job(j) for j in attempts}
         # the uninterrupted local training (for step 3) only now: beside the SLURM job, two
         # 2-thread trainings on 2 cores ran up to 10x slower than measured_iterations sized
         # them for (Intel AMX VM, session 8) and the pre-empted job outlived its timeout
@@ -424,12 +428,11 @@ def test_mini_workflow_and_preemption(slurm_cluster, tmp_path):
     finally:
         for proc in running.values():
             stop(proc)
-    (attempts,) = assert_all_through_sbatch(text).values()
     assert attempts[0] == job_id and len(attempts) == 2, (
         f"SLURM jobs {attempts}: the training job was not cancelled mid-way (ended too soon? "
         f"{iterations} iterations sized for {TRAIN_SECONDS:.0f} s)"
     )
-    cancelled, resubmitted = slurm_job(attempts[0]), slurm_job(attempts[1])
+    cancelled, resubmitted = records[attempts[0]], records[attempts[1]]
     assert cancelled["JobState"] == "CANCELLED", cancelled
     assert (cancelled["MinMemoryNode"], resubmitted["MinMemoryNode"]) == ("1500M", "3000M")
     assert "gpu:1" in resubmitted.get("TresPerJob", ""), resubmitted
