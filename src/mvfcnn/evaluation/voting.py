@@ -26,7 +26,7 @@ import pandas as pd
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
 from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
-from mvfcnn.inference.calibration import coordinate_ascent
+from mvfcnn.inference.calibration import biased_labels, coordinate_ascent
 
 VOTE_COLUMNS = ["object_id", "pred_class", "pred_class_name", "vote_share", "n_pixels",
                 "n_foreground"]
@@ -141,17 +141,17 @@ class ObjectEvidence(NamedTuple):
 
 def second_phase_map(probs: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8: each pixel's most probable non-matrix class (1..K-1) of softmax ``probs``
-    (K, H, W), after ``offsets`` (K,) are added to the log-probabilities."""
+    (K, H, W), after ``offsets`` (K,) are added to the log-probabilities: the class offsets'
+    argmax (:func:`~mvfcnn.inference.calibration.biased_labels`) with matrix ruled out."""
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] < 2:
         raise InputError(f"expected probabilities (K, H, W) with K >= 2, got {probs.shape}")
-    second = probs[1:].astype(np.float32)
-    if offsets is not None:
-        offsets = np.asarray(offsets, np.float32)
-        if offsets.shape != (probs.shape[0],):
-            raise InputError(f"{offsets.size} object offsets for {probs.shape[0]} classes")
-        second = np.log(np.maximum(second, np.float32(1e-12))) + offsets[1:, None, None]
-    return (second.argmax(axis=0) + 1).astype(np.uint8)
+    bias = np.zeros(probs.shape[0], np.float32) if offsets is None else np.array(
+        offsets, np.float32)
+    if bias.shape != (probs.shape[0],):
+        raise InputError(f"{bias.size} object offsets for {probs.shape[0]} classes")
+    bias[0] = -np.inf
+    return biased_labels(probs, bias)
 
 
 def object_evidence(probs: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame, *,
