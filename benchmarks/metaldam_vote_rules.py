@@ -23,8 +23,10 @@ before their argmax (``inference.object_offsets``; the package's
 :func:`mvfcnn.evaluation.voting.fit_object_offsets`), fitted on OBJECTS the fold's test images do
 not hold:
 
-- ``offsets_accuracy`` / ``offsets_balanced``: cross-fitted, fold f's offsets maximise the object
-  accuracy (or the mean of accuracy and mean class recall) of the OTHER folds' test objects, each
+- ``offsets_accuracy`` / ``offsets_balanced`` / ``offsets_accuracy_recall_floor``: cross-fitted,
+  fold f's offsets maximise the object accuracy (or the mean of accuracy and mean class recall,
+  or the accuracy with no class's recall more than ``inference.object_offset_recall_slack`` below
+  its un-offset value) of the OTHER folds' test objects, each
   predicted by its own fold's model, as the workflow's ``fit_object_offsets`` rule does. Those
   models trained on fold f's test images, so this is not strictly nested;
 - ``offsets_oracle``: fitted on fold f's own test objects (accuracy): the ceiling, not a method.
@@ -51,7 +53,8 @@ from metaldam_calibration import merged_config, predict_as_the_run
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("majority", "fallback", "second_phase", "soft")
 MAJORITY = "always_most_frequent"
-OFFSET_RULES = ("offsets_accuracy", "offsets_balanced", "offsets_oracle")
+OFFSET_RULES = ("offsets_accuracy", "offsets_balanced", "offsets_accuracy_recall_floor",
+                "offsets_oracle")
 
 
 def soft_classes(probs: np.ndarray, object_ids: np.ndarray) -> np.ndarray:
@@ -116,6 +119,7 @@ def main() -> int:
     from mvfcnn.core.settings import with_defaults
     from mvfcnn.evaluation.voting import (
         OBJECT_OFFSET_BOUND,
+        OBJECT_OFFSET_OBJECTIVES,
         OBJECT_OFFSET_STEP,
         fit_object_offsets,
         object_evidence,
@@ -133,6 +137,7 @@ def main() -> int:
         "secondary_mean_excludes", [])]
     final = with_defaults("fcn", config.get("fcn"))["stages"][-1]
     infer = inference_kwargs(config.get("inference", {}))
+    slack = with_defaults("inference", config.get("inference"))["object_offset_recall_slack"]
     per_fold: dict[str, Any] = {}
     evidence: dict[str, list] = {}
     for fold in args.folds:
@@ -172,8 +177,9 @@ def main() -> int:
         others = [e for f in args.folds if f != fold for e in evidence[f]]
         fits = {"offsets_oracle": fit_object_offsets(evidence[fold], "accuracy", k)}
         if others:
-            fits["offsets_accuracy"] = fit_object_offsets(others, "accuracy", k)
-            fits["offsets_balanced"] = fit_object_offsets(others, "balanced", k)
+            for objective in OBJECT_OFFSET_OBJECTIVES:
+                fits[f"offsets_{objective}"] = fit_object_offsets(others, objective, k,
+                                                                  recall_slack=slack)
         fitted[fold] = {}
         for rule, offsets in fits.items():
             true, pred = offset_votes(evidence[fold], offsets)
@@ -198,7 +204,8 @@ def main() -> int:
     report = {"benchmark": "metaldam_vote_rules", "machine": _common.machine_info(("torch",)),
               "workdir": str(args.workdir), "configfile": args.configfile,
               "inference": infer,
-              "offset_grid": {"bound": OBJECT_OFFSET_BOUND, "step": OBJECT_OFFSET_STEP},
+              "offset_grid": {"bound": OBJECT_OFFSET_BOUND, "step": OBJECT_OFFSET_STEP,
+                              "recall_slack": slack},
               "offsets": fitted, "folds": folds, "per_fold": per_fold, "summary": summary}
     _common.write_result(args.out, report)
     for rule, row in summary.items():

@@ -184,6 +184,47 @@ def test_object_offsets_stay_zero_when_nothing_beats_them_and_reject_bad_input()
         second_phase_map(_offset_probs(), np.zeros(3))
 
 
+# three alpha objects that beta wins narrowly (log(0.5/0.4) = 0.22), one beta object that beta
+# wins more narrowly still (log(0.5/0.45) = 0.11), one gamma object alpha wins by 0.69
+FLOOR_SOFTMAX = {1: [0.05, 0.4, 0.5, 0.05], 2: [0.05, 0.45, 0.5, 0.0],
+                 3: [0.05, 0.6, 0.05, 0.3], 0: [0.9, 0.04, 0.03, 0.03]}
+FLOOR_OBJECT_SOFTMAX = [1, 1, 1, 2, 3]  # object id (row) -> softmax row
+FLOOR_TRUE = [1, 1, 1, 2, 3]
+
+
+def _floor_evidence() -> list:
+    from mvfcnn.evaluation.voting import object_evidence
+
+    ids = np.repeat(np.arange(1, 6, dtype=np.uint32)[:, None], 3, axis=1)
+    rows = [FLOOR_SOFTMAX[FLOOR_OBJECT_SOFTMAX[int(i) - 1]] for i in ids.reshape(-1)]
+    probs = np.asarray(rows, np.float16).T.reshape(4, *ids.shape)
+    objects = pd.DataFrame({"object_id": range(1, 6), "true_class": FLOOR_TRUE})
+    return [object_evidence(probs, ids, objects)]
+
+
+def test_recall_floor_blocks_the_flip_that_trades_a_class_away() -> None:
+    from mvfcnn.evaluation.voting import class_recalls, fit_object_offsets, offset_votes
+
+    evidence = _floor_evidence()
+    true, voted = offset_votes(evidence, np.zeros(4))
+    assert voted.tolist() == [2, 2, 2, 2, 1]
+    assert class_recalls(true, voted, 4).tolist() == [0.0, 1.0, 0.0]
+    # accuracy: beta -0.5 turns the three alpha objects right and the beta object wrong
+    accuracy = fit_object_offsets(evidence, "accuracy", 4)
+    assert accuracy.tolist() == [0.0, 0.0, -0.5, 1.0]
+    assert offset_votes(evidence, accuracy)[1].tolist() == [1, 1, 1, 1, 3]
+    # the floor keeps beta's recall (1.0 - 0.1): only gamma's free flip is left
+    floored = fit_object_offsets(evidence, "accuracy_recall_floor", 4, recall_slack=0.1)
+    assert floored.tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert offset_votes(evidence, floored)[1].tolist() == [2, 2, 2, 2, 3]
+    # a slack of 1 allows any loss: accuracy's offsets
+    assert fit_object_offsets(evidence, "accuracy_recall_floor", 4,
+                              recall_slack=1.0).tolist() == accuracy.tolist()
+    for slack in (None, -0.1, 1.5):
+        with pytest.raises(InputError, match="recall slack"):
+            fit_object_offsets(evidence, "accuracy_recall_floor", 4, recall_slack=slack)
+
+
 def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
     import tifffile
 
@@ -212,6 +253,11 @@ def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
     assert main(vote_argv) == 0  # the plain second-phase vote
     assert pd.read_csv(tmp_path / "v.csv")["pred_class"].tolist() == [1, 1, 1]
     assert main([*fit[:4], "s1", "s2", *fit[5:]]) == 1  # one entry per sample: a clear error
+    floor = [*fit[:-3], "accuracy_recall_floor", "--out", str(offsets)]
+    assert main(floor) == 1  # the floor objective without its slack: a clear error
+    assert main([*floor, "--recall-slack", "0.1"]) == 0  # here no class loses recall
+    record = json.loads(offsets.read_text())
+    assert record["offsets"] == [0.0, 0.0, 0.5, 1.0] and record["recall_slack"] == 0.1
     other = dict(record, classes=["ferrite", "alpha", "beta", "delta"])
     offsets.write_text(json.dumps(other))
     assert main([*vote_argv, "--object-offsets", str(offsets)]) == 1  # other classes

@@ -89,6 +89,8 @@ def fit_object_offsets(argv: list[str]) -> int:
     parser.add_argument("--objects", nargs="+", required=True,
                         help="per sample: objects table CSV (object_id, true_class)")
     parser.add_argument("--objective", choices=OBJECT_OFFSET_OBJECTIVES, required=True)
+    parser.add_argument("--recall-slack", type=float, default=None,
+                        help="accuracy_recall_floor: how far a class's recall may fall")
     parser.add_argument("--out", required=True, help="object offsets JSON to write")
     args = parser.parse_args(argv)
     lengths = {len(args.samples), len(args.probs), len(args.objects_ids), len(args.objects)}
@@ -105,11 +107,13 @@ def fit_object_offsets(argv: list[str]) -> int:
         ids = read_image(ids_path, sample=sample)
         evidence.append(object_evidence(probs, ids, _read_csv(objects_path, sample),
                                         sample=sample))
-    offsets = fit_object_offsets_on(evidence, args.objective, classes.num_classes)
+    offsets = fit_object_offsets_on(evidence, args.objective, classes.num_classes,
+                                    recall_slack=args.recall_slack)
     true, voted = offset_votes(evidence, offsets)
     before = object_scores(*offset_votes(evidence, np.zeros_like(offsets)), classes.num_classes)
     after = object_scores(true, voted, classes.num_classes)
-    write_json(args.out, {"objective": args.objective, "fit_samples": list(args.samples),
+    write_json(args.out, {"objective": args.objective, "recall_slack": args.recall_slack,
+                          "fit_samples": list(args.samples),
                           "fit_objects": int(true.size), "classes": list(classes.names),
                           "offsets": [round(float(v), 6) for v in offsets],
                           "fit_accuracy": [round(before[0], 6), round(after[0], 6)],

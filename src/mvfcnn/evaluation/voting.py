@@ -126,7 +126,7 @@ def vote_table(pred: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame,
 # --- inference.object_offsets: per-class offsets on the second-phase vote, cross-fitted -----
 
 #: what a fold's object offsets maximise on the other folds' test objects
-OBJECT_OFFSET_OBJECTIVES = ("accuracy", "balanced")
+OBJECT_OFFSET_OBJECTIVES = ("accuracy", "balanced", "accuracy_recall_floor")
 #: the offsets' grid (log-probability units): ±4 in steps of 0.5, 3 sweeps
 OBJECT_OFFSET_BOUND, OBJECT_OFFSET_STEP = 4.0, 0.5
 
@@ -191,28 +191,45 @@ def offset_votes(evidence: list[ObjectEvidence], offsets: np.ndarray
     return np.concatenate(trues), np.concatenate(votes)
 
 
+def class_recalls(true: np.ndarray, voted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K-1,) recall of each non-matrix class over its objects; NaN where it has none."""
+    return np.array([float((voted[true == c] == c).mean()) if (true == c).any() else np.nan
+                     for c in range(1, num_classes)])
+
+
 def object_scores(true: np.ndarray, voted: np.ndarray, num_classes: int) -> tuple[float, float]:
     """(object accuracy, mean recall over the non-matrix classes the objects hold)."""
     if true.size == 0:
         return 0.0, 0.0
-    recalls = [float((voted[true == c] == c).mean()) for c in range(1, num_classes)
-               if (true == c).any()]
-    return float((true == voted).mean()), float(np.mean(recalls)) if recalls else 0.0
+    recalls = class_recalls(true, voted, num_classes)
+    held = recalls[~np.isnan(recalls)]
+    return float((true == voted).mean()), float(held.mean()) if held.size else 0.0
 
 
-def fit_object_offsets(evidence: list[ObjectEvidence], objective: str,
-                       num_classes: int) -> np.ndarray:
+def fit_object_offsets(evidence: list[ObjectEvidence], objective: str, num_classes: int, *,
+                       recall_slack: float | None = None) -> np.ndarray:
     """Offsets (K,) for :func:`second_phase_map` maximising ``objective`` over the objects of
-    ``evidence``: ``accuracy``, or ``balanced`` (the mean of accuracy and mean class recall,
-    which keeps a rare class from being traded away). Matrix and the first non-matrix class stay
-    at 0; the rest by :func:`mvfcnn.inference.calibration.coordinate_ascent`."""
+    ``evidence``: ``accuracy``; ``balanced`` (the mean of accuracy and mean class recall, which
+    keeps a rare class from being traded away); or ``accuracy_recall_floor`` (accuracy, but no
+    class's recall may fall more than ``recall_slack`` below its recall without offsets: the
+    common classes gain where the rare ones lose little). Matrix and the first non-matrix class
+    stay at 0; the rest by :func:`mvfcnn.inference.calibration.coordinate_ascent`."""
     if objective not in OBJECT_OFFSET_OBJECTIVES:
         raise InputError(f"object offset objective must be one of "
                          f"{list(OBJECT_OFFSET_OBJECTIVES)}, got {objective!r}")
+    floored = objective == "accuracy_recall_floor"
+    if floored and (recall_slack is None or not 0.0 <= recall_slack <= 1.0):
+        raise InputError(f"objective {objective} needs a recall slack in [0, 1], got "
+                         f"{recall_slack!r}")
+    floor = (class_recalls(*offset_votes(evidence, np.zeros(num_classes)), num_classes)
+             - float(recall_slack or 0.0) - 1e-9) if floored else None
 
     def score(second: np.ndarray) -> float:
-        accuracy, recall = object_scores(
-            *offset_votes(evidence, np.concatenate([[0.0], second])), num_classes)
+        true, voted = offset_votes(evidence, np.concatenate([[0.0], second]))
+        accuracy, recall = object_scores(true, voted, num_classes)
+        if floor is not None:
+            below = class_recalls(true, voted, num_classes) < floor  # NaN compares False
+            return -1.0 if below.any() else accuracy
         return accuracy if objective == "accuracy" else (accuracy + recall) / 2
 
     second = coordinate_ascent(score, num_classes - 1, bound=OBJECT_OFFSET_BOUND,
