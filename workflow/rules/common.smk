@@ -12,6 +12,7 @@ from mvfcnn.core import layout
 from mvfcnn.core.runs import baseline_init, baseline_runs as configured_baselines, mvfcnn_runs as configured_mvfcnn
 from mvfcnn.core.config import SSL_ONLY_SPLITS, ClassSet, cv_folds, fold_samples
 from mvfcnn.data.datasets import workflow_sample_sheet
+from mvfcnn.inference.predict import inference_kwargs
 from mvfcnn.core.errors import InputError
 from mvfcnn.core.settings import report_view
 
@@ -117,6 +118,13 @@ def cfg_json(*keys):
     for key in keys:
         node = node[key]
     return json.dumps(node, separators=(",", ":"), sort_keys=True)
+
+
+def network_inference_json():
+    """The `inference` settings a softmax depends on (what `mvfcnn predict` reads), as JSON:
+    a change to how objects vote then reruns the vote, not the network over every image."""
+    return json.dumps(inference_kwargs(config["inference"]), separators=(",", ":"),
+                      sort_keys=True)
 
 
 def ssl_unlabelled_images(wildcards):

@@ -173,7 +173,7 @@ rule fit_class_offsets:
     output:
         os.path.join(RUN, layout.CLASS_OFFSETS),
     params:
-        inference=cfg_json("inference"),
+        inference=network_inference_json(),
         objective=config["inference"]["class_offsets"],
         # the positions train_fcn held out (none when validation is off: the offsets stay 0)
         every=config["fcn"]["val_holdout_every"] if config["fcn"]["validate_every"] > 0 else 0,
@@ -203,7 +203,7 @@ rule predict:
     output:
         **predict_outputs(),
     params:
-        inference=cfg_json("inference"),
+        inference=network_inference_json(),
         offsets=class_offsets_arg,
         extra=predict_extra_outputs_arg,
     log:
