@@ -317,10 +317,10 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         run = work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" / f"fold{fold}"
         fitted = json.loads((run / "object_offsets.json").read_text())
         assert fitted["fit_samples"] == (["m2", "m26"] if fold == "a" else ["m0", "m1"])
-        assert record["offsets"][fold]["offsets_balanced"] == pytest.approx(fitted["offsets"])
-        assert rules["offsets_balanced"]["objects"] == int(row["n_objects"])
-        assert rules["offsets_balanced"]["object_accuracy"] == pytest.approx(
-            row["object_accuracy"])
+        rule = f"offsets_{fitted['objective']}"  # config/metaldam.yaml's objective
+        assert record["offsets"][fold][rule] == pytest.approx(fitted["offsets"])
+        assert rules[rule]["objects"] == int(row["n_objects"])
+        assert rules[rule]["object_accuracy"] == pytest.approx(row["object_accuracy"])
         assert all(rules[r]["not_segmented"] == 0 for r in ("fallback", "second_phase", "soft"))
         # offsets start at 0 (= second_phase) and only move to a better score
         assert rules["offsets_oracle"]["object_accuracy"] >= rules["second_phase"][
@@ -469,7 +469,8 @@ def test_object_vote_decides_which_map_predict_writes_and_vote_reads(tmp_path, r
 
 
 def test_object_offsets_fit_each_fold_on_the_other_folds_test_objects(tmp_path, sheet):
-    lines = _dry_run_commands(tmp_path, {"inference": {"object_offsets": "balanced"}})
+    lines = _dry_run_commands(tmp_path, {"inference": {"object_offsets": "accuracy_recall_floor",
+                                                       "object_offset_recall_slack": 0.2}})
     fits = [line for line in lines if "mvfcnn fit-object-offsets" in line]
     predicts = [line for line in lines if "mvfcnn predict " in line]
     votes = [line for line in lines if "mvfcnn vote " in line]
@@ -482,7 +483,8 @@ def test_object_offsets_fit_each_fold_on_the_other_folds_test_objects(tmp_path, 
         # every test image of the 5 other folds, each from its own fold's model; none of its own
         assert sorted(s for _, s in probs) == sorted(s for s, f in test_fold.items() if f != fold)
         assert all(test_fold[s] == f for f, s in probs)
-        assert [s for _, s in probs] == samples and "--objective balanced" in line
+        assert [s for _, s in probs] == samples
+        assert "--objective accuracy_recall_floor --recall-slack 0.2" in line
     for line in predicts:  # the softmax, not the second-phase map, for the vote
         assert "--out-probs" in line and "--out-second-phase" not in line
     for line in votes:

@@ -244,6 +244,7 @@ def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
     record = json.loads(offsets.read_text())
     assert record["offsets"] == [0.0, 0.0, 0.5, 1.0]
     assert record["classes"] == list(CLASSES.names) and record["fit_objects"] == 3
+    assert record["recall_slack"] is None  # only accuracy_recall_floor has one
     assert record["fit_accuracy"] == pytest.approx([1 / 3, 1.0], abs=1e-6)
     vote_argv = ["vote", "--probs", str(tmp_path / "probs.tif"), "--objects-ids",
                  str(tmp_path / "ids.tif"), "--objects", str(tmp_path / "objects.csv"),

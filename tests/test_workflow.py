@@ -294,7 +294,10 @@ def test_labels_only_sheet_runs_the_default_target(tmp_path, default_config):
     # the tile index -> the FCN stages -> predictions; masks and objects stay
     ("tiles:\n  stride: 48\n", {"tile_index", "train_fcn", "predict", "vote"},
      {"mask", "objects", "pretrain_trunk", "register"}),
-], ids=["masking", "inference", "tiles"])
+    # a setting of the object vote only (here unused): the network's predictions stay
+    ("inference:\n  object_offset_recall_slack: 0.3\n", set(),
+     {"predict", "train_fcn", "tile_index", "pretrain_trunk"}),
+], ids=["masking", "inference", "tiles", "vote_setting"])
 def test_a_settings_change_reruns_only_what_reads_it(mini_run, tmp_path, overlay, reruns,
                                                      keeps):
     """Issue 21 item 8: a dry run after a masking.*, inference.* or tiles.* edit plans the jobs

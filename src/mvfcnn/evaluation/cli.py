@@ -112,7 +112,8 @@ def fit_object_offsets(argv: list[str]) -> int:
     true, voted = offset_votes(evidence, offsets)
     before = object_scores(*offset_votes(evidence, np.zeros_like(offsets)), classes.num_classes)
     after = object_scores(true, voted, classes.num_classes)
-    write_json(args.out, {"objective": args.objective, "recall_slack": args.recall_slack,
+    slack = args.recall_slack if args.objective == "accuracy_recall_floor" else None
+    write_json(args.out, {"objective": args.objective, "recall_slack": slack,
                           "fit_samples": list(args.samples),
                           "fit_objects": int(true.size), "classes": list(classes.names),
                           "offsets": [round(float(v), 6) for v in offsets],
