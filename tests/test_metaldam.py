@@ -340,6 +340,15 @@ def test_mini_crossval_run_reaches_the_table(tmp_path):
         # class wins, so the mean IoU is close, not equal
         assert record["per_fold"][fold]["ensemble"]["mean_iu"] == pytest.approx(
             metrics["mean_iu"], abs=0.02)
+    # one run at two scales: scale 1 is the run's own prediction, 0.5 a member of its own
+    record = _same_models_benchmark("metaldam_ensemble.py", tmp_path, "--workdirs", str(work),
+                                    "--scales", "1", "0.5", overlays=overlays)
+    assert record["scales"] == [1.0, 0.5]
+    for fold in ("a", "b"):
+        metrics = json.loads((work / "results" / "mvfcnn" / "ft_balanced_aug" / "sem" /
+                              f"fold{fold}" / "metrics.json").read_text())["pixel"]
+        assert record["per_fold"][fold]["run0"]["mean_iu"] == pytest.approx(metrics["mean_iu"])
+        assert 0 <= record["per_fold"][fold]["run0@0.5"]["mean_iu"] <= 1
 
 
 def test_upscale_replicates_labels_and_divides_the_pixel_size(classes, metadata):

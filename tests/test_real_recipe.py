@@ -202,7 +202,27 @@ def test_soft_dice_loss_values():
         soft_dice_loss(uniform, labels, ignore_index=255).item())
 
 
-def test_dice_term_keeps_sum_equal_n_times_mean():
+def test_lovasz_loss_is_one_minus_iou_on_hard_predictions():
+    import torch
+
+    from mvfcnn.fcn.losses import lovasz_softmax_loss
+
+    labels = torch.tensor([[[0, 1], [1, 255]]])
+    perfect = torch.nn.functional.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2) * 50.0
+    assert lovasz_softmax_loss(perfect, labels, ignore_index=255).item() == pytest.approx(
+        0, abs=1e-6)
+    # predicted [[0, 0], [1, 2]]: class 0 IoU 1/2 (pred 2 px, true 1), class 1 IoU 1/2 (true 2,
+    # pred 1); class 2 is absent from the labelled pixels and not averaged; the ignored pixel
+    # predicts 2 and counts nowhere
+    hard = torch.nn.functional.one_hot(torch.tensor([[[0, 0], [1, 2]]]), 3).permute(0, 3, 1, 2)
+    assert lovasz_softmax_loss(hard * 50.0, labels, ignore_index=255).item() == pytest.approx(
+        0.5, abs=1e-6)
+    nothing = torch.full((1, 2, 2), 255)
+    assert lovasz_softmax_loss(hard * 50.0, nothing, ignore_index=255).item() == 0.0
+
+
+@pytest.mark.parametrize("term", ["dice_weight", "lovasz_weight"])
+def test_region_terms_keep_sum_equal_n_times_mean(term):
     import torch
 
     from mvfcnn.fcn.losses import pixel_loss
@@ -211,9 +231,9 @@ def test_dice_term_keeps_sum_equal_n_times_mean():
     labels = torch.randint(0, 5, (2, 6, 6))
     labels[0, 0] = 255
     s, logged_s, n = pixel_loss(logits, labels, ignore_index=255, reduction="sum",
-                                dice_weight=0.5)
+                                **{term: 0.5})
     m, logged_m, _ = pixel_loss(logits, labels, ignore_index=255, reduction="mean",
-                                dice_weight=0.5)
+                                **{term: 0.5})
     plain, logged, _ = pixel_loss(logits, labels, ignore_index=255, reduction="mean")
     assert n == 66 and s.item() == pytest.approx(n * m.item(), rel=1e-5)
     assert logged_s == logged_m == logged  # the logged loss stays the plain cross-entropy
@@ -237,14 +257,14 @@ def test_capped_class_weights_on_real_crops(real_crops, classes):
 
 
 @needs_metaldam
-def test_dice_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_path,
+def test_region_terms_and_capped_weights_train_on_real_crops(real_crops, classes, tmp_path,
                                                      one_torch_thread):
     from mvfcnn.fcn.train import split_validation, train_stage
 
     table, _ = real_crops
     train, val = split_validation(_index(table).tiles, 4, 4)
-    cfg = {**TINY, "dice_weight": 1.0, "class_weighting": "median_frequency",
-           "class_weight_cap": 3.0}
+    cfg = {**TINY, "dice_weight": 1.0, "lovasz_weight": 0.5,
+           "class_weighting": "median_frequency", "class_weight_cap": 3.0}
     summary = train_stage(stage="32s", tiles=train, classes=classes, cfg=cfg,
                           variant={"pretrained": "none", "balanced": True, "augment": True},
                           parent=None, out_model=tmp_path / "fcn32s.pt",

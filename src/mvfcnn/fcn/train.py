@@ -29,7 +29,8 @@ than the last iteration's (kept in the checkpoints, so a resumed stage keeps the
 average. The average is in the checkpoints too.
 
 Rare classes (issue 22): ``fcn.dice_weight`` adds a soft-Dice term to the cross-entropy
-(:func:`mvfcnn.fcn.losses.soft_dice_loss`) and ``fcn.class_weight_cap`` clips median-frequency
+(:func:`mvfcnn.fcn.losses.soft_dice_loss`), ``fcn.lovasz_weight`` a Lovász-softmax term
+(:func:`mvfcnn.fcn.losses.lovasz_softmax_loss`), and ``fcn.class_weight_cap`` clips median-frequency
 class weights (``fcn.class_weighting``) to [1/cap, cap]; both leave the sum/mean conventions of
 :mod:`mvfcnn.fcn.losses` intact.
 
@@ -306,7 +307,8 @@ def train_stage(
             objective, mean_loss, _ = pixel_loss(logits, labels, reduction=loss_kind,
                                                  ignore_index=classes.ignore_index,
                                                  class_weights=class_weights,
-                                                 dice_weight=float(cfg["dice_weight"]))
+                                                 dice_weight=float(cfg["dice_weight"]),
+                                                 lovasz_weight=float(cfg["lovasz_weight"]))
             recent.append(mean_loss)
             return Step(objective, {"iteration": None, "loss": mean_loss,
                                     "lr": rate["lr"],
