@@ -25,6 +25,9 @@ SNAKEFILE = ROOT / "workflow" / "Snakefile"
 RESULTS = ROOT / "benchmarks" / "results"
 #: CPU flags that decide which bf16/int8 matmul kernels exist (AMX is absent on AMD Zen 4)
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
+#: the overlay benchmarks/metaldam.py --folds writes into its workdir (object offsets off: a
+#: fold subset's votes would need every fold's model); not a lever
+FOLDS_SUBSET_OVERLAY = "folds_subset.yaml"
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:

@@ -132,7 +132,7 @@ def main() -> int:
     dataset = (ROOT.parent / "shared" / "data" / "metaldam").resolve()
     folds = args.folds or [str(f) for f in range(6)]
     if args.folds:
-        subset = args.workdir / "folds_subset.yaml"
+        subset = args.workdir / _common.FOLDS_SUBSET_OVERLAY
         write_text(subset, "inference:\n  object_offsets: none\n")
         configs.append(str(subset))
     targets = ([f"results/mvfcnn/{args.variant}/sem/fold{f}/metrics.json" for f in folds]

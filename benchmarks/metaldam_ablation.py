@@ -136,8 +136,8 @@ def mean_se(values: list[float]) -> tuple[float, float, int]:
 
 def _overlay_path(config: str) -> Path | None:
     """The committed overlay a run's config entry stands for, relative to the repository (None:
-    a committed config)."""
-    if config.startswith("config/"):
+    a committed config, or the fold-subset overlay benchmarks/metaldam.py --folds adds)."""
+    if config.startswith("config/") or Path(config).name == _common.FOLDS_SUBSET_OVERLAY:
         return None
     name = Path(config).name
     if config.startswith("/tmp/lev_"):  # the first fold-0 levers ran from copies in /tmp

@@ -349,6 +349,9 @@ def test_metaldam_ablation_tells_which_levers_the_default_holds(bench, tmp_path)
                                tmp_path) is False
     assert ablation.in_default(base + [former], tmp_path) is False  # the former default alone
     assert ablation.in_default(base + ["/tmp/elsewhere.yaml"], tmp_path) is None
+    # benchmarks/metaldam.py --folds's own overlay (object offsets off) is not the lever's
+    subset = f"/work/runs/lever/{bench.FOLDS_SUBSET_OVERLAY}"
+    assert ablation.in_default(base + ["/tmp/lev_dice.yaml", subset], tmp_path) is True
     table = ablation.markdown({"dice": {"what": "Dice", "folds": ["0"], "stats": {},
                                         "minutes_per_fold": 7.0, "in_default": True}})
     assert table.splitlines()[-1].endswith("| 7.0 | yes |")
