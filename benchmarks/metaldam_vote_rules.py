@@ -26,7 +26,8 @@ not hold:
 - ``offsets_accuracy`` / ``offsets_balanced`` / ``offsets_accuracy_recall_floor``: cross-fitted,
   fold f's offsets maximise the object accuracy (or the mean of accuracy and mean class recall,
   or the accuracy with no class's recall more than ``inference.object_offset_recall_slack`` below
-  its un-offset value) of the OTHER folds' test objects, each
+  its un-offset value; one row of offsets per object-size bin of
+  ``inference.object_offset_size_edges``) of the OTHER folds' test objects, each
   predicted by its own fold's model, as the workflow's ``fit_object_offsets`` rule does. Those
   models trained on fold f's test images, so this is not strictly nested;
 - ``offsets_oracle``: fitted on fold f's own test objects (accuracy): the ceiling, not a method.
@@ -137,7 +138,8 @@ def main() -> int:
         "secondary_mean_excludes", [])]
     final = with_defaults("fcn", config.get("fcn"))["stages"][-1]
     infer = inference_kwargs(config.get("inference", {}))
-    slack = with_defaults("inference", config.get("inference"))["object_offset_recall_slack"]
+    settings = with_defaults("inference", config.get("inference"))
+    slack, edges = settings["object_offset_recall_slack"], settings["object_offset_size_edges"]
     per_fold: dict[str, Any] = {}
     evidence: dict[str, list] = {}
     for fold in args.folds:
@@ -175,16 +177,17 @@ def main() -> int:
     fitted: dict[str, dict[str, list[float]]] = {}
     for fold in args.folds:
         others = [e for f in args.folds if f != fold for e in evidence[f]]
-        fits = {"offsets_oracle": fit_object_offsets(evidence[fold], "accuracy", k)}
+        fits = {"offsets_oracle": fit_object_offsets(evidence[fold], "accuracy", k,
+                                                     size_edges=edges)}
         if others:
             for objective in OBJECT_OFFSET_OBJECTIVES:
-                fits[f"offsets_{objective}"] = fit_object_offsets(others, objective, k,
-                                                                  recall_slack=slack)
+                fits[f"offsets_{objective}"] = fit_object_offsets(
+                    others, objective, k, recall_slack=slack, size_edges=edges)
         fitted[fold] = {}
         for rule, offsets in fits.items():
-            true, pred = offset_votes(evidence[fold], offsets)
+            true, pred = offset_votes(evidence[fold], offsets, edges)
             per_fold[fold][rule] = scores(true, pred, names, excluded)
-            fitted[fold][rule] = [float(v) for v in offsets]
+            fitted[fold][rule] = [[float(v) for v in row] for row in offsets]
         print(f"fold {fold}: " + ", ".join(
             f"{r} {per_fold[fold][r]['object_accuracy']:.3f}/{per_fold[fold][r]['mean_recall']:.3f}"
             f" {fitted[fold][r]}" for r in fits), flush=True)
@@ -205,7 +208,7 @@ def main() -> int:
               "workdir": str(args.workdir), "configfile": args.configfile,
               "inference": infer,
               "offset_grid": {"bound": OBJECT_OFFSET_BOUND, "step": OBJECT_OFFSET_STEP,
-                              "recall_slack": slack},
+                              "recall_slack": slack, "size_edges": edges},
               "offsets": fitted, "folds": folds, "per_fold": per_fold, "summary": summary}
     _common.write_result(args.out, report)
     for rule, row in summary.items():

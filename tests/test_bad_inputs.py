@@ -664,6 +664,8 @@ CROSS_FIELD = [
     ("inference: {object_vote: second_phase, object_offsets: balanced}\n",
      "config: inference.object_offsets balanced needs a sample sheet with 2 or more "
      "cross-validation folds (a `fold` column; this one has 0)"),
+    ("inference: {object_offset_size_edges: [300, 30]}\n",
+     "config: inference.object_offset_size_edges [300.0, 30.0] must be strictly ascending"),
     ("seed: 1\nfcn: {batch_size: 2}\nfcn: {batch_size: 3}\n",
      "overlay.yaml': config file: key 'fcn' appears twice (lines 2 and 3); the last would "
      "silently win"),
@@ -674,7 +676,8 @@ CROSS_FIELD = [
                          ids=["overlap", "stride", "ignore_index", "variant", "combination",
                               "pretrained_file", "pretrained_dir", "stage_chain",
                               "stage_iterations", "stretch", "object_offsets_vote",
-                              "object_offsets_folds", "duplicate_key"])
+                              "object_offsets_folds", "object_offset_size_edges",
+                              "duplicate_key"])
 def test_cross_field_config_errors_stop_the_dag_build(tmp_path, overlay, message):
     """One line naming the key, exit code != 0, no job and nothing written."""
     (tmp_path / "results").mkdir()  # a directory where a weights file is expected

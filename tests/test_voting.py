@@ -160,12 +160,12 @@ def test_object_offsets_flip_exactly_the_objects_they_should(objective) -> None:
     assert object_scores(true, voted, 4) == pytest.approx((1 / 3, 1 / 3))
     offsets = fit_object_offsets(evidence, objective, 4)
     # the smallest grid values that flip beta (> 0.22, < 0.92 or alpha flips too) and gamma
-    # (> 0.69); matrix and alpha stay at 0
-    assert offsets.tolist() == [0.0, 0.0, 0.5, 1.0]
+    # (> 0.69); matrix and alpha stay at 0; one row: no size bins
+    assert offsets.tolist() == [[0.0, 0.0, 0.5, 1.0]]
     assert offset_votes(evidence, offsets)[1].tolist() == [2, 1, 3]
     # the map the vote rule votes on: matrix pixels too take their best non-matrix class
     assert second_phase_map(probs).tolist() == [[1] * 4] * 3
-    assert second_phase_map(probs, offsets)[:, :3].tolist() == [[2] * 3, [1] * 3, [3] * 3]
+    assert second_phase_map(probs, offsets[0])[:, :3].tolist() == [[2] * 3, [1] * 3, [3] * 3]
 
 
 def test_object_offsets_stay_zero_when_nothing_beats_them_and_reject_bad_input() -> None:
@@ -173,7 +173,7 @@ def test_object_offsets_stay_zero_when_nothing_beats_them_and_reject_bad_input()
 
     objects = OFFSET_OBJECTS.assign(true_class=[1, 1, 1])  # alpha everywhere is already right
     evidence = [object_evidence(_offset_probs(), OFFSET_IDS, objects)]
-    assert fit_object_offsets(evidence, "accuracy", 4).tolist() == [0.0] * 4
+    assert fit_object_offsets(evidence, "accuracy", 4).tolist() == [[0.0] * 4]
     with pytest.raises(InputError, match="objective"):
         fit_object_offsets(evidence, "recall", 4)
     with pytest.raises(InputError, match="true_class"):
@@ -211,11 +211,11 @@ def test_recall_floor_blocks_the_flip_that_trades_a_class_away() -> None:
     assert class_recalls(true, voted, 4).tolist() == [0.0, 1.0, 0.0]
     # accuracy: beta -0.5 turns the three alpha objects right and the beta object wrong
     accuracy = fit_object_offsets(evidence, "accuracy", 4)
-    assert accuracy.tolist() == [0.0, 0.0, -0.5, 1.0]
+    assert accuracy.tolist() == [[0.0, 0.0, -0.5, 1.0]]
     assert offset_votes(evidence, accuracy)[1].tolist() == [1, 1, 1, 1, 3]
     # the floor keeps beta's recall (1.0 - 0.1): only gamma's free flip is left
     floored = fit_object_offsets(evidence, "accuracy_recall_floor", 4, recall_slack=0.1)
-    assert floored.tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert floored.tolist() == [[0.0, 0.0, 0.0, 1.0]]
     assert offset_votes(evidence, floored)[1].tolist() == [2, 2, 2, 2, 3]
     # a slack of 1 allows any loss: accuracy's offsets
     assert fit_object_offsets(evidence, "accuracy_recall_floor", 4,
@@ -223,6 +223,71 @@ def test_recall_floor_blocks_the_flip_that_trades_a_class_away() -> None:
     for slack in (None, -0.1, 1.5):
         with pytest.raises(InputError, match="recall slack"):
             fit_object_offsets(evidence, "accuracy_recall_floor", 4, recall_slack=slack)
+
+
+# two objects with the same softmax (alpha wins by log(0.5/0.4) = 0.22): a small beta object
+# (id 1, 2 px) and a large alpha one (id 2, 6 px); one set of offsets can get only one right
+SIZE_IDS = np.array([[1, 1, 0, 2, 2, 2], [0, 0, 0, 2, 2, 2]], dtype=np.uint32)
+SIZE_OBJECTS = pd.DataFrame({"object_id": [1, 2], "true_class": [2, 1]})
+
+
+def _size_probs() -> np.ndarray:
+    probs = np.empty((4, *SIZE_IDS.shape), np.float16)
+    probs[:] = np.array([0.9, 0.04, 0.03, 0.03], np.float16)[:, None, None]
+    probs[:, SIZE_IDS > 0] = np.array([0.05, 0.5, 0.4, 0.05], np.float16)[:, None]
+    return probs
+
+
+def test_size_bins_give_small_and_large_objects_their_own_offsets() -> None:
+    from mvfcnn.evaluation.voting import (
+        fit_object_offsets,
+        object_evidence,
+        object_second_phase_map,
+        offset_votes,
+        size_bins,
+    )
+
+    evidence = [object_evidence(_size_probs(), SIZE_IDS, SIZE_OBJECTS)]
+    assert evidence[0].area.tolist() == [2, 6]
+    assert size_bins(np.array([1, 3, 4, 10, 30]), [4, 30]).tolist() == [0, 0, 1, 1, 2]
+    # one row: beta +0.5 would trade the large object for the small one; ties keep 0
+    assert fit_object_offsets(evidence, "accuracy", 4).tolist() == [[0.0] * 4]
+    # objects under 4 px get their own row: beta +0.5 there, nothing for the large one
+    offsets = fit_object_offsets(evidence, "accuracy", 4, size_edges=[4])
+    assert offsets.tolist() == [[0.0, 0.0, 0.5, 0.0], [0.0] * 4]
+    assert offset_votes(evidence, offsets, [4])[1].tolist() == [2, 1]
+    voted_map = object_second_phase_map(_size_probs(), SIZE_IDS, offsets, [4])
+    assert voted_map[SIZE_IDS == 1].tolist() == [2, 2] and (voted_map[SIZE_IDS == 2] == 1).all()
+
+
+def test_size_edges_and_offset_files_reject_bad_input(tmp_path) -> None:
+    from mvfcnn.evaluation.voting import (
+        check_size_edges,
+        offset_table,
+        read_object_offsets,
+        write_object_offsets,
+    )
+
+    for edges in ([30, 30], [300, 30], [0, 30]):
+        with pytest.raises(InputError, match="strictly ascending"):
+            check_size_edges(edges)
+    with pytest.raises(InputError, match="for 3 size bin"):
+        offset_table(np.zeros((2, 4)), [30, 300])
+    path = tmp_path / "offsets.json"
+    names = list(CLASSES.names)
+    write_object_offsets(path, np.ones((2, 4)), objective="accuracy", recall_slack=None,
+                         size_edges=[30], class_names=names, extra={"fit_objects": 2})
+    table, edges = read_object_offsets(path, names)
+    assert table.shape == (2, 4) and edges == [30.0]
+    with pytest.raises(InputError, match="object offsets are for classes"):
+        read_object_offsets(path, [*names[:3], "delta"])
+    # a file of one row of offsets and no size_edges (before size bins) still reads
+    path.write_text(json.dumps({"classes": names, "offsets": [0.0, 0.0, 0.5, 1.0]}))
+    table, edges = read_object_offsets(path, names)
+    assert table.tolist() == [[0.0, 0.0, 0.5, 1.0]] and edges == []
+    path.write_text(json.dumps({"classes": names, "offsets": [[0.0] * 4], "size_edges": [9]}))
+    with pytest.raises(InputError, match="not an object-offsets file"):
+        read_object_offsets(path, names)
 
 
 def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
@@ -242,7 +307,7 @@ def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
            "--out", str(offsets)]
     assert main(fit) == 0
     record = json.loads(offsets.read_text())
-    assert record["offsets"] == [0.0, 0.0, 0.5, 1.0]
+    assert record["offsets"] == [[0.0, 0.0, 0.5, 1.0]] and record["size_edges"] == []
     assert record["classes"] == list(CLASSES.names) and record["fit_objects"] == 3
     assert record["recall_slack"] is None  # only accuracy_recall_floor has one
     assert record["fit_accuracy"] == pytest.approx([1 / 3, 1.0], abs=1e-6)
@@ -254,11 +319,26 @@ def test_cli_fits_object_offsets_and_votes_with_them(tmp_path) -> None:
     assert main(vote_argv) == 0  # the plain second-phase vote
     assert pd.read_csv(tmp_path / "v.csv")["pred_class"].tolist() == [1, 1, 1]
     assert main([*fit[:4], "s1", "s2", *fit[5:]]) == 1  # one entry per sample: a clear error
+    # size bins on the command line reach the file and the vote
+    write_probabilities(tmp_path / "size_probs.tif", _size_probs())
+    tifffile.imwrite(tmp_path / "size_ids.tif", SIZE_IDS)
+    SIZE_OBJECTS.to_csv(tmp_path / "size_objects.csv", index=False)
+    sized = tmp_path / "sized.json"
+    assert main(["fit-object-offsets", "--classes-json", classes, "--samples", "s2", "--probs",
+                 str(tmp_path / "size_probs.tif"), "--objects-ids", str(tmp_path / "size_ids.tif"),
+                 "--objects", str(tmp_path / "size_objects.csv"), "--objective", "accuracy",
+                 "--size-edges", "4", "--out", str(sized)]) == 0
+    assert json.loads(sized.read_text())["size_edges"] == [4.0]
+    assert main(["vote", "--probs", str(tmp_path / "size_probs.tif"), "--objects-ids",
+                 str(tmp_path / "size_ids.tif"), "--objects", str(tmp_path / "size_objects.csv"),
+                 "--classes-json", classes, "--sample", "s2", "--out", str(tmp_path / "s.csv"),
+                 "--object-offsets", str(sized)]) == 0
+    assert pd.read_csv(tmp_path / "s.csv")["pred_class"].tolist() == [2, 1]
     floor = [*fit[:-3], "accuracy_recall_floor", "--out", str(offsets)]
     assert main(floor) == 1  # the floor objective without its slack: a clear error
     assert main([*floor, "--recall-slack", "0.1"]) == 0  # here no class loses recall
     record = json.loads(offsets.read_text())
-    assert record["offsets"] == [0.0, 0.0, 0.5, 1.0] and record["recall_slack"] == 0.1
+    assert record["offsets"] == [[0.0, 0.0, 0.5, 1.0]] and record["recall_slack"] == 0.1
     other = dict(record, classes=["ferrite", "alpha", "beta", "delta"])
     offsets.write_text(json.dumps(other))
     assert main([*vote_argv, "--object-offsets", str(offsets)]) == 1  # other classes

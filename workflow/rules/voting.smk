@@ -13,6 +13,7 @@ rule fit_object_offsets:
         classes=CLASSES_JSON,
         objective=OBJECT_OFFSETS,
         slack=config["inference"]["object_offset_recall_slack"],
+        edges=config["inference"]["object_offset_size_edges"],
         samples=lambda w: [s for _, s in other_folds_test_samples(w)],
     log:
         layout.log_path("fit_object_offsets", CV),
@@ -27,7 +28,8 @@ rule fit_object_offsets:
     shell:
         "mvfcnn fit-object-offsets --classes-json {params.classes:q} --samples {params.samples:q}"
         " --probs {input.probs:q} --objects-ids {input.ids:q} --objects {input.objects:q}"
-        " --objective {params.objective:q} --recall-slack {params.slack} --out {output:q}"
+        " --objective {params.objective:q} --recall-slack {params.slack}"
+        " --size-edges {params.edges} --out {output:q}"
         " 2> {log:q}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import itertools
 import json
 import logging
 import re
@@ -189,6 +190,10 @@ def check_config_fields(config: dict[str, Any]) -> None:
         raise InputError(f"inference.object_offsets {inference['object_offsets']} needs "
                          "inference.object_vote second_phase: the offsets move each pixel's "
                          "choice among the non-matrix classes")
+    edges = [float(e) for e in inference["object_offset_size_edges"]]
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise InputError(f"inference.object_offset_size_edges {edges} must be strictly "
+                         "ascending: each edge starts the next size bin")
     size, stride = config["tiles"]["size"], config["tiles"]["stride"]
     if stride > size:
         raise InputError(f"tiles.stride ({stride}) must not exceed tiles.size ({size}): the "

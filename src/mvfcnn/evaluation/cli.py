@@ -15,18 +15,20 @@ import pandas as pd
 from mvfcnn.core.cli_args import verb_parser
 from mvfcnn.core.config import classes_from_json
 from mvfcnn.core.errors import InputError
-from mvfcnn.core.io import read_image, read_probabilities, write_json, write_table
+from mvfcnn.core.io import read_image, read_probabilities, write_table
 from mvfcnn.evaluation.evaluate import PathLike, merge_votes, pixel_confusion, write_evaluation
 from mvfcnn.evaluation.voting import (
     OBJECT_OFFSET_OBJECTIVES,
     object_evidence,
     object_scores,
+    object_second_phase_map,
     offset_votes,
+    read_object_offsets,
     second_phase_map,
     vote_table,
+    write_object_offsets,
 )
 from mvfcnn.evaluation.voting import fit_object_offsets as fit_object_offsets_on
-from mvfcnn.inference.calibration import read_class_offsets
 
 
 def vote(argv: list[str]) -> int:
@@ -55,9 +57,12 @@ def vote(argv: list[str]) -> int:
     if args.probs:
         probs = read_probabilities(args.probs, num_classes=classes.num_classes,
                                    sample=args.sample)
-        offsets = (read_class_offsets(args.object_offsets, list(classes.names))
-                   if args.object_offsets else None)
-        pred, pred_path = second_phase_map(probs, offsets), args.probs
+        if args.object_offsets:
+            table, edges = read_object_offsets(args.object_offsets, list(classes.names))
+            pred = object_second_phase_map(probs, ids, table, edges)
+        else:
+            pred = second_phase_map(probs)
+        pred_path = args.probs
     else:
         pred, pred_path = read_image(args.pred, sample=args.sample), args.pred
     if pred.ndim != 2 or ids.ndim != 2:
@@ -91,6 +96,8 @@ def fit_object_offsets(argv: list[str]) -> int:
     parser.add_argument("--objective", choices=OBJECT_OFFSET_OBJECTIVES, required=True)
     parser.add_argument("--recall-slack", type=float, default=None,
                         help="accuracy_recall_floor: how far a class's recall may fall")
+    parser.add_argument("--size-edges", nargs="*", type=float, default=[],
+                        help="object areas (px) where a new row of offsets starts")
     parser.add_argument("--out", required=True, help="object offsets JSON to write")
     args = parser.parse_args(argv)
     lengths = {len(args.samples), len(args.probs), len(args.objects_ids), len(args.objects)}
@@ -107,23 +114,26 @@ def fit_object_offsets(argv: list[str]) -> int:
         ids = read_image(ids_path, sample=sample)
         evidence.append(object_evidence(probs, ids, _read_csv(objects_path, sample),
                                         sample=sample))
+    edges = args.size_edges
     offsets = fit_object_offsets_on(evidence, args.objective, classes.num_classes,
-                                    recall_slack=args.recall_slack)
-    true, voted = offset_votes(evidence, offsets)
-    before = object_scores(*offset_votes(evidence, np.zeros_like(offsets)), classes.num_classes)
+                                    recall_slack=args.recall_slack, size_edges=edges)
+    true, voted = offset_votes(evidence, offsets, edges)
+    before = object_scores(*offset_votes(evidence, np.zeros_like(offsets), edges),
+                           classes.num_classes)
     after = object_scores(true, voted, classes.num_classes)
     slack = args.recall_slack if args.objective == "accuracy_recall_floor" else None
-    write_json(args.out, {"objective": args.objective, "recall_slack": slack,
-                          "fit_samples": list(args.samples),
-                          "fit_objects": int(true.size), "classes": list(classes.names),
-                          "offsets": [round(float(v), 6) for v in offsets],
-                          "fit_accuracy": [round(before[0], 6), round(after[0], 6)],
-                          "fit_mean_recall": [round(before[1], 6), round(after[1], 6)]})
+    write_object_offsets(args.out, offsets, objective=args.objective, recall_slack=slack,
+                         size_edges=edges, class_names=list(classes.names), extra={
+                             "fit_samples": list(args.samples), "fit_objects": int(true.size),
+                             "fit_accuracy": [round(before[0], 6), round(after[0], 6)],
+                             "fit_mean_recall": [round(before[1], 6), round(after[1], 6)]})
+    bounds = [0.0, *edges]
+    rows = "; ".join(f"objects from {lo:g} px: " + ", ".join(
+        f"{n} {v:+.1f}" for n, v in zip(classes.names, row, strict=True))
+        for lo, row in zip(bounds, offsets, strict=True))
     print(f"mvfcnn fit-object-offsets: {true.size} objects of {len(args.samples)} sample(s); "
-          "offsets " + ", ".join(f"{n} {v:+.1f}" for n, v in zip(classes.names, offsets,
-                                                                    strict=True))
-          + f"; accuracy {before[0]:.3f} -> {after[0]:.3f}, mean recall {before[1]:.3f} -> "
-          f"{after[1]:.3f}", file=sys.stderr)
+          f"offsets {rows}; accuracy {before[0]:.3f} -> {after[0]:.3f}, mean recall "
+          f"{before[1]:.3f} -> {after[1]:.3f}", file=sys.stderr)
     return 0
 
 

@@ -18,13 +18,17 @@ test objects tune its own vote.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from mvfcnn.core.config import ClassSet
 from mvfcnn.core.errors import InputError
+from mvfcnn.core.io import write_json
 from mvfcnn.evaluation.metrics import NOT_SEGMENTED_INDEX, NOT_SEGMENTED_LABEL
 from mvfcnn.inference.calibration import biased_labels, coordinate_ascent
 
@@ -137,6 +141,31 @@ class ObjectEvidence(NamedTuple):
     index: np.ndarray  # (N,) row of ``true`` each object pixel belongs to
     log_probs: np.ndarray  # (N, K-1) float32 log-probabilities of the non-matrix classes
     true: np.ndarray  # (M,) true class of every object of the objects table, in its order
+    area: np.ndarray  # (M,) pixels of each object in the object-id image
+
+
+def check_size_edges(size_edges: Sequence[float]) -> list[float]:
+    """The object-area edges (px) of the offsets' size bins, checked: positive, ascending."""
+    edges = [float(e) for e in size_edges]
+    if any(e <= 0 for e in edges) or np.any(np.diff(edges) <= 0):
+        raise InputError(f"object size edges must be positive and strictly ascending, got "
+                         f"{list(size_edges)}")
+    return edges
+
+
+def size_bins(area: np.ndarray, size_edges: Sequence[float]) -> np.ndarray:
+    """Size bin of each object area: 0 below the first edge, i from edge i-1 up to edge i."""
+    return np.digitize(np.asarray(area, np.float64), np.asarray(size_edges, np.float64))
+
+
+def offset_table(offsets: np.ndarray | Sequence, size_edges: Sequence[float] = ()) -> np.ndarray:
+    """(B, K) float32 offsets, one row per size bin (B = len(size_edges) + 1); a (K,) vector is
+    the one row of no size bins."""
+    table = np.atleast_2d(np.asarray(offsets, np.float32))
+    if table.ndim != 2 or table.shape[0] != len(size_edges) + 1:
+        raise InputError(f"object offsets of shape {np.shape(offsets)} for "
+                         f"{len(size_edges) + 1} size bin(s)")
+    return table
 
 
 def second_phase_map(probs: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
@@ -152,6 +181,26 @@ def second_phase_map(probs: np.ndarray, offsets: np.ndarray | None = None) -> np
         raise InputError(f"{bias.size} object offsets for {probs.shape[0]} classes")
     bias[0] = -np.inf
     return biased_labels(probs, bias)
+
+
+def object_second_phase_map(probs: np.ndarray, object_ids: np.ndarray, offsets: np.ndarray,
+                            size_edges: Sequence[float] = ()) -> np.ndarray:
+    """:func:`second_phase_map` with each object's pixels under the offsets of its size bin
+    (``offsets`` (B, K), :func:`offset_table`); pixels outside objects take the first row's."""
+    table = offset_table(offsets, size_edges)
+    out = second_phase_map(probs, table[0])
+    if len(table) > 1:
+        if object_ids.shape != out.shape:
+            raise InputError(f"probabilities {out.shape} and object ids {object_ids.shape} "
+                             "differ in size")
+        area = np.bincount(object_ids.ravel().astype(np.int64))
+        pixel_bin = size_bins(area, size_edges)[object_ids]
+        pixel_bin[object_ids == 0] = 0
+        for row in range(1, len(table)):
+            here = pixel_bin == row
+            if here.any():
+                out[here] = second_phase_map(probs, table[row])[here]
+    return out
 
 
 def object_evidence(probs: np.ndarray, object_ids: np.ndarray, objects: pd.DataFrame, *,
@@ -170,19 +219,25 @@ def object_evidence(probs: np.ndarray, object_ids: np.ndarray, objects: pd.DataF
     index = lookup[object_ids[inside]]
     keep = index >= 0
     log_probs = np.log(np.maximum(probs[1:, inside][:, keep].astype(np.float32), 1e-12)).T
+    area = np.bincount(object_ids.ravel().astype(np.int64), minlength=len(lookup))[wanted]
     return ObjectEvidence(index[keep], np.ascontiguousarray(log_probs),
-                          objects["true_class"].to_numpy(np.int64))
+                          objects["true_class"].to_numpy(np.int64), area)
 
 
-def offset_votes(evidence: list[ObjectEvidence], offsets: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def offset_votes(evidence: list[ObjectEvidence], offsets: np.ndarray | Sequence,
+                 size_edges: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(true, voted) classes of every object of ``evidence``: each pixel votes its best
-    non-matrix class after ``offsets`` (K,) are added; an object without pixels votes -1."""
-    offsets = np.asarray(offsets, np.float32)[1:]
+    non-matrix class after the offsets of its object's size bin (``offsets`` (B, K) or, without
+    size bins, (K,)) are added; an object without pixels votes -1."""
+    table = offset_table(offsets, size_edges)[:, 1:]
     trues, votes = [], []
     for item in evidence:
         k = item.log_probs.shape[1]
-        best = (item.log_probs + offsets).argmax(axis=1)
+        if len(table) == 1:
+            best = (item.log_probs + table[0]).argmax(axis=1)
+        else:
+            rows = table[size_bins(item.area, size_edges)]
+            best = (item.log_probs + rows[item.index]).argmax(axis=1)
         counts = np.bincount(item.index * k + best, minlength=len(item.true) * k)
         counts = counts.reshape(len(item.true), k)
         trues.append(item.true)
@@ -207,31 +262,72 @@ def object_scores(true: np.ndarray, voted: np.ndarray, num_classes: int) -> tupl
 
 
 def fit_object_offsets(evidence: list[ObjectEvidence], objective: str, num_classes: int, *,
-                       recall_slack: float | None = None) -> np.ndarray:
-    """Offsets (K,) for :func:`second_phase_map` maximising ``objective`` over the objects of
-    ``evidence``: ``accuracy``; ``balanced`` (the mean of accuracy and mean class recall, which
-    keeps a rare class from being traded away); or ``accuracy_recall_floor`` (accuracy, but no
-    class's recall may fall more than ``recall_slack`` below its recall without offsets: the
-    common classes gain where the rare ones lose little). Matrix and the first non-matrix class
-    stay at 0; the rest by :func:`mvfcnn.inference.calibration.coordinate_ascent`."""
+                       recall_slack: float | None = None,
+                       size_edges: Sequence[float] = ()) -> np.ndarray:
+    """Offsets (B, K), one row per object-size bin (:func:`size_bins`; B = 1 without edges), for
+    :func:`object_second_phase_map`, maximising ``objective`` over the objects of ``evidence``:
+    ``accuracy``; ``balanced`` (the mean of accuracy and mean class recall, which keeps a rare
+    class from being traded away); or ``accuracy_recall_floor`` (accuracy, but no class's recall
+    may fall more than ``recall_slack`` below its recall without offsets: the common classes
+    gain where the rare ones lose little). Matrix and the first non-matrix class stay at 0 in
+    every row; the rest by :func:`mvfcnn.inference.calibration.coordinate_ascent`. Size bins
+    let a small object and a large one with the same pixels take different classes (on
+    MetalDAM the small ones are mostly precipitate or austenite, M/A islands large)."""
     if objective not in OBJECT_OFFSET_OBJECTIVES:
         raise InputError(f"object offset objective must be one of "
                          f"{list(OBJECT_OFFSET_OBJECTIVES)}, got {objective!r}")
+    edges = check_size_edges(size_edges)
     floored = objective == "accuracy_recall_floor"
     if floored and (recall_slack is None or not 0.0 <= recall_slack <= 1.0):
         raise InputError(f"objective {objective} needs a recall slack in [0, 1], got "
                          f"{recall_slack!r}")
-    floor = (class_recalls(*offset_votes(evidence, np.zeros(num_classes)), num_classes)
-             - float(recall_slack or 0.0) - 1e-9) if floored else None
+    rows, free = len(edges) + 1, max(num_classes - 2, 0)
 
-    def score(second: np.ndarray) -> float:
-        true, voted = offset_votes(evidence, np.concatenate([[0.0], second]))
+    def table(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((rows, num_classes), np.float32)
+        out[:, 2:] = np.asarray(x[1:], np.float32).reshape(rows, free)
+        return out
+
+    floor = (class_recalls(*offset_votes(evidence, table(np.zeros(1 + rows * free)), edges),
+                           num_classes) - float(recall_slack or 0.0) - 1e-9) if floored else None
+
+    def score(x: np.ndarray) -> float:
+        true, voted = offset_votes(evidence, table(x), edges)
         accuracy, recall = object_scores(true, voted, num_classes)
         if floor is not None:
             below = class_recalls(true, voted, num_classes) < floor  # NaN compares False
             return -1.0 if below.any() else accuracy
         return accuracy if objective == "accuracy" else (accuracy + recall) / 2
 
-    second = coordinate_ascent(score, num_classes - 1, bound=OBJECT_OFFSET_BOUND,
-                               step=OBJECT_OFFSET_STEP)
-    return np.concatenate([[0.0], second]).astype(np.float32)
+    # coordinate_ascent keeps its first entry at 0: a placeholder here, every row's first
+    # non-matrix class is the fixed reference
+    x = coordinate_ascent(score, 1 + rows * free, bound=OBJECT_OFFSET_BOUND,
+                          step=OBJECT_OFFSET_STEP)
+    return table(x)
+
+
+def write_object_offsets(path: str | os.PathLike[str], offsets: np.ndarray, *, objective: str,
+                         recall_slack: float | None, size_edges: Sequence[float],
+                         class_names: list[str], extra: dict[str, Any]) -> None:
+    """The fitted offsets as JSON: one row per size bin, named by class, with the fit's facts."""
+    write_json(path, {"objective": objective, "recall_slack": recall_slack,
+                      "size_edges": [float(e) for e in size_edges], **extra,
+                      "classes": list(class_names),
+                      "offsets": [[round(float(v), 6) for v in row] for row in offsets]})
+
+
+def read_object_offsets(path: str | os.PathLike[str], class_names: list[str]
+                        ) -> tuple[np.ndarray, list[float]]:
+    """((B, K) offsets, size edges) of a :func:`write_object_offsets` file, checked against the
+    model's classes."""
+    try:
+        record = json.loads(open(path, encoding="utf-8").read())
+        names = list(record["classes"])
+        edges = check_size_edges(record.get("size_edges", []))
+        table = offset_table(record["offsets"], edges)
+    except (OSError, ValueError, KeyError, TypeError, InputError) as err:
+        raise InputError(f"not an object-offsets file ({err})", path=path) from err
+    if names != list(class_names) or table.shape[1] != len(names):
+        raise InputError(f"object offsets are for classes {names}, the model has "
+                         f"{list(class_names)}", path=path)
+    return table, edges

@@ -1,6 +1,6 @@
 """The objective and the optimiser of FCN training: pixel cross-entropy (sum or mean over
-labelled pixels), the soft-Dice and Lovász-softmax terms, capped class weights, learning-rate schedules, SGD/Adam
-with Caffe's bias multipliers.
+labelled pixels), the soft-Dice and Lovász-softmax terms, capped class weights, learning-rate
+schedules, SGD/Adam with Caffe's bias multipliers.
 
 Pixel-wise cross-entropy, pixels labelled ``ignore_index`` (255) left out. ``fcn.loss`` picks
 the normalisation of the optimised objective over the N labelled pixels of a batch:
