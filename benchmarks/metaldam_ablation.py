@@ -83,6 +83,9 @@ LEVERS = {
     "fine_long": "pretrain_long with twice the iterations in the two finest stages (fcn."
                  "iterations 4s and 2s 1600 instead of 800; their validation mean IoU was still "
                  "rising); its minutes include the test suite on the same 2 cores",
+    "tiles384": "pretrain_long with 384-px training tiles in batches of 2 instead of 256-px "
+                "tiles in batches of 4 (tiles.size 384, stride 192, fcn.batch_size 2): more "
+                "context per tile, about the same pixels per step",
     "seed1": "pretrain_long with seed 1 instead of 0 (initialisation, sampling, augmentation): "
              "the run-to-run spread a lever must clear, not a lever",
     "freeze": "pretrain_long with the pretrained trunk fixed up to pool2 while the FCN stages "

@@ -494,6 +494,7 @@ def test_object_offsets_fit_each_fold_on_the_other_folds_test_objects(tmp_path, 
         assert all(test_fold[s] == f for f, s in probs)
         assert [s for _, s in probs] == samples
         assert "--objective accuracy_recall_floor --recall-slack 0.2" in line
+        assert "--size-edges 30 300 --out" in line  # config/metaldam.yaml's size rows
     for line in predicts:  # the softmax, not the second-phase map, for the vote
         assert "--out-probs" in line and "--out-second-phase" not in line
     for line in votes:

@@ -28,8 +28,8 @@ rule fit_object_offsets:
     shell:
         "mvfcnn fit-object-offsets --classes-json {params.classes:q} --samples {params.samples:q}"
         " --probs {input.probs:q} --objects-ids {input.ids:q} --objects {input.objects:q}"
-        " --objective {params.objective:q} --recall-slack {params.slack}"
-        " --size-edges {params.edges} --out {output:q}"
+        " --objective {params.objective:q} --recall-slack {params.slack:q}"
+        " --size-edges {params.edges:q} --out {output:q}"
         " 2> {log:q}"
 
 
