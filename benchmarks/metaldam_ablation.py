@@ -86,6 +86,8 @@ LEVERS = {
     "tiles384": "pretrain_long with 384-px training tiles in batches of 2 instead of 256-px "
                 "tiles in batches of 4 (tiles.size 384, stride 192, fcn.batch_size 2): more "
                 "context per tile, about the same pixels per step",
+    "lovasz": "pretrain_long with a Lovász-softmax term instead of the soft-Dice term, same "
+              "weight (fcn.dice_weight 0, fcn.lovasz_weight 0.5)",
     "seed1": "pretrain_long with seed 1 instead of 0 (initialisation, sampling, augmentation): "
              "the run-to-run spread a lever must clear, not a lever",
     "freeze": "pretrain_long with the pretrained trunk fixed up to pool2 while the FCN stages "
